@@ -1,0 +1,43 @@
+"""router: a local-first hybrid LLM router.
+
+    from router import Router
+    router = Router()
+    print(router.complete([{"role": "user", "content": "Hello!"}]).text)
+
+Importing this package is cheap: llama_cpp and litellm load only when a model is first called.
+"""
+
+from router.config import Config, load_config
+from router.engine import Router
+from router.errors import (
+    BackendError,
+    CloudError,
+    ConfigError,
+    ModelLoadError,
+    NoRouteError,
+    RequestError,
+    RouterError,
+    UnknownModelError,
+)
+from router.types import ChatRequest, Completion, CompletionStream, Decision, Routing
+
+__all__ = [
+    "BackendError",
+    "ChatRequest",
+    "CloudError",
+    "Completion",
+    "CompletionStream",
+    "Config",
+    "ConfigError",
+    "Decision",
+    "ModelLoadError",
+    "NoRouteError",
+    "RequestError",
+    "Router",
+    "RouterError",
+    "Routing",
+    "UnknownModelError",
+    "load_config",
+]
+
+__version__ = "0.1.0"

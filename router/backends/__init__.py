@@ -1,0 +1,30 @@
+"""Model backends: one seam, `Backend`, that local and cloud models (and test doubles) implement.
+
+`local.py` is the only importer of llama_cpp and `cloud.py` the only importer of litellm; both
+import them on first use, so `import router` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from router.types import ChatRequest
+
+
+class Backend(Protocol):
+    """Produces OpenAI-shaped chat completions for one configured model.
+
+    `complete` returns a `chat.completion` dict with `usage`. `stream` yields
+    `chat.completion.chunk` dicts and ends with a chunk whose `choices` is empty and whose
+    `usage` counts the whole exchange. Failures raise router.errors.BackendError.
+    """
+
+    name: str
+
+    def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]: ...
+
+    def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]: ...
+
+
+__all__ = ["Backend"]

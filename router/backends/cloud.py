@@ -1,0 +1,221 @@
+"""Cloud tier: provider models called through LiteLLM.
+
+The only module that imports litellm, and only on the first cloud call (it takes seconds and
+hundreds of MB). LiteLLM's own retries are switched off: retries and fallback belong to the
+router (backends/retry.py, engine.py) so they are the same for every backend.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from router.config import CloudModel
+from router.errors import CloudError
+from router.types import ChatRequest
+
+_RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_PASSTHROUGH = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "tools",
+    "tool_choice",
+    "response_format",
+)
+_import_lock = threading.Lock()
+_litellm: Any = None
+
+
+def litellm_module() -> Any:
+    """Import litellm once, offline-safe (its cost map from the package, no telemetry)."""
+    global _litellm
+    with _import_lock:
+        if _litellm is None:
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            os.environ.setdefault("LITELLM_TELEMETRY", "False")
+            import litellm
+
+            litellm.telemetry = False
+            litellm.suppress_debug_info = True
+            litellm.drop_params = True  # a provider without `seed` etc. still answers
+            _litellm = litellm
+        return _litellm
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from Retry-After (delta seconds or HTTP date) or retry-after-ms, if present."""
+    if not headers:
+        return None
+    lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+    if "retry-after-ms" in lowered:
+        try:
+            return float(lowered["retry-after-ms"]) / 1000
+        except ValueError:
+            pass
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _headers_of(exc: Exception) -> Mapping[str, str] | None:
+    headers = getattr(exc, "litellm_response_headers", None)
+    if headers:
+        return dict(headers)
+    response = getattr(exc, "response", None)
+    found = getattr(response, "headers", None)
+    return dict(found) if found else None
+
+
+def to_cloud_error(name: str, exc: Exception) -> CloudError:
+    litellm = litellm_module()
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) else None
+    transient = isinstance(exc, (litellm.Timeout, litellm.APIConnectionError))
+    retryable = transient or (status in _RETRYABLE_STATUS)
+    label = (
+        "timed out"
+        if isinstance(exc, litellm.Timeout)
+        else (f"HTTP {status}" if status else type(exc).__name__)
+    )
+    message = str(getattr(exc, "message", exc)).splitlines()[0][:300]
+    return CloudError(
+        f"{name}: {label}: {message}",
+        status=status,
+        retryable=retryable,
+        retry_after=parse_retry_after(_headers_of(exc)),
+    )
+
+
+def _clean_message(message: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "role": message.get("role") or "assistant",
+        "content": message.get("content"),
+    }
+    if message.get("tool_calls"):
+        out["tool_calls"] = message["tool_calls"]
+    return out
+
+
+def _clean_usage(usage: Any) -> dict[str, int] | None:
+    if not usage:
+        return None
+    usage = dict(usage)
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+class CloudBackend:
+    """One LiteLLM model behind the Backend seam."""
+
+    tier = "cloud"
+
+    def __init__(self, name: str, model: CloudModel) -> None:
+        self.name = name
+        self._model = model
+
+    def _call(self, request: ChatRequest, params: dict[str, Any], **extra: Any) -> Any:
+        litellm = litellm_module()
+        kwargs = {k: params[k] for k in _PASSTHROUGH if k in params}
+        return litellm.completion(
+            model=self._model.litellm_model,
+            messages=request.messages,
+            api_key=self._model.api_key(),
+            api_base=self._model.resolved_api_base(),
+            timeout=self._model.timeout_seconds,
+            max_retries=0,
+            num_retries=0,
+            **kwargs,
+            **extra,
+        )
+
+    def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            raw = self._call(request, params).model_dump()
+        except Exception as exc:
+            raise to_cloud_error(self.name, exc) from exc
+        return {
+            "id": raw.get("id"),
+            "object": "chat.completion",
+            "created": raw.get("created") or int(time.time()),
+            "model": self.name,
+            "choices": [
+                {
+                    "index": c.get("index", 0),
+                    "message": _clean_message(c.get("message") or {}),
+                    "finish_reason": c.get("finish_reason"),
+                    "logprobs": None,
+                }
+                for c in raw.get("choices", [])
+            ],
+            "usage": _clean_usage(raw.get("usage"))
+            or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }
+
+    def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        try:
+            response = self._call(
+                request, params, stream=True, stream_options={"include_usage": True}
+            )
+            chunk_id, usage, text = None, None, list[str]()
+            for chunk in response:
+                raw = chunk.model_dump()
+                chunk_id = chunk_id or raw.get("id")
+                usage = _clean_usage(raw.get("usage")) or usage
+                choices = [
+                    {
+                        "index": c.get("index", 0),
+                        "delta": {
+                            k: v
+                            for k, v in (c.get("delta") or {}).items()
+                            if k in ("role", "content", "tool_calls") and v is not None
+                        },
+                        "finish_reason": c.get("finish_reason"),
+                    }
+                    for c in raw.get("choices", [])
+                ]
+                text.extend(c["delta"].get("content") or "" for c in choices)
+                if choices:
+                    yield {
+                        "id": chunk_id,
+                        "object": "chat.completion.chunk",
+                        "created": raw.get("created") or int(time.time()),
+                        "model": self.name,
+                        "choices": choices,
+                    }
+        except Exception as exc:
+            raise to_cloud_error(self.name, exc) from exc
+        yield {
+            "id": chunk_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.name,
+            "choices": [],
+            "usage": usage or self._count(request, "".join(text)),
+        }
+
+    def _count(self, request: ChatRequest, completion: str) -> dict[str, int]:
+        """Usage from LiteLLM's local tokenizers, for providers that stream without it."""
+        litellm = litellm_module()
+        model = self._model.litellm_model
+        prompt = int(litellm.token_counter(model=model, messages=request.messages))
+        done = int(litellm.token_counter(model=model, text=completion)) if completion else 0
+        return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}

@@ -1,0 +1,71 @@
+"""Retries with exponential backoff for any Backend, honouring a server's Retry-After.
+
+A wrapper that is itself a Backend, so retrying composes with anything behind the seam. Only
+errors marked retryable (429, 5xx, timeouts, dropped connections) are retried; a stream is
+retried only until its first chunk arrives, never after output reached the caller.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from router.backends import Backend
+from router.config import RetrySettings
+from router.errors import BackendError
+from router.types import ChatRequest
+
+
+class Retrying:
+    def __init__(
+        self,
+        inner: Backend,
+        settings: RetrySettings,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._settings = settings
+        self._sleep = sleep
+
+    def delay(self, attempt: int, error: BackendError) -> float:
+        """Seconds to wait before retry number `attempt` (0-based)."""
+        cap = self._settings.max_backoff_seconds
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            return float(min(max(retry_after, 0.0), cap))
+        return float(min(self._settings.backoff_seconds * (2**attempt), cap))
+
+    def _should_retry(self, attempt: int, error: BackendError) -> bool:
+        error.attempts = attempt + 1
+        if not error.retryable or attempt >= self._settings.max_retries:
+            return False
+        self._sleep(self.delay(attempt, error))
+        return True
+
+    def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            try:
+                return self.inner.complete(request, params)
+            except BackendError as error:
+                if not self._should_retry(attempt, error):
+                    raise
+                attempt += 1
+
+    def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        attempt = 0
+        while True:
+            chunks = self.inner.stream(request, params)
+            try:
+                first = next(chunks)
+                break
+            except StopIteration:
+                return
+            except BackendError as error:
+                if not self._should_retry(attempt, error):
+                    raise
+                attempt += 1
+        yield first
+        yield from chunks

@@ -1,0 +1,23 @@
+"""Complexity estimation: a function from a chat request to a score in [0, 1].
+
+The score estimates how likely the request needs a strong (cloud) model. The policy compares it
+with each model's `max_score` ceiling. Any object with `score(request) -> float` is an Estimator.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from router.complexity.heuristic import HeuristicEstimator
+from router.types import ChatRequest
+
+
+class Estimator(Protocol):
+    def score(self, request: ChatRequest) -> float: ...
+
+
+def default_estimator() -> Estimator:
+    return HeuristicEstimator()
+
+
+__all__ = ["Estimator", "HeuristicEstimator", "default_estimator"]

@@ -1,0 +1,78 @@
+"""Estimator v0: a transparent heuristic over the whole conversation.
+
+Signals, each in [0, 1] and weighted: length of the text, code, maths, reasoning verbs, the
+number of separate asks, and conversation depth. Plain small talk is capped low. Deterministic
+and a few microseconds per request; the trained estimator replaces it behind the same interface.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from router.types import ChatRequest, message_text
+
+_CODE = re.compile(
+    r"```|\bdef |\bclass \w+|\bfunction\b|\breturn\b|\bimport \w+|#include|=>|\bSELECT\b.+\bFROM\b|"
+    r"\b(python|javascript|typescript|rust|golang|java|c\+\+|sql|regex|bash|compile|stack trace|"
+    r"traceback|exception|segfault|api|algorithm|refactor|debug)\b",
+    re.IGNORECASE,
+)
+_MATH = re.compile(
+    r"\d+\s*[-+*/^=]\s*\d+|\b(solve|equation|integral|derivative|prove|proof|theorem|probability|"
+    r"calculate|compute|matrix|eigen|polynomial|lemma|optimi[sz]e|how many)\b",
+    re.IGNORECASE,
+)
+_REASONING = re.compile(
+    r"\b(why|explain|analy[sz]e|compare|contrast|evaluate|design|architect|trade-?offs?|"
+    r"step[- ]by[- ]step|justify|critique|strategy|implications?|pros and cons|in depth|"
+    r"detailed|comprehensive|essay|plan)\b",
+    re.IGNORECASE,
+)
+_SMALL_TALK = re.compile(
+    r"^\W*(hi|hello|hey|yo|thanks|thank you|good (morning|afternoon|evening|night)|how are you|"
+    r"what'?s up|bye|goodbye|ok(ay)?|cool|nice|great)\b[\w\s,!.?']{0,40}$",
+    re.IGNORECASE,
+)
+_ASKS = re.compile(r"\?|^\s*(?:[-*•]|\d+[.)])\s+", re.MULTILINE)
+
+WEIGHTS = {
+    "length": 0.30,
+    "code": 0.25,
+    "math": 0.20,
+    "reasoning": 0.20,
+    "asks": 0.10,
+    "turns": 0.05,
+}
+
+
+class HeuristicEstimator:
+    """Weighted sum of cheap text signals, clamped to [0, 1]."""
+
+    def signals(self, request: ChatRequest) -> dict[str, float]:
+        text = request.text
+        users = [message_text(m) for m in request.messages if m["role"] == "user"]
+        last = users[-1] if users else text
+        chars = len(text)
+        turns = sum(1 for m in request.messages if m["role"] == "assistant")
+        return {
+            # 20 characters → 0, about 3,000 → 1 (log scale).
+            "length": _clamp((math.log10(chars + 1) - 1.3) / 2.2),
+            "code": min(1.0, len(_CODE.findall(text)) / 2),
+            "math": min(1.0, len(_MATH.findall(text)) / 2),
+            "reasoning": min(1.0, len(_REASONING.findall(text)) / 2),
+            "asks": min(1.0, max(0, len(_ASKS.findall(last)) - 1) / 3),
+            "turns": min(1.0, turns / 4),
+            "small_talk": 1.0 if _SMALL_TALK.match(last.strip()) else 0.0,
+        }
+
+    def score(self, request: ChatRequest) -> float:
+        s = self.signals(request)
+        total = sum(WEIGHTS[k] * s[k] for k in WEIGHTS)
+        if s["small_talk"]:
+            total = min(total, 0.1)
+        return round(_clamp(total), 4)
+
+
+def _clamp(x: float) -> float:
+    return max(0.0, min(1.0, x))

@@ -1,0 +1,315 @@
+"""models.toml → validated pydantic models. The only place configuration is read.
+
+Lookup order (first hit wins): an explicit path (`--config`), `$ROUTER_CONFIG`, `./models.toml`,
+the user's config dir (`router/models.toml` there), then the default shipped in the package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from router.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+APP_NAME = "router"
+ENV_CONFIG = "ROUTER_CONFIG"
+ROUTING_MODES = ("auto", "local", "cloud")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(_Strict):
+    """USD per million tokens."""
+
+    input_per_mtok: Annotated[float, Field(ge=0)]
+    output_per_mtok: Annotated[float, Field(ge=0)]
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (
+            prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok
+        ) / 1e6
+
+
+FREE = Price(input_per_mtok=0.0, output_per_mtok=0.0)
+
+
+class LocalModel(_Strict):
+    """A GGUF model run in-process by llama-cpp-python.
+
+    The file comes from exactly one of: `path`; `package` + `file` (a file inside an installed
+    Python package, found without importing it); `hf_repo` + `hf_file` (downloaded once from
+    the Hugging Face hub into its cache).
+    """
+
+    tier: Literal["local"]
+    enabled: bool = True
+    path: str | None = None
+    package: str | None = None
+    file: str | None = None
+    hf_repo: str | None = None
+    hf_file: str | None = None
+    n_ctx: Annotated[int, Field(ge=128, le=1_048_576)] = 2048
+    n_threads: Annotated[int, Field(ge=1, le=512)] | None = None
+    n_gpu_layers: Annotated[int, Field(ge=-1)] = 0
+    chat_format: str | None = None
+    max_score: Annotated[float, Field(ge=0, le=1)] = 0.35
+    supports_tools: bool = False
+    supports_json: bool = False
+    price: Price | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LocalModel:
+        sources = [
+            name
+            for name, given in (
+                ("path", self.path is not None),
+                ("package + file", self.package is not None or self.file is not None),
+                ("hf_repo + hf_file", self.hf_repo is not None or self.hf_file is not None),
+            )
+            if given
+        ]
+        if len(sources) != 1:
+            raise ValueError(
+                "give exactly one model source: path, package + file, or hf_repo + hf_file"
+                + (f" (got {' and '.join(sources)})" if sources else "")
+            )
+        if (self.package is None) != (self.file is None):
+            raise ValueError("'package' and 'file' go together")
+        if (self.hf_repo is None) != (self.hf_file is None):
+            raise ValueError("'hf_repo' and 'hf_file' go together")
+        return self
+
+
+class CloudModel(_Strict):
+    """A provider model called through LiteLLM (`litellm_model` is LiteLLM's model id).
+
+    Secrets never live here: `api_key_env` names the environment variable that holds the key.
+    The model is usable only when that variable is set (or when it is omitted, for keyless
+    servers such as Ollama).
+    """
+
+    tier: Literal["cloud"]
+    enabled: bool = True
+    litellm_model: str
+    api_key_env: str | None = None
+    api_base: str | None = None
+    api_base_env: str | None = None
+    n_ctx: Annotated[int, Field(ge=128)] | None = None
+    max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
+    supports_tools: bool = True
+    supports_json: bool = True
+    timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    price: Price | None = None
+
+    @field_validator("api_key_env", "api_base_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.match(value):
+            raise ValueError(
+                f"{value[:6]!r}... is not an environment variable name; put the secret in an "
+                "environment variable and name that variable here"
+            )
+        return value
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def resolved_api_base(self) -> str | None:
+        if self.api_base_env and os.environ.get(self.api_base_env):
+            return os.environ[self.api_base_env]
+        return self.api_base
+
+
+ModelConfig = Annotated[LocalModel | CloudModel, Field(discriminator="tier")]
+
+
+class RouterSettings(_Strict):
+    baseline: str = "gpt-4o-mini"
+    baseline_price: Price | None = None
+    default_max_tokens: Annotated[int, Field(ge=1)] = 512
+    store_prompts: bool = False
+
+
+class CacheSettings(_Strict):
+    enabled: bool = True
+    dir: str | None = None
+    ttl_seconds: Annotated[int, Field(ge=0)] = 7 * 24 * 3600
+    size_limit_mb: Annotated[int, Field(ge=1)] = 512
+
+
+class LedgerSettings(_Strict):
+    path: str | None = None
+
+
+class RetrySettings(_Strict):
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    backoff_seconds: Annotated[float, Field(ge=0)] = 0.5
+    max_backoff_seconds: Annotated[float, Field(ge=0)] = 20.0
+
+
+class Config(_Strict):
+    router: RouterSettings = RouterSettings()
+    cache: CacheSettings = CacheSettings()
+    ledger: LedgerSettings = LedgerSettings()
+    retry: RetrySettings = RetrySettings()
+    models: dict[str, ModelConfig]
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, models: dict[str, Any]) -> dict[str, Any]:
+        if not models:
+            raise ValueError("configure at least one model under [models.NAME]")
+        for name in models:
+            if name in ROUTING_MODES:
+                raise ValueError(f"{name!r} is a routing mode and cannot name a model")
+        return models
+
+    def enabled(self) -> dict[str, LocalModel | CloudModel]:
+        """Enabled models, cheapest tier first, in file order within a tier."""
+        ordered = sorted(self.models.items(), key=lambda kv: kv[1].tier != "local")
+        return {name: m for name, m in ordered if m.enabled}
+
+    def base_dir(self) -> Path:
+        return self.source.parent if self.source else Path.cwd()
+
+    def cache_dir(self) -> Path:
+        if self.cache.dir:
+            return self._resolve(self.cache.dir)
+        return Path(platformdirs.user_cache_dir(APP_NAME)) / "responses"
+
+    def ledger_path(self) -> Path:
+        if self.ledger.path:
+            return self._resolve(self.ledger.path)
+        return Path(platformdirs.user_data_dir(APP_NAME)) / "ledger.sqlite3"
+
+    def _resolve(self, value: str) -> Path:
+        path = Path(os.path.expandvars(value)).expanduser()
+        return path if path.is_absolute() else self.base_dir() / path
+
+
+def shipped_default_path() -> Path:
+    """The models.toml shipped in the wheel (or the checkout's, when running from source)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "_default_models.toml"
+    return packaged if packaged.exists() else here.parent / "models.toml"
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (given with --config)")
+        return path
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (from ${ENV_CONFIG})")
+        return path
+    for candidate in (
+        Path.cwd() / "models.toml",
+        Path(platformdirs.user_config_dir(APP_NAME)) / "models.toml",
+    ):
+        if candidate.is_file():
+            return candidate
+    return shipped_default_path()
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Find, parse and validate models.toml; raise ConfigError naming file, key and expectation."""
+    source = find_config(path)
+    try:
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    return parse_config(data, source)
+
+
+def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
+    try:
+        config = Config.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    problems = [p for name, m in config.models.items() if (p := _file_problem(config, name, m))]
+    if problems:
+        raise ConfigError(f"{source or 'config'}: " + "; ".join(problems))
+    return config
+
+
+def _describe(exc: ValidationError, source: Path | None) -> str:
+    lines = [f"{source or 'config'}: invalid configuration"]
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        # Drop pydantic's discriminator tag ("models.x.local.n_ctx" -> "models.x.n_ctx").
+        if len(loc) >= 3 and loc[0] == "models" and loc[2] in {"local", "cloud"}:
+            del loc[2]
+        key = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see models.toml docs)")
+        elif err["type"] == "union_tag_invalid" or err["type"] == "union_tag_not_found":
+            lines.append(f'  {key}: \'tier\' must be "local" or "cloud"')
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {key}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def package_file(package: str, file: str) -> Path | None:
+    """A file inside an installed package, located without importing the package."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / file
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def local_path(config: Config, model: LocalModel) -> Path | None:
+    """Where the GGUF file is on disk now, or None (hub models not yet downloaded)."""
+    if model.path is not None:
+        return config._resolve(model.path)
+    if model.package is not None and model.file is not None:
+        return package_file(model.package, model.file)
+    return None
+
+
+def _file_problem(config: Config, name: str, model: LocalModel | CloudModel) -> str | None:
+    if not isinstance(model, LocalModel) or not model.enabled:
+        return None
+    if model.path is not None:
+        path = local_path(config, model)
+        if path is None or not path.is_file():
+            return (
+                f"models.{name}.path: model file {path} not found; download it there, fix the "
+                "path, or set enabled = false"
+            )
+    elif model.package is not None and local_path(config, model) is None:
+        return (
+            f"models.{name}: file {model.file!r} not found in package {model.package!r}; "
+            f"pip install {model.package.replace('_', '-')} or set enabled = false"
+        )
+    return None

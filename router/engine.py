@@ -1,0 +1,415 @@
+"""The pipeline: validate → score → decide → cache → call (with fallback) → account → record.
+
+`Router` is the library API. Each stage is a call into its own module; the engine only wires
+them together and keeps no state of its own beyond the lazily created backends.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from router import policy
+from router.backends import Backend
+from router.backends.retry import Retrying
+from router.cache import DiskResponseCache, ResponseCache, cache_key
+from router.complexity import Estimator, default_estimator
+from router.config import CloudModel, Config, LocalModel, load_config, local_path
+from router.errors import BackendError, NoRouteError
+from router.ledger import Entry, Ledger, SQLiteLedger
+from router.pricing import baseline_price, context_window, price_table
+from router.types import (
+    ChatRequest,
+    Completion,
+    CompletionStream,
+    Decision,
+    Message,
+    Routing,
+)
+
+
+class Router:
+    """Routes OpenAI-style chat requests between local GGUF models and cloud models.
+
+    >>> router = Router()                      # the shipped default models.toml
+    >>> done = router.complete([{"role": "user", "content": "Hello!"}], max_tokens=32)
+    >>> done.text, done.routing.tier, done.routing.usd_saved
+    """
+
+    def __init__(
+        self,
+        config: Config | str | os.PathLike[str] | None = None,
+        *,
+        estimator: Estimator | None = None,
+        cache: ResponseCache | None = None,
+        ledger: Ledger | None = None,
+        backends: Mapping[str, Backend] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config if isinstance(config, Config) else load_config(config)
+        self.estimator = estimator or default_estimator()
+        self._prices = price_table(self.config)
+        self._baseline = baseline_price(self.config)
+        if cache is None and self.config.cache.enabled:
+            cache = DiskResponseCache(
+                self.config.cache_dir(),
+                ttl_seconds=self.config.cache.ttl_seconds,
+                size_limit_mb=self.config.cache.size_limit_mb,
+            )
+        self._cache = cache
+        self._ledger = ledger or SQLiteLedger(self.config.ledger_path())
+        self._backends: dict[str, Backend] = dict(backends or {})
+        self._backends_lock = threading.Lock()
+        self._sleep = sleep
+        models = {n: m.model_dump(mode="json") for n, m in self.config.enabled().items()}
+        self._fingerprint = hashlib.sha256(json.dumps(models, sort_keys=True).encode()).hexdigest()
+
+    # ------------------------------------------------------------------ public API
+
+    def complete(
+        self,
+        messages: list[Message],
+        model: str = "auto",
+        *,
+        user: str | None = None,
+        cache: bool = True,
+        **params: Any,
+    ) -> Completion:
+        """Answer `messages`; `params` are OpenAI chat parameters (max_tokens, temperature...)."""
+        return self.complete_request(ChatRequest(messages, model, params, user, cache))
+
+    def stream(
+        self,
+        messages: list[Message],
+        model: str = "auto",
+        *,
+        user: str | None = None,
+        cache: bool = True,
+        **params: Any,
+    ) -> CompletionStream:
+        """Like `complete`, streamed: returns once the chosen model has started answering."""
+        return self.stream_request(ChatRequest(messages, model, params, user, cache))
+
+    def decide(self, request: ChatRequest) -> Decision:
+        """The routing decision for `request`, without calling any model."""
+        policy.check_request_fits(request)
+        score = self.estimator.score(request)
+        return policy.decide(
+            request, score, self.model_views(), self.config.router.default_max_tokens
+        )
+
+    def complete_request(self, request: ChatRequest) -> Completion:
+        started = time.perf_counter()
+        decision = self.decide(request)
+        params = self._params(request)
+        key = cache_key(request, params, self._fingerprint)
+        hit = self._cache_get(request, key)
+        if hit is not None:
+            response, routing = self._from_cache(hit, decision)
+            self._record(request, routing, started, stream=False)
+            return Completion(response, routing)
+
+        failures: list[str] = []
+        for name in decision.candidates:
+            try:
+                response = self._backend(name).complete(request, params)
+            except BackendError as exc:
+                failures.append(str(exc))
+                continue
+            routing = self._routing(decision, name, failures)
+            self._account(routing, response.get("usage") or {})
+            self._cache_set(request, key, response, routing)
+            self._record(request, routing, started, stream=False)
+            return Completion(response, routing)
+        raise NoRouteError(f"every model failed: {'; '.join(failures)}")
+
+    def stream_request(self, request: ChatRequest) -> CompletionStream:
+        started = time.perf_counter()
+        decision = self.decide(request)
+        params = self._params(request)
+        key = cache_key(request, params, self._fingerprint)
+        hit = self._cache_get(request, key)
+        if hit is not None:
+            response, routing = self._from_cache(hit, decision)
+            self._record(request, routing, started, stream=True)
+            return CompletionStream(iter(_replay(response)), routing)
+
+        failures: list[str] = []
+        for name in decision.candidates:
+            chunks = self._backend(name).stream(request, params)
+            try:
+                first = next(chunks)
+            except StopIteration:
+                first = None
+            except BackendError as exc:
+                failures.append(str(exc))
+                continue
+            routing = self._routing(decision, name, failures)
+            body = self._finish_stream(request, key, chunks, first, routing, started)
+            return CompletionStream(body, routing)
+        raise NoRouteError(f"every model failed: {'; '.join(failures)}")
+
+    def model_views(self) -> dict[str, policy.ModelView]:
+        """What the policy sees of each enabled model, usability checked now."""
+        return {name: self._view(name, m) for name, m in self.config.enabled().items()}
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+        self._ledger.close()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
+
+    # ------------------------------------------------------------------ stages
+
+    def _view(self, name: str, model: LocalModel | CloudModel) -> policy.ModelView:
+        unusable: str | None = None
+        if isinstance(model, CloudModel):
+            n_ctx = model.n_ctx or context_window(model.litellm_model)
+            if model.api_key_env and not os.environ.get(model.api_key_env):
+                unusable = f"{model.api_key_env} is not set"
+        else:
+            n_ctx = model.n_ctx
+            path = local_path(self.config, model)
+            if model.hf_repo is None and (path is None or not Path(path).is_file()):
+                unusable = "model file not found"
+        return policy.ModelView(
+            name=name,
+            tier=model.tier,
+            max_score=model.max_score,
+            n_ctx=n_ctx,
+            supports_tools=model.supports_tools,
+            supports_json=model.supports_json,
+            unusable=unusable,
+        )
+
+    def _params(self, request: ChatRequest) -> dict[str, Any]:
+        params = dict(request.params)
+        params.setdefault("max_tokens", self.config.router.default_max_tokens)
+        return params
+
+    def _backend(self, name: str) -> Backend:
+        with self._backends_lock:
+            backend = self._backends.get(name)
+            if backend is None:
+                model = self.config.models[name]
+                if isinstance(model, LocalModel):
+                    from router.backends.local import LocalBackend
+
+                    backend = LocalBackend(self.config, name, model)
+                else:
+                    from router.backends.cloud import CloudBackend
+
+                    backend = Retrying(CloudBackend(name, model), self.config.retry, self._sleep)
+                self._backends[name] = backend
+            return backend
+
+    def _routing(self, decision: Decision, name: str, failures: list[str]) -> Routing:
+        tier = self.config.models[name].tier
+        reason = decision.reason
+        if failures:
+            how = "answered locally" if tier == "local" else "fell back"
+            reason = f"{reason}; {'; '.join(failures)}: {how} by {name}"
+        return Routing(
+            tier=tier, model=name, score=decision.score, reason=reason, attempts=list(failures)
+        )
+
+    def _account(self, routing: Routing, usage: Mapping[str, Any]) -> None:
+        """Fill tokens, cost, baseline cost and savings from a response's usage."""
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        routing.prompt_tokens, routing.completion_tokens = prompt, completion
+        routing.baseline_usd = self._baseline.cost(prompt, completion)
+        if routing.cache_hit:
+            routing.cost_usd = 0.0
+        else:
+            routing.cost_usd = self._prices[routing.model].cost(prompt, completion)
+        # Tokens that never reached a paid provider: local answers and cache hits.
+        sent_to_cloud = routing.tier == "cloud" and not routing.cache_hit
+        routing.tokens_saved = 0 if sent_to_cloud else prompt + completion
+        routing.usd_saved = routing.baseline_usd - routing.cost_usd
+
+    def _cache_get(self, request: ChatRequest, key: str) -> dict[str, Any] | None:
+        if self._cache is None or not request.cache:
+            return None
+        return self._cache.get(key)
+
+    def _cache_set(
+        self, request: ChatRequest, key: str, response: dict[str, Any], routing: Routing
+    ) -> None:
+        if self._cache is not None and request.cache:
+            self._cache.set(
+                key, {"response": response, "tier": routing.tier, "model": routing.model}
+            )
+
+    def _from_cache(
+        self, hit: dict[str, Any], decision: Decision
+    ) -> tuple[dict[str, Any], Routing]:
+        response = copy.deepcopy(hit["response"])
+        response["id"] = f"chatcmpl-{uuid.uuid4().hex}"
+        response["created"] = int(time.time())
+        routing = Routing(
+            tier=hit["tier"],
+            model=hit["model"],
+            score=decision.score,
+            reason=f"cache hit (first answered by {hit['model']})",
+            cache_hit=True,
+        )
+        self._account(routing, response.get("usage") or {})
+        return response, routing
+
+    def _finish_stream(
+        self,
+        request: ChatRequest,
+        key: str,
+        chunks: Iterator[dict[str, Any]],
+        first: dict[str, Any] | None,
+        routing: Routing,
+        started: float,
+    ) -> Iterator[dict[str, Any]]:
+        """Pass chunks through; at the end account, cache and record the whole answer."""
+        text: list[str] = []
+        finish_reason: str | None = None
+        usage: dict[str, Any] | None = None
+        tool_calls = False
+        complete = False
+        try:
+            pending = [first] if first is not None else []
+            for chunk in _chain(pending, chunks):
+                for choice in chunk.get("choices", []):
+                    delta = choice.get("delta", {})
+                    text.append(delta.get("content") or "")
+                    tool_calls = tool_calls or bool(delta.get("tool_calls"))
+                    finish_reason = choice.get("finish_reason") or finish_reason
+                usage = chunk.get("usage") or usage
+                yield chunk
+            complete = True
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # frees a local model for the next caller when the consumer stops
+            if usage is None:
+                # Stopped early: count what was delivered; the prompt is estimated.
+                usage = {
+                    "prompt_tokens": policy.estimate_prompt_tokens(request),
+                    "completion_tokens": sum(1 for t in text if t),
+                }
+                routing.reason += " (stream stopped before the end; tokens estimated)"
+            self._account(routing, usage)
+            if complete and not tool_calls:
+                response = _assemble(first, routing.model, "".join(text), finish_reason, usage)
+                self._cache_set(request, key, response, routing)
+            self._record(request, routing, started, stream=True)
+
+    def _record(self, request: ChatRequest, routing: Routing, started: float, stream: bool) -> None:
+        routing.latency_ms = (time.perf_counter() - started) * 1000
+        self._ledger.record(
+            Entry(
+                ts=time.time(),
+                user=request.user,
+                tier=routing.tier,
+                model=routing.model,
+                prompt_tokens=routing.prompt_tokens,
+                completion_tokens=routing.completion_tokens,
+                cost_usd=routing.cost_usd,
+                baseline_usd=routing.baseline_usd,
+                tokens_saved=routing.tokens_saved,
+                usd_saved=routing.usd_saved,
+                cache_hit=routing.cache_hit,
+                latency_ms=routing.latency_ms,
+                score=routing.score,
+                reason=routing.reason,
+                stream=stream,
+                prompt=json.dumps(request.messages, ensure_ascii=False)
+                if self.config.router.store_prompts
+                else None,
+            )
+        )
+
+
+def _chain(head: list[dict[str, Any]], tail: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    yield from head
+    yield from tail
+
+
+def _assemble(
+    first: dict[str, Any] | None,
+    model: str,
+    text: str,
+    finish_reason: str | None,
+    usage: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A streamed answer as the `chat.completion` object the same request would have got."""
+    return {
+        "id": (first or {}).get("id") or f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason or "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0),
+            "total_tokens": int(usage.get("prompt_tokens") or 0)
+            + int(usage.get("completion_tokens") or 0),
+        },
+    }
+
+
+def _replay(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """A cached `chat.completion` as the chunks a stream would have delivered."""
+    base = {
+        "id": response["id"],
+        "object": "chat.completion.chunk",
+        "created": response["created"],
+        "model": response["model"],
+    }
+    choice = response["choices"][0]
+    message = choice["message"]
+    return [
+        {
+            **base,
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            ],
+        },
+        {
+            **base,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": message.get("content") or ""},
+                    "finish_reason": None,
+                }
+            ],
+        },
+        {
+            **base,
+            "choices": [
+                {"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}
+            ],
+        },
+        {**base, "choices": [], "usage": response["usage"]},
+    ]

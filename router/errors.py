@@ -1,0 +1,78 @@
+"""Every error the router raises on purpose, each saying what to do next.
+
+RouterError
+ ├── ConfigError            models.toml is missing, unreadable or invalid (names file and key)
+ ├── RequestError           the request itself is wrong (empty messages, unknown model, ...)
+ │    └── UnknownModelError the requested model is not auto/local/cloud nor in models.toml
+ ├── NoRouteError           no configured model can serve this request (too long, needs tools, ...)
+ └── BackendError           a model was called and failed
+      ├── ModelLoadError    a local GGUF file could not be found, downloaded or loaded
+      └── CloudError        a cloud call failed after its retries (status, retryable)
+"""
+
+from __future__ import annotations
+
+
+class RouterError(Exception):
+    """Base of every error the router raises on purpose."""
+
+
+class ConfigError(RouterError):
+    """models.toml is missing, unreadable or fails validation."""
+
+
+class RequestError(RouterError):
+    """The request cannot be served as written; the message says what to change."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class UnknownModelError(RequestError):
+    """The requested model is neither a routing mode nor a configured model."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(
+            f"model {name!r} not found in models.toml "
+            f"(known: auto, local, cloud, {', '.join(known)})",
+            param="model",
+        )
+        self.name = name
+
+
+class NoRouteError(RouterError):
+    """No configured and usable model can serve the request."""
+
+
+class BackendError(RouterError):
+    """A model backend failed to produce an answer."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.attempts = 1
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} (after {self.attempts} attempts)" if self.attempts > 1 else text
+
+
+class ModelLoadError(BackendError):
+    """A local model file could not be located, downloaded or loaded."""
+
+
+class CloudError(BackendError):
+    """A cloud call failed; `status` is the HTTP status when there was one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retryable=retryable)
+        self.status = status
+        self.retry_after = retry_after

@@ -1,0 +1,149 @@
+"""The savings ledger: one row per answered request.
+
+`Ledger` is the seam (record/entries/totals/close); `SQLiteLedger` is the embedded default
+(WAL, numbered migrations in PRAGMA user_version). A shared database can implement the same
+methods later.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Entry:
+    ts: float
+    user: str | None
+    tier: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    baseline_usd: float
+    tokens_saved: int
+    usd_saved: float
+    cache_hit: bool
+    latency_ms: float
+    score: float
+    reason: str
+    stream: bool = False
+    prompt: str | None = None  # only when router.store_prompts = true
+
+
+class Ledger(Protocol):
+    def record(self, entry: Entry) -> None: ...
+
+    def entries(self, since: float | None = None) -> list[Entry]: ...
+
+    def totals(self, since: float | None = None) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+_MIGRATIONS = [
+    """
+    CREATE TABLE requests (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        user TEXT,
+        tier TEXT NOT NULL,
+        model TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cost_usd REAL NOT NULL,
+        baseline_usd REAL NOT NULL,
+        tokens_saved INTEGER NOT NULL,
+        usd_saved REAL NOT NULL,
+        cache_hit INTEGER NOT NULL,
+        latency_ms REAL NOT NULL,
+        score REAL NOT NULL,
+        reason TEXT NOT NULL,
+        stream INTEGER NOT NULL,
+        prompt TEXT
+    );
+    CREATE INDEX requests_ts ON requests (ts);
+    CREATE INDEX requests_user_ts ON requests (user, ts);
+    """,
+]
+
+_COLUMNS = [f.name for f in fields(Entry)]
+
+
+class SQLiteLedger:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock, self._db:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                self._db.executescript(script)
+                self._db.execute(f"PRAGMA user_version = {number}")
+
+    def record(self, entry: Entry) -> None:
+        row = asdict(entry)
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        with self._lock, self._db:
+            self._db.execute(
+                f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
+                [row[c] for c in _COLUMNS],
+            )
+
+    def entries(self, since: float | None = None) -> list[Entry]:
+        with self._lock:
+            cursor = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM requests WHERE ts >= ? ORDER BY id",
+                (since or 0.0,),
+            )
+            rows = cursor.fetchall()
+        return [
+            Entry(
+                **{
+                    **dict(zip(_COLUMNS, r, strict=True)),
+                    "cache_hit": bool(r[10]),
+                    "stream": bool(r[14]),
+                }
+            )
+            for r in rows
+        ]
+
+    def totals(self, since: float | None = None) -> dict[str, Any]:
+        with self._lock:
+            row = self._db.execute(
+                """SELECT COUNT(*), COALESCE(SUM(prompt_tokens + completion_tokens), 0),
+                          COALESCE(SUM(cost_usd), 0), COALESCE(SUM(baseline_usd), 0),
+                          COALESCE(SUM(tokens_saved), 0), COALESCE(SUM(usd_saved), 0),
+                          COALESCE(SUM(cache_hit), 0)
+                   FROM requests WHERE ts >= ?""",
+                (since or 0.0,),
+            ).fetchone()
+            by_tier = dict(
+                self._db.execute(
+                    "SELECT tier, COUNT(*) FROM requests WHERE ts >= ? GROUP BY tier",
+                    (since or 0.0,),
+                ).fetchall()
+            )
+        keys = (
+            "requests",
+            "tokens",
+            "cost_usd",
+            "baseline_usd",
+            "tokens_saved",
+            "usd_saved",
+            "cache_hits",
+        )
+        return {**dict(zip(keys, row, strict=True)), "by_tier": by_tier}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

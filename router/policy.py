@@ -1,0 +1,151 @@
+"""Score + constraints → Decision. Pure: no I/O, no clocks, no model calls.
+
+Models are considered cheapest first. In `auto` mode the first usable model whose ceiling
+(`max_score`) is at or above the score and which can serve the request (context length, tools,
+JSON output) is chosen; every more capable usable model follows as a fallback, and local models
+end the list so that a request is answered locally, and says so, when every cloud tier fails or
+none is configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from router.errors import NoRouteError, RequestError, UnknownModelError
+from router.types import ChatRequest, Decision, Tier
+
+# A deliberately pessimistic chars-per-token ratio: over-estimating sends a borderline request
+# to a bigger context rather than truncating it locally.
+_CHARS_PER_TOKEN = 3.0
+_TOKENS_PER_MESSAGE = 4
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What the policy needs to know about one configured model."""
+
+    name: str
+    tier: Tier
+    max_score: float
+    n_ctx: int | None
+    supports_tools: bool
+    supports_json: bool
+    unusable: str | None = None  # why it cannot be called now (no key, no file), else None
+
+
+def estimate_prompt_tokens(request: ChatRequest) -> int:
+    return int(len(request.text) / _CHARS_PER_TOKEN) + _TOKENS_PER_MESSAGE * len(request.messages)
+
+
+def blockers(model: ModelView, request: ChatRequest, needed_tokens: int) -> list[str]:
+    """Why `model` cannot serve `request`; empty when it can."""
+    found = []
+    if model.unusable:
+        found.append(model.unusable)
+    if model.n_ctx is not None and needed_tokens > model.n_ctx:
+        found.append(f"needs ~{needed_tokens} tokens of context, has {model.n_ctx}")
+    if request.needs_tools and not model.supports_tools:
+        found.append("does not support tools")
+    if request.needs_json and not model.supports_json:
+        found.append("does not support JSON output")
+    return found
+
+
+def decide(
+    request: ChatRequest,
+    score: float,
+    models: Mapping[str, ModelView],
+    default_max_tokens: int,
+) -> Decision:
+    """Choose the models to try, in order, for `request` with complexity `score`."""
+    needed = estimate_prompt_tokens(request) + int(
+        request.params.get("max_tokens", default_max_tokens)
+    )
+    mode = request.model
+
+    if mode not in ("auto", "local", "cloud"):
+        model = models.get(mode)
+        if model is None:
+            raise UnknownModelError(mode, list(models))
+        problems = blockers(model, request, needed)
+        if problems:
+            raise NoRouteError(f"model {mode!r} cannot serve this request: {'; '.join(problems)}")
+        return Decision(score, (mode,), f"model {mode!r} requested by name")
+
+    excluded: list[str] = []
+    fit: list[ModelView] = []
+    for m in models.values():
+        problems = blockers(m, request, needed)
+        if problems:
+            excluded.append(f"{m.name}: {'; '.join(problems)}")
+        else:
+            fit.append(m)
+
+    local = [m for m in fit if m.tier == "local"]
+    cloud = [m for m in fit if m.tier == "cloud"]
+    why_not = f" ({'; '.join(excluded)})" if excluded else ""
+
+    if mode == "local":
+        if not local:
+            raise NoRouteError(f"no local model can serve this request{why_not}")
+        chosen = _first_within(local, score)
+        return Decision(score, _order(chosen, local), f"local tier requested; {chosen.name}")
+
+    pool = cloud if mode == "cloud" else fit
+    if not pool and not local:
+        raise NoRouteError(f"no configured model can serve this request{why_not}")
+
+    if mode == "auto":
+        chosen = _first_within(pool, score)
+        if chosen.max_score >= score:
+            reason = f"score {score:.2f} ≤ {chosen.name} ceiling {chosen.max_score:.2f}"
+        else:
+            reason = f"score {score:.2f} above every ceiling; strongest usable is {chosen.name}"
+        if chosen.tier == "local" and chosen.max_score < score and not cloud:
+            reason = (
+                f"score {score:.2f} above {chosen.name} ceiling {chosen.max_score:.2f} but no "
+                f"cloud model is usable{why_not}: answered locally"
+            )
+        order = _order(chosen, pool)
+        return Decision(score, _with_local_last(order, local), reason)
+
+    # mode == "cloud"
+    if not cloud:
+        chosen = _first_within(local, score)
+        return Decision(
+            score,
+            _order(chosen, local),
+            f"cloud tier requested but no cloud model is usable{why_not}: answered locally",
+        )
+    chosen = _first_within(cloud, score)
+    return Decision(
+        score,
+        _with_local_last(_order(chosen, cloud), local),
+        f"cloud tier requested; {chosen.name}",
+    )
+
+
+def _first_within(pool: list[ModelView], score: float) -> ModelView:
+    """The cheapest model whose ceiling covers the score, else the strongest one."""
+    for m in pool:
+        if m.max_score >= score:
+            return m
+    return max(pool, key=lambda m: m.max_score)
+
+
+def _order(chosen: ModelView, pool: list[ModelView]) -> tuple[str, ...]:
+    """The chosen model, then every model after it in the pool (the stronger ones)."""
+    start = pool.index(chosen)
+    return tuple(m.name for m in [chosen, *pool[start + 1 :]])
+
+
+def _with_local_last(order: tuple[str, ...], local: list[ModelView]) -> tuple[str, ...]:
+    tail = [m.name for m in local if m.name not in order]
+    return order + tuple(tail)
+
+
+def check_request_fits(request: ChatRequest) -> None:
+    """Reject requests no model could ever answer, before anything else runs."""
+    if not request.text.strip() and not request.needs_tools:
+        raise RequestError("the messages contain no text: nothing to answer", param="messages")

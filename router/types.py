@@ -1,0 +1,215 @@
+"""Requests, routing decisions and results: the nouns every other module speaks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from router.errors import RequestError
+
+Tier = Literal["local", "cloud"]
+Message = dict[str, Any]
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+# OpenAI chat parameters the router passes to a backend. Anything else is rejected so that a typo
+# ("max_token") fails loudly instead of being silently ignored.
+SAMPLING_PARAMS = frozenset(
+    {
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "tools",
+        "tool_choice",
+        "response_format",
+    }
+)
+
+
+def message_text(message: Mapping[str, Any]) -> str:
+    """The text of a message: a plain string or the text parts of a content list."""
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = [p.get("text", "") for p in content if isinstance(p, Mapping)]
+    return "\n".join(p for p in parts if isinstance(p, str))
+
+
+def _check_messages(messages: Any) -> list[Message]:
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(
+            "'messages' must be a non-empty list of {role, content} objects", param="messages"
+        )
+    checked: list[Message] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise RequestError(f"messages[{i}] must be an object", param=f"messages[{i}]")
+        role = m.get("role")
+        if role not in ROLES:
+            raise RequestError(
+                f"messages[{i}].role is {role!r}; expected one of {', '.join(sorted(ROLES))}",
+                param=f"messages[{i}].role",
+            )
+        content = m.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise RequestError(
+                f"messages[{i}].content must be a string or a list of content parts",
+                param=f"messages[{i}].content",
+            )
+        if content is None and role != "assistant":
+            raise RequestError(f"messages[{i}].content is missing", param=f"messages[{i}].content")
+        checked.append(dict(m))
+    return checked
+
+
+def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(params) - SAMPLING_PARAMS)
+    if unknown:
+        raise RequestError(
+            f"unsupported parameter(s) {', '.join(unknown)}; "
+            f"supported: {', '.join(sorted(SAMPLING_PARAMS))}",
+            param=unknown[0],
+        )
+    out = {k: v for k, v in params.items() if v is not None}
+    if "max_completion_tokens" in out:
+        out.setdefault("max_tokens", out["max_completion_tokens"])
+        del out["max_completion_tokens"]
+    max_tokens = out.get("max_tokens")
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        raise RequestError("'max_tokens' must be a positive integer", param="max_tokens")
+    for name, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
+        value = out.get(name)
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not low <= value <= high
+        ):
+            raise RequestError(f"'{name}' must be a number in [{low}, {high}]", param=name)
+    return out
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion request, validated on construction.
+
+    `model` is a routing mode (`auto`, `local`, `cloud`) or a model name from models.toml.
+    `params` holds OpenAI sampling parameters (see SAMPLING_PARAMS).
+    """
+
+    messages: list[Message]
+    model: str = "auto"
+    params: dict[str, Any] = field(default_factory=dict)
+    user: str | None = None
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "messages", _check_messages(self.messages))
+        object.__setattr__(self, "params", _check_params(self.params))
+        if not isinstance(self.model, str) or not self.model:
+            raise RequestError("'model' must be a non-empty string", param="model")
+
+    @property
+    def text(self) -> str:
+        """All message text, in order, one message per line."""
+        return "\n".join(message_text(m) for m in self.messages)
+
+    @property
+    def needs_tools(self) -> bool:
+        return bool(self.params.get("tools"))
+
+    @property
+    def needs_json(self) -> bool:
+        fmt = self.params.get("response_format")
+        return isinstance(fmt, Mapping) and fmt.get("type") in {"json_object", "json_schema"}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the policy chose, before any model is called.
+
+    `candidates` are model names in the order to try: the first is the choice, the rest are
+    fallbacks. `reason` says why in plain words.
+    """
+
+    score: float
+    candidates: tuple[str, ...]
+    reason: str
+
+
+@dataclass
+class Routing:
+    """What actually happened to a request: where it went, what it cost, what it saved."""
+
+    tier: Tier
+    model: str
+    score: float
+    reason: str
+    cache_hit: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    baseline_usd: float = 0.0
+    tokens_saved: int = 0
+    usd_saved: float = 0.0
+    latency_ms: float = 0.0
+    attempts: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Completion:
+    """An OpenAI-shaped `chat.completion` object plus the routing that produced it."""
+
+    response: dict[str, Any]
+    routing: Routing
+
+    @property
+    def text(self) -> str:
+        content = self.response["choices"][0]["message"].get("content")
+        return content if isinstance(content, str) else ""
+
+
+class CompletionStream:
+    """Iterates OpenAI-shaped `chat.completion.chunk` objects.
+
+    `routing` names the tier and model as soon as the first chunk arrives; its token counts,
+    costs and savings are final once the iteration ends.
+    """
+
+    def __init__(self, chunks: Iterator[dict[str, Any]], routing: Routing) -> None:
+        self._chunks = chunks
+        self.routing = routing
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self._chunks
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        """Stop the generation early (a local model frees itself for the next caller)."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+    def text(self) -> str:
+        """Consume the rest of the stream and return its text."""
+        parts: list[str] = []
+        for chunk in self:
+            for choice in chunk.get("choices", []):
+                piece = choice.get("delta", {}).get("content")
+                if piece:
+                    parts.append(piece)
+        return "".join(parts)

@@ -1,0 +1,186 @@
+"""A small OpenAI-compatible chat server on 127.0.0.1 that stands in for a cloud provider.
+
+It speaks the real wire protocol (JSON and SSE streaming with `data: [DONE]`), so LiteLLM and
+the official `openai` client talk to it exactly as to the real thing, and it injects faults on
+demand: queue `Fault`s and the next requests get them in order (429 with Retry-After, 5xx, a
+delay longer than the client's timeout), then normal answers resume.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Fault:
+    status: int = 500
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds to wait before answering (for timeouts)
+    message: str = "injected fault"
+
+
+def answer_for(messages: list[dict[str, Any]]) -> str:
+    last = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    content = last.get("content") or ""
+    return f"cloud answer to: {content[:60]}"
+
+
+def count_tokens(text: str) -> int:
+    return max(1, len(text.split()))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that time out hang up mid-answer; that is the point of the test
+
+
+class FakeCloud:
+    def __init__(self) -> None:
+        self.faults: deque[Fault] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+        self._server = _Server(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> FakeCloud:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def inject(self, *faults: Fault) -> None:
+        with self._lock:
+            self.faults.extend(faults)
+
+    def _next_fault(self) -> Fault | None:
+        with self._lock:
+            return self.faults.popleft() if self.faults else None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        cloud = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _json(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with cloud._lock:
+                    cloud.requests.append(body)
+                    cloud.headers.append({k.lower(): v for k, v in self.headers.items()})
+                if not self.path.endswith("/chat/completions"):
+                    self._json(404, {"error": {"message": "not found"}}, {})
+                    return
+                fault = cloud._next_fault()
+                if fault is not None:
+                    if fault.delay:
+                        time.sleep(fault.delay)
+                    self._json(
+                        fault.status,
+                        {
+                            "error": {
+                                "message": fault.message,
+                                "type": "server_error",
+                                "param": None,
+                                "code": None,
+                            }
+                        },
+                        fault.headers,
+                    )
+                    return
+                messages = body.get("messages", [])
+                text = answer_for(messages)
+                prompt_tokens = sum(count_tokens(str(m.get("content") or "")) for m in messages)
+                usage = {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": count_tokens(text),
+                    "total_tokens": prompt_tokens + count_tokens(text),
+                }
+                base = {
+                    "id": "chatcmpl-fake",
+                    "created": int(time.time()),
+                    "model": body.get("model", "fake"),
+                }
+                if not body.get("stream"):
+                    self._json(
+                        200,
+                        {
+                            **base,
+                            "object": "chat.completion",
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "message": {"role": "assistant", "content": text},
+                                    "finish_reason": "stop",
+                                }
+                            ],
+                            "usage": usage,
+                        },
+                        {},
+                    )
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                words = text.split(" ")
+                pieces = [{"role": "assistant", "content": ""}] + [
+                    {"content": w if i == 0 else " " + w} for i, w in enumerate(words)
+                ]
+                for delta in pieces:
+                    self._event(
+                        {
+                            **base,
+                            "object": "chat.completion.chunk",
+                            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+                        }
+                    )
+                self._event(
+                    {
+                        **base,
+                        "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                    }
+                )
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    self._event(
+                        {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+                    )
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                self.close_connection = True
+
+            def _event(self, payload: dict[str, Any]) -> None:
+                self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
+                self.wfile.flush()
+
+        return Handler

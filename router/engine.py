@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from router import policy
@@ -69,6 +68,12 @@ class Router:
         self._backends: dict[str, Backend] = dict(backends or {})
         self._backends_lock = threading.Lock()
         self._sleep = sleep
+        # Where each local GGUF is, found once (locating a package's file costs ~0.1 ms).
+        self._local_paths = {
+            name: local_path(self.config, m)
+            for name, m in self.config.enabled().items()
+            if isinstance(m, LocalModel)
+        }
         models = {n: m.model_dump(mode="json") for n, m in self.config.enabled().items()}
         self._fingerprint = hashlib.sha256(json.dumps(models, sort_keys=True).encode()).hexdigest()
 
@@ -186,8 +191,8 @@ class Router:
                 unusable = f"{model.api_key_env} is not set"
         else:
             n_ctx = model.n_ctx
-            path = local_path(self.config, model)
-            if model.hf_repo is None and (path is None or not Path(path).is_file()):
+            path = self._local_paths.get(name)
+            if model.hf_repo is None and (path is None or not path.is_file()):
                 unusable = "model file not found"
         return policy.ModelView(
             name=name,

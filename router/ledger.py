@@ -73,6 +73,11 @@ _MIGRATIONS = [
 _COLUMNS = [f.name for f in fields(Entry)]
 
 
+def _entry(row: dict[str, Any]) -> Entry:
+    # SQLite has no boolean type: the flags come back as 0/1.
+    return Entry(**{**row, "cache_hit": bool(row["cache_hit"]), "stream": bool(row["stream"])})
+
+
 class SQLiteLedger:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,16 +111,7 @@ class SQLiteLedger:
                 (since or 0.0,),
             )
             rows = cursor.fetchall()
-        return [
-            Entry(
-                **{
-                    **dict(zip(_COLUMNS, r, strict=True)),
-                    "cache_hit": bool(r[10]),
-                    "stream": bool(r[14]),
-                }
-            )
-            for r in rows
-        ]
+        return [_entry(dict(zip(_COLUMNS, r, strict=True))) for r in rows]
 
     def totals(self, since: float | None = None) -> dict[str, Any]:
         with self._lock:

@@ -46,7 +46,6 @@ def litellm_module() -> Any:
 
             litellm.telemetry = False
             litellm.suppress_debug_info = True
-            litellm.drop_params = True  # a provider without `seed` etc. still answers
             _litellm = litellm
         return _litellm
 
@@ -147,6 +146,7 @@ class CloudBackend:
             timeout=self._model.timeout_seconds,
             max_retries=0,
             num_retries=0,
+            drop_params=True,  # a provider without `seed` etc. still answers
             **kwargs,
             **extra,
         )

@@ -27,6 +27,10 @@ _PASSTHROUGH = (
     "seed",
     "presence_penalty",
     "frequency_penalty",
+    # Only reach here when models.toml says supports_tools = true for this model (its
+    # chat_format must then handle them, e.g. "chatml-function-calling").
+    "tools",
+    "tool_choice",
 )
 
 

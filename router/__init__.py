@@ -11,18 +11,21 @@ from router.config import Config, load_config
 from router.engine import Router
 from router.errors import (
     BackendError,
+    BusyError,
     CloudError,
     ConfigError,
     ModelLoadError,
     NoRouteError,
     RequestError,
     RouterError,
+    UnavailableError,
     UnknownModelError,
 )
 from router.types import ChatRequest, Completion, CompletionStream, Decision, Routing
 
 __all__ = [
     "BackendError",
+    "BusyError",
     "ChatRequest",
     "CloudError",
     "Completion",
@@ -36,6 +39,7 @@ __all__ = [
     "Router",
     "RouterError",
     "Routing",
+    "UnavailableError",
     "UnknownModelError",
     "load_config",
 ]

@@ -22,7 +22,7 @@ from router.backends.retry import Retrying
 from router.cache import DiskResponseCache, ResponseCache, cache_key
 from router.complexity import Estimator, default_estimator
 from router.config import CloudModel, Config, LocalModel, load_config, local_path
-from router.errors import BackendError, NoRouteError
+from router.errors import BackendError, UnavailableError
 from router.ledger import Entry, Ledger, SQLiteLedger
 from router.pricing import baseline_price, context_window, price_table
 from router.types import (
@@ -134,7 +134,7 @@ class Router:
             self._cache_set(request, key, response, routing)
             self._record(request, routing, started, stream=False)
             return Completion(response, routing)
-        raise NoRouteError(f"every model failed: {'; '.join(failures)}")
+        raise UnavailableError(f"every model failed: {'; '.join(failures)}")
 
     def stream_request(self, request: ChatRequest) -> CompletionStream:
         started = time.perf_counter()
@@ -160,7 +160,7 @@ class Router:
             routing = self._routing(decision, name, failures)
             body = self._finish_stream(request, key, chunks, first, routing, started)
             return CompletionStream(body, routing)
-        raise NoRouteError(f"every model failed: {'; '.join(failures)}")
+        raise UnavailableError(f"every model failed: {'; '.join(failures)}")
 
     def model_views(self) -> dict[str, policy.ModelView]:
         """What the policy sees of each enabled model, usability checked now."""
@@ -310,12 +310,17 @@ class Router:
             if close is not None:
                 close()  # frees a local model for the next caller when the consumer stops
             if usage is None:
-                # Stopped early: count what was delivered; the prompt is estimated.
+                # No usage from the backend (stopped early): count the chunks delivered and
+                # estimate the prompt, and say so.
                 usage = {
                     "prompt_tokens": policy.estimate_prompt_tokens(request),
                     "completion_tokens": sum(1 for t in text if t),
                 }
-                routing.reason += " (stream stopped before the end; tokens estimated)"
+                routing.reason += (
+                    " (tokens estimated)"
+                    if complete
+                    else " (stream stopped before the end; tokens estimated)"
+                )
             self._account(routing, usage)
             if complete and not tool_calls:
                 response = _assemble(first, routing.model, "".join(text), finish_reason, usage)

@@ -2,12 +2,14 @@
 
 RouterError
  ├── ConfigError            models.toml is missing, unreadable or invalid (names file and key)
- ├── RequestError           the request itself is wrong (empty messages, unknown model, ...)
- │    └── UnknownModelError the requested model is not auto/local/cloud nor in models.toml
- ├── NoRouteError           no configured model can serve this request (too long, needs tools, ...)
+ ├── RequestError           the request is wrong as written (HTTP 400): change the request
+ │    ├── UnknownModelError the model is not auto/local/cloud nor in models.toml (HTTP 404)
+ │    └── NoRouteError      no configured model could serve it (too long, needs tools, ...)
+ ├── UnavailableError       models that could serve it are unusable now or failed (HTTP 503)
+ │    └── BusyError         the local model's queue is full: retry after `retry_after` seconds
  └── BackendError           a model was called and failed
       ├── ModelLoadError    a local GGUF file could not be found, downloaded or loaded
-      └── CloudError        a cloud call failed after its retries (status, retryable)
+      └── CloudError        a cloud call failed (status, retryable, retry_after)
 """
 
 from __future__ import annotations
@@ -41,8 +43,20 @@ class UnknownModelError(RequestError):
         self.name = name
 
 
-class NoRouteError(RouterError):
-    """No configured and usable model can serve the request."""
+class NoRouteError(RequestError):
+    """No configured model can serve the request as written (context, tools, JSON output)."""
+
+
+class UnavailableError(RouterError):
+    """Models that could serve the request are unusable right now or every one failed."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BusyError(UnavailableError):
+    """A local model has as many requests queued as it accepts."""
 
 
 class BackendError(RouterError):

@@ -10,9 +10,9 @@ none is configured.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from router.errors import NoRouteError, RequestError, UnknownModelError
+from router.errors import NoRouteError, RequestError, UnavailableError, UnknownModelError
 from router.types import ChatRequest, Decision, Tier
 
 # A deliberately pessimistic chars-per-token ratio: over-estimating sends a borderline request
@@ -70,7 +70,12 @@ def decide(
             raise UnknownModelError(mode, list(models))
         problems = blockers(model, request, needed)
         if problems:
-            raise NoRouteError(f"model {mode!r} cannot serve this request: {'; '.join(problems)}")
+            raise _no_route(
+                f"model {mode!r} cannot serve this request: {'; '.join(problems)}",
+                [model],
+                request,
+                needed,
+            )
         return Decision(score, (mode,), f"model {mode!r} requested by name")
 
     excluded: list[str] = []
@@ -88,13 +93,21 @@ def decide(
 
     if mode == "local":
         if not local:
-            raise NoRouteError(f"no local model can serve this request{why_not}")
+            local_models = [m for m in models.values() if m.tier == "local"]
+            raise _no_route(
+                f"no local model can serve this request{why_not}", local_models, request, needed
+            )
         chosen = _first_within(local, score)
         return Decision(score, _order(chosen, local), f"local tier requested; {chosen.name}")
 
     pool = cloud if mode == "cloud" else fit
     if not pool and not local:
-        raise NoRouteError(f"no configured model can serve this request{why_not}")
+        raise _no_route(
+            f"no configured model can serve this request{why_not}",
+            list(models.values()),
+            request,
+            needed,
+        )
 
     if mode == "auto":
         chosen = _first_within(pool, score)
@@ -124,6 +137,16 @@ def decide(
         _with_local_last(_order(chosen, cloud), local),
         f"cloud tier requested; {chosen.name}",
     )
+
+
+def _no_route(
+    message: str, considered: list[ModelView], request: ChatRequest, needed: int
+) -> RequestError | UnavailableError:
+    """503 when a model that is down (no key, no file) could have served it, else 400."""
+    for m in considered:
+        if m.unusable and not blockers(replace(m, unusable=None), request, needed):
+            return UnavailableError(message)
+    return NoRouteError(message)
 
 
 def _first_within(pool: list[ModelView], score: float) -> ModelView:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from router import NoRouteError, Router
+from router import Router, UnavailableError
 from router.backends.cloud import parse_retry_after
 from router.pricing import lookup
 from tests.conftest import CLOUD_KEY, EASY_PROMPT, HARD_PROMPT, Sleeps
@@ -163,7 +163,7 @@ def test_forced_cloud_model_that_fails_is_an_error_not_a_silent_fallback(
 ) -> None:
     router = make_router(fake_cloud)
     fake_cloud.inject(*[Fault(500)] * 3)
-    with pytest.raises(NoRouteError, match=r"cloud-mini: HTTP 500"):
+    with pytest.raises(UnavailableError, match=r"cloud-mini: HTTP 500"):
         router.complete(ask("Hi"), model="cloud-mini", max_tokens=8)
     assert router.ledger.entries() == []  # nothing recorded for a failed request
 

@@ -157,14 +157,14 @@ def test_hub_models_load_from_the_hugging_face_cache(tmp_path: Path) -> None:
     )
     out = run_python(
         f"""
-        from router import Router, NoRouteError
+        from router import Router, UnavailableError
         with Router({str(config)!r}) as r:
             done = r.complete([{{"role": "user", "content": "Hi"}}], model="hub-model",
                               max_tokens=4)
             print(done.routing.model, bool(done.text))
             try:
                 r.complete([{{"role": "user", "content": "Hi"}}], model="not-downloaded")
-            except NoRouteError as exc:
+            except UnavailableError as exc:
                 print(exc)
         """,
         env={"HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router import ChatRequest, NoRouteError, UnknownModelError
+from router import ChatRequest, NoRouteError, UnavailableError, UnknownModelError
 from router.complexity import HeuristicEstimator
 from router.policy import ModelView, decide
 
@@ -64,6 +64,9 @@ def test_tools_and_json_output_go_where_they_are_supported() -> None:
 def test_nothing_can_serve_explains_each_model() -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
     with pytest.raises(NoRouteError, match=r"small: does not support tools"):
+        decide(req(tools=tools), 0.0, models(LOCAL, BIG_LOCAL), 64)
+    # A model that could serve it exists but has no key: unavailable (503), not a bad request.
+    with pytest.raises(UnavailableError, match=r"mini: OPENAI_API_KEY is not set"):
         decide(req(tools=tools), 0.0, models(LOCAL, NO_KEY), 64)
 
 
@@ -81,8 +84,10 @@ def test_a_model_name_forces_that_model_or_fails_clearly() -> None:
     assert decide(req(model="mini"), 0.0, models(LOCAL, CLOUD), 64).candidates == ("mini",)
     with pytest.raises(UnknownModelError, match=r"'phi3' not found in models.toml.*small, mini"):
         decide(req(model="phi3"), 0.0, models(LOCAL, CLOUD), 64)
-    with pytest.raises(NoRouteError, match=r"OPENAI_API_KEY is not set"):
+    with pytest.raises(UnavailableError, match=r"OPENAI_API_KEY is not set"):
         decide(req(model="mini"), 0.0, models(LOCAL, NO_KEY), 64)
+    with pytest.raises(NoRouteError, match=r"does not support tools"):
+        decide(req(model="small", tools=[{"type": "function"}]), 0.0, models(LOCAL, CLOUD), 64)
 
 
 def test_heuristic_scores_in_range_deterministic_and_ordered() -> None:

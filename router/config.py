@@ -70,6 +70,7 @@ class LocalModel(_Strict):
     max_score: Annotated[float, Field(ge=0, le=1)] = 0.35
     supports_tools: bool = False
     supports_json: bool = False
+    max_queue: Annotated[int, Field(ge=1, le=10_000)] = 16
     price: Price | None = None
 
     @model_validator(mode="after")
@@ -156,6 +157,13 @@ class LedgerSettings(_Strict):
     path: str | None = None
 
 
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    max_body_kb: Annotated[int, Field(ge=1)] = 4096
+    keys_path: str | None = None
+
+
 class RetrySettings(_Strict):
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
     backoff_seconds: Annotated[float, Field(ge=0)] = 0.5
@@ -167,6 +175,7 @@ class Config(_Strict):
     cache: CacheSettings = CacheSettings()
     ledger: LedgerSettings = LedgerSettings()
     retry: RetrySettings = RetrySettings()
+    server: ServerSettings = ServerSettings()
     models: dict[str, ModelConfig]
     source: Path | None = Field(default=None, exclude=True)
 
@@ -197,6 +206,11 @@ class Config(_Strict):
         if self.ledger.path:
             return self._resolve(self.ledger.path)
         return Path(platformdirs.user_data_dir(APP_NAME)) / "ledger.sqlite3"
+
+    def keys_path(self) -> Path:
+        if self.server.keys_path:
+            return self._resolve(self.server.keys_path)
+        return Path(platformdirs.user_data_dir(APP_NAME)) / "keys.sqlite3"
 
     def _resolve(self, value: str) -> Path:
         path = Path(os.path.expandvars(value)).expanduser()

@@ -201,3 +201,67 @@ def test_readme_library_example_runs_as_written(tmp_path: Path) -> None:
     out = run_python(example, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "local smollm2" in out.stdout
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_router_serve_command_answers_the_openai_client(tmp_path: Path) -> None:
+    import time
+
+    import httpx
+    import openai
+
+    config = write_config(tmp_path, None)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router", "serve", "--port", str(port), "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+        done = c.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+        assert done.choices[0].message.content is not None
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert "loopback only" in out
+
+
+def test_serving_beyond_loopback_requires_a_key(tmp_path: Path) -> None:
+    config = write_config(tmp_path, None, extra='\n[server]\nkeys_path = "keys.sqlite3"\n')
+    out = router_cli("serve", "--host", "0.0.0.0", "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "requires API" in out.stderr and "router keys create --user NAME" in out.stderr
+
+    created = router_cli("keys", "create", "--user", "dana", "--config", str(config), cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("rk-") and len(key) > 40
+    listed = router_cli("keys", "list", "--config", str(config), cwd=tmp_path)
+    key_id = listed.stdout.split()[0]
+    assert "dana" in listed.stdout and key not in listed.stdout and key.startswith(key_id)
+    assert (
+        router_cli("keys", "revoke", key_id, "--config", str(config), cwd=tmp_path).returncode == 0
+    )
+    assert (
+        router_cli("keys", "revoke", key_id, "--config", str(config), cwd=tmp_path).returncode == 2
+    )

@@ -12,11 +12,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from router.config import Config, LocalModel, local_path
-from router.errors import BackendError, ModelLoadError
+from router.errors import BackendError, BusyError, ModelLoadError
 from router.types import ChatRequest
 
 _PASSTHROUGH = (
@@ -89,6 +90,33 @@ class LocalBackend:
         self._llm: Any = None
         self._load_lock = threading.Lock()
         self._generate_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._in_flight = 0  # running + waiting for the model
+        self._seconds_per_request = 2.0  # moving average, for Retry-After
+
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """Wait for this model, or refuse at once when `max_queue` requests already wait."""
+        with self._queue_lock:
+            if self._in_flight >= self._model_config.max_queue:
+                wait = self._in_flight * self._seconds_per_request
+                raise BusyError(
+                    f"local model {self.name!r} has {self._in_flight} requests in flight "
+                    f"(max_queue = {self._model_config.max_queue}); retry in {wait:.0f} s",
+                    retry_after=max(1.0, wait),
+                )
+            self._in_flight += 1
+        try:
+            with self._generate_lock:
+                started = time.monotonic()
+                try:
+                    yield
+                finally:
+                    took = time.monotonic() - started
+                    self._seconds_per_request += 0.2 * (took - self._seconds_per_request)
+        finally:
+            with self._queue_lock:
+                self._in_flight -= 1
 
     @property
     def loaded(self) -> bool:
@@ -127,7 +155,7 @@ class LocalBackend:
 
     def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:
         llm = self.load()
-        with self._generate_lock:
+        with self._turn():
             try:
                 out: dict[str, Any] = llm.create_chat_completion(
                     messages=request.messages, **self._kwargs(params)
@@ -139,7 +167,7 @@ class LocalBackend:
 
     def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         llm = self.load()
-        with self._generate_lock:
+        with self._turn():
             chunks = llm.create_chat_completion(
                 messages=request.messages, stream=True, **self._kwargs(params)
             )

@@ -1,0 +1,76 @@
+"""Prometheus text-format metrics, kept in process (no client library needed)."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+from router.types import Routing
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[tuple[str, str], int] = defaultdict(int)
+        self._cache_hits = 0
+        self._tokens_saved = 0
+        self._usd_saved = 0.0
+        self._usd_cost = 0.0
+        self._latency: dict[str, list[int]] = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
+        self._latency_sum: dict[str, float] = defaultdict(float)
+
+    def observe(self, status: int, seconds: float, routing: Routing | None = None) -> None:
+        tier = routing.tier if routing else "none"
+        with self._lock:
+            self._requests[(tier, str(status))] += 1
+            counts = self._latency[tier]
+            for i, bound in enumerate(BUCKETS):
+                if seconds <= bound:
+                    counts[i] += 1
+            counts[-1] += 1
+            self._latency_sum[tier] += seconds
+            if routing is not None:
+                self._cache_hits += int(routing.cache_hit)
+                self._tokens_saved += routing.tokens_saved
+                self._usd_saved += routing.usd_saved
+                self._usd_cost += routing.cost_usd
+
+    def render(self) -> str:
+        with self._lock:
+            out = [
+                "# HELP router_requests_total Chat completion requests by tier and HTTP status.",
+                "# TYPE router_requests_total counter",
+            ]
+            for (tier, status), n in sorted(self._requests.items()):
+                out.append(f'router_requests_total{{tier="{tier}",status="{status}"}} {n}')
+            for name, kind, value, help_text in (
+                ("router_cache_hits_total", "counter", self._cache_hits, "Answers from cache."),
+                (
+                    "router_tokens_saved_total",
+                    "counter",
+                    self._tokens_saved,
+                    "Tokens not sent to a paid provider.",
+                ),
+                (
+                    "router_usd_saved_total",
+                    "counter",
+                    self._usd_saved,
+                    "Dollars saved against the baseline model.",
+                ),
+                ("router_usd_cost_total", "counter", self._usd_cost, "Dollars paid."),
+            ):
+                out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+            out += [
+                "# HELP router_request_duration_seconds Time to answer (to the end of a stream).",
+                "# TYPE router_request_duration_seconds histogram",
+            ]
+            hist = "router_request_duration_seconds"
+            for tier, counts in sorted(self._latency.items()):
+                bounds = [str(b) for b in BUCKETS] + ["+Inf"]
+                for bound, n in zip(bounds, counts, strict=True):
+                    out.append(f'{hist}_bucket{{tier="{tier}",le="{bound}"}} {n}')
+                out.append(f'{hist}_sum{{tier="{tier}"}} {self._latency_sum[tier]}')
+                out.append(f'{hist}_count{{tier="{tier}"}} {counts[-1]}')
+        return "\n".join(out) + "\n"

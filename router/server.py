@@ -1,0 +1,233 @@
+"""The OpenAI-compatible HTTP endpoint: OpenAI's wire format in and out, nothing else.
+
+Routing, caching and accounting live in the Router; this module parses, authenticates, moves
+blocking work off the event loop, and renders results and errors the way OpenAI clients expect.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from router.engine import Router
+from router.errors import RouterError
+from router.keys import PREFIX, KeyStore
+from router.metrics import Metrics
+from router.types import CompletionStream, Routing
+from router.wire import HTTPError, http_error, parse_chat
+
+log = logging.getLogger("router.server")
+
+MODES = ("auto", "local", "cloud")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def routing_headers(routing: Routing) -> dict[str, str]:
+    return {
+        "x-router-tier": routing.tier,
+        "x-router-model": routing.model,
+        "x-router-score": f"{routing.score:.4f}",
+        "x-router-cache": "hit" if routing.cache_hit else "miss",
+    }
+
+
+def _error_response(err: HTTPError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+
+
+def create_app(
+    router: Router,
+    *,
+    keys: KeyStore | None = None,
+    require_keys: bool = False,
+    max_body_bytes: int | None = None,
+) -> Starlette:
+    """An ASGI app serving `router`. With `require_keys`, every /v1 call needs a valid key."""
+    metrics = Metrics()
+    body_limit = max_body_bytes or router.config.server.max_body_kb * 1024
+    if require_keys and keys is None:
+        raise ValueError("require_keys needs a KeyStore")
+
+    def authenticate(request: Request) -> str | None:
+        """The key owner's name; None for anonymous loopback use."""
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        # On loopback, clients must send *some* key; placeholders ("sk-none", "EMPTY") are
+        # fine, but anything shaped like one of our keys has to be valid.
+        if not require_keys and not token.startswith(PREFIX):
+            return None
+        owner = keys.owner(token) if keys is not None and token else None
+        if owner is None:
+            raise HTTPError(
+                401,
+                "missing or invalid API key: send 'Authorization: Bearer <key>' with a key "
+                "from 'router keys create --user NAME'",
+                "authentication_error",
+                code="invalid_api_key",
+            )
+        return owner
+
+    async def read_body(request: Request) -> bytes:
+        too_big = HTTPError(
+            413,
+            f"request body is larger than {body_limit} bytes (server.max_body_kb in models.toml)",
+            code="request_too_large",
+        )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > body_limit:
+            raise too_big
+        parts: list[bytes] = []
+        size = 0
+        async for part in request.stream():
+            size += len(part)
+            if size > body_limit:
+                raise too_big
+            parts.append(part)
+        return b"".join(parts)
+
+    async def chat_completions(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            user = authenticate(request)
+            raw = await read_body(request)
+            no_cache = {"no-cache", "no-store"} & {
+                v.strip() for v in request.headers.get("cache-control", "").lower().split(",")
+            }
+            call = parse_chat(raw, user=user, cache=not no_cache)
+            if call.stream:
+                stream = await anyio.to_thread.run_sync(router.stream_request, call.request)
+                return StreamingResponse(
+                    stream_events(stream, call.include_usage, started),
+                    media_type="text/event-stream",
+                    headers={**routing_headers(stream.routing), "Cache-Control": "no-cache"},
+                )
+            done = await anyio.to_thread.run_sync(router.complete_request, call.request)
+        except HTTPError as exc:
+            err = exc
+        except RouterError as exc:
+            err = http_error(exc)
+        except Exception:
+            log.exception("unexpected error in /v1/chat/completions")
+            err = HTTPError(500, "internal error; the server log has the details", "server_error")
+        else:
+            metrics.observe(200, time.perf_counter() - started, done.routing)
+            return JSONResponse(done.response, headers=routing_headers(done.routing))
+        metrics.observe(err.status, time.perf_counter() - started)
+        return _error_response(err)
+
+    async def stream_events(
+        stream: CompletionStream, include_usage: bool, started: float
+    ) -> AsyncIterator[bytes]:
+        status = 200
+        try:
+            while True:
+                chunk = await anyio.to_thread.run_sync(next, stream, None)
+                if chunk is None:
+                    break
+                if not chunk["choices"] and not include_usage:
+                    continue  # the usage chunk is opt-in, as with OpenAI
+                yield _sse(chunk)
+            yield b"data: [DONE]\n\n"
+        except RouterError as exc:  # the model failed after the answer had started
+            err = http_error(exc)
+            status = err.status
+            yield _sse(err.body())
+            yield b"data: [DONE]\n\n"
+        finally:
+            # Runs on normal end and when the client hangs up (cancellation): closing the
+            # stream stops the generation and frees a local model for the next request.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(stream.close)
+            metrics.observe(status, time.perf_counter() - started, stream.routing)
+
+    def model_list() -> list[dict[str, Any]]:
+        views = router.model_views()
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "router"} for m in MODES]
+        for name, view in views.items():
+            data.append({"id": name, "object": "model", "created": 0, "owned_by": view.tier})
+        return data
+
+    async def list_models(request: Request) -> Response:
+        try:
+            authenticate(request)
+        except HTTPError as err:
+            return _error_response(err)
+        return JSONResponse({"object": "list", "data": model_list()})
+
+    async def get_model(request: Request) -> Response:
+        try:
+            authenticate(request)
+        except HTTPError as err:
+            return _error_response(err)
+        wanted = request.path_params["model"]
+        for entry in model_list():
+            if entry["id"] == wanted:
+                return JSONResponse(entry)
+        return _error_response(
+            HTTPError(404, f"model {wanted!r} not found", param="model", code="model_not_found")
+        )
+
+    async def health(request: Request) -> Response:
+        views = router.model_views()
+        return JSONResponse(
+            {
+                "status": "ok",
+                "models": {
+                    n: {"tier": v.tier, "usable": v.unusable is None, "why_not": v.unusable}
+                    for n, v in views.items()
+                },
+            }
+        )
+
+    async def metrics_endpoint(request: Request) -> Response:
+        try:
+            if require_keys:
+                authenticate(request)
+        except HTTPError as err:
+            return _error_response(err)
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def http_exception(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _error_response(
+            HTTPError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+        )
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s", request.url.path, exc_info=exc)
+        return _error_response(HTTPError(500, "internal error", "server_error"))
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_exception, Exception: server_error},
+    )

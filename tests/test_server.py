@@ -19,7 +19,7 @@ import pytest
 from router import Router
 from router.keys import KeyStore
 from router.server import create_app
-from tests.conftest import EASY_PROMPT, HARD_PROMPT
+from tests.conftest import EASY_PROMPT, HARD_PROMPT, write_config
 from tests.fakecloud import FakeCloud, answer_for
 from tests.server_harness import ServerThread
 
@@ -261,29 +261,29 @@ def test_cache_hits_and_cloud_calls_are_served_while_the_local_model_is_busy(
     assert out["lines"] > 20
 
 
-def test_full_local_queue_is_503_with_retry_after(serve: Serve) -> None:
-    server = serve(extra="")
-    local = server.router.config.models["smollm2"]  # type: ignore[attr-defined]
-    # max_queue = 1: one request may hold the model, the next is refused at once.
-    server.router._backends["smollm2"]._model_config = local.model_copy(  # type: ignore[attr-defined]
-        update={"max_queue": 1}
-    )
-    started, done, out = threading.Event(), threading.Event(), {}
-    worker = threading.Thread(target=_slow_stream, args=(server, started, done, out))
-    worker.start()
-    try:
-        assert started.wait(30)
-        r = httpx.post(
-            server.url + "/v1/chat/completions",
-            timeout=30,
-            json={"model": "local", "messages": ask("Hello there"), "max_tokens": 4},
-        )
-        assert r.status_code == 503, r.text
-        assert int(r.headers["retry-after"]) >= 1
-        assert r.json()["error"]["code"] == "queue_full"
-    finally:
-        worker.join(60)
-        server.router._backends["smollm2"]._model_config = local  # type: ignore[attr-defined]
+def test_full_local_queue_is_503_with_retry_after(tmp_path: Path) -> None:
+    # max_queue = 1: one request may hold the model, the next is refused at once. This test
+    # loads its own copy of the model, configured the way a user would.
+    path = write_config(tmp_path, None)
+    path.write_text(path.read_text().replace("max_score = 0.35", "max_score = 0.35\nmax_queue = 1"))
+    with Router(path) as router, ServerThread(create_app(router)) as server:
+        started, done, out = threading.Event(), threading.Event(), {}
+        worker = threading.Thread(target=_slow_stream, args=(server, started, done, out))
+        worker.start()
+        try:
+            assert started.wait(30)
+            r = httpx.post(
+                server.url + "/v1/chat/completions",
+                timeout=30,
+                json={"model": "local", "messages": ask("Hello there"), "max_tokens": 4},
+            )
+            assert r.status_code == 503, r.text
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.json()["error"]["code"] == "queue_full"
+            assert "max_queue = 1" in r.json()["error"]["message"]
+        finally:
+            worker.join(60)
+        assert out["lines"] > 20  # the request holding the model was unaffected
 
 
 def test_client_disconnect_stops_the_generation(serve: Serve) -> None:

@@ -1,15 +1,32 @@
-"""The `router` command line (Typer). Every command takes --config."""
+"""The `router` command line (Typer). Every command takes --config.
+
+Exit codes: 0 done; 1 unexpected error; 2 bad usage, configuration or request; 3 no model
+available or every model failed; 130 interrupted. Errors are one line on stderr; `--debug`
+(anywhere on the command line) shows the traceback instead.
+
+Nothing heavy is imported here: llama_cpp loads when a local model first answers, litellm when
+a cloud model is first called, so `router --help` and a locally answered chat stay fast.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
-from pathlib import Path
+import time
 from typing import Annotated, Any
 
 import typer
 
-from router.errors import RouterError
+from router.cli_common import ConfigOption, echo_err, loading_spinner, status_line
+from router.cli_server import keys_app, serve
+from router.errors import (
+    BackendError,
+    ConfigError,
+    RequestError,
+    RouterError,
+    UnavailableError,
+)
 
 app = typer.Typer(
     help="Local-first LLM router: cheap requests to a local GGUF model, hard ones to the cloud.",
@@ -17,13 +34,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command()(serve)
+app.add_typer(keys_app, name="keys")
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="models.toml to use (default: see README, 'Configuration')."
-    ),
+ModelOption = Annotated[
+    str, typer.Option("--model", "-m", help="auto, local, cloud or a model name.")
 ]
+SystemOption = Annotated[str | None, typer.Option("--system", "-s", help="A system prompt.")]
+MaxTokensOption = Annotated[
+    int | None, typer.Option("--max-tokens", min=1, help="Cap the answer's length.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 @app.callback()
@@ -31,15 +52,24 @@ def _root() -> None:
     """Local-first LLM router. Add --debug to any command for full tracebacks."""
 
 
+def _messages(system: str | None, text: str) -> list[dict[str, Any]]:
+    return ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": text}
+    ]
+
+
 @app.command()
 def chat(
-    prompt: Annotated[str, typer.Argument(help="The prompt; '-' reads it from stdin.")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="auto, local, cloud or a model name.")
-    ] = "auto",
-    system: Annotated[str | None, typer.Option("--system", "-s", help="A system prompt.")] = None,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1)] = None,
-    temperature: Annotated[float | None, typer.Option("--temperature", min=0, max=2)] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Argument(help="The prompt; '-' reads stdin. None on a terminal: interactive chat."),
+    ] = None,
+    model: ModelOption = "auto",
+    system: SystemOption = None,
+    max_tokens: MaxTokensOption = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", min=0, max=2, help="Sampling temperature.")
+    ] = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Neither read nor write the cache.")
     ] = False,
@@ -48,121 +78,256 @@ def chat(
     ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Answer one prompt: the answer streams to stdout, the route goes to stderr."""
+    """Chat: answer PROMPT (streamed to stdout, the route to stderr), or talk interactively."""
     from router.engine import Router
 
-    text = sys.stdin.read() if prompt == "-" else prompt
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": text}
-    ]
     params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
-    with Router(config) as router:
+    interactive = prompt is None and sys.stdin.isatty() and not as_json
+    with Router(config, loading=loading_spinner) as router:
+        if interactive:
+            import platformdirs
+
+            from router import repl
+
+            history = platformdirs.user_state_path("router") / "chat_history"
+            repl.run(
+                router,
+                mode=model,
+                system=system,
+                params=params,
+                cache=not no_cache,
+                history=history,
+            )
+            return
+        text = sys.stdin.read() if prompt in (None, "-") else prompt
+        messages = _messages(system, text or "")
         if as_json:
             done = router.complete(messages, model, cache=not no_cache, **params)
             typer.echo(json.dumps({**done.response, "routing": done.routing.to_dict()}, indent=2))
             return
         stream = router.stream(messages, model, cache=not no_cache, **params)
-        for chunk in stream:
-            for choice in chunk.get("choices", []):
-                piece = choice.get("delta", {}).get("content")
-                if piece:
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        r = stream.routing
-        typer.echo(
-            f"[{r.tier} · {r.model} · score {r.score:.2f} · "
-            f"{'cache hit' if r.cache_hit else 'cache miss'} · "
-            f"saved {r.tokens_saved} tokens, ${r.usd_saved:.6f}] {r.reason}",
-            err=True,
-        )
+        try:
+            for chunk in stream:
+                for choice in chunk.get("choices", []):
+                    piece = choice.get("delta", {}).get("content")
+                    if piece:
+                        sys.stdout.write(piece)
+                        sys.stdout.flush()
+        finally:
+            stream.close()
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        echo_err(status_line(stream.routing))
 
 
 @app.command()
-def serve(
-    host: Annotated[
-        str | None, typer.Option(help="Address to bind (default: server.host, 127.0.0.1).")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: server.port, 8000).")] = None,
+def explain(
+    prompt: Annotated[str, typer.Argument(help="The prompt; '-' reads stdin.")],
+    model: ModelOption = "auto",
+    system: SystemOption = None,
+    max_tokens: MaxTokensOption = None,
+    as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Serve the OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, ...)."""
-    import uvicorn
-
+    """Show the score, the signals behind it and the routing decision. Calls no model."""
     from router.engine import Router
-    from router.keys import KeyStore
-    from router.server import create_app, is_loopback
+    from router.policy import blockers, estimate_prompt_tokens
+    from router.types import ChatRequest
 
+    text = sys.stdin.read() if prompt == "-" else prompt
+    request = ChatRequest(_messages(system, text), model, {"max_tokens": max_tokens})
     with Router(config) as router:
-        host = host or router.config.server.host
-        port = router.config.server.port if port is None else port
-        keys = KeyStore(router.config.keys_path())
-        exposed = not is_loopback(host)
-        if exposed and not keys.list():
-            raise RouterError(
-                f"--host {host} exposes the router beyond this machine, which requires API "
-                "keys: create one with 'router keys create --user NAME' first"
-            )
-        app_ = create_app(router, keys=keys, require_keys=exposed)
-        typer.echo(
-            f"router serving on http://{host}:{port}/v1 "
-            f"({'API keys required' if exposed else 'loopback only'})",
-            err=True,
+        score = router.estimator.score(request)
+        explain_fn = getattr(router.estimator, "explain", None)
+        signals: dict[str, float] = explain_fn(request) if explain_fn else {}
+        needed = estimate_prompt_tokens(request) + int(
+            request.params.get("max_tokens", router.config.router.default_max_tokens)
         )
-        uvicorn.run(app_, host=host, port=port, log_level="info")
-        keys.close()
+        views = router.model_views()
+        models: list[dict[str, Any]] = [
+            {
+                "name": v.name,
+                "tier": v.tier,
+                "ceiling": v.max_score,
+                "n_ctx": v.n_ctx,
+                "blocked_by": blockers(v, request, needed),
+            }
+            for v in views.values()
+        ]
+        error: RouterError | None = None
+        try:
+            decision = router.decide(request)
+            outcome: dict[str, Any] = {
+                "candidates": list(decision.candidates),
+                "reason": decision.reason,
+            }
+        except RouterError as exc:
+            error, outcome = exc, {"candidates": [], "reason": str(exc)}
+    report = {
+        "score": score,
+        "signals": signals,
+        "estimated_tokens": needed,
+        "decision": outcome,
+        "models": models,
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        top = ", ".join(f"{k} {v:.2f}" for k, v in signals.items() if v > 0) or "none"
+        typer.echo(f"score      {score:.2f}   (top signals: {top})")
+        typer.echo(f"needs      ~{needed} tokens of context (prompt estimate + max_tokens)")
+        chosen = outcome["candidates"]
+        typer.echo(
+            f"decision   {chosen[0] if chosen else 'none'}"
+            + (f"   then {' → '.join(chosen[1:])}" if len(chosen) > 1 else "")
+        )
+        typer.echo(f"why        {outcome['reason']}")
+        for m in models:
+            state = "ok" if not m["blocked_by"] else "no: " + "; ".join(m["blocked_by"])
+            typer.echo(f"  {m['name']:<16} {m['tier']:<6} ceiling {m['ceiling']:.2f}  {state}")
+    if error is not None:
+        raise error
 
 
-keys_app = typer.Typer(help="API keys for 'router serve' (required off loopback).")
-app.add_typer(keys_app, name="keys")
-
-
-def _key_store(config: Path | None) -> Any:
+@app.command()
+def models(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """List configured models: tier, usable now, context size, prices, ceiling."""
     from router.config import load_config
-    from router.keys import KeyStore
+    from router.engine import Router
+    from router.errors import ConfigError as _ConfigError
+    from router.pricing import model_price
 
-    return KeyStore(load_config(config).keys_path())
+    cfg = load_config(config)
+    with Router(cfg) as router:
+        views = router.model_views()
+    rows: list[dict[str, Any]] = []
+    for name, m in cfg.models.items():
+        view = views.get(name)
+        try:
+            price = model_price(name, m)
+            prices: tuple[float | None, float | None] = (
+                price.input_per_mtok,
+                price.output_per_mtok,
+            )
+        except _ConfigError:
+            prices = (None, None)
+        rows.append(
+            {
+                "name": name,
+                "tier": m.tier,
+                "enabled": m.enabled,
+                "usable": bool(view and view.unusable is None),
+                "why_not": (view.unusable if view else "disabled in models.toml"),
+                "n_ctx": view.n_ctx if view else m.n_ctx,
+                "input_per_mtok": prices[0],
+                "output_per_mtok": prices[1],
+                "max_score": m.max_score,
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"models ({cfg.source})")
+    for col in ("model", "tier", "usable", "context", "$/M in", "$/M out", "ceiling"):
+        table.add_column(col, justify="right" if col.startswith(("$", "con", "cei")) else "left")
+    for r in rows:
+        usable = "yes" if r["usable"] else f"no: {r['why_not']}"
+        money = [
+            f"{p:.2f}" if p is not None else "?"
+            for p in (r["input_per_mtok"], r["output_per_mtok"])
+        ]
+        table.add_row(
+            r["name"], r["tier"], usable, str(r["n_ctx"] or "?"), *money, f"{r['max_score']:.2f}"
+        )
+    Console(width=max(100, Console().width)).print(table)
 
 
-@keys_app.command("create")
-def keys_create(
-    user: Annotated[str, typer.Option("--user", "-u", help="Who the key belongs to.")],
+_SINCE = re.compile(r"^(\d+)\s*([mhdw])$")
+
+
+def parse_since(value: str) -> float:
+    """'30m', '24h', '7d', '2w' → a Unix time that long ago."""
+    match = _SINCE.match(value.strip().lower())
+    if not match:
+        raise RequestError(f"--since {value!r}: expected a number and m, h, d or w (e.g. 7d)")
+    unit = {"m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+    return time.time() - int(match.group(1)) * unit
+
+
+@app.command()
+def stats(
+    since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d, 2w.")] = "7d",
+    by: Annotated[str | None, typer.Option(help="Group rows by day, user, tier or model.")] = None,
+    as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Create a key for USER and print it once (only its hash is stored)."""
-    store = _key_store(config)
-    key, key_id = store.create(user)
-    store.close()
-    typer.echo(key)
-    typer.echo(f"created {key_id} for {user}; it will not be shown again", err=True)
+    """Requests, tokens, cost and savings from the ledger."""
+    from router.config import load_config
+    from router.ledger import GROUPS, SQLiteLedger
+
+    if by is not None and by not in GROUPS:
+        raise RequestError(f"--by {by!r}: choose one of {', '.join(GROUPS)}")
+    start = parse_since(since)
+    cfg = load_config(config)
+    ledger = SQLiteLedger(cfg.ledger_path())
+    totals = ledger.totals(start)
+    groups = ledger.summary(start, by or "tier")
+    ledger.close()
+    rate = totals["cache_hits"] / totals["requests"] if totals["requests"] else 0.0
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "since": since,
+                    **totals,
+                    "cache_hit_rate": rate,
+                    "by": by or "tier",
+                    "groups": groups,
+                },
+                indent=2,
+            )
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"router stats, last {since} ({cfg.ledger_path()})")
+    columns = (
+        by or "tier",
+        "requests",
+        "tokens",
+        "cost $",
+        "baseline $",
+        "tokens saved",
+        "$ saved",
+        "cache hits",
+    )
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for g in [*groups, {**totals, "group": "total"}]:
+        table.add_row(
+            str(g["group"]),
+            str(g["requests"]),
+            str(g["tokens"]),
+            f"{g['cost_usd']:.4f}",
+            f"{g['baseline_usd']:.4f}",
+            str(g["tokens_saved"]),
+            f"{g['usd_saved']:.4f}",
+            str(g["cache_hits"]),
+        )
+    Console(width=max(100, Console().width)).print(table)
+    typer.echo(f"cache hit rate {rate:.1%}")
 
 
-@keys_app.command("list")
-def keys_list(config: ConfigOption = None) -> None:
-    """List key ids and their users (never the keys)."""
-    import datetime
-
-    store = _key_store(config)
-    for key_id, user, created in store.list():
-        when = datetime.datetime.fromtimestamp(created).isoformat(timespec="seconds")
-        typer.echo(f"{key_id}\t{user}\t{when}")
-    store.close()
-
-
-@keys_app.command("revoke")
-def keys_revoke(
-    key_id: Annotated[str, typer.Argument(help="The key id shown by 'router keys list'.")],
-    config: ConfigOption = None,
-) -> None:
-    """Revoke a key at once."""
-    store = _key_store(config)
-    found = store.revoke(key_id)
-    store.close()
-    if not found:
-        typer.echo(f"error: no key with id {key_id!r} (see 'router keys list')", err=True)
-        raise typer.Exit(2)
-    typer.echo(f"revoked {key_id}", err=True)
+def exit_code(exc: RouterError) -> int:
+    if isinstance(exc, (UnavailableError, BackendError)):
+        return 3
+    if isinstance(exc, (ConfigError, RequestError)):
+        return 2
+    return 2
 
 
 def main() -> None:
@@ -174,7 +339,12 @@ def main() -> None:
     except RouterError as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        echo_err(f"error: {exc}")
+        sys.exit(exit_code(exc))
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:  # a bug: say so in one line, keep the traceback for --debug
+        if debug:
+            raise
+        echo_err(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug)")
+        sys.exit(1)

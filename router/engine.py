@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from router import policy
@@ -52,6 +53,7 @@ class Router:
         ledger: Ledger | None = None,
         backends: Mapping[str, Backend] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        loading: Callable[[str], AbstractContextManager[object]] | None = None,
     ) -> None:
         self.config = config if isinstance(config, Config) else load_config(config)
         self.estimator = estimator or default_estimator()
@@ -68,6 +70,7 @@ class Router:
         self._backends: dict[str, Backend] = dict(backends or {})
         self._backends_lock = threading.Lock()
         self._sleep = sleep
+        self._loading = loading  # wraps a local model's load (the CLI shows a spinner)
         # Where each local GGUF is, found once (locating a package's file costs ~0.1 ms).
         self._local_paths = {
             name: local_path(self.config, m)
@@ -217,7 +220,7 @@ class Router:
                 if isinstance(model, LocalModel):
                     from router.backends.local import LocalBackend
 
-                    backend = LocalBackend(self.config, name, model)
+                    backend = LocalBackend(self.config, name, model, self._loading)
                 else:
                     from router.backends.cloud import CloudBackend
 

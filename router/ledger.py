@@ -39,6 +39,10 @@ class Ledger(Protocol):
 
     def entries(self, since: float | None = None) -> list[Entry]: ...
 
+    def summary(
+        self, since: float | None = None, by: str | None = None
+    ) -> list[dict[str, Any]]: ...
+
     def totals(self, since: float | None = None) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
@@ -71,6 +75,22 @@ _MIGRATIONS = [
 ]
 
 _COLUMNS = [f.name for f in fields(Entry)]
+_SUMMARY = (
+    "group",
+    "requests",
+    "tokens",
+    "cost_usd",
+    "baseline_usd",
+    "tokens_saved",
+    "usd_saved",
+    "cache_hits",
+)
+GROUPS = {
+    "day": "date(ts, 'unixepoch', 'localtime')",
+    "user": "COALESCE(user, '(anonymous)')",
+    "tier": "tier",
+    "model": "model",
+}
 
 
 def _entry(row: dict[str, Any]) -> Entry:
@@ -113,32 +133,30 @@ class SQLiteLedger:
             rows = cursor.fetchall()
         return [_entry(dict(zip(_COLUMNS, r, strict=True))) for r in rows]
 
-    def totals(self, since: float | None = None) -> dict[str, Any]:
+    def summary(self, since: float | None = None, by: str | None = None) -> list[dict[str, Any]]:
+        """Sums per group (`by`: day, user, tier or model; None: one row for everything)."""
+        if by is not None and by not in GROUPS:
+            raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
+        key = GROUPS[by] if by else "'all'"
         with self._lock:
-            row = self._db.execute(
-                """SELECT COUNT(*), COALESCE(SUM(prompt_tokens + completion_tokens), 0),
-                          COALESCE(SUM(cost_usd), 0), COALESCE(SUM(baseline_usd), 0),
-                          COALESCE(SUM(tokens_saved), 0), COALESCE(SUM(usd_saved), 0),
-                          COALESCE(SUM(cache_hit), 0)
-                   FROM requests WHERE ts >= ?""",
+            rows = self._db.execute(
+                f"""SELECT {key} AS grp, COUNT(*),
+                           COALESCE(SUM(prompt_tokens + completion_tokens), 0),
+                           COALESCE(SUM(cost_usd), 0), COALESCE(SUM(baseline_usd), 0),
+                           COALESCE(SUM(tokens_saved), 0), COALESCE(SUM(usd_saved), 0),
+                           COALESCE(SUM(cache_hit), 0)
+                    FROM requests WHERE ts >= ? GROUP BY grp ORDER BY grp""",
                 (since or 0.0,),
-            ).fetchone()
-            by_tier = dict(
-                self._db.execute(
-                    "SELECT tier, COUNT(*) FROM requests WHERE ts >= ? GROUP BY tier",
-                    (since or 0.0,),
-                ).fetchall()
-            )
-        keys = (
-            "requests",
-            "tokens",
-            "cost_usd",
-            "baseline_usd",
-            "tokens_saved",
-            "usd_saved",
-            "cache_hits",
-        )
-        return {**dict(zip(keys, row, strict=True)), "by_tier": by_tier}
+            ).fetchall()
+        return [dict(zip(_SUMMARY, r, strict=True)) for r in rows]
+
+    def totals(self, since: float | None = None) -> dict[str, Any]:
+        """Sums over everything since `since`, with request counts by tier."""
+        rows = self.summary(since)
+        total = rows[0] if rows else dict.fromkeys(_SUMMARY, 0)
+        total.pop("group")
+        by_tier = {r["group"]: r["requests"] for r in self.summary(since, "tier")}
+        return {**total, "by_tier": by_tier}
 
     def close(self) -> None:
         with self._lock:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +83,15 @@ class LocalBackend:
 
     tier = "local"
 
-    def __init__(self, config: Config, name: str, model: LocalModel) -> None:
+    def __init__(
+        self,
+        config: Config,
+        name: str,
+        model: LocalModel,
+        loading: Callable[[str], AbstractContextManager[object]] | None = None,
+    ) -> None:
         self.name = name
+        self._loading = loading or (lambda _name: nullcontext())
         self._config = config
         self._model_config = model
         self._llm: Any = None
@@ -125,23 +132,26 @@ class LocalBackend:
     def load(self) -> Any:
         with self._load_lock:
             if self._llm is None:
-                cfg = self._model_config
-                path = resolve_gguf(self._config, self.name, cfg)
-                try:
-                    self._llm = _counting_llama()(
-                        model_path=str(path),
-                        n_ctx=cfg.n_ctx,
-                        n_threads=cfg.n_threads,
-                        n_threads_batch=cfg.n_threads,
-                        n_gpu_layers=cfg.n_gpu_layers,
-                        chat_format=cfg.chat_format,
-                        verbose=False,
-                    )
-                except (ValueError, RuntimeError, OSError) as exc:
-                    raise ModelLoadError(
-                        f"models.{self.name}: llama.cpp could not load {path}: {exc}"
-                    ) from exc
+                with self._loading(self.name):
+                    self._llm = self._load(self._model_config)
             return self._llm
+
+    def _load(self, cfg: LocalModel) -> Any:
+        path = resolve_gguf(self._config, self.name, cfg)
+        try:
+            return _counting_llama()(
+                model_path=str(path),
+                n_ctx=cfg.n_ctx,
+                n_threads=cfg.n_threads,
+                n_threads_batch=cfg.n_threads,
+                n_gpu_layers=cfg.n_gpu_layers,
+                chat_format=cfg.chat_format,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(
+                f"models.{self.name}: llama.cpp could not load {path}: {exc}"
+            ) from exc
 
     def _kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
         kwargs = {k: params[k] for k in _PASSTHROUGH if k in params}

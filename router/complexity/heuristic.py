@@ -66,6 +66,14 @@ class HeuristicEstimator:
             "small_talk": 1.0 if _SMALL_TALK.match(last.strip()) else 0.0,
         }
 
+    def explain(self, request: ChatRequest) -> dict[str, float]:
+        """Each signal's contribution to the score (weight × value), largest first."""
+        s = self.signals(request)
+        parts = {k: round(WEIGHTS[k] * s[k], 4) for k in WEIGHTS}
+        if s["small_talk"]:
+            parts["small_talk (caps the score at 0.1)"] = 1.0
+        return dict(sorted(parts.items(), key=lambda kv: -kv[1]))
+
     def score(self, request: ChatRequest) -> float:
         s = self.signals(request)
         total = sum(WEIGHTS[k] * s[k] for k in WEIGHTS)

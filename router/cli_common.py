@@ -1,0 +1,40 @@
+"""Pieces shared by the CLI commands: options, the status line, the load spinner."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from router.types import Routing
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="models.toml to use (default: see README, 'Configuration')."
+    ),
+]
+
+
+def status_line(r: Routing) -> str:
+    return (
+        f"[{r.tier} · {r.model} · score {r.score:.2f} · "
+        f"{'cache hit' if r.cache_hit else 'cache miss'} · "
+        f"saved {r.tokens_saved} tokens, ${r.usd_saved:.6f}] {r.reason}"
+    )
+
+
+def loading_spinner(name: str) -> AbstractContextManager[object]:
+    """A spinner on stderr while a local model loads, on a terminal only (never on a pipe)."""
+    if not sys.stderr.isatty():
+        return nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(f"Loading local model {name}…", spinner="dots")
+
+
+def echo_err(text: str) -> None:
+    typer.echo(text, err=True)

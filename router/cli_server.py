@@ -1,0 +1,91 @@
+"""`router serve` and `router keys`: the HTTP endpoint and its API keys."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from router.cli_common import ConfigOption
+from router.errors import RouterError
+from router.keys import KeyStore
+
+keys_app = typer.Typer(help="API keys for 'router serve' (required off loopback).")
+
+
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (default: server.host, 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: server.port, 8000).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, ...)."""
+    import uvicorn
+
+    from router.engine import Router
+    from router.server import create_app, is_loopback
+
+    with Router(config) as router:
+        host = host or router.config.server.host
+        port = router.config.server.port if port is None else port
+        keys = KeyStore(router.config.keys_path())
+        exposed = not is_loopback(host)
+        if exposed and not keys.list():
+            raise RouterError(
+                f"--host {host} exposes the router beyond this machine, which requires API "
+                "keys: create one with 'router keys create --user NAME' first"
+            )
+        app = create_app(router, keys=keys, require_keys=exposed)
+        typer.echo(
+            f"router serving on http://{host}:{port}/v1 "
+            f"({'API keys required' if exposed else 'loopback only'})",
+            err=True,
+        )
+        uvicorn.run(app, host=host, port=port, log_level="info")
+        keys.close()
+
+
+def _store(config: Path | None) -> KeyStore:
+    from router.config import load_config
+
+    return KeyStore(load_config(config).keys_path())
+
+
+@keys_app.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option("--user", "-u", help="Who the key belongs to.")],
+    config: ConfigOption = None,
+) -> None:
+    """Create a key for USER and print it once (only its hash is stored)."""
+    store = _store(config)
+    key, key_id = store.create(user)
+    store.close()
+    typer.echo(key)
+    typer.echo(f"created {key_id} for {user}; it will not be shown again", err=True)
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOption = None) -> None:
+    """List key ids and their users (never the keys)."""
+    store = _store(config)
+    for key_id, user, created in store.list():
+        when = datetime.datetime.fromtimestamp(created).isoformat(timespec="seconds")
+        typer.echo(f"{key_id}\t{user}\t{when}")
+    store.close()
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id shown by 'router keys list'.")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a key at once."""
+    store = _store(config)
+    found = store.revoke(key_id)
+    store.close()
+    if not found:
+        raise RouterError(f"no key with id {key_id!r} (see 'router keys list')")
+    typer.echo(f"revoked {key_id}", err=True)

@@ -170,14 +170,77 @@ class RetrySettings(_Strict):
     max_backoff_seconds: Annotated[float, Field(ge=0)] = 20.0
 
 
+class Team(_Strict):
+    users: list[str]
+
+
+class Budget(_Strict):
+    """A cap on cloud usage (tokens sent to paid providers, dollars paid) for a user or a team.
+
+    Local answers and cache hits cost nothing and never count. Periods are UTC days and months.
+    """
+
+    user: str | None = None
+    team: str | None = None
+    daily_tokens: Annotated[int, Field(ge=0)] | None = None
+    monthly_tokens: Annotated[int, Field(ge=0)] | None = None
+    daily_usd: Annotated[float, Field(ge=0)] | None = None
+    monthly_usd: Annotated[float, Field(ge=0)] | None = None
+    on_exceed: Literal["block", "local-only"] = "block"
+
+    @model_validator(mode="after")
+    def _scope(self) -> Budget:
+        if (self.user is None) == (self.team is None):
+            raise ValueError("a budget names exactly one of 'user' or 'team'")
+        if all(
+            v is None
+            for v in (self.daily_tokens, self.monthly_tokens, self.daily_usd, self.monthly_usd)
+        ):
+            raise ValueError(
+                "a budget needs at least one limit: daily_tokens, monthly_tokens, daily_usd "
+                "or monthly_usd"
+            )
+        return self
+
+    @property
+    def scope(self) -> str:
+        return f"user:{self.user}" if self.user is not None else f"team:{self.team}"
+
+
+class GuardrailSettings(_Strict):
+    # What happens to low-value requests (summarising an empty document, retry storms...):
+    # allow = route as usual, local = never send them to the cloud, block = refuse (400).
+    low_value: Literal["allow", "local", "block"] = "local"
+    repeat_window_seconds: Annotated[float, Field(ge=0)] = 60.0
+    repeat_threshold: Annotated[int, Field(ge=2)] = 3  # this many identical requests = a storm
+
+
 class Config(_Strict):
     router: RouterSettings = RouterSettings()
     cache: CacheSettings = CacheSettings()
     ledger: LedgerSettings = LedgerSettings()
     retry: RetrySettings = RetrySettings()
     server: ServerSettings = ServerSettings()
+    guardrails: GuardrailSettings = GuardrailSettings()
+    teams: dict[str, Team] = {}
+    budgets: list[Budget] = []
     models: dict[str, ModelConfig]
     source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _budget_teams(self) -> Config:
+        for i, budget in enumerate(self.budgets):
+            if budget.team is not None and budget.team not in self.teams:
+                raise ValueError(
+                    f"budgets[{i}].team {budget.team!r} is not defined; add [teams.{budget.team}] "
+                    f"users = [...] (known teams: {', '.join(self.teams) or 'none'})"
+                )
+        return self
+
+    def teams_of(self, user: str | None) -> list[str]:
+        return [
+            name for name, team in self.teams.items() if user is not None and user in team.users
+        ]
 
     @field_validator("models")
     @classmethod
@@ -206,6 +269,10 @@ class Config(_Strict):
         if self.ledger.path:
             return self._resolve(self.ledger.path)
         return Path(platformdirs.user_data_dir(APP_NAME)) / "ledger.sqlite3"
+
+    def governance_path(self) -> Path:
+        """Budget reservations and `router budget set` limits live beside the ledger."""
+        return self.ledger_path().with_name("governance.sqlite3")
 
     def keys_path(self) -> Path:
         if self.server.keys_path:
@@ -282,8 +349,9 @@ def _describe(exc: ValidationError, source: Path | None) -> str:
             lines.append(f'  {key}: \'tier\' must be "local" or "cloud"')
         else:
             got = err.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"  {key}: {err['msg']}{shown}")
+            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"  {key}: {msg}{shown}" if key else f"  {msg}")
     return "\n".join(lines)
 
 

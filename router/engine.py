@@ -15,15 +15,24 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from typing import Any
+from dataclasses import replace
+from typing import Any, TypeVar
 
-from router import policy
+from router import policy, waste
 from router.backends import Backend
 from router.backends.retry import Retrying
+from router.budgets import BudgetStore, Reservation
 from router.cache import DiskResponseCache, ResponseCache, cache_key
+from router.categories import classify
 from router.complexity import Estimator, default_estimator
 from router.config import CloudModel, Config, LocalModel, load_config, local_path
-from router.errors import BackendError, UnavailableError
+from router.errors import (
+    BackendError,
+    BudgetExceededError,
+    NoRouteError,
+    RequestError,
+    UnavailableError,
+)
 from router.ledger import Entry, Ledger, SQLiteLedger
 from router.pricing import baseline_price, context_window, price_table
 from router.types import (
@@ -34,6 +43,8 @@ from router.types import (
     Message,
     Routing,
 )
+
+T = TypeVar("T")
 
 
 class Router:
@@ -54,6 +65,7 @@ class Router:
         backends: Mapping[str, Backend] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         loading: Callable[[str], AbstractContextManager[object]] | None = None,
+        budgets: BudgetStore | None = None,
     ) -> None:
         self.config = config if isinstance(config, Config) else load_config(config)
         self.estimator = estimator or default_estimator()
@@ -67,6 +79,10 @@ class Router:
             )
         self._cache = cache
         self._ledger = ledger or SQLiteLedger(self.config.ledger_path())
+        self._budgets = budgets or BudgetStore(self.config.governance_path(), self.config)
+        self._repeats = waste.RepeatDetector(
+            self.config.guardrails.repeat_window_seconds, self.config.guardrails.repeat_threshold
+        )
         self._backends: dict[str, Backend] = dict(backends or {})
         self._backends_lock = threading.Lock()
         self._sleep = sleep
@@ -106,17 +122,46 @@ class Router:
         """Like `complete`, streamed: returns once the chosen model has started answering."""
         return self.stream_request(ChatRequest(messages, model, params, user, cache))
 
-    def decide(self, request: ChatRequest) -> Decision:
-        """The routing decision for `request`, without calling any model."""
+    def decide(self, request: ChatRequest, *, count_repeat: bool = False) -> Decision:
+        """The routing decision for `request`, without calling any model.
+
+        `count_repeat` records the request for retry-storm detection (the pipeline does; a
+        dry run such as `router explain` does not)."""
         policy.check_request_fits(request)
         score = self.estimator.score(request)
-        return policy.decide(
+        category = request.category or classify(request)
+        flags = []
+        if waste.trivial_document(request, category):
+            flags.append("trivial-document")
+        if count_repeat and self._repeats.seen(request):
+            flags.append("repeat")
+        decision = policy.decide(
             request, score, self.model_views(), self.config.router.default_max_tokens
         )
+        return self._guard(replace(decision, category=category, flags=tuple(flags)))
+
+    def _guard(self, decision: Decision) -> Decision:
+        """Apply guardrails.low_value to a request flagged as low-value."""
+        if not decision.flags or self.config.guardrails.low_value == "allow":
+            return decision
+        what = f"low-value request ({', '.join(decision.flags)})"
+        if self.config.guardrails.low_value == "block":
+            raise RequestError(
+                f"{what} refused (guardrails.low_value = block): send the document itself, "
+                "or stop repeating the same request",
+                param="messages",
+            )
+        local = tuple(n for n in decision.candidates if self.config.models[n].tier == "local")
+        if not local:
+            raise NoRouteError(
+                f"{what} is kept off the cloud (guardrails.low_value = local) and no local "
+                "model can serve it"
+            )
+        return replace(decision, candidates=local, reason=f"{decision.reason}; {what}: kept local")
 
     def complete_request(self, request: ChatRequest) -> Completion:
         started = time.perf_counter()
-        decision = self.decide(request)
+        decision = self.decide(request, count_repeat=True)
         params = self._params(request)
         key = cache_key(request, params, self._fingerprint)
         hit = self._cache_get(request, key)
@@ -125,23 +170,69 @@ class Router:
             self._record(request, routing, started, stream=False)
             return Completion(response, routing)
 
+        def call(name: str) -> dict[str, Any]:
+            return self._backend(name).complete(request, params)
+
+        name, response, reservation, failures = self._first_answer(request, decision, params, call)
+        routing = self._routing(decision, name, failures)
+        self._account(routing, response.get("usage") or {})
+        self._settle(reservation, routing)
+        self._cache_set(request, key, response, routing)
+        self._record(request, routing, started, stream=False)
+        return Completion(response, routing)
+
+    def _first_answer(
+        self,
+        request: ChatRequest,
+        decision: Decision,
+        params: dict[str, Any],
+        call: Callable[[str], T],
+    ) -> tuple[str, T, Reservation | None, list[str]]:
+        """Try the candidates in order: reserve budget, call, fall back on failure."""
         failures: list[str] = []
+        spent: BudgetExceededError | None = None
         for name in decision.candidates:
             try:
-                response = self._backend(name).complete(request, params)
+                reservation = self._reserve(request, name, params)
+            except BudgetExceededError as exc:
+                if exc.policy != "local-only":
+                    raise
+                spent = exc
+                failures.append(f"{name} skipped: {exc}")
+                continue
+            try:
+                result = call(name)
             except BackendError as exc:
+                self._budgets.release(reservation)
                 failures.append(str(exc))
                 continue
-            routing = self._routing(decision, name, failures)
-            self._account(routing, response.get("usage") or {})
-            self._cache_set(request, key, response, routing)
-            self._record(request, routing, started, stream=False)
-            return Completion(response, routing)
+            except BaseException:
+                self._budgets.release(reservation)
+                raise
+            return name, result, reservation, failures
+        if spent is not None:
+            raise spent
         raise UnavailableError(f"every model failed: {'; '.join(failures)}")
+
+    def _reserve(
+        self, request: ChatRequest, name: str, params: dict[str, Any]
+    ) -> Reservation | None:
+        """Reserve a cloud call's worst case on the user's budgets (local calls are free)."""
+        if self.config.models[name].tier != "cloud" or request.user is None:
+            return None
+        prompt = policy.worst_prompt_tokens(request)
+        completion = int(params["max_tokens"])
+        usd = self._prices[name].cost(prompt, completion)
+        return self._budgets.reserve(request.user, prompt + completion, usd)
+
+    def _settle(self, reservation: Reservation | None, routing: Routing) -> None:
+        self._budgets.settle(
+            reservation, routing.prompt_tokens + routing.completion_tokens, routing.cost_usd
+        )
 
     def stream_request(self, request: ChatRequest) -> CompletionStream:
         started = time.perf_counter()
-        decision = self.decide(request)
+        decision = self.decide(request, count_repeat=True)
         params = self._params(request)
         key = cache_key(request, params, self._fingerprint)
         hit = self._cache_get(request, key)
@@ -150,20 +241,16 @@ class Router:
             self._record(request, routing, started, stream=True)
             return CompletionStream(iter(_replay(response)), routing)
 
-        failures: list[str] = []
-        for name in decision.candidates:
+        def call(name: str) -> tuple[dict[str, Any] | None, Iterator[dict[str, Any]]]:
             chunks = self._backend(name).stream(request, params)
-            try:
-                first = next(chunks)
-            except StopIteration:
-                first = None
-            except BackendError as exc:
-                failures.append(str(exc))
-                continue
-            routing = self._routing(decision, name, failures)
-            body = self._finish_stream(request, key, chunks, first, routing, started)
-            return CompletionStream(body, routing)
-        raise UnavailableError(f"every model failed: {'; '.join(failures)}")
+            return next(chunks, None), chunks  # the first chunk: failures surface here
+
+        name, (first, chunks), reservation, failures = self._first_answer(
+            request, decision, params, call
+        )
+        routing = self._routing(decision, name, failures)
+        body = self._finish_stream(request, key, chunks, first, routing, started, reservation)
+        return CompletionStream(body, routing)
 
     def model_views(self) -> dict[str, policy.ModelView]:
         """What the policy sees of each enabled model, usability checked now."""
@@ -173,6 +260,7 @@ class Router:
         if self._cache is not None:
             self._cache.close()
         self._ledger.close()
+        self._budgets.close()
 
     def __enter__(self) -> Router:
         return self
@@ -183,6 +271,10 @@ class Router:
     @property
     def ledger(self) -> Ledger:
         return self._ledger
+
+    @property
+    def budgets(self) -> BudgetStore:
+        return self._budgets
 
     # ------------------------------------------------------------------ stages
 
@@ -235,7 +327,13 @@ class Router:
             how = "answered locally" if tier == "local" else "fell back"
             reason = f"{reason}; {'; '.join(failures)}: {how} by {name}"
         return Routing(
-            tier=tier, model=name, score=decision.score, reason=reason, attempts=list(failures)
+            tier=tier,
+            model=name,
+            score=decision.score,
+            reason=reason,
+            attempts=list(failures),
+            category=decision.category,
+            flags=list(decision.flags),
         )
 
     def _account(self, routing: Routing, usage: Mapping[str, Any]) -> None:
@@ -278,6 +376,8 @@ class Router:
             score=decision.score,
             reason=f"cache hit (first answered by {hit['model']})",
             cache_hit=True,
+            category=decision.category,
+            flags=list(decision.flags),
         )
         self._account(routing, response.get("usage") or {})
         return response, routing
@@ -290,6 +390,7 @@ class Router:
         first: dict[str, Any] | None,
         routing: Routing,
         started: float,
+        reservation: Reservation | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Pass chunks through; at the end account, cache and record the whole answer."""
         text: list[str] = []
@@ -325,6 +426,7 @@ class Router:
                     else " (stream stopped before the end; tokens estimated)"
                 )
             self._account(routing, usage)
+            self._settle(reservation, routing)
             if complete and not tool_calls:
                 response = _assemble(first, routing.model, "".join(text), finish_reason, usage)
                 self._cache_set(request, key, response, routing)
@@ -349,6 +451,8 @@ class Router:
                 score=routing.score,
                 reason=routing.reason,
                 stream=stream,
+                category=routing.category,
+                flags=",".join(routing.flags),
                 prompt=json.dumps(request.messages, ensure_ascii=False)
                 if self.config.router.store_prompts
                 else None,

@@ -7,12 +7,16 @@ RouterError
  │    └── NoRouteError      no configured model could serve it (too long, needs tools, ...)
  ├── UnavailableError       models that could serve it are unusable now or failed (HTTP 503)
  │    └── BusyError         the local model's queue is full: retry after `retry_after` seconds
+ ├── BudgetExceededError    a user's or team's budget cannot take the request (HTTP 429)
  └── BackendError           a model was called and failed
       ├── ModelLoadError    a local GGUF file could not be found, downloaded or loaded
       └── CloudError        a cloud call failed (status, retryable, retry_after)
 """
 
 from __future__ import annotations
+
+import datetime as dt
+from typing import Any
 
 
 class RouterError(Exception):
@@ -57,6 +61,37 @@ class UnavailableError(RouterError):
 
 class BusyError(UnavailableError):
     """A local model has as many requests queued as it accepts."""
+
+
+class BudgetExceededError(RouterError):
+    """A budget (models.toml [[budgets]] or `router budget set`) cannot take this request."""
+
+    def __init__(
+        self,
+        budget: Any,
+        limit_name: str,
+        limit: float,
+        used: float,
+        wanted: float,
+        resets: dt.datetime,
+    ) -> None:
+        self.budget = budget
+        self.limit_name = limit_name
+        self.resets = resets
+        unit = "tokens" if limit_name.endswith("tokens") else "USD"
+        spec = ",.0f" if unit == "tokens" else ".4f"
+        super().__init__(
+            f"budget {budget.scope} {limit_name} = {limit:{spec}} {unit} is spent: "
+            f"{used:{spec}} used, this request needs up to {wanted:{spec}}; it resets at "
+            f"{resets.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        )
+
+    @property
+    def policy(self) -> str:
+        return str(self.budget.on_exceed)
+
+    def seconds_to_reset(self) -> float:
+        return max(0.0, (self.resets - dt.datetime.now(dt.timezone.utc)).total_seconds())
 
 
 class BackendError(RouterError):

@@ -32,6 +32,8 @@ class Entry:
     reason: str
     stream: bool = False
     prompt: str | None = None  # only when router.store_prompts = true
+    category: str = "other"
+    flags: str = ""  # comma-separated low-value flags ("trivial-document", "repeat")
 
 
 class Ledger(Protocol):
@@ -72,6 +74,10 @@ _MIGRATIONS = [
     CREATE INDEX requests_ts ON requests (ts);
     CREATE INDEX requests_user_ts ON requests (user, ts);
     """,
+    """
+    ALTER TABLE requests ADD COLUMN category TEXT NOT NULL DEFAULT 'other';
+    ALTER TABLE requests ADD COLUMN flags TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 _COLUMNS = [f.name for f in fields(Entry)]
@@ -90,6 +96,7 @@ GROUPS = {
     "user": "COALESCE(user, '(anonymous)')",
     "tier": "tier",
     "model": "model",
+    "category": "category",
 }
 
 

@@ -38,6 +38,12 @@ def estimate_prompt_tokens(request: ChatRequest) -> int:
     return int(len(request.text) / _CHARS_PER_TOKEN) + _TOKENS_PER_MESSAGE * len(request.messages)
 
 
+def worst_prompt_tokens(request: ChatRequest) -> int:
+    """An upper bound for budget reservations: half a token per UTF-8 byte covers English
+    (about 4 bytes a token) and CJK text (about 3 bytes a character, 1-2 tokens each)."""
+    return -(-len(request.text.encode()) // 2) + 8 * len(request.messages)
+
+
 def blockers(model: ModelView, request: ChatRequest, needed_tokens: int) -> list[str]:
     """Why `model` cannot serve `request`; empty when it can."""
     found = []

@@ -111,12 +111,17 @@ class ChatRequest:
     params: dict[str, Any] = field(default_factory=dict)
     user: str | None = None
     cache: bool = True
+    category: str | None = None  # overrides the classifier (router.categories.CATEGORIES)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "messages", _check_messages(self.messages))
         object.__setattr__(self, "params", _check_params(self.params))
         if not isinstance(self.model, str) or not self.model:
             raise RequestError("'model' must be a non-empty string", param="model")
+        if self.category is not None:
+            from router.categories import check_category
+
+            check_category(self.category)
 
     @property
     def text(self) -> str:
@@ -144,6 +149,8 @@ class Decision:
     score: float
     candidates: tuple[str, ...]
     reason: str
+    category: str = "other"
+    flags: tuple[str, ...] = ()  # low-value flags (router.waste)
 
 
 @dataclass
@@ -163,6 +170,8 @@ class Routing:
     usd_saved: float = 0.0
     latency_ms: float = 0.0
     attempts: list[str] = field(default_factory=list)
+    category: str = "other"
+    flags: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -230,13 +230,15 @@ def test_ctrl_c_stops_the_answer_not_the_session(tmp_path: Path) -> None:
     try:
         term.expect(r"you> ")
         term.send("Write a very long story about a dragon.\r")
-        time.sleep(1.5)  # the model is loaded and writing
+        # Wait until the spinner is gone (cursor shown again) and the answer is being written.
+        term.expect(r"dragon\.\r\n[\s\S]*?\x1b\[\?25h[\s\S]*?[A-Za-z]{3,}")
         term.send("\x03")  # Ctrl-C
         stopped = term.expect(r"\[stopped\][\s\S]*?\[local · smollm2[^\n]*\n")
         assert "stream stopped before the end" in stopped
         term.expect(r"you> ")
         term.send("Hi\r")
         term.expect(r"\[local · smollm2[^\n]*\n")
+        term.expect(r"you> ")
         term.send("\x04")  # Ctrl-D leaves
         term.expect(r"2 turns")
         assert term.close() == 0

@@ -1,7 +1,8 @@
 """The `router` command line (Typer). Every command takes --config.
 
 Exit codes: 0 done; 1 unexpected error; 2 bad usage, configuration or request; 3 no model
-available or every model failed; 130 interrupted. Errors are one line on stderr; `--debug`
+available or every model failed; 4 `router audit --fail-on-flags` found flags; 5 a budget is
+spent; 130 interrupted. Errors are one line on stderr; `--debug`
 (anywhere on the command line) shows the traceback instead.
 
 Nothing heavy is imported here: llama_cpp loads when a local model first answers, litellm when
@@ -19,9 +20,11 @@ from typing import Annotated, Any
 import typer
 
 from router.cli_common import ConfigOption, echo_err, loading_spinner, status_line
+from router.cli_governance import audit, budget_app
 from router.cli_server import keys_app, serve
 from router.errors import (
     BackendError,
+    BudgetExceededError,
     ConfigError,
     RequestError,
     RouterError,
@@ -36,6 +39,8 @@ app = typer.Typer(
 )
 app.command()(serve)
 app.add_typer(keys_app, name="keys")
+app.add_typer(budget_app, name="budget")
+app.command()(audit)
 
 ModelOption = Annotated[
     str, typer.Option("--model", "-m", help="auto, local, cloud or a model name.")
@@ -323,6 +328,8 @@ def stats(
 
 
 def exit_code(exc: RouterError) -> int:
+    if isinstance(exc, BudgetExceededError):
+        return 5
     if isinstance(exc, (UnavailableError, BackendError)):
         return 3
     if isinstance(exc, (ConfigError, RequestError)):

@@ -359,7 +359,10 @@ class Router:
     def _cache_set(
         self, request: ChatRequest, key: str, response: dict[str, Any], routing: Routing
     ) -> None:
-        if self._cache is not None and request.cache:
+        # A fallback answer (the chosen model failed, or a budget kept the request local) is
+        # not what this request gets in normal times: serving it to everyone from the cache
+        # would spread one user's degraded answer.
+        if self._cache is not None and request.cache and not routing.attempts:
             self._cache.set(
                 key, {"response": response, "tier": routing.tier, "model": routing.model}
             )

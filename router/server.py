@@ -48,6 +48,7 @@ def routing_headers(routing: Routing) -> dict[str, str]:
         "x-router-model": routing.model,
         "x-router-score": f"{routing.score:.4f}",
         "x-router-cache": "hit" if routing.cache_hit else "miss",
+        "x-router-category": routing.category,
     }
 
 
@@ -117,7 +118,12 @@ def create_app(
             no_cache = {"no-cache", "no-store"} & {
                 v.strip() for v in request.headers.get("cache-control", "").lower().split(",")
             }
-            call = parse_chat(raw, user=user, cache=not no_cache)
+            call = parse_chat(
+                raw,
+                user=user,
+                cache=not no_cache,
+                category=request.headers.get("x-router-category"),
+            )
             if call.stream:
                 stream = await anyio.to_thread.run_sync(router.stream_request, call.request)
                 return StreamingResponse(

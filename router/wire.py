@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.errors import (
+    BudgetExceededError,
     BusyError,
     NoRouteError,
     RequestError,
@@ -69,6 +70,14 @@ def http_error(exc: RouterError) -> HTTPError:
         return HTTPError(400, str(exc), param=exc.param, code="no_model_can_serve")
     if isinstance(exc, RequestError):
         return HTTPError(400, str(exc), param=exc.param)
+    if isinstance(exc, BudgetExceededError):
+        return HTTPError(
+            429,
+            str(exc),
+            "budget_exceeded_error",
+            code="budget_exceeded",
+            headers={"Retry-After": str(max(1, round(exc.seconds_to_reset())))},
+        )
     if isinstance(exc, BusyError):
         retry = str(max(1, round(exc.retry_after or 1)))
         return HTTPError(
@@ -105,10 +114,13 @@ def _expect(body: dict[str, Any], name: str, kind: type, what: str) -> Any:
     return value
 
 
-def parse_chat(raw: bytes, *, user: str | None, cache: bool) -> ChatCall:
+def parse_chat(
+    raw: bytes, *, user: str | None, cache: bool, category: str | None = None
+) -> ChatCall:
     """A /v1/chat/completions body → a validated ChatCall, or HTTPError(400) saying what to fix.
 
-    `user` (the API key's owner) wins over the body's `user` field when given.
+    `user` (the API key's owner) wins over the body's `user` field when given; `category`
+    (the x-router-category header) over the body's `metadata.category`.
     """
     try:
         body = json.loads(raw)
@@ -136,6 +148,8 @@ def parse_chat(raw: bytes, *, user: str | None, cache: bool) -> ChatCall:
     options = _expect(body, "stream_options", dict, "an object") or {}
     body_user = _expect(body, "user", str, "a string")
     params = {k: body[k] for k in SAMPLING_PARAMS if k in body}
+    metadata = _expect(body, "metadata", dict, "an object") or {}
+    category = category or metadata.get("category")
     try:
         request = ChatRequest(
             messages=body.get("messages"),  # type: ignore[arg-type]
@@ -143,6 +157,7 @@ def parse_chat(raw: bytes, *, user: str | None, cache: bool) -> ChatCall:
             params=params,
             user=user or body_user,
             cache=cache,
+            category=category,
         )
     except RequestError as exc:
         raise http_error(exc) from None

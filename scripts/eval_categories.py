@@ -33,10 +33,14 @@ def clinc(data: Path) -> list[tuple[str, str]]:
     for text, intent in full["test"]:
         domain = domain_of[intent]
         label = (
-            "chit-chat" if domain == "small_talk"
-            else "translate" if intent == "translate"
-            else "math/reasoning" if intent == "calculator"
-            else "other" if domain == "meta"
+            "chit-chat"
+            if domain == "small_talk"
+            else "translate"
+            if intent == "translate"
+            else "math/reasoning"
+            if intent == "calculator"
+            else "other"
+            if domain == "meta"
             else "question-answering"
         )
         out.append((text, label))
@@ -44,18 +48,31 @@ def clinc(data: Path) -> list[tuple[str, str]]:
 
 
 def arena(data: Path) -> list[tuple[str, str]]:
-    rows = [json.loads(line) for line in
-            (data / "arena-hard-questions" / "arena-hard-v2.0" / "question.jsonl").open()]
+    rows = [
+        json.loads(line)
+        for line in (data / "arena-hard-questions" / "arena-hard-v2.0" / "question.jsonl").open()
+    ]
     mapping = {"coding": "code", "math": "math/reasoning"}
-    return [(r["prompt"], "writing" if r["category"] == "creative_writing"
-             else mapping[r["subcategory"]]) for r in rows]
+    return [
+        (
+            r["prompt"],
+            "writing" if r["category"] == "creative_writing" else mapping[r["subcategory"]],
+        )
+        for r in rows
+    ]
 
 
 def vicuna(data: Path) -> list[tuple[str, str]]:
-    rows = [json.loads(line) for line in
-            (data / "vicuna-bench-questions" / "question.jsonl").open()]
-    mapping = {"writing": "writing", "roleplay": "writing", "coding": "code",
-               "math": "math/reasoning", "fermi": "math/reasoning"}
+    rows = [
+        json.loads(line) for line in (data / "vicuna-bench-questions" / "question.jsonl").open()
+    ]
+    mapping = {
+        "writing": "writing",
+        "roleplay": "writing",
+        "coding": "code",
+        "math": "math/reasoning",
+        "fermi": "math/reasoning",
+    }
     return [(r["turns"][0], mapping.get(r["category"], "question-answering")) for r in rows]
 
 

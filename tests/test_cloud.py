@@ -117,6 +117,9 @@ def test_persistent_failure_falls_back_to_local_and_says_so(
     assert "answered locally by smollm2" in r.reason
     assert len(fake_cloud.requests) == 3 and len(sleeps) == 2
     assert router.ledger.entries()[-1].reason == r.reason
+    # The fallback answer is not cached: once the cloud is back, the same request goes there.
+    again = router.complete(ask(HARD_PROMPT), max_tokens=8)
+    assert (again.routing.tier, again.routing.cache_hit) == ("cloud", False)
 
 
 def test_client_errors_are_not_retried(

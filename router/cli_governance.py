@@ -1,0 +1,136 @@
+"""`router budget` and `router audit`: the governance commands."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from router.cli_common import ConfigOption
+from router.errors import RequestError
+
+budget_app = typer.Typer(help="Token and dollar budgets per user or team.")
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+@budget_app.command("set")
+def budget_set(
+    user: Annotated[str | None, typer.Argument(help="The user (or give --team).")] = None,
+    team: Annotated[str | None, typer.Option("--team", help="A team from models.toml.")] = None,
+    daily_tokens: Annotated[int | None, typer.Option(min=0)] = None,
+    monthly_tokens: Annotated[int | None, typer.Option(min=0)] = None,
+    daily_usd: Annotated[float | None, typer.Option(min=0)] = None,
+    monthly_usd: Annotated[float | None, typer.Option(min=0)] = None,
+    on_exceed: Annotated[
+        str, typer.Option(help="block (HTTP 429) or local-only (answer on the local tier).")
+    ] = "block",
+    config: ConfigOption = None,
+) -> None:
+    """Set (replace) the budget of USER or --team NAME; it overrides models.toml's."""
+    from pydantic import ValidationError
+
+    from router.budgets import BudgetStore
+    from router.config import Budget, load_config
+
+    cfg = load_config(config)
+    if team is not None and team not in cfg.teams:
+        raise RequestError(
+            f"team {team!r} is not in models.toml (known: {', '.join(cfg.teams) or 'none'})"
+        )
+    try:
+        budget = Budget.model_validate(
+            {
+                "user": user,
+                "team": team,
+                "daily_tokens": daily_tokens,
+                "monthly_tokens": monthly_tokens,
+                "daily_usd": daily_usd,
+                "monthly_usd": monthly_usd,
+                "on_exceed": on_exceed,
+            }
+        )
+    except ValidationError as exc:
+        raise RequestError(
+            "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        ) from None
+    store = BudgetStore(cfg.governance_path(), cfg)
+    store.set(budget)
+    store.close()
+    typer.echo(f"budget for {budget.scope} set", err=True)
+
+
+@budget_app.command("show")
+def budget_show(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """Every budget with what has been used this day and month."""
+    from router.budgets import LIMITS, BudgetStore
+    from router.config import load_config
+
+    cfg = load_config(config)
+    store = BudgetStore(cfg.governance_path(), cfg)
+    rows: list[dict[str, Any]] = []
+    for scope, budget in sorted(store.budgets().items()):
+        used = store.usage(scope)
+        limits = {
+            name: getattr(budget, name)
+            for name, _, _ in LIMITS
+            if getattr(budget, name) is not None
+        }
+        rows.append(
+            {
+                "scope": scope,
+                "on_exceed": budget.on_exceed,
+                "limits": limits,
+                "used": {k: used[k] for k in limits},
+            }
+        )
+    store.close()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no budgets: add [[budgets]] to models.toml or use 'router budget set'")
+    for r in rows:
+        parts = [f"{k} {r['used'][k]:,.4g}/{v:,.4g}" for k, v in r["limits"].items()]
+        typer.echo(f"{r['scope']:<24} {r['on_exceed']:<10} " + "  ".join(parts))
+
+
+def audit(
+    since: Annotated[str, typer.Option(help="How far back: 24h, 7d, 30d...")] = "30d",
+    by: Annotated[str, typer.Option(help="user or team.")] = "user",
+    fmt: Annotated[str, typer.Option("--format", help="table, markdown, json or csv.")] = "table",
+    fail_on_flags: Annotated[
+        bool, typer.Option("--fail-on-flags", help="Exit 4 when any account is flagged.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Per user or team: usage, cost, savings, category mix, low-value share and flags."""
+    from router import audit as audit_mod
+    from router.cli import parse_since
+    from router.config import load_config
+    from router.ledger import SQLiteLedger
+
+    if by not in ("user", "team"):
+        raise RequestError(f"--by {by!r}: choose user or team")
+    if fmt not in ("table", "markdown", "json", "csv"):
+        raise RequestError(f"--format {fmt!r}: choose table, markdown, json or csv")
+    cfg = load_config(config)
+    ledger = SQLiteLedger(cfg.ledger_path())
+    accounts = audit_mod.audit(ledger.entries(parse_since(since)), cfg, by)
+    ledger.close()
+    if fmt != "table":
+        typer.echo(audit_mod.render(accounts, fmt))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"router audit by {by}, last {since}")
+        for col in audit_mod.COLUMNS:
+            table.add_column(col.replace("_", " "))
+        for a in accounts:
+            table.add_row(*audit_mod._row(a), style="red" if a.flags else None)
+        Console(width=max(120, Console().width)).print(table)
+    flagged = [a for a in accounts if a.flags]
+    if fail_on_flags and flagged:
+        typer.echo(f"{len(flagged)} account(s) flagged", err=True)
+        raise typer.Exit(4)

@@ -24,6 +24,7 @@ from router.backends.retry import Retrying
 from router.budgets import BudgetStore, Reservation
 from router.cache import DiskResponseCache, ResponseCache, cache_key
 from router.categories import classify
+from router.chunks import assemble, chain, replay
 from router.complexity import Estimator, default_estimator
 from router.config import CloudModel, Config, LocalModel, load_config, local_path
 from router.errors import (
@@ -239,7 +240,7 @@ class Router:
         if hit is not None:
             response, routing = self._from_cache(hit, decision)
             self._record(request, routing, started, stream=True)
-            return CompletionStream(iter(_replay(response)), routing)
+            return CompletionStream(iter(replay(response)), routing)
 
         def call(name: str) -> tuple[dict[str, Any] | None, Iterator[dict[str, Any]]]:
             chunks = self._backend(name).stream(request, params)
@@ -403,7 +404,7 @@ class Router:
         complete = False
         try:
             pending = [first] if first is not None else []
-            for chunk in _chain(pending, chunks):
+            for chunk in chain(pending, chunks):
                 for choice in chunk.get("choices", []):
                     delta = choice.get("delta", {})
                     text.append(delta.get("content") or "")
@@ -431,7 +432,7 @@ class Router:
             self._account(routing, usage)
             self._settle(reservation, routing)
             if complete and not tool_calls:
-                response = _assemble(first, routing.model, "".join(text), finish_reason, usage)
+                response = assemble(first, routing.model, "".join(text), finish_reason, usage)
                 self._cache_set(request, key, response, routing)
             self._record(request, routing, started, stream=True)
 
@@ -461,75 +462,3 @@ class Router:
                 else None,
             )
         )
-
-
-def _chain(head: list[dict[str, Any]], tail: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    yield from head
-    yield from tail
-
-
-def _assemble(
-    first: dict[str, Any] | None,
-    model: str,
-    text: str,
-    finish_reason: str | None,
-    usage: Mapping[str, Any],
-) -> dict[str, Any]:
-    """A streamed answer as the `chat.completion` object the same request would have got."""
-    return {
-        "id": (first or {}).get("id") or f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish_reason or "stop",
-                "logprobs": None,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-            "completion_tokens": int(usage.get("completion_tokens") or 0),
-            "total_tokens": int(usage.get("prompt_tokens") or 0)
-            + int(usage.get("completion_tokens") or 0),
-        },
-    }
-
-
-def _replay(response: dict[str, Any]) -> list[dict[str, Any]]:
-    """A cached `chat.completion` as the chunks a stream would have delivered."""
-    base = {
-        "id": response["id"],
-        "object": "chat.completion.chunk",
-        "created": response["created"],
-        "model": response["model"],
-    }
-    choice = response["choices"][0]
-    message = choice["message"]
-    return [
-        {
-            **base,
-            "choices": [
-                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-            ],
-        },
-        {
-            **base,
-            "choices": [
-                {
-                    "index": 0,
-                    "delta": {"content": message.get("content") or ""},
-                    "finish_reason": None,
-                }
-            ],
-        },
-        {
-            **base,
-            "choices": [
-                {"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}
-            ],
-        },
-        {**base, "choices": [], "usage": response["usage"]},
-    ]

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from router.cli_common import ConfigOption, echo_err, loading_spinner, status_line
+from router.cli_estimator import evaluate, score
 from router.cli_governance import audit, budget_app
 from router.cli_server import keys_app, serve
 from router.errors import (
@@ -41,6 +42,8 @@ app.command()(serve)
 app.add_typer(keys_app, name="keys")
 app.add_typer(budget_app, name="budget")
 app.command()(audit)
+app.command()(score)
+app.command("eval")(evaluate)
 
 ModelOption = Annotated[
     str, typer.Option("--model", "-m", help="auto, local, cloud or a model name.")

@@ -11,7 +11,7 @@ import email.utils
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from router.config import CloudModel
@@ -223,3 +223,12 @@ class CloudBackend:
         prompt = int(litellm.token_counter(model=model, messages=request.messages))
         done = int(litellm.token_counter(model=model, text=completion)) if completion else 0
         return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+
+
+def complexity_peer() -> Callable[[str], float]:
+    """LiteLLM's own rule-based ComplexityRouter, as a scorer (for `router eval`)."""
+    litellm_module()
+    from litellm.router_strategy.complexity_router.complexity_router import ComplexityRouter
+
+    peer = ComplexityRouter(model_name="eval", litellm_router_instance=None)  # type: ignore[arg-type]
+    return lambda prompt: float(peer.classify(prompt)[1])

@@ -106,10 +106,14 @@ class Router:
         *,
         user: str | None = None,
         cache: bool = True,
+        category: str | None = None,
         **params: Any,
     ) -> Completion:
-        """Answer `messages`; `params` are OpenAI chat parameters (max_tokens, temperature...)."""
-        return self.complete_request(ChatRequest(messages, model, params, user, cache))
+        """Answer `messages`; `params` are OpenAI chat parameters (max_tokens, temperature...).
+
+        `user` is recorded and budgeted; `cache=False` neither reads nor writes the cache;
+        `category` overrides the task classifier."""
+        return self.complete_request(ChatRequest(messages, model, params, user, cache, category))
 
     def stream(
         self,
@@ -118,10 +122,11 @@ class Router:
         *,
         user: str | None = None,
         cache: bool = True,
+        category: str | None = None,
         **params: Any,
     ) -> CompletionStream:
         """Like `complete`, streamed: returns once the chosen model has started answering."""
-        return self.stream_request(ChatRequest(messages, model, params, user, cache))
+        return self.stream_request(ChatRequest(messages, model, params, user, cache, category))
 
     def decide(self, request: ChatRequest, *, count_repeat: bool = False) -> Decision:
         """The routing decision for `request`, without calling any model.

@@ -370,3 +370,11 @@ def test_audit_spike_against_own_history(tmp_path: Path) -> None:
     assert accounts["gus"].flags == []
     assert "1,000 tokens in the last day" in accounts["fay"].flags[0]
     assert render(list(accounts.values()), "csv").count("\n") == 3
+
+
+def test_library_category_override_and_validation(tmp_path: Path) -> None:
+    with Router(write_config(tmp_path, None)) as router:
+        assert router.decide(ChatRequest(ask("Hi!"))).category == "chit-chat"
+        assert router.decide(ChatRequest(ask("Hi!"), category="code")).category == "code"
+        with pytest.raises(RequestError, match="is not one of: chit-chat"):
+            router.complete(ask("Hi!"), category="gossip")

@@ -26,7 +26,6 @@ from router.cli_server import keys_app, serve
 from router.errors import (
     BackendError,
     BudgetExceededError,
-    ConfigError,
     RequestError,
     RouterError,
     UnavailableError,
@@ -335,9 +334,7 @@ def exit_code(exc: RouterError) -> int:
         return 5
     if isinstance(exc, (UnavailableError, BackendError)):
         return 3
-    if isinstance(exc, (ConfigError, RequestError)):
-        return 2
-    return 2
+    return 2  # configuration, request and usage errors
 
 
 def main() -> None:

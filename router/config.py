@@ -326,6 +326,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     try:
+        if "source" in data:  # where the file was found, never a key in it
+            raise ConfigError(f"{source or 'config'}: invalid configuration\n  source: unknown key")
         config = Config.model_validate({**data, "source": source})
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None

@@ -130,6 +130,7 @@ def test_missing_explicit_config_says_where_it_came_from(
         ('[models.auto]\ntier = "local"\npath = "a.gguf"\n', r"'auto' is a routing mode"),
         ("[router]\nbaseline = 'gpt-4o'\n", r"models: Field required"),
         ("[models\n", r"not valid TOML"),
+        ('source = "x"\n' + GOOD_LOCAL, r"source: unknown key"),
     ],
 )
 def test_bad_config_names_the_key_and_the_expectation(

@@ -57,6 +57,23 @@ def test_import_router_loads_neither_litellm_nor_llama_cpp() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_router_help_imports_neither_litellm_nor_llama_cpp() -> None:
+    out = run_python(
+        """
+        import sys
+        from router.cli import main
+        sys.argv = ["router", "--help"]
+        try:
+            main()
+        except SystemExit:
+            pass
+        print(sorted(m for m in ("litellm", "llama_cpp") if m in sys.modules), file=sys.stderr)
+        """
+    )
+    assert "Usage" in out.stdout
+    assert out.stderr.strip().splitlines()[-1] == "[]"
+
+
 @pytest.mark.slow
 def test_a_chat_answered_locally_never_imports_litellm(tmp_path: Path) -> None:
     config = write_config(tmp_path, "http://127.0.0.1:9/v1")  # cloud configured, not needed

@@ -77,8 +77,15 @@ def test_openai_client_non_streamed_with_routing_headers(serve: Serve) -> None:
     )
     assert again.headers["x-router-cache"] == "hit"
     assert again.parse().choices[0].message.content == done.choices[0].message.content
+    bypass = client(server).chat.completions.with_raw_response.create(
+        model="auto",
+        messages=ask(EASY_PROMPT),
+        max_tokens=8,
+        extra_headers={"Cache-Control": "no-cache"},
+    )
+    assert bypass.headers["x-router-cache"] == "miss"
     users = [e.user for e in server.router.ledger.entries()]  # type: ignore[attr-defined]
-    assert users == ["ana", None]
+    assert users == ["ana", None, None]
 
 
 def test_openai_client_streaming_with_and_without_usage(serve: Serve) -> None:
@@ -207,21 +214,26 @@ def test_oversized_body_is_413_and_no_tier_is_503(serve: Serve) -> None:
     assert server.router.ledger.entries() == []  # type: ignore[attr-defined]
 
 
-def _slow_stream(
-    server: ServerThread, started: threading.Event, done: threading.Event, out: dict[str, Any]
-) -> None:
-    with httpx.stream(
+def _local_stream(server: ServerThread, prompt: str, max_tokens: int) -> Any:
+    """A long streamed local generation, read line by line by the caller."""
+    return httpx.stream(
         "POST",
         server.url + "/v1/chat/completions",
         timeout=60,
         json={
             "model": "local",
-            "messages": ask("Write a long story about a dragon and a knight."),
-            "max_tokens": 120,
+            "messages": ask(prompt),
+            "max_tokens": max_tokens,
             "stream": True,
             "temperature": 0,
         },
-    ) as r:
+    )
+
+
+def _slow_stream(
+    server: ServerThread, started: threading.Event, done: threading.Event, out: dict[str, Any]
+) -> None:
+    with _local_stream(server, "Write a long story about a dragon and a knight.", 120) as r:
         lines = 0
         for line in r.iter_lines():
             if line.startswith("data: "):
@@ -288,18 +300,7 @@ def test_full_local_queue_is_503_with_retry_after(tmp_path: Path) -> None:
 
 def test_client_disconnect_stops_the_generation(serve: Serve) -> None:
     server = serve()
-    with httpx.stream(
-        "POST",
-        server.url + "/v1/chat/completions",
-        timeout=60,
-        json={
-            "model": "local",
-            "messages": ask("Write a very long essay about the sea."),
-            "max_tokens": 400,
-            "stream": True,
-            "temperature": 0,
-        },
-    ) as r:
+    with _local_stream(server, "Write a very long essay about the sea.", 400) as r:
         seen = 0
         for line in r.iter_lines():
             seen += line.startswith("data: ")

@@ -180,7 +180,8 @@ def explain(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
-        top = ", ".join(f"{k} {v:.2f}" for k, v in signals.items() if v > 0) or "none"
+        # Strongest first; + pushes towards the cloud, - keeps the request local.
+        top = ", ".join(f"{k} {v:+.2f}" for k, v in list(signals.items())[:3]) or "none"
         typer.echo(f"score      {score:.2f}   (top signals: {top})")
         typer.echo(f"needs      ~{needed} tokens of context (prompt estimate + max_tokens)")
         chosen = outcome["candidates"]

@@ -33,7 +33,8 @@ def test_explain_shows_score_signals_and_decision_without_calling_a_model(
     config = str(write_config(tmp_path, fake_cloud.base_url))
     out = runner.invoke(app, ["explain", HARD_PROMPT, "--config", config])
     assert out.exit_code == 0, out.output
-    assert re.search(r"score\s+0\.\d\d\s+\(top signals: \w+ 0\.\d\d", out.output)
+    # The code block and the reasoning verbs (the intent signal) push it most to the cloud.
+    assert re.search(r"score\s+0\.\d\d\s+\(top signals: intent \+\d\.\d\d, \w+ [+-]", out.output)
     assert "decision   cloud-mini   then smollm2" in out.output
     assert "above" in out.output or "ceiling" in out.output
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from router.complexity.heuristic import HeuristicEstimator
+from router.complexity.structure import StructureEstimator
 from router.types import ChatRequest
 
 
@@ -17,7 +18,7 @@ class Estimator(Protocol):
 
 
 def default_estimator() -> Estimator:
-    return HeuristicEstimator()
+    return StructureEstimator()
 
 
-__all__ = ["Estimator", "HeuristicEstimator", "default_estimator"]
+__all__ = ["Estimator", "HeuristicEstimator", "StructureEstimator", "default_estimator"]

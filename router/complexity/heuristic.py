@@ -75,11 +75,15 @@ class HeuristicEstimator:
         return dict(sorted(parts.items(), key=lambda kv: -kv[1]))
 
     def score(self, request: ChatRequest) -> float:
-        s = self.signals(request)
-        total = sum(WEIGHTS[k] * s[k] for k in WEIGHTS)
-        if s["small_talk"]:
-            total = min(total, 0.1)
-        return round(_clamp(total), 4)
+        return combine(self.signals(request))
+
+
+def combine(s: dict[str, float]) -> float:
+    """The v0 score from its signals: the weighted sum, capped at 0.1 for small talk."""
+    total = sum(WEIGHTS[k] * s[k] for k in WEIGHTS)
+    if s["small_talk"]:
+        total = min(total, 0.1)
+    return round(_clamp(total), 4)
 
 
 def _clamp(x: float) -> float:

@@ -40,12 +40,12 @@ CLIP = 3.0
 MAX_ANALYSED_CHARS = 32_000  # longer texts: the first and last 16,000 characters are analysed
 
 _WORD = re.compile(r"[^\W\d_]+")
-_STOP = frozenset(
-    """a an the and or but if then than so of to in on at by for from with as into about over
+_STOP_WORDS = """
+    a an the and or but if then than so of to in on at by for from with as into about over
     under is are was were be been being am do does did have has had it its this that these those
     there here which what who whom whose when where why how not no yes can could would should will
-    shall may might must you your we our they their he his she her them him i me my""".split()
-)
+    shall may might must you your we our they their he his she her them him i me my"""
+_STOP = frozenset(_STOP_WORDS.split())
 
 
 def conversation(request: ChatRequest) -> ChatRequest:

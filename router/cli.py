@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from router.cli_common import ConfigOption, echo_err, loading_spinner, status_line
-from router.cli_estimator import evaluate, score
+from router.cli_estimator import calibrate, evaluate, score
 from router.cli_governance import audit, budget_app
 from router.cli_server import keys_app, serve
 from router.errors import (
@@ -43,6 +43,7 @@ app.add_typer(budget_app, name="budget")
 app.command()(audit)
 app.command()(score)
 app.command("eval")(evaluate)
+app.command()(calibrate)
 
 ModelOption = Annotated[
     str, typer.Option("--model", "-m", help="auto, local, cloud or a model name.")

@@ -4,13 +4,39 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from router.cli_common import ConfigOption
 from router.errors import RequestError
+
+if TYPE_CHECKING:
+    from router.config import Config
+    from router.types import ChatRequest
+
+
+def _requests(lines: Iterable[str], where: str) -> Iterator[tuple[Any, ChatRequest]]:
+    """(id, request) per JSON line {"id", "prompt"} or {"id", "messages"}; blank lines skipped,
+    a bad line stops with its line number."""
+    from router.types import ChatRequest
+
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+            request = ChatRequest(messages)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, RequestError) as exc:
+            raise RequestError(
+                f'{where} line {number}: expected {{"id": ..., "prompt": "..."}} or '
+                f'{{"id": ..., "messages": [...]}} ({type(exc).__name__}: {exc})'
+            ) from None
+        yield row.get("id"), request
 
 
 def score(config: ConfigOption = None) -> None:
@@ -18,24 +44,139 @@ def score(config: ConfigOption = None) -> None:
 
     Output keeps input order; a bad line stops with its line number."""
     from router.complexity import default_estimator
-    from router.types import ChatRequest
 
     estimator = default_estimator()
     out = sys.stdout
-    for number, line in enumerate(sys.stdin, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
-            value = estimator.score(ChatRequest(messages))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, RequestError) as exc:
-            raise RequestError(
-                f'stdin line {number}: expected {{"id": ..., "prompt": "..."}} or '
-                f'{{"id": ..., "messages": [...]}} ({type(exc).__name__}: {exc})'
-            ) from None
-        out.write(json.dumps({"id": row.get("id"), "score": value}) + "\n")
+    for ident, request in _requests(sys.stdin, "stdin"):
+        out.write(json.dumps({"id": ident, "score": estimator.score(request)}) + "\n")
     out.flush()
+
+
+def calibrate(
+    local_share: Annotated[
+        float | None,
+        typer.Option(help="Share of requests the local model should answer, 0-1 (e.g. 0.7)."),
+    ] = None,
+    max_cloud_usd_per_day: Annotated[
+        float | None,
+        typer.Option(help="Daily cloud budget: send the hardest requests it pays for (ledger)."),
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Calibrate on a prompt file (router score's JSON lines), not the ledger."
+        ),
+    ] = None,
+    since: Annotated[str, typer.Option(help="Ledger window: 30m, 24h, 7d, 2w.")] = "30d",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Local model to set (default: the enabled local model with the highest ceiling)."
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show, write nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Set a local model's ceiling (max_score) from real traffic and write it to models.toml."""
+    from router import calibration as cal
+    from router.complexity import default_estimator, estimator_name
+    from router.config import load_config, shipped_default_path
+    from router.ledger import SQLiteLedger
+
+    if (local_share is None) == (max_cloud_usd_per_day is None):
+        raise RequestError("give one target: --local-share 0.7 or --max-cloud-usd-per-day 5")
+    if prompts is not None and max_cloud_usd_per_day is not None:
+        raise RequestError(
+            "--max-cloud-usd-per-day needs the ledger's prices and days; use --local-share "
+            "with --prompts"
+        )
+    cfg = load_config(config)
+    name = model or _widest_local(cfg)
+    entry = cfg.models.get(name)
+    if entry is None or entry.tier != "local":
+        local = ", ".join(n for n, m in cfg.models.items() if m.tier == "local") or "none"
+        raise RequestError(f"--model {name!r}: not a local model in the config (local: {local})")
+
+    estimator = default_estimator()
+    current = estimator_name(estimator)
+    skipped = 0
+    if prompts is not None:
+        try:
+            lines = prompts.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise RequestError(f"--prompts {prompts}: cannot read: {exc.strerror}") from None
+        scores = [estimator.score(r) for _, r in _requests(lines, str(prompts))]
+        costs: list[float] = []
+        stamps: list[float] = []
+        sample = f"{len(scores)} prompts in {prompts}"
+    else:
+        from router.cli import parse_since
+
+        ledger = SQLiteLedger(cfg.ledger_path())
+        rows = ledger.entries(parse_since(since))
+        ledger.close()
+        used = [e for e in rows if e.estimator == current]
+        skipped = len(rows) - len(used)
+        scores = [e.score for e in used]
+        costs = [e.baseline_usd for e in used]
+        stamps = [e.ts for e in used]
+        sample = f"{len(scores)} requests in the ledger (last {since})"
+        if skipped:
+            sample += f"; {skipped} scored by an older estimator left out"
+    if local_share is not None:
+        result = cal.for_local_share(scores, local_share)
+        target = f"--local-share {local_share}"
+    else:
+        assert max_cloud_usd_per_day is not None
+        days = cal.days_covered(stamps)
+        result = cal.for_cloud_budget(scores, costs, days, max_cloud_usd_per_day)
+        target = f"--max-cloud-usd-per-day {max_cloud_usd_per_day}"
+
+    source = cfg.source or shipped_default_path()
+    shipped = source.resolve() == shipped_default_path().resolve()
+    path = Path.cwd() / "models.toml" if shipped else source
+    note = f"router calibrate {target}, {time.strftime('%Y-%m-%d')}, {len(scores)} requests"
+    text = cal.set_max_score(source.read_text(encoding="utf-8"), name, result.ceiling, note, path)
+    if not dry_run:
+        cal.write_atomically(path, text)
+    report = {
+        "model": name,
+        "old_ceiling": entry.max_score,
+        "ceiling": result.ceiling,
+        "local_share": result.local_share,
+        "cloud_usd_per_day": result.cloud_usd_per_day,
+        "requests": len(scores),
+        "skipped": skipped,
+        "estimator": current,
+        "config": str(path),
+        "written": not dry_run,
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    spend = (
+        f", cloud about ${result.cloud_usd_per_day:.2f}/day"
+        if result.cloud_usd_per_day is not None
+        else ""
+    )
+    typer.echo(
+        f"{name} ceiling {entry.max_score:.4g} -> {result.ceiling:.4g}: "
+        f"{result.local_share:.1%} of {sample} stay local{spend}"
+    )
+    if dry_run:
+        typer.echo("dry run: nothing written")
+    elif shipped:
+        typer.echo(f"wrote {path} (a copy of the shipped default, found first from here)")
+    else:
+        typer.echo(f"wrote {path}")
+
+
+def _widest_local(cfg: Config) -> str:
+    local = [(m.max_score, n) for n, m in cfg.enabled().items() if m.tier == "local"]
+    if not local:
+        raise RequestError("no enabled local model in the config: name one with --model")
+    return max(local)[1]
 
 
 def evaluate(

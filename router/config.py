@@ -316,11 +316,17 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Find, parse and validate models.toml; raise ConfigError naming file, key and expectation."""
     source = find_config(path)
     try:
-        data = tomllib.loads(source.read_text(encoding="utf-8"))
+        text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror}") from exc
+    return parse_toml(text, source)
+
+
+def parse_toml(text: str, source: Path | None = None) -> Config:
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+        raise ConfigError(f"{source or 'config'}: not valid TOML: {exc}") from exc
     return parse_config(data, source)
 
 

@@ -25,7 +25,7 @@ from router.budgets import BudgetStore, Reservation
 from router.cache import DiskResponseCache, ResponseCache, cache_key
 from router.categories import classify
 from router.chunks import assemble, chain, replay
-from router.complexity import Estimator, default_estimator
+from router.complexity import Estimator, default_estimator, estimator_name
 from router.config import CloudModel, Config, LocalModel, load_config, local_path
 from router.errors import (
     BackendError,
@@ -462,6 +462,7 @@ class Router:
                 stream=stream,
                 category=routing.category,
                 flags=",".join(routing.flags),
+                estimator=estimator_name(self.estimator),
                 prompt=json.dumps(request.messages, ensure_ascii=False)
                 if self.config.router.store_prompts
                 else None,

@@ -34,6 +34,7 @@ class Entry:
     prompt: str | None = None  # only when router.store_prompts = true
     category: str = "other"
     flags: str = ""  # comma-separated low-value flags ("trivial-document", "repeat")
+    estimator: str = ""  # the estimator that gave the score ("structure-v1"); "" before v1
 
 
 class Ledger(Protocol):
@@ -77,6 +78,9 @@ _MIGRATIONS = [
     """
     ALTER TABLE requests ADD COLUMN category TEXT NOT NULL DEFAULT 'other';
     ALTER TABLE requests ADD COLUMN flags TEXT NOT NULL DEFAULT '';
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN estimator TEXT NOT NULL DEFAULT '';
     """,
 ]
 

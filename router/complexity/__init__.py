@@ -17,8 +17,20 @@ class Estimator(Protocol):
     def score(self, request: ChatRequest) -> float: ...
 
 
+def estimator_name(estimator: Estimator) -> str:
+    """What the ledger records next to each score, so thresholds are calibrated on scores of
+    the estimator in use: its `name` attribute, else its class name."""
+    return str(getattr(estimator, "name", type(estimator).__name__))
+
+
 def default_estimator() -> Estimator:
     return StructureEstimator()
 
 
-__all__ = ["Estimator", "HeuristicEstimator", "StructureEstimator", "default_estimator"]
+__all__ = [
+    "Estimator",
+    "HeuristicEstimator",
+    "StructureEstimator",
+    "default_estimator",
+    "estimator_name",
+]

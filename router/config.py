@@ -67,7 +67,7 @@ class LocalModel(_Strict):
     n_threads: Annotated[int, Field(ge=1, le=512)] | None = None
     n_gpu_layers: Annotated[int, Field(ge=-1)] = 0
     chat_format: str | None = None
-    max_score: Annotated[float, Field(ge=0, le=1)] = 0.35
+    max_score: Annotated[float, Field(ge=0, le=1)] = 0.25
     supports_tools: bool = False
     supports_json: bool = False
     max_queue: Annotated[int, Field(ge=1, le=10_000)] = 16

@@ -124,16 +124,16 @@ def test_shipped_weights_rebuild_exactly_and_beat_baselines_on_held_out_sources(
         timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr  # the file is what the script builds
+    header = next(line for line in out.stdout.splitlines() if line.startswith("held out"))
+    columns = re.split(r"\s{2,}", header.strip())[1:]
     rows = {}
     for line in out.stdout.splitlines():
-        m = re.match(r"(.+?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", line)
-        if m:
-            rows[m.group(1)] = [float(v) for v in m.groups()[1:]]
-    v1, length, v0 = (
-        rows["router v1 (shipped: fixed weights)"],
-        rows["prompt length"],
-        rows["v0 heuristic"],
-    )
-    mean_apgr, auroc = 3, 4
-    assert v1[mean_apgr] > length[mean_apgr] + 0.02 and v1[mean_apgr] > v0[mean_apgr] + 0.02
-    assert v1[auroc] >= 0.97
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) == len(columns) + 1 and re.fullmatch(r"[\d.]+", cells[-1]):
+            rows[cells[0]] = dict(zip(columns, map(float, cells[1:]), strict=True))
+    v1 = rows["router v1 (shipped: fixed weights)"]
+    for peer in ("prompt length", "v0 heuristic", "v1 signals, fitted weights"):
+        assert v1["mean, folds"] > rows[peer]["mean, folds"] + 0.02, peer
+        assert v1["mean, pooled"] > rows[peer]["mean, pooled"] + 0.02, peer
+    assert v1["mean, pooled"] >= 0.60  # the target, on the pooled protocol
+    assert v1["AUROC"] >= 0.97

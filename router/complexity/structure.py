@@ -3,7 +3,8 @@
 Five signals over the conversation's user and assistant text (the system prompt is left out: a
 long fixed system prompt would make every request look hard):
 
-- `length`: log of the characters.
+- `length`: log of the UTF-8 bytes (a Chinese character, 3 bytes, carries about as much as a
+  short English word; counting characters would make every CJK request look trivial).
 - `vocabulary_reuse`: the share of words that repeat earlier ones (1 - distinct / all words).
 - `repeated_terms`: log of how often content words come back; a problem that refers back to
   the same people, quantities and objects has more steps to follow.
@@ -60,8 +61,8 @@ def features(request: ChatRequest) -> dict[str, float]:
     """The five raw signals of a request (before standardisation)."""
     request = conversation(request)
     text = request.text
-    chars = len(text)
-    if chars > MAX_ANALYSED_CHARS:
+    size = len(text.encode("utf-8", "replace"))
+    if len(text) > MAX_ANALYSED_CHARS:
         half = MAX_ANALYSED_CHARS // 2
         text = text[:half] + "\n" + text[-half:]
     words = [w.lower() for w in _WORD.findall(text)]
@@ -69,7 +70,7 @@ def features(request: ChatRequest) -> dict[str, float]:
     data = text.encode("utf-8", "replace")
     v0 = heuristic.HeuristicEstimator().signals(request)
     return {
-        "length": math.log1p(chars),
+        "length": math.log1p(size),
         "vocabulary_reuse": 1.0 - len(set(words)) / len(words) if words else 0.0,
         "repeated_terms": math.log1p(len(content) - len(set(content))),
         "compressibility": 1.0 - len(zlib.compress(data)) / len(data) if data else 0.0,

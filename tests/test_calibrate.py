@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -25,7 +26,9 @@ from tests.fakecloud import FakeCloud
 runner = CliRunner()
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The real command, for exit codes (CliRunner bypasses the error-to-exit-code mapping)."""
     return subprocess.run(
         [sys.executable, "-m", "router", "calibrate", *args],
@@ -33,6 +36,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         cwd=cwd,
+        env=env,
     )
 
 
@@ -52,9 +56,16 @@ def traffic(n: int = 40) -> list[str]:
     return out
 
 
-def fill_ledger(router: Router, prompts: list[str]) -> None:
+@pytest.fixture
+def traffic_config(
+    make_router: Callable[..., Router], fake_cloud: FakeCloud, tmp_path: Path
+) -> tuple[Path, list[str]]:
+    """A config whose ledger holds 40 requests of varied complexity, and those prompts."""
+    prompts = traffic()
+    router = make_router(fake_cloud)
     for p in prompts:  # answered by the fake cloud: fast, priced, scored like any request
         router.complete([{"role": "user", "content": p}], model="cloud", max_tokens=8)
+    return tmp_path / "models.toml", prompts
 
 
 def local_share(config: Path, prompts: list[str]) -> float:
@@ -64,14 +75,11 @@ def local_share(config: Path, prompts: list[str]) -> float:
 
 
 def test_local_share_from_the_ledger_is_written_and_then_obeyed(
-    make_router: Callable[..., Router], fake_cloud: FakeCloud, tmp_path: Path
+    traffic_config: tuple[Path, list[str]],
 ) -> None:
-    prompts = traffic()
-    router = make_router(fake_cloud)
-    fill_ledger(router, prompts)
-    config = tmp_path / "models.toml"
+    config, prompts = traffic_config
     before = config.read_text()
-    assert local_share(config, prompts) < 0.5  # the shipped ceiling keeps fewer local
+    assert local_share(config, prompts) < 0.5  # the test config's 0.35 keeps fewer local
 
     out = runner.invoke(app, ["calibrate", "--local-share", "0.7", "--config", str(config)])
     assert out.exit_code == 0, out.output
@@ -87,12 +95,9 @@ def test_local_share_from_the_ledger_is_written_and_then_obeyed(
 
 
 def test_cloud_budget_sends_the_hardest_requests_it_pays_for(
-    make_router: Callable[..., Router], fake_cloud: FakeCloud, tmp_path: Path
+    traffic_config: tuple[Path, list[str]],
 ) -> None:
-    prompts = traffic()
-    router = make_router(fake_cloud)
-    fill_ledger(router, prompts)
-    config = tmp_path / "models.toml"
+    config, _ = traffic_config
     rows = SQLiteLedger(load_config(config).ledger_path()).entries()
     total = sum(e.baseline_usd for e in rows)  # one day of traffic
     assert total > 0
@@ -168,6 +173,22 @@ def test_prompt_file_and_older_estimator_rows(
     assert out.exit_code == 0, out.output
     assert "50.0% of 40 prompts" in out.output and "dry run: nothing written" in out.output
     assert "max_score = 0.35" in config.read_text()
+
+
+def test_calibrating_the_packaged_default_writes_a_local_copy(tmp_path: Path) -> None:
+    from router.config import shipped_default_path
+
+    shipped = shipped_default_path().read_text()
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in traffic()))
+    env = {k: v for k, v in os.environ.items() if k != "ROUTER_CONFIG"}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "empty-config-home")
+    out = cli("--local-share", "0.6", "--prompts", str(prompts), cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "a copy of the shipped default" in out.stdout
+    local = load_config(tmp_path / "models.toml")
+    assert local.models["smollm2"].max_score != 0.25
+    assert shipped_default_path().read_text() == shipped  # the package is never edited
 
 
 @pytest.mark.parametrize(

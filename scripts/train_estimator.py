@@ -6,7 +6,7 @@
 What is fitted: each signal's mean and scale, over a source-balanced pool (MMLU, GSM8K, CLINC150
 train split, Arena-Hard v0.1 + v2.0, Vicuna: each source weighs the same however many prompts it
 has), and the percentile table that maps the weighted sum to [0, 1]. The weights themselves are
-fixed (1 per structure signal, 0.5 for the v0 heuristic): the script also fits them, with a
+fixed at 1 each (an equal-weight sum of standardised signals): the script also fits them, with a
 pairwise ranking loss on the same sources, and prints both on held-out data. Fitted weights
 learn which MMLU subjects have large gaps and do worse on unseen subjects and on GSM8K.
 
@@ -48,7 +48,7 @@ FIXED_WEIGHTS = {
     "vocabulary_reuse": 1.0,
     "repeated_terms": 1.0,
     "compressibility": 1.0,
-    "intent": 0.5,
+    "intent": 1.0,
 }
 SMALL_TALK_CAP = 0.1
 F = structure.FEATURES

@@ -20,7 +20,6 @@ from router.engine import Router
 from router.errors import ConfigError
 from router.ledger import Entry, SQLiteLedger
 from router.types import ChatRequest
-from tests.conftest import HARD_PROMPT
 from tests.fakecloud import FakeCloud
 
 runner = CliRunner()
@@ -40,19 +39,39 @@ def cli(
     )
 
 
-TOPICS = ["the weather", "my invoice", "a python error", "tax rules", "a train timetable"]
+SENTENCES = [
+    "Our quarterly report shows revenue grew while support costs fell.",
+    "The new onboarding flow confused several customers last week.",
+    "Marketing wants a shorter tagline for the spring campaign.",
+    "Two engineers disagree about caching the pricing table.",
+    "Legal asked whether the contract allows early termination.",
+    "The warehouse moved to a larger building in March.",
+    "Latency doubled after the database migration on Tuesday.",
+    "A vendor offered a discount if we sign for three years.",
+    "Interns will join the data team in the summer.",
+    "The board meets again before the end of the month.",
+]
+EVERYDAY = [
+    "hi",
+    "thanks a lot",
+    "what time is it",
+    "set a timer for ten minutes",
+    "how's the weather",
+    "good morning",
+    "tell me a joke",
+    "what day is today",
+]
 
 
 def traffic(n: int = 40) -> list[str]:
-    """Requests from one-liners to multi-part tasks, so their scores spread out."""
+    """Everyday one-liners, then requests with more and more context, so scores spread out."""
     out = []
     for i in range(n):
-        topic = TOPICS[i % len(TOPICS)]
-        ask = f"Tell me about {topic}."
-        detail = f" Consider case {i}, compare it with the previous case and explain why." * (
-            i // 4
-        )
-        out.append(ask + detail + (("\n" + HARD_PROMPT) if i % 7 == 6 else ""))
+        if i % 4 == 0:
+            out.append(EVERYDAY[(i // 4) % len(EVERYDAY)])
+            continue
+        context = " ".join(SENTENCES[(i + j) % len(SENTENCES)] for j in range(i // 4 + 1))
+        out.append(f"Request {i}: {context} What should we do first, and why?")
     return out
 
 
@@ -83,7 +102,7 @@ def test_local_share_from_the_ledger_is_written_and_then_obeyed(
 
     out = runner.invoke(app, ["calibrate", "--local-share", "0.7", "--config", str(config)])
     assert out.exit_code == 0, out.output
-    assert "70.0% of 40 requests in the ledger (last 30d) stay local" in out.output
+    assert "70.0% of 40 requests in the ledger (last 30d) stay local" in out.output, out.output
     after = config.read_text()
     assert "max_score = 0.35" not in after and "# router calibrate --local-share 0.7" in after
     # only that one line changed: other settings and comments are kept

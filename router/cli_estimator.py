@@ -122,6 +122,12 @@ def calibrate(
         costs = [e.baseline_usd for e in used]
         stamps = [e.ts for e in used]
         sample = f"{len(scores)} requests in the ledger (last {since})"
+        if skipped and len(scores) < cal.MIN_REQUESTS:
+            raise RequestError(
+                f"only {len(scores)} requests in the ledger (last {since}) were scored by "
+                f"{current}; {skipped} scored by an older estimator are left out (their scores "
+                "mean something else): pass a prompt file with --prompts, or wait for traffic"
+            )
         if skipped:
             sample += f"; {skipped} scored by an older estimator left out"
     if local_share is not None:

@@ -169,8 +169,7 @@ def test_prompt_file_and_older_estimator_rows(
         )
     ledger.close()
     out = cli("--local-share", "0.5", "--config", str(config), cwd=tmp_path)
-    assert out.returncode == 2 and "only 0 scored requests" in out.stderr
-    assert "widen --since, or pass a prompt file" in out.stderr
+    assert out.returncode == 2 and "30 scored by an older estimator are left out" in out.stderr
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
@@ -220,6 +219,11 @@ def test_calibrating_the_packaged_default_writes_a_local_copy(tmp_path: Path) ->
         (["--local-share", "0.5", "--model", "cloud-mini"], "not a local model"),
         (["--local-share", "0.5", "--prompts", "missing.jsonl"], "cannot read"),
         (["--local-share", "0.5", "--prompts", "bad.jsonl"], "bad.jsonl line 2"),
+        (
+            ["--local-share", "0.5"],
+            "only 0 scored requests to calibrate on (at least 20 needed): "
+            "widen --since, or pass a prompt file with --prompts",
+        ),
     ],
 )
 def test_bad_calibrate_input_says_what_to_do(
@@ -265,3 +269,36 @@ def test_set_max_score_inserts_when_absent_and_refuses_a_broken_result() -> None
         set_max_score(text, "x", 0.5, "note")
     with pytest.raises(ConfigError):
         set_max_score(text, "m", 1.5, "note")  # out of range: never written
+
+
+def test_a_ledger_from_before_v1_upgrades_and_its_scores_are_not_mixed_in(
+    fake_cloud: FakeCloud, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from router.ledger import _MIGRATIONS
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path, fake_cloud.base_url)
+    path = load_config(config).ledger_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path)  # the first release's schema, with 25 rows scored by v0
+    db.executescript(_MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    db.executemany(
+        "INSERT INTO requests (ts, user, tier, model, prompt_tokens, completion_tokens, cost_usd,"
+        " baseline_usd, tokens_saved, usd_saved, cache_hit, latency_ms, score, reason, stream)"
+        " VALUES (?, 'ann', 'local', 'smollm2', 5, 5, 0, 0.001, 10, 0.001, 0, 9, ?, 'r', 0)",
+        [(time.time(), i / 25) for i in range(25)],
+    )
+    db.commit()
+    db.close()
+
+    rows = SQLiteLedger(path).entries()  # opening it upgrades it in place
+    assert len(rows) == 25 and {(e.category, e.flags, e.estimator) for e in rows} == {
+        ("other", "", "")
+    }
+    out = cli("--local-share", "0.5", "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    # v0 scores do not calibrate v1 ceilings, and the message says why
+    assert "0 requests in the ledger (last 30d) were scored by structure-v1" in out.stderr
+    assert "25 scored by an older estimator are left out" in out.stderr

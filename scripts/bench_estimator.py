@@ -93,10 +93,9 @@ def main() -> int:
     print("| estimator | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for r in rows:
-        cells = [f"{r[c]:.3f}" if c in r and "µs" not in c else f"{r.get(c, 0):.1f}" for c in cols]
         cells = [
-            c if not (c == "0.0" and col.endswith("µs")) else "-"
-            for c, col in zip(cells, cols, strict=True)
+            "-" if c not in r else f"{r[c]:.1f}" if c.endswith("µs") else f"{r[c]:.3f}"
+            for c in cols
         ]
         print(f"| {r['router']} | " + " | ".join(cells) + " |")
     sizes = [f"{p.name}: {len(p.prompts)}" for p in paired]

@@ -128,6 +128,10 @@ def stream_once(
     return ttft, decode, pieces
 
 
+def router_serve(port: int, config: Path) -> list[str]:
+    return [sys.executable, "-m", "router", "serve", "--port", str(port), "--config", str(config)]
+
+
 def bench_local(args: argparse.Namespace, workdir: Path) -> list[tuple[str, ...]]:
     config = workdir / "models.toml"
     config.write_text(
@@ -139,16 +143,7 @@ def bench_local(args: argparse.Namespace, workdir: Path) -> list[tuple[str, ...]
     results: dict[str, dict[str, list[float]]] = {}
     peers = {
         "router serve": (
-            [
-                sys.executable,
-                "-m",
-                "router",
-                "serve",
-                "--port",
-                str(router_port),
-                "--config",
-                str(config),
-            ],
+            router_serve(router_port, config),
             f"http://127.0.0.1:{router_port}",
             "local",
             {"Cache-Control": "no-cache"},
@@ -317,16 +312,7 @@ def bench_cache(args: argparse.Namespace, workdir: Path) -> list[tuple[str, ...]
     try:
         with (
             process(
-                [
-                    sys.executable,
-                    "-m",
-                    "router",
-                    "serve",
-                    "--port",
-                    str(router_port),
-                    "--config",
-                    str(config),
-                ],
+                router_serve(router_port, config),
                 router_base + "/health",
             ),
             process(

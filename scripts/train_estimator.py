@@ -102,9 +102,6 @@ def family(key: str) -> str:
     return key.split("/")[0]
 
 
-POOL = ("mmlu", "gsm8k", "clinc/train", "arena", "vicuna")  # what the reference pool holds
-
-
 def pool_keys(sources: dict[str, Source], exclude: set[str]) -> list[str]:
     keys = []
     for k in sources:

@@ -9,8 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from router.cli import app
+from router.complexity import StructureEstimator
 from router.errors import RequestError
 from router.evaluation import apgr, auroc, pgr_curve
+from router.types import ChatRequest
 
 runner = CliRunner()
 
@@ -55,6 +57,8 @@ def test_score_reads_json_lines_and_keeps_order() -> None:
     rows = [json.loads(line) for line in out.output.splitlines()]
     assert [r["id"] for r in rows] == [1, "x", 3]
     assert rows[1]["score"] > 0.35 > rows[0]["score"]
+    v1 = StructureEstimator()  # the default estimator
+    assert rows[2]["score"] == v1.score(ChatRequest([{"role": "user", "content": "thanks"}]))
     bad = runner.invoke(app, ["score"], input='{"id": 1, "prompt": "ok"}\n{"id": 2}\n')
     assert isinstance(bad.exception, RequestError) and "stdin line 2" in str(bad.exception)
 

@@ -17,8 +17,10 @@ import openai
 import pytest
 
 from router import Router
+from router.complexity import StructureEstimator
 from router.keys import KeyStore
 from router.server import create_app
+from router.types import ChatRequest
 from tests.conftest import EASY_PROMPT, HARD_PROMPT, write_config
 from tests.fakecloud import FakeCloud, answer_for
 from tests.server_harness import ServerThread
@@ -68,6 +70,9 @@ def test_openai_client_non_streamed_with_routing_headers(serve: Serve) -> None:
     assert raw.headers["x-router-tier"] == "local"
     assert raw.headers["x-router-model"] == "smollm2"
     assert float(raw.headers["x-router-score"]) < 0.35
+    # the default estimator (v1) scored it
+    v1 = StructureEstimator().score(ChatRequest(ask(EASY_PROMPT)))
+    assert raw.headers["x-router-score"] == f"{v1:.4f}"
     assert raw.headers["x-router-cache"] == "miss"
     done = raw.parse()
     assert done.choices[0].message.content

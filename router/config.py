@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from router.errors import ConfigError
 
@@ -49,11 +56,17 @@ FREE = Price(input_per_mtok=0.0, output_per_mtok=0.0)
 
 
 class LocalModel(_Strict):
-    """A GGUF model run in-process by llama-cpp-python.
+    """A GGUF model run by llama-cpp-python in a supervised worker process.
 
     The file comes from exactly one of: `path`; `package` + `file` (a file inside an installed
     Python package, found without importing it); `hf_repo` + `hf_file` (downloaded once from
     the Hugging Face hub into its cache).
+
+    `extra_buffers`: llama.cpp's extra weight buffer types (repacked weights for AMX, AVX2 or
+    NEON kernels). "auto" turns them off when the llama.cpp build uses AMX, whose buffers crash
+    multi-token decodes (llama.cpp issue 20824), and keeps llama.cpp's default elsewhere.
+    `timeout_seconds`: the longest the worker may stay silent (loading, reading the prompt,
+    between two tokens) before it is considered hung, stopped and restarted.
     """
 
     tier: Literal["local"]
@@ -71,7 +84,16 @@ class LocalModel(_Strict):
     supports_tools: bool = False
     supports_json: bool = False
     max_queue: Annotated[int, Field(ge=1, le=10_000)] = 16
+    extra_buffers: Literal["auto"] | bool = "auto"
+    timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     price: Price | None = None
+
+    @field_validator("extra_buffers", mode="before")
+    @classmethod
+    def _extra_buffers(cls, value: Any) -> Any:
+        if value != "auto" and not isinstance(value, bool):
+            raise ValueError('must be "auto", true or false')
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> LocalModel:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from router import policy, waste
 from router.backends import Backend
+from router.backends.local import LocalBackend
 from router.backends.retry import Retrying
 from router.budgets import BudgetStore, Reservation
 from router.cache import DiskResponseCache, ResponseCache, cache_key
@@ -85,6 +86,7 @@ class Router:
             self.config.guardrails.repeat_window_seconds, self.config.guardrails.repeat_threshold
         )
         self._backends: dict[str, Backend] = dict(backends or {})
+        self._owned: list[str] = []  # the backends created here, closed by close()
         self._backends_lock = threading.Lock()
         self._sleep = sleep
         self._loading = loading  # wraps a local model's load (the CLI shows a spinner)
@@ -197,6 +199,7 @@ class Router:
         """Try the candidates in order: reserve budget, call, fall back on failure."""
         failures: list[str] = []
         spent: BudgetExceededError | None = None
+        retry_after: float | None = None
         for name in decision.candidates:
             try:
                 reservation = self._reserve(request, name, params)
@@ -211,6 +214,8 @@ class Router:
             except BackendError as exc:
                 self._budgets.release(reservation)
                 failures.append(str(exc))
+                if exc.retry_after is not None:
+                    retry_after = max(retry_after or 0.0, exc.retry_after)
                 continue
             except BaseException:
                 self._budgets.release(reservation)
@@ -218,7 +223,9 @@ class Router:
             return name, result, reservation, failures
         if spent is not None:
             raise spent
-        raise UnavailableError(f"every model failed: {'; '.join(failures)}")
+        raise UnavailableError(
+            f"every model failed: {'; '.join(failures)}", retry_after=retry_after
+        )
 
     def _reserve(
         self, request: ChatRequest, name: str, params: dict[str, Any]
@@ -262,11 +269,32 @@ class Router:
         """What the policy sees of each enabled model, usability checked now."""
         return {name: self._view(name, m) for name, m in self.config.enabled().items()}
 
+    def local_runtime(self, name: str) -> dict[str, Any]:
+        """How local model `name` runs: its worker's state, pid, memory, extra buffers, failures."""
+        backend = self._backends.get(name)
+        if isinstance(backend, LocalBackend):
+            return backend.health()
+        model = self.config.models[name]
+        setting = model.extra_buffers if isinstance(model, LocalModel) else None
+        return {
+            "state": "not started; starts on the first request",
+            "extra_buffers": None,
+            "extra_buffers_why": f"decided when the worker starts (extra_buffers = {setting!r})",
+        }
+
     def close(self) -> None:
-        if self._cache is not None:
-            self._cache.close()
-        self._ledger.close()
-        self._budgets.close()
+        """Stop the local workers and close the cache, the ledger and the budget store."""
+        with self._backends_lock:
+            owned = [self._backends[name] for name in self._owned]
+        try:
+            for backend in owned:  # backends passed in belong to the caller
+                if isinstance(backend, LocalBackend):
+                    backend.close()
+        finally:
+            if self._cache is not None:
+                self._cache.close()
+            self._ledger.close()
+            self._budgets.close()
 
     def __enter__(self) -> Router:
         return self
@@ -293,8 +321,11 @@ class Router:
         else:
             n_ctx = model.n_ctx
             path = self._local_paths.get(name)
+            backend = self._backends.get(name)
             if model.hf_repo is None and (path is None or not path.is_file()):
                 unusable = "model file not found"
+            elif isinstance(backend, LocalBackend):
+                unusable = backend.unusable()
         return policy.ModelView(
             name=name,
             tier=model.tier,
@@ -316,14 +347,13 @@ class Router:
             if backend is None:
                 model = self.config.models[name]
                 if isinstance(model, LocalModel):
-                    from router.backends.local import LocalBackend
-
                     backend = LocalBackend(self.config, name, model, self._loading)
                 else:
                     from router.backends.cloud import CloudBackend
 
                     backend = Retrying(CloudBackend(name, model), self.config.retry, self._sleep)
                 self._backends[name] = backend
+                self._owned.append(name)
             return backend
 
     def _routing(self, decision: Decision, name: str, failures: list[str]) -> Routing:
@@ -418,6 +448,9 @@ class Router:
                 usage = chunk.get("usage") or usage
                 yield chunk
             complete = True
+        except BackendError as exc:  # the model failed mid-answer (a worker crash, a cut)
+            routing.reason += f"; answer cut: {exc}"
+            raise
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:

@@ -95,11 +95,18 @@ class BudgetExceededError(RouterError):
 
 
 class BackendError(RouterError):
-    """A model backend failed to produce an answer."""
+    """A model backend failed to produce an answer.
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    `retryable`: the same call may succeed if repeated (429, 5xx, timeouts); `retry_after`:
+    seconds until the backend expects to work again, when it knows (Retry-After, a restart).
+    """
+
+    def __init__(
+        self, message: str, *, retryable: bool = False, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
         self.attempts = 1
 
     def __str__(self) -> str:
@@ -122,6 +129,5 @@ class CloudError(BackendError):
         retryable: bool = False,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, retryable=retryable)
+        super().__init__(message, retryable=retryable, retry_after=retry_after)
         self.status = status
-        self.retry_after = retry_after

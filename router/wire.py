@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.errors import (
+    BackendError,
     BudgetExceededError,
     BusyError,
     NoRouteError,
@@ -88,7 +89,14 @@ def http_error(exc: RouterError) -> HTTPError:
             headers={"Retry-After": retry},
         )
     if isinstance(exc, UnavailableError):
-        return HTTPError(503, str(exc), "service_unavailable_error", code="no_tier_available")
+        headers = {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return HTTPError(
+            503, str(exc), "service_unavailable_error", code="no_tier_available", headers=headers
+        )
+    if isinstance(exc, BackendError):  # a model failed mid-answer: a stream's error event
+        return HTTPError(503, str(exc), "service_unavailable_error", code="model_failed")
     return HTTPError(500, str(exc), "server_error")
 
 

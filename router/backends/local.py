@@ -1,24 +1,38 @@
-"""Local tier: GGUF models run in-process by llama-cpp-python.
+"""Local tier: GGUF models, each run by llama.cpp in a supervised worker process.
 
-Each model is loaded once, on first use. A llama.cpp context is not re-entrant, so one
-generation runs per model at a time: concurrent callers queue on the model's lock (also a
-stream holds it until it is exhausted or closed). Running two generations at once on a small
-CPU would also make both slower (thread oversubscription).
+The worker (router/backends/llama_process.py, started through router/backends/worker.py) owns
+the llama.cpp state, as Ollama's runners do, so a native crash costs the request being answered
+and never the process using the router. This module is the supervisor behind the Backend seam:
+
+- one generation per model at a time: callers queue on the model's turn (a llama.cpp context
+  is not re-entrant, and two generations on a small CPU slow each other down); when
+  `max_queue` requests are already in flight the next one is refused at once (BusyError);
+- a worker that dies or goes silent fails its request with a BackendError naming the cause
+  (the engine then falls back to the next candidate) and is started again on the next request,
+  at once after one failure, after a backoff after two, and not for `cooldown` seconds after
+  `limit` failures within `window` seconds (the model is then unusable, and says why);
+- closing a stream cancels the generation inside the worker before the next caller's turn.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router.backends.worker import Worker, WorkerFailure, WorkerLoadError, describe_exit
 from router.config import Config, LocalModel, local_path
 from router.errors import BackendError, BusyError, ModelLoadError
 from router.types import ChatRequest
+
+log = logging.getLogger("router.local")
 
 _PASSTHROUGH = (
     "max_tokens",
@@ -55,33 +69,61 @@ def resolve_gguf(config: Config, name: str, model: LocalModel) -> Path:
         ) from exc
 
 
-def _counting_llama() -> type:
-    """A Llama subclass that counts the tokens of every generation, streamed ones too
-    (llama-cpp-python reports usage only for non-streamed completions)."""
-    import llama_cpp
+@dataclass
+class RestartPolicy:
+    """When a failed worker may start again. Pure: the caller passes the clock's time.
 
-    class CountingLlama(llama_cpp.Llama):
-        last_prompt_tokens = 0
-        last_completion_tokens = 0
+    After one failure within `window` seconds: at once. After two: 1 s later. After `limit`:
+    not for `cooldown` seconds (the model is unusable meanwhile); then one try, and a failure
+    before a successful generation disables it again at once.
+    """
 
-        def generate(  # type: ignore[override]
-            self, tokens: Any, *args: Any, **kwargs: Any
-        ) -> Iterator[int]:
-            self.last_prompt_tokens = len(tokens)
-            self.last_completion_tokens = 0
-            vocab = self._model.vocab
-            for token in super().generate(tokens, *args, **kwargs):
-                if not llama_cpp.llama_vocab_is_eog(vocab, token):
-                    self.last_completion_tokens += 1
-                yield token
+    window: float = 60.0
+    limit: int = 3
+    cooldown: float = 300.0
 
-    return CountingLlama
+    def __post_init__(self) -> None:
+        self.recent: deque[tuple[float, str]] = deque()
+        self.total = 0
+        self.not_before = 0.0
+        self.tripped = False
+
+    def failed(self, now: float, what: str) -> None:
+        while self.recent and now - self.recent[0][0] > self.window:
+            self.recent.popleft()
+        self.recent.append((now, what))
+        self.total += 1
+        n = len(self.recent)
+        if self.tripped or n >= self.limit:
+            self.tripped = True
+            self.not_before = now + self.cooldown
+        else:
+            self.not_before = now + (0.0 if n == 1 else min(2.0 ** (n - 2), 30.0))
+
+    def succeeded(self) -> None:
+        self.tripped = False
+
+    def wait(self, now: float) -> float:
+        """Seconds before a new worker may start (0: now)."""
+        return max(0.0, self.not_before - now)
+
+    def unusable(self, now: float) -> str | None:
+        """Why the model is disabled now, or None."""
+        if not self.tripped or now >= self.not_before:
+            return None
+        last = self.recent[-1][1] if self.recent else "unknown"
+        return (
+            f"disabled after {len(self.recent)} worker failures in {self.window:.0f} s "
+            f"(last: {last}); next try in {self.not_before - now:.0f} s"
+        )
+
+    @property
+    def last(self) -> str | None:
+        return self.recent[-1][1] if self.recent else None
 
 
 class LocalBackend:
-    """One GGUF model behind the Backend seam."""
-
-    tier = "local"
+    """One GGUF model behind the Backend seam, answered by a supervised worker process."""
 
     def __init__(
         self,
@@ -89,17 +131,121 @@ class LocalBackend:
         name: str,
         model: LocalModel,
         loading: Callable[[str], AbstractContextManager[object]] | None = None,
+        *,
+        restarts: RestartPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self._loading = loading or (lambda _name: nullcontext())
         self._config = config
         self._model_config = model
-        self._llm: Any = None
-        self._load_lock = threading.Lock()
-        self._generate_lock = threading.Lock()
+        self._restarts = restarts or RestartPolicy()
+        self._clock = clock
+        self._worker: Worker | None = None
+        self._state_lock = threading.Lock()  # _worker, _restarts and the counters
+        self._generate_lock = threading.Lock()  # the model's turn
         self._queue_lock = threading.Lock()
         self._in_flight = 0  # running + waiting for the model
         self._seconds_per_request = 2.0  # moving average, for Retry-After
+        self._starts = 0
+        self._outcomes = {"completed": 0, "cancelled": 0, "failed": 0}
+        self._last_info: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- the Backend seam
+
+    def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:
+        with self._turn():
+            worker = self._ready_worker()
+            rid = self._send(worker, request, params, stream=False)
+            event = self._event(worker, rid)
+            self._finished("completed")
+        out: dict[str, Any] = event["response"]
+        out["model"] = self.name
+        return out
+
+    def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        with self._turn():
+            worker = self._ready_worker()
+            rid = self._send(worker, request, params, stream=True)
+            last: dict[str, Any] | None = None
+            ended = False
+            try:
+                while True:
+                    event = self._event(worker, rid)
+                    if event["ev"] == "end":
+                        usage: dict[str, Any] = event["usage"]
+                        break
+                    chunk: dict[str, Any] = event["chunk"]
+                    chunk["model"] = self.name
+                    last = chunk
+                    yield chunk
+                ended = True
+                self._finished("completed")
+            except BackendError:
+                ended = True  # the worker is gone or said the generation failed
+                raise
+            finally:
+                if not ended:  # the consumer stopped early: stop the generation too
+                    self._cancel(worker, rid)
+        yield {
+            "id": last["id"] if last else f"chatcmpl-{uuid.uuid4()}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.name,
+            "choices": [],
+            "usage": usage,
+        }
+
+    # ---------------------------------------------------------------- supervision
+
+    def load(self) -> dict[str, Any]:
+        """Start the worker now (it otherwise starts on the first request); its ready info."""
+        with self._turn():
+            return self._ready_worker().info
+
+    def unusable(self) -> str | None:
+        """Why the model cannot be used now (repeated worker failures), else None."""
+        with self._state_lock:
+            return self._restarts.unusable(self._clock())
+
+    def health(self) -> dict[str, Any]:
+        """The worker's state for /health and `router models`."""
+        with self._state_lock:
+            worker = self._worker
+            now = self._clock()
+            if worker is not None and worker.alive():
+                state = "ready"
+            elif self._restarts.unusable(now):
+                state = "unusable"
+            elif self._restarts.total:
+                state = "stopped after a failure; starts again on the next request"
+            else:
+                state = "not started; starts on the first request"
+            info = self._last_info
+            rss = worker.rss_bytes() if worker is not None else None
+            return {
+                "state": state,
+                "pid": worker.pid if worker is not None and state == "ready" else None,
+                "rss_mb": round(rss / 2**20, 1) if rss else None,
+                "extra_buffers": info.get("extra_buffers"),
+                "extra_buffers_why": info.get("extra_buffers_why"),
+                "starts": self._starts,
+                "failures": self._restarts.total,
+                "last_failure": self._restarts.last,
+                "why_unusable": self._restarts.unusable(now),
+                "generations": dict(self._outcomes),
+            }
+
+    def close(self) -> None:
+        with self._state_lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
+
+    @property
+    def worker_pid(self) -> int | None:
+        with self._state_lock:
+            return self._worker.pid if self._worker is not None else None
 
     @contextmanager
     def _turn(self) -> Iterator[None]:
@@ -125,83 +271,127 @@ class LocalBackend:
             with self._queue_lock:
                 self._in_flight -= 1
 
-    @property
-    def loaded(self) -> bool:
-        return self._llm is not None
+    def _ready_worker(self) -> Worker:
+        """The running worker, started (or restarted) if needed. Called during the turn."""
+        with self._state_lock:
+            worker = self._worker
+        if worker is not None and not worker.alive():  # died between requests (kill, OOM)
+            self._fail(
+                worker,
+                f"worker process (pid {worker.pid}) died while idle: "
+                f"{describe_exit(worker.proc.returncode)}",
+            )
+            worker = None
+        if worker is not None:
+            return worker
+        with self._state_lock:
+            wait = self._restarts.wait(self._clock())
+            why = self._restarts.unusable(self._clock()) or self._restarts.last
+        if wait > 0:
+            raise BackendError(
+                f"{self.name}: {why}; the worker restarts in {wait:.0f} s", retry_after=wait
+            )
+        return self._start()
 
-    def load(self) -> Any:
-        with self._load_lock:
-            if self._llm is None:
-                with self._loading(self.name):
-                    self._llm = self._load(self._model_config)
-            return self._llm
-
-    def _load(self, cfg: LocalModel) -> Any:
+    def _start(self) -> Worker:
+        cfg = self._model_config
         path = resolve_gguf(self._config, self.name, cfg)
-        try:
-            return _counting_llama()(
-                model_path=str(path),
-                n_ctx=cfg.n_ctx,
-                n_threads=cfg.n_threads,
-                n_threads_batch=cfg.n_threads,
-                n_gpu_layers=cfg.n_gpu_layers,
-                chat_format=cfg.chat_format,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise ModelLoadError(
-                f"models.{self.name}: llama.cpp could not load {path}: {exc}"
-            ) from exc
-
-    def _kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
-        kwargs = {k: params[k] for k in _PASSTHROUGH if k in params}
-        fmt = params.get("response_format")
-        if isinstance(fmt, dict) and fmt.get("type") == "json_object":
-            kwargs["response_format"] = {"type": "json_object"}
-        elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-            schema = (fmt.get("json_schema") or {}).get("schema")
-            kwargs["response_format"] = {"type": "json_object", "schema": schema or {}}
-        return kwargs
-
-    def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:
-        llm = self.load()
-        with self._turn():
-            try:
-                out: dict[str, Any] = llm.create_chat_completion(
-                    messages=request.messages, **self._kwargs(params)
-                )
-            except ValueError as exc:  # e.g. prompt longer than n_ctx
-                raise BackendError(f"{self.name}: {exc}", retryable=False) from exc
-        out["model"] = self.name
-        return out
-
-    def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        llm = self.load()
-        with self._turn():
-            chunks = llm.create_chat_completion(
-                messages=request.messages, stream=True, **self._kwargs(params)
-            )
-            last: dict[str, Any] | None = None
-            try:
-                for chunk in chunks:
-                    chunk["model"] = self.name
-                    last = chunk
-                    yield chunk
-            except ValueError as exc:
-                raise BackendError(f"{self.name}: {exc}", retryable=False) from exc
-            finally:
-                # Closing stops llama.cpp before the next caller gets the model.
-                chunks.close()
-            prompt, completion = llm.last_prompt_tokens, llm.last_completion_tokens
-        yield {
-            "id": last["id"] if last else f"chatcmpl-{uuid.uuid4()}",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": self.name,
-            "choices": [],
-            "usage": {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-            },
+        load = {
+            "path": str(path),
+            "n_ctx": cfg.n_ctx,
+            "n_threads": cfg.n_threads,
+            "n_gpu_layers": cfg.n_gpu_layers,
+            "chat_format": cfg.chat_format,
+            "extra_buffers": cfg.extra_buffers,
         }
+        with self._loading(self.name):
+            try:
+                worker = Worker(self.name, load, timeout=cfg.timeout_seconds)
+            except OSError as exc:
+                raise BackendError(f"{self.name}: cannot start a worker process: {exc}") from exc
+            try:
+                info = worker.start()
+            except WorkerLoadError as exc:
+                self._fail(worker, f"llama.cpp could not load {path}: {exc}")
+                raise ModelLoadError(
+                    f"models.{self.name}: llama.cpp could not load {path}: {exc}"
+                ) from None
+            except WorkerFailure as exc:
+                self._fail(worker, f"{exc} while loading {path.name}")
+                raise BackendError(f"{self.name}: {exc} while loading {path.name}") from None
+            except BaseException:  # interrupted (Ctrl-C): leave nothing behind
+                worker.kill()
+                raise
+        with self._state_lock:
+            self._worker = worker
+            self._starts += 1
+            self._last_info = info
+        log.info(
+            "%s: worker pid %d ready in %.2f s (extra buffers %s: %s)",
+            self.name,
+            worker.pid,
+            info.get("load_seconds", 0.0),
+            "on" if info.get("extra_buffers") else "off",
+            info.get("extra_buffers_why"),
+        )
+        return worker
+
+    def _fail(self, worker: Worker, what: str) -> None:
+        """Count one failure of `worker` (once), forget it and make sure it is gone."""
+        with self._state_lock:
+            if worker.failed:
+                return
+            worker.failed = True
+            if self._worker is worker:
+                self._worker = None
+            self._restarts.failed(self._clock(), what)
+        worker.kill()
+        log.warning("%s: %s", self.name, what)
+
+    def _send(
+        self, worker: Worker, request: ChatRequest, params: dict[str, Any], *, stream: bool
+    ) -> int:
+        try:
+            return worker.chat(request.messages, _kwargs(params), stream)
+        except WorkerFailure as exc:
+            self._fail(worker, str(exc))
+            raise BackendError(f"{self.name}: {exc}") from None
+
+    def _event(self, worker: Worker, rid: int) -> dict[str, Any]:
+        """The next event of generation `rid`; a death, a stall or an error → BackendError."""
+        try:
+            event = worker.next_event(rid)
+        except WorkerFailure as exc:
+            self._fail(worker, str(exc))
+            raise BackendError(f"{self.name}: {exc}") from None
+        if event["ev"] == "error":
+            self._finished("failed")  # the worker is fine: the request was not
+            if event.get("kind") == "request":  # e.g. the prompt is longer than n_ctx
+                raise BackendError(f"{self.name}: {event['message']}")
+            raise BackendError(f"{self.name}: llama-cpp-python failed: {event['message']}")
+        return event
+
+    def _cancel(self, worker: Worker, rid: int) -> None:
+        try:
+            worker.cancel(rid)
+        except WorkerFailure as exc:
+            self._fail(worker, str(exc))
+            return
+        self._finished("cancelled")
+
+    def _finished(self, outcome: str) -> None:
+        """A generation ended with the worker alive: it works, whatever the request got."""
+        with self._state_lock:
+            self._restarts.succeeded()
+            self._outcomes[outcome] += 1
+
+
+def _kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    kwargs = {k: params[k] for k in _PASSTHROUGH if k in params}
+    fmt = params.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        kwargs["response_format"] = {"type": "json_object"}
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        kwargs["response_format"] = {"type": "json_object", "schema": schema or {}}
+    return kwargs

@@ -1,0 +1,314 @@
+"""The worker process of one local model: it owns llama.cpp, the parent owns everything else.
+
+Started by `router.backends.worker.Worker` as its own Python process (Ollama's runner model),
+so a native crash in llama.cpp (SIGSEGV, abort, the OOM killer) ends this process and one
+request, never the server, the REPL or the script that uses the router. It is run as a file,
+not as `-m router...`, so it imports nothing of the router: stdlib and llama_cpp only. This is
+the only module that imports llama_cpp, and only inside functions.
+
+Protocol: JSON, one object per line. The parent writes to this process's stdin; this process
+answers on the pipe that was its stdout (fd 1 is then pointed at stderr, so whatever llama.cpp
+prints cannot corrupt the protocol).
+
+    parent -> worker   {"op": "load", "path", "n_ctx", "n_threads", "n_gpu_layers",
+                        "chat_format", "extra_buffers"}                  first line, once
+                       {"op": "chat", "id", "messages", "kwargs", "stream"}
+                       {"op": "cancel", "id"}      stop generation `id` (and any older one)
+                       {"op": "exit"}              or EOF on stdin: exit at once
+    worker -> parent   {"ev": "ready", "pid", "extra_buffers", "extra_buffers_why",
+                        "system_info", "load_seconds"}
+                       {"ev": "chunk", "id", "chunk"}            a chat.completion.chunk
+                       {"ev": "end", "id", "usage", "cancelled"} after the last chunk
+                       {"ev": "result", "id", "response"}        a whole chat.completion
+                       {"ev": "error", "id", "kind", "message"}  kind: load | request | internal
+
+One generation runs at a time; the parent never sends a second `chat` before the first has
+ended. A reader thread takes `cancel` while the main thread generates, so a client that hangs
+up stops the generation at the next token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import IO, Any, Literal
+
+ExtraBuffers = bool | Literal["auto"]
+
+AMX_ISSUE = "llama.cpp issue 20824"
+
+# Test hook, inert unless this variable is set: when the file it names exists at the start of a
+# generation, the worker crashes as the file says ("segv", "abort", "kill", "hang" or "exit",
+# then optionally "after=N" chunks and "repeat" to keep the file). Tests use it to prove that a
+# native crash costs one request, never the parent.
+CRASH_FILE_ENV = "ROUTER_WORKER_CRASH_FILE"
+
+
+def parse_system_info(info: str) -> dict[str, str]:
+    """llama.cpp's system info ("CPU : SSE3 = 1 | AVX = 1 | AMX_INT8 = 1 | ...") as a dict."""
+    return {m[1]: m[2] for m in re.finditer(r"([A-Za-z0-9_]+)\s*=\s*([^|\s]+)", info)}
+
+
+def extra_buffers_choice(setting: ExtraBuffers, info: str) -> tuple[bool, str]:
+    """Whether to load weights into llama.cpp's extra buffer types, and why.
+
+    Extra buffer types are where llama.cpp repacks weights for a faster kernel: AMX tiles on
+    Intel Sapphire Rapids and later, interleaved blocks for AVX2/NEON. On builds with AMX, any
+    decode of two or more tokens at once crashes in the AMX matmul (SIGSEGV or SIGILL), so
+    `auto` turns them off there and keeps llama.cpp's default everywhere else.
+    """
+    if setting is True:
+        return True, "extra_buffers = true in models.toml"
+    if setting is False:
+        return False, "extra_buffers = false in models.toml"
+    if parse_system_info(info).get("AMX_INT8") == "1":
+        return False, (
+            "auto: this llama.cpp build uses AMX (AMX_INT8 = 1), whose repacked weights crash "
+            f"multi-token decodes ({AMX_ISSUE}); loaded without extra buffers"
+        )
+    return True, "auto: llama.cpp's default (no AMX in this build)"
+
+
+def system_info() -> str:
+    """What this llama.cpp build supports, as llama.cpp prints it."""
+    import llama_cpp
+
+    raw = llama_cpp.llama_print_system_info()
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+
+
+def _counting_llama() -> type:
+    """A Llama subclass that counts the tokens of every generation, streamed ones too
+    (llama-cpp-python reports usage only for non-streamed completions)."""
+    import llama_cpp
+
+    class CountingLlama(llama_cpp.Llama):
+        last_prompt_tokens = 0
+        last_completion_tokens = 0
+
+        def generate(  # type: ignore[override]
+            self, tokens: Any, *args: Any, **kwargs: Any
+        ) -> Iterator[int]:
+            self.last_prompt_tokens = len(tokens)
+            self.last_completion_tokens = 0
+            vocab = self._model.vocab
+            for token in super().generate(tokens, *args, **kwargs):
+                if not llama_cpp.llama_vocab_is_eog(vocab, token):
+                    self.last_completion_tokens += 1
+                yield token
+
+    return CountingLlama
+
+
+def load_llama(
+    path: str,
+    *,
+    n_ctx: int,
+    n_threads: int | None,
+    n_gpu_layers: int,
+    chat_format: str | None,
+    extra_buffers: bool,
+) -> Any:
+    """A CountingLlama for `path`, with llama.cpp's extra buffer types on or off.
+
+    llama-cpp-python has no argument for `use_extra_bufts`; it builds the model parameters from
+    `llama_model_default_params()`, so that function is wrapped for the length of the load.
+    This runs in the worker process, which loads nothing else at the same time.
+    """
+    import llama_cpp.llama_cpp as c_api  # the module llama_cpp.Llama reads it from
+
+    defaults = c_api.llama_model_default_params
+
+    def params() -> Any:
+        p = defaults()
+        p.use_extra_bufts = extra_buffers
+        return p
+
+    setattr(c_api, "llama_model_default_params", params)  # noqa: B010
+    try:
+        return _counting_llama()(
+            model_path=path,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            n_gpu_layers=n_gpu_layers,
+            chat_format=chat_format,
+            verbose=False,
+        )
+    finally:
+        setattr(c_api, "llama_model_default_params", defaults)  # noqa: B010
+
+
+def has_extra_buffers_switch() -> bool:
+    """Whether this llama-cpp-python exposes llama.cpp's `use_extra_bufts` model parameter."""
+    import llama_cpp
+
+    return any(f[0] == "use_extra_bufts" for f in llama_cpp.llama_model_params._fields_)
+
+
+# ---------------------------------------------------------------------- the process
+
+
+class _Channel:
+    """The protocol pipe to the parent (the original stdout)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        with self._lock:
+            self._out.write(data)
+            self._out.flush()
+
+
+class _Cancels:
+    """The highest generation id the parent has cancelled (ids only grow)."""
+
+    def __init__(self) -> None:
+        self.up_to = -1
+
+    def cancelled(self, rid: int) -> bool:
+        return rid <= self.up_to
+
+
+def _read_ops(ops: queue.Queue[dict[str, Any]], cancels: _Cancels) -> None:
+    """Reader thread: cancels act at once, chats queue for the main thread; EOF means the
+    parent is gone, so the worker goes too (never an orphan holding the model's memory)."""
+    for line in sys.stdin.buffer:
+        op = json.loads(line)
+        kind = op.get("op")
+        if kind == "cancel":
+            cancels.up_to = max(cancels.up_to, int(op["id"]))
+        elif kind == "exit":
+            break
+        else:
+            ops.put(op)
+    os._exit(0)
+
+
+def _armed_crash() -> tuple[str, int] | None:
+    path = os.environ.get(CRASH_FILE_ENV)
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            words = f.read().split()
+    except OSError:
+        return None
+    if "repeat" not in words:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    after = next((int(w[6:]) for w in words if w.startswith("after=")), 0)
+    return (words[0] if words else "segv"), after
+
+
+def _crash(how: str) -> None:
+    sys.stderr.write(f"worker: crashing on purpose ({how}, {CRASH_FILE_ENV})\n")
+    sys.stderr.flush()
+    if how == "segv":
+        import ctypes
+
+        ctypes.string_at(0)  # a null read: SIGSEGV, as a native bug would
+    elif how == "abort":
+        os.abort()
+    elif how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "hang":
+        time.sleep(3600)
+    os._exit(3)
+
+
+def _chat(llm: Any, op: dict[str, Any], channel: _Channel, cancels: _Cancels) -> None:
+    rid = int(op["id"])
+    crash = _armed_crash()
+    if crash is not None and crash[1] == 0:
+        _crash(crash[0])
+    if not op.get("stream"):
+        response = llm.create_chat_completion(messages=op["messages"], **op["kwargs"])
+        channel.send({"ev": "result", "id": rid, "response": response})
+        return
+    chunks = llm.create_chat_completion(messages=op["messages"], stream=True, **op["kwargs"])
+    sent = 0
+    cancelled = False
+    try:
+        for chunk in chunks:
+            if cancels.cancelled(rid):
+                cancelled = True
+                break
+            if crash is not None and sent == crash[1]:
+                _crash(crash[0])
+            channel.send({"ev": "chunk", "id": rid, "chunk": chunk})
+            sent += 1
+    finally:
+        chunks.close()  # stops llama.cpp before the next generation
+    prompt, completion = llm.last_prompt_tokens, llm.last_completion_tokens
+    usage = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    channel.send({"ev": "end", "id": rid, "usage": usage, "cancelled": cancelled})
+
+
+def main() -> None:
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # native prints (llama.cpp, ggml) go to stderr, never into the protocol
+    sys.stdout = sys.stderr
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the parent
+    channel = _Channel(out)
+
+    load = json.loads(sys.stdin.buffer.readline() or b"{}")
+    try:
+        started = time.perf_counter()
+        info = system_info()
+        use, why = extra_buffers_choice(load["extra_buffers"], info)
+        if not use and not has_extra_buffers_switch():
+            why += " (this llama-cpp-python cannot turn them off: upgrade it)"
+        llm = load_llama(
+            load["path"],
+            n_ctx=load["n_ctx"],
+            n_threads=load["n_threads"],
+            n_gpu_layers=load["n_gpu_layers"],
+            chat_format=load["chat_format"],
+            extra_buffers=use,
+        )
+    except Exception as exc:  # a bad file or parameter: say so, then stop
+        channel.send({"ev": "error", "id": None, "kind": "load", "message": str(exc)})
+        sys.exit(2)
+    channel.send(
+        {
+            "ev": "ready",
+            "pid": os.getpid(),
+            "extra_buffers": use,
+            "extra_buffers_why": why,
+            "system_info": info.strip(),
+            "load_seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+
+    ops: queue.Queue[dict[str, Any]] = queue.Queue()
+    cancels = _Cancels()
+    threading.Thread(target=_read_ops, args=(ops, cancels), daemon=True).start()
+    while True:
+        op = ops.get()
+        try:
+            _chat(llm, op, channel, cancels)
+        except ValueError as exc:  # llama-cpp-python's way to reject a request (too long...)
+            channel.send({"ev": "error", "id": op["id"], "kind": "request", "message": str(exc)})
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            channel.send({"ev": "error", "id": op["id"], "kind": "internal", "message": message})
+
+
+if __name__ == "__main__":
+    main()

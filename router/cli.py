@@ -12,10 +12,11 @@ a cloud model is first called, so `router --help` and a locally answered chat st
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -30,6 +31,9 @@ from router.errors import (
     RouterError,
     UnavailableError,
 )
+
+if TYPE_CHECKING:
+    from router.config import LocalModel
 
 app = typer.Typer(
     help="Local-first LLM router: cheap requests to a local GGUF model, hard ones to the cloud.",
@@ -201,7 +205,7 @@ def explain(
 @app.command()
 def models(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """List configured models: tier, usable now, context size, prices, ceiling."""
-    from router.config import load_config
+    from router.config import LocalModel, load_config
     from router.engine import Router
     from router.errors import ConfigError as _ConfigError
     from router.pricing import model_price
@@ -209,6 +213,7 @@ def models(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     cfg = load_config(config)
     with Router(cfg) as router:
         views = router.model_views()
+    build = _llama_build() if any(isinstance(m, LocalModel) for m in cfg.models.values()) else ""
     rows: list[dict[str, Any]] = []
     for name, m in cfg.models.items():
         view = views.get(name)
@@ -231,6 +236,7 @@ def models(as_json: JsonOption = False, config: ConfigOption = None) -> None:
                 "input_per_mtok": prices[0],
                 "output_per_mtok": prices[1],
                 "max_score": m.max_score,
+                "extra_buffers": _extra_buffers(m, build) if isinstance(m, LocalModel) else None,
             }
         )
     if as_json:
@@ -240,7 +246,17 @@ def models(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     from rich.table import Table
 
     table = Table(title=f"models ({cfg.source})")
-    for col in ("model", "tier", "usable", "context", "$/M in", "$/M out", "ceiling"):
+    columns = (
+        "model",
+        "tier",
+        "usable",
+        "context",
+        "$/M in",
+        "$/M out",
+        "ceiling",
+        "extra buffers",
+    )
+    for col in columns:
         table.add_column(col, justify="right" if col.startswith(("$", "con", "cei")) else "left")
     for r in rows:
         usable = "yes" if r["usable"] else f"no: {r['why_not']}"
@@ -248,10 +264,39 @@ def models(as_json: JsonOption = False, config: ConfigOption = None) -> None:
             f"{p:.2f}" if p is not None else "?"
             for p in (r["input_per_mtok"], r["output_per_mtok"])
         ]
+        extra = r["extra_buffers"]
         table.add_row(
-            r["name"], r["tier"], usable, str(r["n_ctx"] or "?"), *money, f"{r['max_score']:.2f}"
+            r["name"],
+            r["tier"],
+            usable,
+            str(r["n_ctx"] or "?"),
+            *money,
+            f"{r['max_score']:.2f}",
+            "" if extra is None else extra["summary"],
         )
-    Console(width=max(100, Console().width)).print(table)
+    Console(width=max(120, Console().width)).print(table)
+    notes = {r["extra_buffers"]["why"] for r in rows if r["extra_buffers"]}
+    for note in sorted(notes):
+        typer.echo(f"extra buffers: {note}")
+
+
+def _llama_build() -> str:
+    """llama.cpp's system info, read in this process (loading the library runs no model)."""
+    try:
+        from router.backends.llama_process import system_info
+
+        return system_info()
+    except Exception as exc:  # a broken llama-cpp-python install: say so, list the rest
+        return f"unknown ({type(exc).__name__}: {exc})"
+
+
+def _extra_buffers(model: LocalModel, build: str) -> dict[str, Any]:
+    """Whether the worker will load `model` with llama.cpp's extra buffer types, and why."""
+    from router.backends.llama_process import extra_buffers_choice
+
+    enabled, why = extra_buffers_choice(model.extra_buffers, build)
+    summary = ("on" if enabled else "off") + (" (auto)" if model.extra_buffers == "auto" else "")
+    return {"setting": model.extra_buffers, "enabled": enabled, "why": why, "summary": summary}
 
 
 _SINCE = re.compile(r"^(\d+)\s*([mhdw])$")
@@ -343,6 +388,12 @@ def main() -> None:
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
+    # The error line and the status line already say what went wrong (a crashed worker, a
+    # fallback); the library's warnings show with --debug, and in `router serve`'s log.
+    logging.basicConfig(
+        format="%(levelname)s: %(name)s: %(message)s",
+        level=logging.DEBUG if debug else logging.ERROR,
+    )
     try:
         app()
     except RouterError as exc:

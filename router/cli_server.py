@@ -23,9 +23,16 @@ def serve(
     config: ConfigOption = None,
 ) -> None:
     """Serve the OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, ...)."""
+    import logging
+
     import uvicorn
 
     from router.engine import Router
+
+    # Worker starts (pid, extra buffers), crashes and restarts belong in the server's log.
+    logger = logging.getLogger("router")
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
     from router.server import create_app, is_loopback
 
     with Router(config) as router:

@@ -314,6 +314,7 @@ class Router:
 
     def _view(self, name: str, model: LocalModel | CloudModel) -> policy.ModelView:
         unusable: str | None = None
+        retry_after: float | None = None
         if isinstance(model, CloudModel):
             n_ctx = model.n_ctx or context_window(model.litellm_model)
             if model.api_key_env and not os.environ.get(model.api_key_env):
@@ -325,7 +326,7 @@ class Router:
             if model.hf_repo is None and (path is None or not path.is_file()):
                 unusable = "model file not found"
             elif isinstance(backend, LocalBackend):
-                unusable = backend.unusable()
+                unusable, retry_after = backend.unusable(), backend.seconds_until_usable()
         return policy.ModelView(
             name=name,
             tier=model.tier,
@@ -334,6 +335,7 @@ class Router:
             supports_tools=model.supports_tools,
             supports_json=model.supports_json,
             unusable=unusable,
+            retry_after=retry_after if unusable else None,
         )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:

@@ -32,6 +32,7 @@ class ModelView:
     supports_tools: bool
     supports_json: bool
     unusable: str | None = None  # why it cannot be called now (no key, no file), else None
+    retry_after: float | None = None  # when an unusable model expects to work again
 
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:
@@ -149,10 +150,15 @@ def _no_route(
     message: str, considered: list[ModelView], request: ChatRequest, needed: int
 ) -> RequestError | UnavailableError:
     """503 when a model that is down (no key, no file) could have served it, else 400."""
-    for m in considered:
-        if m.unusable and not blockers(replace(m, unusable=None), request, needed):
-            return UnavailableError(message)
-    return NoRouteError(message)
+    down = [
+        m
+        for m in considered
+        if m.unusable and not blockers(replace(m, unusable=None), request, needed)
+    ]
+    if not down:
+        return NoRouteError(message)
+    waits = [m.retry_after for m in down if m.retry_after is not None]
+    return UnavailableError(message, retry_after=min(waits) if waits else None)
 
 
 def _first_within(pool: list[ModelView], score: float) -> ModelView:

@@ -199,15 +199,13 @@ def create_app(
 
     async def health(request: Request) -> Response:
         views = router.model_views()
-        return JSONResponse(
-            {
-                "status": "ok",
-                "models": {
-                    n: {"tier": v.tier, "usable": v.unusable is None, "why_not": v.unusable}
-                    for n, v in views.items()
-                },
-            }
-        )
+        models: dict[str, dict[str, Any]] = {}
+        for name, view in views.items():
+            models[name] = {"tier": view.tier, "usable": view.unusable is None}
+            models[name]["why_not"] = view.unusable
+            if view.tier == "local":  # its worker process: state, pid, memory, failures
+                models[name]["worker"] = router.local_runtime(name)
+        return JSONResponse({"status": "ok", "models": models})
 
     async def metrics_endpoint(request: Request) -> Response:
         try:

@@ -108,12 +108,13 @@ def write_config(tmp_path: Path, cloud_url: str | None, extra: str = "") -> Path
 
 
 @pytest.fixture(scope="session")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> LocalBackend:
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
     """The real embedded model, loaded once for the whole session."""
     config = load_config(write_config(tmp_path_factory.mktemp("model"), None))
     backend = LocalBackend(config, "smollm2", config.models["smollm2"])  # type: ignore[arg-type]
     backend.load()
-    return backend
+    yield backend
+    backend.close()
 
 
 class Sleeps(list[float]):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from router.backends.llama_process import extra_buffers_choice, system_info
 from router.cli import app, parse_since
 from router.errors import RequestError
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
@@ -64,6 +65,16 @@ def test_models_lists_tier_usability_context_and_prices(
     assert cloud["input_per_mtok"] == pytest.approx(0.15) and cloud["n_ctx"] == 128000
     table = runner.invoke(app, ["models", "--config", config])
     assert table.exit_code == 0 and "smollm2" in table.output and "0.15" in table.output
+    # How the worker will load the local model: the same decision it makes, on this build.
+    enabled, why = extra_buffers_choice("auto", system_info())
+    assert by_name["smollm2"]["extra_buffers"] == {
+        "setting": "auto",
+        "enabled": enabled,
+        "why": why,
+        "summary": f"{'on' if enabled else 'off'} (auto)",
+    }
+    assert cloud["extra_buffers"] is None
+    assert f"extra buffers: {why}" in table.output
 
 
 @pytest.mark.slow

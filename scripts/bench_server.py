@@ -3,8 +3,11 @@
     pip install -c requirements.lock ".[bench]"
     python scripts/bench_server.py [--runs 5] [--tokens 48] [--requests 300]
 
-1. Local tier: time to first token and decode tokens/s through `router serve` vs
-   `python -m llama_cpp.server` serving the same GGUF, same prompts, same threads.
+1. Local tier: time to first token and decode tokens/s through `router serve` (llama.cpp in
+   its worker process) vs `python -m llama_cpp.server` serving the same GGUF, same prompts,
+   same threads, same extra-buffer setting (on AMX builds llama_cpp.server would crash with
+   llama.cpp's default, so it is started through a launcher that applies the router's choice);
+   then the resident memory of each process.
 2. Cache hits: requests/s and p50/p99 latency at 1 and 8 concurrent clients vs the LiteLLM
    proxy (`litellm --config`, local in-memory cache), on the same primed prompt set.
 3. Routing overhead: the router's own time per request (score + decision + ledger write),
@@ -39,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from router import ChatRequest, Router  # noqa: E402
+from router.backends.llama_process import extra_buffers_choice, system_info  # noqa: E402
 from router.config import package_file  # noqa: E402
 from tests.fakecloud import FakeCloud  # noqa: E402
 
@@ -128,11 +132,35 @@ def stream_once(
     return ttft, decode, pieces
 
 
+# llama_cpp.server with llama.cpp's extra buffer types set as the router's worker sets them.
+PEER_LAUNCHER = """
+import runpy, sys
+import llama_cpp.llama_cpp as c_api
+defaults = c_api.llama_model_default_params
+def params():
+    p = defaults()
+    p.use_extra_bufts = {extra}
+    return p
+c_api.llama_model_default_params = params
+runpy.run_module("llama_cpp.server", run_name="__main__")
+"""
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def router_serve(port: int, config: Path) -> list[str]:
     return [sys.executable, "-m", "router", "serve", "--port", str(port), "--config", str(config)]
 
 
-def bench_local(args: argparse.Namespace, workdir: Path) -> list[tuple[str, ...]]:
+def bench_local(
+    args: argparse.Namespace, workdir: Path
+) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
     config = workdir / "models.toml"
     config.write_text(
         f'[cache]\ndir = "{workdir / "cache"}"\n[ledger]\npath = "{workdir / "l.db"}"\n'
@@ -141,6 +169,8 @@ def bench_local(args: argparse.Namespace, workdir: Path) -> list[tuple[str, ...]
     )
     router_port, llama_port = free_port(), free_port()
     results: dict[str, dict[str, list[float]]] = {}
+    extra, why = extra_buffers_choice("auto", system_info())
+    print(f"(extra buffers {'on' if extra else 'off'} for both: {why})", flush=True)
     peers = {
         "router serve": (
             router_serve(router_port, config),
@@ -151,8 +181,8 @@ def bench_local(args: argparse.Namespace, workdir: Path) -> list[tuple[str, ...]
         "llama_cpp.server": (
             [
                 sys.executable,
-                "-m",
-                "llama_cpp.server",
+                "-c",
+                PEER_LAUNCHER.format(extra=extra),
                 "--model",
                 str(GGUF),
                 "--n_ctx",
@@ -173,8 +203,10 @@ def bench_local(args: argparse.Namespace, workdir: Path) -> list[tuple[str, ...]
     }
     # Both servers run at once but are measured one request at a time, alternating.
     with (
-        process(peers["router serve"][0], peers["router serve"][1] + "/health"),
-        process(peers["llama_cpp.server"][0], peers["llama_cpp.server"][1] + "/v1/models"),
+        process(peers["router serve"][0], peers["router serve"][1] + "/health") as router_proc,
+        process(
+            peers["llama_cpp.server"][0], peers["llama_cpp.server"][1] + "/v1/models"
+        ) as llama_proc,
     ):
         for _, base, model, headers in peers.values():  # warm-up
             stream_once(base, model, "Hi", 8, headers)
@@ -187,6 +219,13 @@ def bench_local(args: argparse.Namespace, workdir: Path) -> list[tuple[str, ...]
                     r["ttft"].append(ttft)
                     r["decode"].append(decode)
                     r["pieces"].append(pieces)
+        health = httpx.get(peers["router serve"][1] + "/health").json()
+        worker_pid = health["models"]["smollm2"]["worker"]["pid"]
+        memory = [
+            ("router serve: the server process", f"{rss_mb(router_proc.pid):.0f}"),
+            ("router serve: its smollm2 worker", f"{rss_mb(worker_pid):.0f}"),
+            ("llama_cpp.server (one process)", f"{rss_mb(llama_proc.pid):.0f}"),
+        ]
     rows = []
     base_decode = statistics.median(results["llama_cpp.server"]["decode"])
     base_ttft = statistics.median(results["llama_cpp.server"]["ttft"])
@@ -198,11 +237,11 @@ def bench_local(args: argparse.Namespace, workdir: Path) -> list[tuple[str, ...]
                 f"{d:.1f}",
                 f"{d / base_decode:.3f}",
                 f"{t * 1000:.1f}",
-                f"{t / base_ttft:.3f}",
+                f"{(t - base_ttft) * 1000:+.1f}",
                 str(len(r["decode"])),
             )
         )
-    return rows
+    return rows, memory
 
 
 def load(
@@ -458,21 +497,10 @@ def main() -> None:
             f"runs={args.runs}, tokens={args.tokens}, threads={args.threads}"
         )
         if "local" in only:
-            print(
-                table(
-                    "Local tier, streamed (median)",
-                    (
-                        "server",
-                        "decode tok/s",
-                        "vs llama_cpp",
-                        "TTFT ms",
-                        "vs llama_cpp",
-                        "samples",
-                    ),
-                    bench_local(args, workdir),
-                ),
-                flush=True,
-            )
+            rows, memory = bench_local(args, workdir)
+            header = ("server", "decode tok/s", "vs llama_cpp", "TTFT ms", "Δ vs llama_cpp ms")
+            print(table("Local tier, streamed (median)", (*header, "samples"), rows), flush=True)
+            print(table("Resident memory after the runs (MB)", ("process", "RSS"), memory))
         if "cache" in only:
             print(
                 table(

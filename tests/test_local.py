@@ -51,6 +51,10 @@ def test_streamed_usage_matches_the_non_streamed_count(
 ) -> None:
     router = make_router()
     params = {"max_tokens": 12, "temperature": 0, "seed": 1}
+    # llama-cpp-python reuses the KV cache of a repeated prompt and re-reads only its last
+    # token; on some builds (AVX2) logits read alone differ slightly from logits read in a
+    # batch, enough to change a greedy answer. So both compared calls repeat the prompt.
+    router.complete(ask("Name three colours."), cache=False, **params)
     whole = router.complete(ask("Name three colours."), cache=False, **params)
     stream = router.stream(ask("Name three colours."), cache=False, **params)
     assert stream.routing.tier == "local"  # known before the first chunk is read

@@ -592,3 +592,24 @@ def test_the_cli_exits_3_with_the_crash_named(tmp_path: Path, crash: Callable[[s
         cwd=tmp_path,
     )
     assert again.returncode == 0 and again.stdout.strip()
+
+
+@slow
+def test_a_file_llama_cpp_cannot_load_is_a_clear_error_in_the_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_cloud: FakeCloud
+) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)  # the magic, then nothing a loader can use
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+    config = load_config(write_config(tmp_path, fake_cloud.base_url))
+    model = config.models["smollm2"].model_copy(update={"package": None, "file": None})
+    model = model.model_copy(update={"path": str(bad)})
+    assert isinstance(model, LocalModel)
+    backend = LocalBackend(config, "smollm2", model)
+    with Router(config, backends={"smollm2": backend}, sleep=Sleeps()) as router:
+        done = router.complete(ask("Hi there!"), max_tokens=8)
+        assert done.routing.tier == "cloud"
+        assert f"llama.cpp could not load {bad}" in done.routing.reason
+        with pytest.raises(UnavailableError, match="could not load"):
+            router.complete(ask("Hello"), model="smollm2", max_tokens=8)
+    assert backend.health()["failures"] == 2 and backend.worker_pid is None

@@ -149,6 +149,7 @@ class LocalBackend:
         self._in_flight = 0  # running + waiting for the model
         self._seconds_per_request = 2.0  # moving average, for Retry-After
         self._starts = 0
+        self._starting = False
         self._outcomes = {"completed": 0, "cancelled": 0, "failed": 0}
         self._last_info: dict[str, Any] = {}
 
@@ -222,10 +223,14 @@ class LocalBackend:
             now = self._clock()
             if worker is not None and worker.alive():
                 state = "ready"
+            elif self._starting:
+                state = "starting"
             elif self._restarts.unusable(now):
                 state = "unusable"
-            elif self._restarts.total:
+            elif worker is not None or self._restarts.total:  # dead, or failed and forgotten
                 state = "stopped after a failure; starts again on the next request"
+            elif self._starts:
+                state = "stopped"
             else:
                 state = "not started; starts on the first request"
             info = self._last_info
@@ -235,7 +240,11 @@ class LocalBackend:
                 "pid": worker.pid if worker is not None and state == "ready" else None,
                 "rss_mb": round(rss / 2**20, 1) if rss else None,
                 "extra_buffers": info.get("extra_buffers"),
-                "extra_buffers_why": info.get("extra_buffers_why"),
+                "extra_buffers_why": info.get(
+                    "extra_buffers_why",
+                    "decided when the worker starts "
+                    f"(extra_buffers = {self._model_config.extra_buffers!r})",
+                ),
                 "starts": self._starts,
                 "failures": self._restarts.total,
                 "last_failure": self._restarts.last,
@@ -311,9 +320,18 @@ class LocalBackend:
             "chat_format": cfg.chat_format,
             "extra_buffers": cfg.extra_buffers,
         }
+        with self._state_lock:
+            self._starting = True
+        try:
+            return self._spawn(path, load)
+        finally:
+            with self._state_lock:
+                self._starting = False
+
+    def _spawn(self, path: Path, load: dict[str, Any]) -> Worker:
         with self._loading(self.name):
             try:
-                worker = Worker(self.name, load, timeout=cfg.timeout_seconds)
+                worker = Worker(self.name, load, timeout=self._model_config.timeout_seconds)
             except OSError as exc:
                 raise BackendError(f"{self.name}: cannot start a worker process: {exc}") from exc
             try:

@@ -38,6 +38,7 @@ from router.server import create_app
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, Sleeps, write_config
 from tests.fakecloud import FakeCloud, answer_for
 from tests.server_harness import ServerThread
+from tests.test_cli import Terminal
 
 # llama.cpp's own system info lines, as printed by real builds.
 AMX_XEON = (
@@ -370,6 +371,21 @@ def test_repeated_crashes_make_the_model_unusable_and_every_surface_says_why(
 
 
 @slow
+def test_a_second_crash_within_a_minute_delays_the_restart_by_a_second(
+    build: Build, crash: Callable[[str], None]
+) -> None:
+    router, backend = build()
+    for name in ("Ana", "Ben"):
+        crash("abort")
+        with pytest.raises(UnavailableError, match="SIGABRT"):
+            router.complete(ask(f"I am {name}"), max_tokens=4)
+    started = time.monotonic()
+    done = router.complete(ask("Hello"), max_tokens=4)  # waits out the backoff, then answers
+    assert done.routing.tier == "local" and time.monotonic() - started >= 0.9
+    assert backend.health()["starts"] == 3 and backend.health()["failures"] == 2
+
+
+@slow
 def test_a_crash_never_charges_a_budget(
     build: Build, crash: Callable[[str], None], fake_cloud: FakeCloud
 ) -> None:
@@ -411,6 +427,13 @@ def test_cancelling_stops_the_generation_inside_the_worker() -> None:
         rid = worker.chat(ask("Say OK."), {"max_tokens": 4, "temperature": 0}, stream=False)
         event = worker.next_event(rid)
         assert event["ev"] == "result" and event["id"] == rid
+        # A line the worker cannot read is answered with an error, never silence.
+        assert worker.proc.stdin is not None
+        worker.proc.stdin.write(b'{"op": "chat", "id": 9, "seed": ' + b"9" * 5000 + b"}\n")
+        worker.proc.stdin.flush()
+        event = worker.next_event(9)
+        assert event["ev"] == "error" and "4300 digits" in event["message"]
+        assert worker.alive()
     finally:
         worker.stop()
     assert gone(worker.pid)
@@ -572,26 +595,51 @@ def test_a_client_hanging_up_cancels_the_generation_in_the_worker(
 @slow
 def test_the_cli_exits_3_with_the_crash_named(tmp_path: Path, crash: Callable[[str], None]) -> None:
     config = write_config(tmp_path, None)
+
+    def chat() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "router", "chat", "Hello!", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+
     crash("segv")
-    out = subprocess.run(
-        [sys.executable, "-m", "router", "chat", "Hello!", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    out = chat()
     assert out.returncode == 3
     assert out.stderr.startswith("error: every model failed: smollm2: worker process")
     assert "SIGSEGV, a segmentation fault" in out.stderr
-    # Run again: a new worker answers.
-    again = subprocess.run(
-        [sys.executable, "-m", "router", "chat", "Hello!", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    again = chat()  # a new worker answers
     assert again.returncode == 0 and again.stdout.strip()
+
+
+@slow
+def test_the_interactive_chat_survives_a_crash(
+    tmp_path: Path, crash: Callable[[str], None]
+) -> None:
+    config = write_config(tmp_path, None)
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "TERM": "xterm-256color"}
+    term = Terminal(
+        [sys.executable, "-m", "router", "chat", "--max-tokens", "40", "--config", str(config)],
+        env,
+        tmp_path,
+    )
+    try:
+        term.expect(r"you> ")
+        crash("segv after=2")
+        term.send("Write a story about a dragon.\r")
+        term.expect(r"error: smollm2: worker process \(pid \d+\) died: SIGSEGV")
+        term.expect(r"you> ")
+        term.send("Hi\r")
+        term.expect(r"\[local · smollm2[^\n]*\n")
+        term.expect(r"you> ")
+        term.send("\x04")  # Ctrl-D leaves
+        term.expect(r"2 turns")
+        assert term.close() == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
 
 
 @slow

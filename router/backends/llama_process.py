@@ -181,11 +181,15 @@ class _Cancels:
         return rid <= self.up_to
 
 
-def _read_ops(ops: queue.Queue[dict[str, Any]], cancels: _Cancels) -> None:
+def _read_ops(ops: queue.Queue[dict[str, Any]], cancels: _Cancels, channel: _Channel) -> None:
     """Reader thread: cancels act at once, chats queue for the main thread; EOF means the
     parent is gone, so the worker goes too (never an orphan holding the model's memory)."""
     for line in sys.stdin.buffer:
-        op = json.loads(line)
+        try:
+            op = json.loads(line)
+        except ValueError as exc:  # e.g. an integer over Python's digit limit: refuse it
+            channel.send({"ev": "error", "id": None, "kind": "request", "message": str(exc)})
+            continue
         kind = op.get("op")
         if kind == "cancel":
             cancels.up_to = max(cancels.up_to, int(op["id"]))
@@ -298,7 +302,7 @@ def main() -> None:
 
     ops: queue.Queue[dict[str, Any]] = queue.Queue()
     cancels = _Cancels()
-    threading.Thread(target=_read_ops, args=(ops, cancels), daemon=True).start()
+    threading.Thread(target=_read_ops, args=(ops, cancels, channel), daemon=True).start()
     while True:
         op = ops.get()
         try:

@@ -381,6 +381,8 @@ class LocalBackend:
         except WorkerFailure as exc:
             self._fail(worker, str(exc))
             raise BackendError(f"{self.name}: {exc}") from None
+        except (TypeError, ValueError) as exc:  # not JSON: nothing was sent
+            raise BackendError(f"{self.name}: the request cannot be sent as JSON: {exc}") from None
 
     def _event(self, worker: Worker, rid: int) -> dict[str, Any]:
         """The next event of generation `rid`; a death, a stall or an error → BackendError."""

@@ -182,6 +182,7 @@ class Worker:
     # ---------------------------------------------------------------- internals
 
     def _send(self, message: dict[str, Any]) -> None:
+        """Write one message. A message JSON cannot carry raises TypeError or ValueError."""
         data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
         stdin = self.proc.stdin
         assert stdin is not None

@@ -4,7 +4,8 @@
     router = Router()
     print(router.complete([{"role": "user", "content": "Hello!"}]).text)
 
-Importing this package is cheap: llama_cpp and litellm load only when a model is first called.
+Importing this package is cheap: litellm loads on the first cloud call, and llama_cpp only ever
+in the local models' worker processes.
 """
 
 from router.config import Config, load_config

@@ -5,8 +5,9 @@ available or every model failed; 4 `router audit --fail-on-flags` found flags; 5
 spent; 130 interrupted. Errors are one line on stderr; `--debug`
 (anywhere on the command line) shows the traceback instead.
 
-Nothing heavy is imported here: llama_cpp loads when a local model first answers, litellm when
-a cloud model is first called, so `router --help` and a locally answered chat stay fast.
+Nothing heavy is imported here: llama_cpp runs in the local model's worker process (only
+`router models` loads it here, to read the build's features), litellm loads when a cloud model
+is first called, so `router --help` and a locally answered chat stay fast.
 """
 
 from __future__ import annotations

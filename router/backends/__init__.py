@@ -1,7 +1,8 @@
 """Model backends: one seam, `Backend`, that local and cloud models (and test doubles) implement.
 
-`local.py` is the only importer of llama_cpp and `cloud.py` the only importer of litellm; both
-import them on first use, so `import router` stays fast.
+`local.py` supervises local models, each run by llama.cpp in a worker process
+(`worker.py` talks to it, `llama_process.py` is it and the only importer of llama_cpp);
+`cloud.py` is the only importer of litellm, on first use. So `import router` stays fast.
 """
 
 from __future__ import annotations

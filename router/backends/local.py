@@ -20,13 +20,12 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router.backends.restarts import RestartPolicy
 from router.backends.worker import Worker, WorkerFailure, WorkerLoadError, describe_exit
 from router.config import Config, LocalModel, local_path
 from router.errors import BackendError, BusyError, ModelLoadError
@@ -67,60 +66,6 @@ def resolve_gguf(config: Config, name: str, model: LocalModel) -> Path:
             f"Hugging Face hub ({type(exc).__name__}: {exc}); download the file yourself and "
             'set path = "/path/to/file.gguf" instead'
         ) from exc
-
-
-@dataclass
-class RestartPolicy:
-    """When a failed worker may start again. Pure: the caller passes the clock's time.
-
-    After one failure within `window` seconds: at once. After more: 1 s later, doubling up to
-    8 s (the next request waits for it). After `limit`: not for `cooldown` seconds (the model is
-    unusable meanwhile); then one try, and a failure before a successful generation disables
-    it again at once.
-    """
-
-    window: float = 60.0
-    limit: int = 3
-    cooldown: float = 300.0
-
-    def __post_init__(self) -> None:
-        self.recent: deque[tuple[float, str]] = deque()
-        self.total = 0
-        self.not_before = 0.0
-        self.tripped = False
-
-    def failed(self, now: float, what: str) -> None:
-        while self.recent and now - self.recent[0][0] > self.window:
-            self.recent.popleft()
-        self.recent.append((now, what))
-        self.total += 1
-        n = len(self.recent)
-        if self.tripped or n >= self.limit:
-            self.tripped = True
-            self.not_before = now + self.cooldown
-        else:
-            self.not_before = now + (0.0 if n == 1 else min(2.0 ** (n - 2), 8.0))
-
-    def succeeded(self) -> None:
-        self.tripped = False
-
-    def wait(self, now: float) -> float:
-        """Seconds before a new worker may start (0: now)."""
-        return max(0.0, self.not_before - now)
-
-    def unusable(self, now: float) -> str | None:
-        """Why the model is disabled now, or None."""
-        if not self.tripped or now >= self.not_before:
-            return None
-        last = self.recent[-1][1] if self.recent else "unknown"
-        return (
-            f"disabled after {len(self.recent)} worker failures in {self.window:.0f} s "
-            f"(last: {last}); next try in {self.not_before - now:.0f} s"
-        )
-
-    @property
-    def last(self) -> str | None:
-        return self.recent[-1][1] if self.recent else None
 
 
 class LocalBackend:

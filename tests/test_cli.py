@@ -185,6 +185,27 @@ class Terminal:
         finally:
             os.close(self.master)
 
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    @classmethod
+    def chat(cls, tmp_path: Path, config: Path, max_tokens: int) -> Terminal:
+        """`router chat` as a person starts it in a terminal."""
+        env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "TERM": "xterm-256color"}
+        args = ["chat", "--max-tokens", str(max_tokens), "--config", str(config)]
+        return cls([sys.executable, "-m", "router", *args], env, tmp_path)
+
+    def leave(self, turns: int) -> None:
+        """Ctrl-D at the prompt: the chat says how many turns it had and exits 0."""
+        self.expect(r"you> ")
+        self.send("\x04")
+        self.expect(rf"{turns} turns")
+        assert self.close() == 0
+
 
 @pytest.mark.slow
 def test_interactive_chat_under_a_real_terminal(tmp_path: Path, fake_cloud: FakeCloud) -> None:
@@ -233,13 +254,7 @@ def test_interactive_chat_under_a_real_terminal(tmp_path: Path, fake_cloud: Fake
 @pytest.mark.slow
 def test_ctrl_c_stops_the_answer_not_the_session(tmp_path: Path) -> None:
     config = write_config(tmp_path, None)
-    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "TERM": "xterm-256color"}
-    term = Terminal(
-        [sys.executable, "-m", "router", "chat", "--max-tokens", "400", "--config", str(config)],
-        env,
-        tmp_path,
-    )
-    try:
+    with Terminal.chat(tmp_path, config, max_tokens=400) as term:
         term.expect(r"you> ")
         term.send("Write a very long story about a dragon.\r")
         # Wait until the spinner is gone (cursor shown again) and the answer is being written.
@@ -250,13 +265,7 @@ def test_ctrl_c_stops_the_answer_not_the_session(tmp_path: Path) -> None:
         term.expect(r"you> ")
         term.send("Hi\r")
         term.expect(r"\[local · smollm2[^\n]*\n")
-        term.expect(r"you> ")
-        term.send("\x04")  # Ctrl-D leaves
-        term.expect(r"2 turns")
-        assert term.close() == 0
-    finally:
-        if term.proc.poll() is None:
-            term.proc.kill()
+        term.leave(turns=2)
 
 
 @pytest.mark.slow

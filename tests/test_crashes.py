@@ -459,3 +459,18 @@ def test_a_file_llama_cpp_cannot_load_is_a_clear_error_in_the_parent(
         with pytest.raises(UnavailableError, match="could not load"):
             router.complete(ask("Hello"), model="smollm2", max_tokens=8)
     assert backend.health()["failures"] == 2 and backend.worker_pid is None
+
+
+@slow
+def test_an_exception_inside_llama_cpp_python_cannot_poison_later_requests(build: Build) -> None:
+    router, backend = build()
+    backend.load()
+    first = backend.worker_pid
+    # llama-cpp-python keeps a seed of the wrong type and failed every later request with it.
+    with pytest.raises(UnavailableError, match="llama-cpp-python failed"):
+        router.complete(ask("Hi"), model="local", max_tokens=4, seed=[])
+    done = router.complete(ask("Hi"), model="local", max_tokens=4)
+    assert done.routing.tier == "local" and done.text
+    assert backend.worker_pid not in (None, first)  # a fresh worker, not a crash
+    assert backend.health()["failures"] == 0
+    assert backend.health()["generations"]["failed"] == 1

@@ -337,11 +337,21 @@ class LocalBackend:
             self._fail(worker, str(exc))
             raise BackendError(f"{self.name}: {exc}") from None
         if event["ev"] == "error":
-            self._finished("failed")  # the worker is fine: the request was not
+            self._finished("failed")  # the worker lives: the request failed
             if event.get("kind") == "request":  # e.g. the prompt is longer than n_ctx
                 raise BackendError(f"{self.name}: {event['message']}")
+            # An unexpected exception can leave llama-cpp-python's state broken for every
+            # later request (a `seed` of the wrong type stays set): start afresh next time.
+            self._retire(worker)
             raise BackendError(f"{self.name}: llama-cpp-python failed: {event['message']}")
         return event
+
+    def _retire(self, worker: Worker) -> None:
+        """Stop a live worker whose state is suspect; the next request starts a new one."""
+        with self._state_lock:
+            if self._worker is worker:
+                self._worker = None
+        worker.stop()
 
     def _cancel(self, worker: Worker, rid: int) -> None:
         try:

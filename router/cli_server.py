@@ -33,19 +33,20 @@ def serve(
     logger = logging.getLogger("router")
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
-    from router.server import create_app, is_loopback
+    from router.origins import is_loopback_name
+    from router.server import create_app
 
     with Router(config) as router:
         host = host or router.config.server.host
         port = router.config.server.port if port is None else port
         keys = KeyStore(router.config.keys_path())
-        exposed = not is_loopback(host)
+        exposed = not is_loopback_name(host)
         if exposed and not keys.list():
             raise RouterError(
                 f"--host {host} exposes the router beyond this machine, which requires API "
                 "keys: create one with 'router keys create --user NAME' first"
             )
-        app = create_app(router, keys=keys, require_keys=exposed)
+        app = create_app(router, keys=keys, require_keys=exposed, loopback=not exposed)
         typer.echo(
             f"router serving on http://{host}:{port}/v1 "
             f"({'API keys required' if exposed else 'loopback only'})",

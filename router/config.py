@@ -33,6 +33,7 @@ else:  # pragma: no cover
 APP_NAME = "router"
 ENV_CONFIG = "ROUTER_CONFIG"
 ROUTING_MODES = ("auto", "local", "cloud")
+_ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[^/\s:\[\]]+)(:[0-9]{1,5})?/?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -83,6 +84,7 @@ class LocalModel(_Strict):
     max_score: Annotated[float, Field(ge=0, le=1)] = 0.25
     supports_tools: bool = False
     supports_json: bool = False
+    supports_vision: bool = False
     max_queue: Annotated[int, Field(ge=1, le=10_000)] = 16
     extra_buffers: Literal["auto"] | bool = "auto"
     timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
@@ -136,6 +138,7 @@ class CloudModel(_Strict):
     max_score: Annotated[float, Field(ge=0, le=1)] = 1.0
     supports_tools: bool = True
     supports_json: bool = True
+    supports_vision: bool = False  # image parts in messages (gpt-4o, claude-3 and later: true)
     timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     price: Price | None = None
 
@@ -184,12 +187,29 @@ class ServerSettings(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     max_body_kb: Annotated[int, Field(ge=1)] = 4096
     keys_path: str | None = None
+    # Web pages (origins such as "http://localhost:3000") allowed to call the router from a
+    # browser; "*" allows any. Requests from other origins are refused (router.origins).
+    allowed_origins: list[str] = []
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port] with no path, "
+                    'e.g. "http://localhost:3000", or "*" for any'
+                )
+        return origins
 
 
 class RetrySettings(_Strict):
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
     backoff_seconds: Annotated[float, Field(ge=0)] = 0.5
     max_backoff_seconds: Annotated[float, Field(ge=0)] = 20.0
+    # The most time spent on one request's attempts before the next model is tried at once
+    # (retries, backoff and cloud calls in progress included).
+    deadline_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
 
 
 class Team(_Strict):

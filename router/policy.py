@@ -31,6 +31,7 @@ class ModelView:
     n_ctx: int | None
     supports_tools: bool
     supports_json: bool
+    supports_vision: bool = False
     unusable: str | None = None  # why it cannot be called now (no key, no file), else None
     retry_after: float | None = None  # when an unusable model expects to work again
 
@@ -56,6 +57,8 @@ def blockers(model: ModelView, request: ChatRequest, needed_tokens: int) -> list
         found.append("does not support tools")
     if request.needs_json and not model.supports_json:
         found.append("does not support JSON output")
+    if request.needs_vision and not model.supports_vision:
+        found.append("cannot read images (supports_vision = false)")
     return found
 
 

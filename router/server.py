@@ -6,7 +6,6 @@ blocking work off the event loop, and renders results and errors the way OpenAI 
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import time
@@ -17,6 +16,7 @@ import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -25,21 +25,13 @@ from router.engine import Router
 from router.errors import RouterError
 from router.keys import PREFIX, KeyStore
 from router.metrics import Metrics
+from router.origins import BrowserGuard
 from router.types import CompletionStream, Routing
-from router.wire import HTTPError, http_error, parse_chat
+from router.wire.http import HTTPError, http_error, parse_chat
 
 log = logging.getLogger("router.server")
 
 MODES = ("auto", "local", "cloud")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def routing_headers(routing: Routing) -> dict[str, str]:
@@ -66,8 +58,12 @@ def create_app(
     keys: KeyStore | None = None,
     require_keys: bool = False,
     max_body_bytes: int | None = None,
+    loopback: bool | None = None,
 ) -> Starlette:
-    """An ASGI app serving `router`. With `require_keys`, every /v1 call needs a valid key."""
+    """An ASGI app serving `router`. With `require_keys`, every /v1 call needs a valid key.
+
+    `loopback` (default: not `require_keys`): the server is bound to a loopback address, so
+    only loopback Host names are answered (router.origins)."""
     metrics = Metrics()
     body_limit = max_body_bytes or router.config.server.max_body_kb * 1024
     if require_keys and keys is None:
@@ -234,4 +230,11 @@ def create_app(
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_exception, Exception: server_error},
+        middleware=[
+            Middleware(
+                BrowserGuard,
+                allowed_origins=router.config.server.allowed_origins,
+                loopback=not require_keys if loopback is None else loopback,
+            )
+        ],
     )

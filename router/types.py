@@ -7,29 +7,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from router.errors import RequestError
+from router.wire.body import BodyError, check_text
+from router.wire.schema import ChatParams, validate_messages, validate_params
 
 Tier = Literal["local", "cloud"]
 Message = dict[str, Any]
 
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-
-# OpenAI chat parameters the router passes to a backend. Anything else is rejected so that a typo
-# ("max_token") fails loudly instead of being silently ignored.
-SAMPLING_PARAMS = frozenset(
-    {
-        "max_tokens",
-        "max_completion_tokens",
-        "temperature",
-        "top_p",
-        "stop",
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "tools",
-        "tool_choice",
-        "response_format",
-    }
-)
+# OpenAI chat parameters the router passes to a backend (router.wire.schema.ChatParams). Anything
+# else is rejected so that a typo ("max_token") fails loudly instead of being silently ignored.
+SAMPLING_PARAMS = frozenset(ChatParams.model_fields)
 
 
 def message_text(message: Mapping[str, Any]) -> str:
@@ -43,59 +29,11 @@ def message_text(message: Mapping[str, Any]) -> str:
     return "\n".join(p for p in parts if isinstance(p, str))
 
 
-def _check_messages(messages: Any) -> list[Message]:
-    if not isinstance(messages, list) or not messages:
-        raise RequestError(
-            "'messages' must be a non-empty list of {role, content} objects", param="messages"
-        )
-    checked: list[Message] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping):
-            raise RequestError(f"messages[{i}] must be an object", param=f"messages[{i}]")
-        role = m.get("role")
-        if role not in ROLES:
-            raise RequestError(
-                f"messages[{i}].role is {role!r}; expected one of {', '.join(sorted(ROLES))}",
-                param=f"messages[{i}].role",
-            )
-        content = m.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise RequestError(
-                f"messages[{i}].content must be a string or a list of content parts",
-                param=f"messages[{i}].content",
-            )
-        if content is None and role != "assistant":
-            raise RequestError(f"messages[{i}].content is missing", param=f"messages[{i}].content")
-        checked.append(dict(m))
-    return checked
-
-
-def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(params) - SAMPLING_PARAMS)
-    if unknown:
-        raise RequestError(
-            f"unsupported parameter(s) {', '.join(unknown)}; "
-            f"supported: {', '.join(sorted(SAMPLING_PARAMS))}",
-            param=unknown[0],
-        )
-    out = {k: v for k, v in params.items() if v is not None}
-    if "max_completion_tokens" in out:
-        out.setdefault("max_tokens", out["max_completion_tokens"])
-        del out["max_completion_tokens"]
-    max_tokens = out.get("max_tokens")
-    if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-    ):
-        raise RequestError("'max_tokens' must be a positive integer", param="max_tokens")
-    for name, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
-        value = out.get(name)
-        if value is not None and (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not low <= value <= high
-        ):
-            raise RequestError(f"'{name}' must be a number in [{low}, {high}]", param=name)
-    return out
+def _check_text(name: str, value: Any) -> None:
+    try:
+        check_text(value, name)
+    except BodyError as exc:
+        raise RequestError(str(exc), param=exc.param) from None
 
 
 @dataclass(frozen=True)
@@ -114,10 +52,14 @@ class ChatRequest:
     category: str | None = None  # overrides the classifier (router.categories.CATEGORIES)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "messages", _check_messages(self.messages))
-        object.__setattr__(self, "params", _check_params(self.params))
+        object.__setattr__(self, "messages", validate_messages(self.messages))
+        object.__setattr__(self, "params", validate_params(self.params))
         if not isinstance(self.model, str) or not self.model:
             raise RequestError("'model' must be a non-empty string", param="model")
+        if self.user is not None and not isinstance(self.user, str):
+            raise RequestError("'user' must be a string", param="user")
+        for name in ("messages", "params", "model", "user", "category"):
+            _check_text("" if name == "params" else name, getattr(self, name))
         if self.category is not None:
             from router.categories import check_category
 
@@ -131,6 +73,15 @@ class ChatRequest:
     @property
     def needs_tools(self) -> bool:
         return bool(self.params.get("tools"))
+
+    @property
+    def needs_vision(self) -> bool:
+        """Whether a message carries an image (a model must declare supports_vision)."""
+        return any(
+            isinstance(m.get("content"), list)
+            and any(p.get("type") == "image_url" for p in m["content"])
+            for m in self.messages
+        )
 
     @property
     def needs_json(self) -> bool:

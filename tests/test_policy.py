@@ -87,7 +87,12 @@ def test_a_model_name_forces_that_model_or_fails_clearly() -> None:
     with pytest.raises(UnavailableError, match=r"OPENAI_API_KEY is not set"):
         decide(req(model="mini"), 0.0, models(LOCAL, NO_KEY), 64)
     with pytest.raises(NoRouteError, match=r"does not support tools"):
-        decide(req(model="small", tools=[{"type": "function"}]), 0.0, models(LOCAL, CLOUD), 64)
+        decide(
+            req(model="small", tools=[{"type": "function", "function": {"name": "f"}}]),
+            0.0,
+            models(LOCAL, CLOUD),
+            64,
+        )
 
 
 def test_heuristic_scores_in_range_deterministic_and_ordered() -> None:

@@ -19,7 +19,7 @@ from tests.conftest import write_config
         ([], {}, "messages", "non-empty list"),
         ("hi", {}, "messages", "non-empty list"),
         (["hi"], {}, "messages[0]", "must be an object"),
-        ([{"role": "robot", "content": "hi"}], {}, "messages[0].role", "expected one of"),
+        ([{"role": "robot", "content": "hi"}], {}, "messages[0].role", "must be one of"),
         ([{"role": "user", "content": 42}], {}, "messages[0].content", "string or a list"),
         ([{"role": "user"}], {}, "messages[0].content", "missing"),
         ([{"role": "user", "content": "hi"}], {"max_token": 5}, "max_token", "unsupported"),

@@ -17,6 +17,7 @@ and never the process using the router. This module is the supervisor behind the
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from router.backends.restarts import RestartPolicy
+from router.backends.transcript import for_local
 from router.backends.worker import Worker, WorkerFailure, WorkerLoadError, describe_exit
 from router.config import Config, LocalModel, local_path
 from router.errors import BackendError, BusyError, ModelLoadError
@@ -322,7 +324,8 @@ class LocalBackend:
         self, worker: Worker, request: ChatRequest, params: dict[str, Any], *, stream: bool
     ) -> int:
         try:
-            return worker.chat(request.messages, _kwargs(params), stream)
+            messages = for_local(request.messages, tools=self._model_config.supports_tools)
+            return worker.chat(messages, _kwargs(params), stream)
         except WorkerFailure as exc:
             self._fail(worker, str(exc))
             raise BackendError(f"{self.name}: {exc}") from None
@@ -342,8 +345,13 @@ class LocalBackend:
                 raise BackendError(f"{self.name}: {event['message']}")
             # An unexpected exception can leave llama-cpp-python's state broken for every
             # later request (a `seed` of the wrong type stays set): start afresh next time.
+            # The exception's text is for the log, not for the client.
+            log.error("%s: llama-cpp-python failed: %s", self.name, event["message"])
             self._retire(worker)
-            raise BackendError(f"{self.name}: llama-cpp-python failed: {event['message']}")
+            raise BackendError(
+                f"{self.name}: the local model failed on this request (the server log has "
+                "the details); its worker restarts"
+            )
         return event
 
     def _retire(self, worker: Worker) -> None:
@@ -369,7 +377,12 @@ class LocalBackend:
 
 
 def _kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """llama-cpp-python arguments for one generation. Every generation gets a seed: without
+    one, llama-cpp-python derives the next seed from the last request's, so one client's `seed`
+    would make the next client's answers predictable."""
     kwargs = {k: params[k] for k in _PASSTHROUGH if k in params}
+    # llama.cpp takes a 32-bit seed; -1 stays 0xFFFFFFFF, llama.cpp's "random".
+    kwargs["seed"] = params["seed"] % (1 << 32) if "seed" in params else secrets.randbits(32)
     fmt = params.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
         kwargs["response_format"] = {"type": "json_object"}

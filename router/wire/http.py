@@ -1,8 +1,10 @@
-"""The OpenAI wire format: request bodies in, error bodies out. No HTTP framework here."""
+"""A /v1/chat/completions body → ChatCall, and router errors → OpenAI error bodies.
+
+No HTTP framework here: the server moves bytes, this module decides what they mean.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,29 +18,8 @@ from router.errors import (
     UnavailableError,
     UnknownModelError,
 )
-from router.types import SAMPLING_PARAMS, ChatRequest
-
-# OpenAI request fields that change nothing here and are accepted so that clients which always
-# send them (LangChain sends n=1, the SDK may send store=false) keep working.
-_ACCEPTED = frozenset(
-    {
-        "model",
-        "messages",
-        "stream",
-        "stream_options",
-        "user",
-        "metadata",
-        "n",
-        "logprobs",
-        "top_logprobs",
-        "logit_bias",
-        "parallel_tool_calls",
-        "store",
-        "service_tier",
-        "modalities",
-        "reasoning_effort",
-    }
-)
+from router.types import ChatRequest
+from router.wire import body, schema
 
 
 @dataclass
@@ -107,66 +88,31 @@ class ChatCall:
     include_usage: bool
 
 
-def _expect(body: dict[str, Any], name: str, kind: type, what: str) -> Any:
-    value = body.get(name)
-    if value is None:
-        return None
-    # JSON true is a Python bool, which is also an int: keep the two apart.
-    ok = (
-        isinstance(value, bool)
-        if kind is bool
-        else (isinstance(value, kind) and not isinstance(value, bool))
-    )
-    if not ok:
-        raise HTTPError(400, f"'{name}' must be {what}", param=name)
-    return value
-
-
 def parse_chat(
     raw: bytes, *, user: str | None, cache: bool, category: str | None = None
 ) -> ChatCall:
     """A /v1/chat/completions body → a validated ChatCall, or HTTPError(400) saying what to fix.
 
+    Nothing else runs before this: a refused request touches no model, cache, budget or ledger.
     `user` (the API key's owner) wins over the body's `user` field when given; `category`
     (the x-router-category header) over the body's `metadata.category`.
     """
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise HTTPError(400, "request body must be a JSON object")
-    unknown = sorted(set(body) - _ACCEPTED - SAMPLING_PARAMS)
-    if unknown:
-        raise HTTPError(
-            400, f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0]
-        )
-    model = body.get("model", "auto")
-    if not isinstance(model, str) or not model:
-        raise HTTPError(
-            400,
-            "'model' must be a non-empty string: auto, local, cloud or a "
-            "model name from GET /v1/models",
-            param="model",
-        )
-    n = _expect(body, "n", int, "an integer")
-    if n not in (None, 1):
-        raise HTTPError(400, "only n = 1 is supported", param="n")
-    stream = bool(_expect(body, "stream", bool, "true or false"))
-    options = _expect(body, "stream_options", dict, "an object") or {}
-    body_user = _expect(body, "user", str, "a string")
-    params = {k: body[k] for k in SAMPLING_PARAMS if k in body}
-    metadata = _expect(body, "metadata", dict, "an object") or {}
-    category = category or metadata.get("category")
+        data = body.parse(raw)
+    except body.BodyError as exc:
+        raise HTTPError(400, str(exc), param=exc.param) from None
     try:
+        checked = schema.validate_body(data)
+        metadata = checked.metadata or {}
         request = ChatRequest(
-            messages=body.get("messages"),  # type: ignore[arg-type]
-            model=model,
-            params=params,
-            user=user or body_user,
+            messages=checked.messages,
+            model=checked.model,
+            params=checked.params(),
+            user=user or checked.user,
             cache=cache,
-            category=category,
+            category=category or metadata.get("category"),
         )
     except RequestError as exc:
         raise http_error(exc) from None
-    return ChatCall(request, stream, bool(options.get("include_usage")))
+    include_usage = bool(checked.stream_options and checked.stream_options.include_usage)
+    return ChatCall(request, bool(checked.stream), include_usage)

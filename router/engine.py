@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from router import policy, waste
-from router.backends import Backend
+from router.backends import Backend, deadline
 from router.backends.local import LocalBackend
 from router.backends.retry import Retrying
 from router.budgets import BudgetStore, Reservation
@@ -130,18 +130,18 @@ class Router:
         """Like `complete`, streamed: returns once the chosen model has started answering."""
         return self.stream_request(ChatRequest(messages, model, params, user, cache, category))
 
-    def decide(self, request: ChatRequest, *, count_repeat: bool = False) -> Decision:
+    def decide(self, request: ChatRequest, *, repeat_key: str | None = None) -> Decision:
         """The routing decision for `request`, without calling any model.
 
-        `count_repeat` records the request for retry-storm detection (the pipeline does; a
-        dry run such as `router explain` does not)."""
+        `repeat_key` (the request's cache key) checks it against the answers already given, for
+        retry-storm detection (the pipeline does; a dry run such as `router explain` does not)."""
         policy.check_request_fits(request)
         score = self.estimator.score(request)
         category = request.category or classify(request)
         flags = []
         if waste.trivial_document(request, category):
             flags.append("trivial-document")
-        if count_repeat and self._repeats.seen(request):
+        if repeat_key is not None and self._repeats.repeated(request.user, repeat_key):
             flags.append("repeat")
         decision = policy.decide(
             request, score, self.model_views(), self.config.router.default_max_tokens
@@ -169,13 +169,13 @@ class Router:
 
     def complete_request(self, request: ChatRequest) -> Completion:
         started = time.perf_counter()
-        decision = self.decide(request, count_repeat=True)
         params = self._params(request)
         key = cache_key(request, params, self._fingerprint)
+        decision = self.decide(request, repeat_key=key)
         hit = self._cache_get(request, key)
         if hit is not None:
             response, routing = self._from_cache(hit, decision)
-            self._record(request, routing, started, stream=False)
+            self._record(request, key, routing, started, stream=False)
             return Completion(response, routing)
 
         def call(name: str) -> dict[str, Any]:
@@ -185,8 +185,8 @@ class Router:
         routing = self._routing(decision, name, failures)
         self._account(routing, response.get("usage") or {})
         self._settle(reservation, routing)
-        self._cache_set(request, key, response, routing)
-        self._record(request, routing, started, stream=False)
+        self._record(request, key, routing, started, stream=False)  # the row first: paid calls
+        self._cache_set(request, key, response, routing)  # are never unrecorded
         return Completion(response, routing)
 
     def _first_answer(
@@ -200,6 +200,7 @@ class Router:
         failures: list[str] = []
         spent: BudgetExceededError | None = None
         retry_after: float | None = None
+        ends = time.monotonic() + self.config.retry.deadline_seconds
         for name in decision.candidates:
             try:
                 reservation = self._reserve(request, name, params)
@@ -210,7 +211,8 @@ class Router:
                 failures.append(f"{name} skipped: {exc}")
                 continue
             try:
-                result = call(name)
+                with deadline.until(ends):
+                    result = call(name)
             except BackendError as exc:
                 self._budgets.release(reservation)
                 failures.append(str(exc))
@@ -245,13 +247,13 @@ class Router:
 
     def stream_request(self, request: ChatRequest) -> CompletionStream:
         started = time.perf_counter()
-        decision = self.decide(request, count_repeat=True)
         params = self._params(request)
         key = cache_key(request, params, self._fingerprint)
+        decision = self.decide(request, repeat_key=key)
         hit = self._cache_get(request, key)
         if hit is not None:
             response, routing = self._from_cache(hit, decision)
-            self._record(request, routing, started, stream=True)
+            self._record(request, key, routing, started, stream=True)
             return CompletionStream(iter(replay(response)), routing)
 
         def call(name: str) -> tuple[dict[str, Any] | None, Iterator[dict[str, Any]]]:
@@ -327,6 +329,7 @@ class Router:
             n_ctx=n_ctx,
             supports_tools=model.supports_tools,
             supports_json=model.supports_json,
+            supports_vision=model.supports_vision,
             unusable=unusable,
             retry_after=retry_after if unusable else None,
         )
@@ -464,13 +467,17 @@ class Router:
                 )
             self._account(routing, usage)
             self._settle(reservation, routing)
+            self._record(request, key, routing, started, stream=True)
             if complete and not tool_calls:
                 response = assemble(first, routing.model, "".join(text), finish_reason, usage)
                 self._cache_set(request, key, response, routing)
-            self._record(request, routing, started, stream=True)
 
-    def _record(self, request: ChatRequest, routing: Routing, started: float, stream: bool) -> None:
+    def _record(
+        self, request: ChatRequest, key: str, routing: Routing, started: float, stream: bool
+    ) -> None:
+        """Write the ledger row of an answered request and count it for repeat detection."""
         routing.latency_ms = (time.perf_counter() - started) * 1000
+        self._repeats.answered(request.user, key)
         self._ledger.record(
             Entry(
                 ts=time.time(),

@@ -10,8 +10,6 @@ is `guardrails.low_value` in models.toml: allow, local (default) or block.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import threading
 import time
@@ -50,38 +48,42 @@ def trivial_document(request: ChatRequest, category: str) -> bool:
 
 
 class RepeatDetector:
-    """Counts identical requests per user in a sliding window (in process; a shared store such
-    as Redis can replace it for several router processes)."""
+    """Counts identical answered requests per user in a sliding window (in process; a shared
+    store such as Redis can replace it for several router processes).
+
+    Only answers count: a client retrying a request that failed (an SDK's automatic retries
+    after a 503, a user pressing enter again after a timeout) is not repeating anything."""
 
     def __init__(self, window_seconds: float, threshold: int) -> None:
         self.window = window_seconds
         self.threshold = threshold
-        self._seen: dict[tuple[str | None, str], deque[float]] = defaultdict(deque)
+        self._answered: dict[tuple[str | None, str], deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
 
-    def seen(self, request: ChatRequest, now: float | None = None) -> bool:
-        """Record this request; True when it is at least the threshold-th in the window."""
+    def repeated(self, user: str | None, key: str, now: float | None = None) -> bool:
+        """True when answering this request again would make `threshold` identical answers
+        within the window."""
         if self.window <= 0:
             return False
         now = time.monotonic() if now is None else now
-        key = hashlib.sha256(
-            json.dumps([request.messages, request.params], sort_keys=True, default=str).encode()
-        ).hexdigest()
         with self._lock:
-            times = self._seen[(request.user, key)]
+            times = self._answered.get((user, key))
+            if not times:
+                return False
+            while times and now - times[0] > self.window:
+                times.popleft()
+            return len(times) + 1 >= self.threshold
+
+    def answered(self, user: str | None, key: str, now: float | None = None) -> None:
+        """Count one answer (from a model or the cache) to the request `key` of `user`."""
+        if self.window <= 0:
+            return
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            times = self._answered[(user, key)]
             while times and now - times[0] > self.window:
                 times.popleft()
             times.append(now)
-            if len(self._seen) > 100_000:  # bound memory: forget the oldest keys
-                for old in list(self._seen)[:50_000]:
-                    del self._seen[old]
-            return len(times) >= self.threshold
-
-
-def flags(request: ChatRequest, category: str, repeats: RepeatDetector) -> list[str]:
-    found = []
-    if trivial_document(request, category):
-        found.append("trivial-document")
-    if repeats.seen(request):
-        found.append("repeat")
-    return found
+            if len(self._answered) > 100_000:  # bound memory: forget the oldest keys
+                for old in list(self._answered)[:50_000]:
+                    del self._answered[old]

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from router.backends import deadline
 from router.config import CloudModel
 from router.errors import CloudError
 from router.types import ChatRequest
@@ -143,7 +144,7 @@ class CloudBackend:
             messages=request.messages,
             api_key=self._model.api_key(),
             api_base=self._model.resolved_api_base(),
-            timeout=self._model.timeout_seconds,
+            timeout=deadline.timeout(self._model.timeout_seconds),
             max_retries=0,
             num_retries=0,
             drop_params=True,  # a provider without `seed` etc. still answers

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from router.backends import Backend
+from router.backends import Backend, deadline
 from router.config import RetrySettings
 from router.errors import BackendError
 from router.types import ChatRequest
@@ -38,10 +38,21 @@ class Retrying:
         return float(min(self._settings.backoff_seconds * (2**attempt), cap))
 
     def _should_retry(self, attempt: int, error: BackendError) -> bool:
+        """Sleep before the next attempt and return True, or return False to give up now:
+        not retryable, out of retries, a Retry-After beyond max_backoff_seconds, or a next
+        attempt that could not start before the request's deadline (the engine then tries the
+        next model at once)."""
         error.attempts = attempt + 1
         if not error.retryable or attempt >= self._settings.max_retries:
             return False
-        self._sleep(self.delay(attempt, error))
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None and retry_after > self._settings.max_backoff_seconds:
+            return False
+        wait = self.delay(attempt, error)
+        left = deadline.remaining()
+        if left is not None and wait >= left:
+            return False
+        self._sleep(wait)
         return True
 
     def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:

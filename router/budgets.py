@@ -5,7 +5,10 @@ max_tokens, priced at the chosen model) against every budget that applies to the
 their teams, in one SQLite `BEGIN IMMEDIATE` transaction: the check and the reservation are
 atomic across threads and processes sharing the file. After the call the reservation is settled
 to the real usage (never more than reserved, since the prompt estimate is pessimistic and the
-answer is capped by max_tokens); on failure it is released.
+answer is capped by max_tokens); on failure it is released. When the caller did not set
+max_tokens and a budget has less left than the default needs, max_tokens is lowered to what is
+left instead of refusing the call. A refusal says whether the budget is spent (retry after the
+reset) or only held by requests still running (retry in seconds).
 
 `BudgetStore` is the seam (reserve/settle/release/usage); SQLite is the embedded default and a
 shared database can take its place.
@@ -47,6 +50,7 @@ def period(kind: str, now: float) -> tuple[str, dt.datetime]:
 class Reservation:
     id: str
     budgets: tuple[str, ...]
+    cut: int = 0  # tokens left out of the request (see BudgetStore.reserve)
 
 
 class BudgetStore:
@@ -106,44 +110,116 @@ class BudgetStore:
     # ------------------------------------------------------------ reserve / settle / release
 
     def reserve(
-        self, user: str | None, tokens: int, usd: float, now: float | None = None
+        self,
+        user: str | None,
+        tokens: int,
+        usd: float,
+        now: float | None = None,
+        *,
+        flexible_tokens: int = 0,
+        usd_per_token: float = 0.0,
     ) -> Reservation | None:
         """Reserve `tokens` and `usd` on every budget of `user`, or raise BudgetExceededError
-        naming the first budget that cannot take it (nothing is reserved then)."""
+        naming the first budget that cannot take it (nothing is reserved then).
+
+        `flexible_tokens` of the tokens (each worth `usd_per_token`) may be left out when the
+        budgets cannot take them all: the reservation then says how many were cut, and the
+        caller must lower the call's max_tokens by as much, so the budget still holds."""
         budgets = self.applicable(user)
         if not budgets:
             return None
         now = time.time() if now is None else now
         rid = uuid.uuid4().hex
-        rows: list[tuple[str, str, str, int, float, int, float]] = []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for budget in budgets:
-                    for field, kind, unit in LIMITS:
-                        limit = getattr(budget, field)
-                        if limit is None:
-                            continue
-                        key, reset = period(kind, now)
-                        used_tokens, used_usd = self._db.execute(
-                            "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(usd), 0) "
-                            "FROM budget_usage WHERE scope = ? AND period = ?",
-                            (budget.scope, key),
-                        ).fetchone()
-                        used, want = (used_tokens, tokens) if unit == "tokens" else (used_usd, usd)
-                        if used + want > limit:
-                            raise BudgetExceededError(budget, field, limit, used, want, reset)
-                        rows.append((rid, budget.scope, key, tokens, usd, 0, now))
-                # One row per (scope, period): two limits on the same period share it.
-                unique = {(r[1], r[2]): r for r in rows}
+                usage = {b.scope: self._used(b.scope, now) for b in budgets}
+                cut = self._cut(budgets, usage, tokens, usd, usd_per_token, now)
+                if cut > flexible_tokens:
+                    raise self._refusal(budgets, usage, tokens, usd, now)
+                tokens, usd = tokens - cut, max(0.0, usd - cut * usd_per_token)
+                # One row per (scope, period) that has a limit.
+                rows = {
+                    (b.scope, period(kind, now)[0])
+                    for b in budgets
+                    for field, kind, _ in LIMITS
+                    if getattr(b, field) is not None
+                }
                 self._db.executemany(
-                    "INSERT INTO budget_usage VALUES (?, ?, ?, ?, ?, ?, ?)", list(unique.values())
+                    "INSERT INTO budget_usage VALUES (?, ?, ?, ?, ?, 0, ?)",
+                    [(rid, scope, key, tokens, usd, now) for scope, key in sorted(rows)],
                 )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return Reservation(rid, tuple(b.scope for b in budgets))
+        return Reservation(rid, tuple(b.scope for b in budgets), cut)
+
+    def _used(self, scope: str, now: float) -> dict[str, tuple[float, float, float, float]]:
+        """Per period kind: (tokens, usd) used in all, and (tokens, usd) of settled calls."""
+        out = {}
+        for kind in ("day", "month"):
+            key, _ = period(kind, now)
+            out[kind] = self._db.execute(
+                "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(usd), 0), "
+                "COALESCE(SUM(tokens * settled), 0), COALESCE(SUM(usd * settled), 0) "
+                "FROM budget_usage WHERE scope = ? AND period = ?",
+                (scope, key),
+            ).fetchone()
+        return out
+
+    @staticmethod
+    def _cut(
+        budgets: list[Budget],
+        usage: dict[str, dict[str, tuple[float, float, float, float]]],
+        tokens: int,
+        usd: float,
+        usd_per_token: float,
+        now: float,
+    ) -> int:
+        """The fewest tokens to leave out so that every limit holds (may exceed `tokens`)."""
+        cut = 0.0
+        for budget in budgets:
+            for field, kind, unit in LIMITS:
+                limit = getattr(budget, field)
+                if limit is None:
+                    continue
+                used_tokens, used_usd, _, _ = usage[budget.scope][kind]
+                if unit == "tokens":
+                    cut = max(cut, used_tokens + tokens - limit)
+                elif used_usd + usd > limit:
+                    over = used_usd + usd - limit
+                    cut = max(cut, over / usd_per_token if usd_per_token > 0 else float("inf"))
+        return int(min(cut + 0.999999, 2**62))  # whole tokens, rounded up
+
+    @staticmethod
+    def _refusal(
+        budgets: list[Budget],
+        usage: dict[str, dict[str, tuple[float, float, float, float]]],
+        tokens: int,
+        usd: float,
+        now: float,
+    ) -> BudgetExceededError:
+        """The error for the first limit that cannot take the request; `in_flight` when only
+        calls still running (their reservations) stand in the way."""
+        for budget in budgets:
+            for field, kind, unit in LIMITS:
+                limit = getattr(budget, field)
+                if limit is None:
+                    continue
+                used_tokens, used_usd, settled_tokens, settled_usd = usage[budget.scope][kind]
+                used, settled, want = (
+                    (used_tokens, settled_tokens, tokens)
+                    if unit == "tokens"
+                    else (used_usd, settled_usd, usd)
+                )
+                if used + want > limit:
+                    _, reset = period(kind, now)
+                    in_flight = settled + want <= limit
+                    return BudgetExceededError(
+                        budget, field, limit, used, want, reset, in_flight=in_flight
+                    )
+        raise AssertionError("no limit is exceeded")  # pragma: no cover
 
     def settle(self, reservation: Reservation | None, tokens: int, usd: float) -> None:
         if reservation is None:

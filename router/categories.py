@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from router.errors import RequestError
-from router.types import ChatRequest, message_text
+from router.types import ChatRequest, message_text, sample
 
 CATEGORIES = (
     "chit-chat",
@@ -121,13 +121,15 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
 
 
 def classify(request: ChatRequest) -> str:
-    users = [message_text(m) for m in request.messages if m["role"] == "user"]
-    # Lower-cased once: case-insensitive matching is several times slower in `re`.
-    last = (users[-1] if users else request.text).lower()
+    users = [m for m in request.messages if m["role"] == "user"]
+    # A bounded sample (any request costs the same), lower-cased once: case-insensitive
+    # matching is several times slower in `re`.
+    last = sample(message_text(users[-1]) if users else request.text).lower()
     for category, pattern in _RULES:
         if pattern.search(last):
             return category
-    if len(users) > 1 and _RULES[0][1].search("\n".join(users[:-1]).lower()):
+    earlier = "\n".join(message_text(m) for m in users[:-1])
+    if len(users) > 1 and _RULES[0][1].search(sample(earlier).lower()):
         return "code"  # a follow-up in a coding conversation
     return "question-answering" if last.strip() else "other"
 

@@ -48,6 +48,8 @@ from router.types import (
 
 T = TypeVar("T")
 
+MIN_COMPLETION_TOKENS = 64  # the least max_tokens a budget nearly spent may lower a call to
+
 
 class Router:
     """Routes OpenAI-style chat requests between local GGUF models and cloud models.
@@ -178,11 +180,11 @@ class Router:
             self._record(request, key, routing, started, stream=False)
             return Completion(response, routing)
 
-        def call(name: str) -> dict[str, Any]:
+        def call(name: str, params: dict[str, Any]) -> dict[str, Any]:
             return self._backend(name).complete(request, params)
 
         name, response, reservation, failures = self._first_answer(request, decision, params, call)
-        routing = self._routing(decision, name, failures)
+        routing = self._routing(decision, name, failures, reservation)
         self._account(routing, response.get("usage") or {})
         self._settle(reservation, routing)
         self._record(request, key, routing, started, stream=False)  # the row first: paid calls
@@ -194,7 +196,7 @@ class Router:
         request: ChatRequest,
         decision: Decision,
         params: dict[str, Any],
-        call: Callable[[str], T],
+        call: Callable[[str, dict[str, Any]], T],
     ) -> tuple[str, T, Reservation | None, list[str]]:
         """Try the candidates in order: reserve budget, call, fall back on failure."""
         failures: list[str] = []
@@ -212,7 +214,7 @@ class Router:
                 continue
             try:
                 with deadline.until(ends):
-                    result = call(name)
+                    result = call(name, self._within_budget(params, reservation))
             except BackendError as exc:
                 self._budgets.release(reservation)
                 failures.append(str(exc))
@@ -232,13 +234,29 @@ class Router:
     def _reserve(
         self, request: ChatRequest, name: str, params: dict[str, Any]
     ) -> Reservation | None:
-        """Reserve a cloud call's worst case on the user's budgets (local calls are free)."""
+        """Reserve a cloud call's worst case on the user's budgets (local calls are free).
+
+        When the caller left max_tokens to the default, a budget nearly spent lowers it (to
+        no less than MIN_COMPLETION_TOKENS) instead of refusing the call."""
         if self.config.models[name].tier != "cloud" or request.user is None:
             return None
         prompt = policy.worst_prompt_tokens(request)
         completion = int(params["max_tokens"])
-        usd = self._prices[name].cost(prompt, completion)
-        return self._budgets.reserve(request.user, prompt + completion, usd)
+        price = self._prices[name]
+        flexible = 0 if "max_tokens" in request.params else completion - MIN_COMPLETION_TOKENS
+        return self._budgets.reserve(
+            request.user,
+            prompt + completion,
+            price.cost(prompt, completion),
+            flexible_tokens=max(0, flexible),
+            usd_per_token=price.output_per_mtok / 1e6,
+        )
+
+    @staticmethod
+    def _within_budget(params: dict[str, Any], reservation: Reservation | None) -> dict[str, Any]:
+        if reservation is None or not reservation.cut:
+            return params
+        return {**params, "max_tokens": int(params["max_tokens"]) - reservation.cut}
 
     def _settle(self, reservation: Reservation | None, routing: Routing) -> None:
         self._budgets.settle(
@@ -256,14 +274,16 @@ class Router:
             self._record(request, key, routing, started, stream=True)
             return CompletionStream(iter(replay(response)), routing)
 
-        def call(name: str) -> tuple[dict[str, Any] | None, Iterator[dict[str, Any]]]:
+        def call(
+            name: str, params: dict[str, Any]
+        ) -> tuple[dict[str, Any] | None, Iterator[dict[str, Any]]]:
             chunks = self._backend(name).stream(request, params)
             return next(chunks, None), chunks  # the first chunk: failures surface here
 
         name, (first, chunks), reservation, failures = self._first_answer(
             request, decision, params, call
         )
-        routing = self._routing(decision, name, failures)
+        routing = self._routing(decision, name, failures, reservation)
         body = self._finish_stream(request, key, chunks, first, routing, started, reservation)
         return CompletionStream(body, routing)
 
@@ -354,12 +374,22 @@ class Router:
                 self._owned.append(name)
             return backend
 
-    def _routing(self, decision: Decision, name: str, failures: list[str]) -> Routing:
+    def _routing(
+        self,
+        decision: Decision,
+        name: str,
+        failures: list[str],
+        reservation: Reservation | None = None,
+    ) -> Routing:
         tier = self.config.models[name].tier
         reason = decision.reason
         if failures:
             how = "answered locally" if tier == "local" else "fell back"
             reason = f"{reason}; {'; '.join(failures)}: {how} by {name}"
+        if reservation is not None and reservation.cut:
+            # Noted as an attempt too, so that the shortened answer is not cached for others.
+            failures = [*failures, f"max_tokens lowered by {reservation.cut} to fit the budget"]
+            reason = f"{reason}; {failures[-1]}"
         return Routing(
             tier=tier,
             model=name,

@@ -18,6 +18,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+IN_FLIGHT_RETRY_SECONDS = 2.0
+
 
 class RouterError(Exception):
     """Base of every error the router raises on purpose."""
@@ -74,12 +76,22 @@ class BudgetExceededError(RouterError):
         used: float,
         wanted: float,
         resets: dt.datetime,
+        *,
+        in_flight: bool = False,
     ) -> None:
         self.budget = budget
         self.limit_name = limit_name
         self.resets = resets
+        self.in_flight = in_flight
         unit = "tokens" if limit_name.endswith("tokens") else "USD"
         spec = ",.0f" if unit == "tokens" else ".4f"
+        if in_flight:
+            super().__init__(
+                f"budget {budget.scope} {limit_name} = {limit:{spec}} {unit} is held by "
+                f"requests still running ({used:{spec}} reserved or used, this request needs "
+                f"up to {wanted:{spec}}); retry in a few seconds, or set a lower max_tokens"
+            )
+            return
         super().__init__(
             f"budget {budget.scope} {limit_name} = {limit:{spec}} {unit} is spent: "
             f"{used:{spec}} used, this request needs up to {wanted:{spec}}; it resets at "
@@ -92,6 +104,11 @@ class BudgetExceededError(RouterError):
 
     def seconds_to_reset(self) -> float:
         return max(0.0, (self.resets - dt.datetime.now(dt.timezone.utc)).total_seconds())
+
+    def retry_after(self) -> float:
+        """When to try again: a few seconds when running requests hold the budget (their
+        reservations settle to their real, usually smaller, usage as they end), else the reset."""
+        return IN_FLIGHT_RETRY_SECONDS if self.in_flight else self.seconds_to_reset()
 
 
 class BackendError(RouterError):

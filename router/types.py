@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from typing import Any, Literal
 
 from router.errors import RequestError
@@ -27,6 +28,19 @@ def message_text(message: Mapping[str, Any]) -> str:
         return content
     parts = [p.get("text", "") for p in content if isinstance(p, Mapping)]
     return "\n".join(p for p in parts if isinstance(p, str))
+
+
+SAMPLE_CHARS = 32_000
+
+
+def sample(text: str, limit: int = SAMPLE_CHARS) -> str:
+    """At most `limit` characters of `text` for analysis: all of it, or its first and last
+    halves. Scoring and classifying a request then costs the same for 30 KB and for 4 MB;
+    length signals use the full length, which is free to know."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return text[:half] + "\n" + text[-half:]
 
 
 def _check_text(name: str, value: Any) -> None:
@@ -65,10 +79,19 @@ class ChatRequest:
 
             check_category(self.category)
 
-    @property
+    @cached_property
     def text(self) -> str:
-        """All message text, in order, one message per line."""
+        """All message text, in order, one message per line (computed once)."""
         return "\n".join(message_text(m) for m in self.messages)
+
+    def with_messages(self, messages: list[Message]) -> ChatRequest:
+        """This request with a selection of its own messages, which were checked already
+        (validating a long conversation again would cost as much as the first time)."""
+        clone = object.__new__(ChatRequest)
+        for f in fields(self):
+            object.__setattr__(clone, f.name, getattr(self, f.name))
+        object.__setattr__(clone, "messages", messages)
+        return clone
 
     @property
     def needs_tools(self) -> bool:

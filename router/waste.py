@@ -15,7 +15,7 @@ import threading
 import time
 from collections import defaultdict, deque
 
-from router.types import ChatRequest, message_text
+from router.types import ChatRequest, message_text, sample
 
 DOCUMENT_TASKS = frozenset({"summarise", "rewrite", "translate"})
 _INSTRUCTION = re.compile(
@@ -43,8 +43,8 @@ def document_words(text: str) -> int:
 def trivial_document(request: ChatRequest, category: str) -> bool:
     if category not in DOCUMENT_TASKS:
         return False
-    users = [message_text(m) for m in request.messages if m["role"] == "user"]
-    return document_words(users[-1] if users else "") < TRIVIAL_WORDS
+    users = [m for m in request.messages if m["role"] == "user"]
+    return document_words(sample(message_text(users[-1])) if users else "") < TRIVIAL_WORDS
 
 
 class RepeatDetector:

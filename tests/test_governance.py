@@ -47,15 +47,40 @@ def test_budget_store_reserves_settles_and_releases(tmp_path: Path) -> None:
     store.set(Budget(user="ana", daily_tokens=100, monthly_usd=1.0))
     now = time.time()
     first = store.reserve("ana", 60, 0.1, now)
-    with pytest.raises(BudgetExceededError, match=r"user:ana daily_tokens = 100 tokens is spent"):
+    # Only a request still running stands in the way: retry in seconds, not at midnight.
+    held = r"user:ana daily_tokens = 100 tokens is held by requests still running"
+    with pytest.raises(BudgetExceededError, match=held) as info:
         store.reserve("ana", 60, 0.1, now)
+    assert info.value.in_flight and info.value.retry_after() == 2.0
     store.settle(first, 30, 0.05)  # the real usage was lower: room again
     second = store.reserve("ana", 60, 0.1, now)
     assert store.usage("user:ana", now)["daily_tokens"] == 90
     store.release(second)
     assert store.usage("user:ana", now)["daily_tokens"] == 30
     assert store.usage("user:ana", now)["monthly_usd"] == pytest.approx(0.05)
+    store.settle(store.reserve("ana", 70, 0.1, now), 70, 0.1)
+    with pytest.raises(BudgetExceededError, match="tokens is spent") as info:
+        store.reserve("ana", 1, 0.0, now)
+    assert not info.value.in_flight and info.value.retry_after() > 2.0  # the UTC midnight
     assert store.reserve("nobody", 10**9, 10**9, now) is None  # no budget, no limit
+    store.close()
+
+
+def test_a_budget_nearly_spent_shortens_a_default_length_call_instead_of_refusing(
+    tmp_path: Path,
+) -> None:
+    from router import load_config
+
+    store = BudgetStore(tmp_path / "gov.sqlite3", load_config(write_config(tmp_path, None)))
+    store.set(Budget(user="bo", daily_tokens=200, daily_usd=1.0))
+    now = time.time()
+    # 600 tokens wanted, of which up to 500 (the completion) may be left out: 400 are.
+    cut = store.reserve("bo", 600, 0.6, now, flexible_tokens=500, usd_per_token=0.001)
+    assert cut is not None and cut.cut == 400
+    assert store.usage("user:bo", now)["daily_tokens"] == 200
+    assert store.usage("user:bo", now)["daily_usd"] == pytest.approx(0.2)
+    with pytest.raises(BudgetExceededError):  # nothing left, nothing flexible enough
+        store.reserve("bo", 100, 0.0, now, flexible_tokens=50)
     store.close()
 
 
@@ -114,9 +139,15 @@ def test_fifty_concurrent_requests_never_overrun_a_budget(
     assert ledger_tokens <= budget and used == ledger_tokens
     for r in refused:
         error = r.json()["error"]
-        assert error["code"] == "budget_exceeded" and error["type"] == "budget_exceeded_error"
-        assert f"user:load daily_tokens = {budget:,} tokens is spent" in error["message"]
-        assert "resets at" in error["message"] and int(r.headers["retry-after"]) >= 1
+        assert error["type"] == "budget_exceeded_error"
+        limit = f"user:load daily_tokens = {budget:,} tokens"
+        if error["code"] == "budget_in_use":  # refused while others' reservations were open
+            assert f"{limit} is held by requests still running" in error["message"]
+            assert r.headers["retry-after"] == "2"
+        else:
+            assert error["code"] == "budget_exceeded"
+            assert f"{limit} is spent" in error["message"] and "resets at" in error["message"]
+            assert int(r.headers["retry-after"]) > 2
 
 
 @pytest.mark.slow

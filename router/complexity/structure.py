@@ -34,7 +34,7 @@ from importlib import resources
 from typing import Any
 
 from router.complexity import heuristic
-from router.types import ChatRequest
+from router.types import ChatRequest, sample
 
 NAME = "structure-v1"
 FEATURES = ("length", "vocabulary_reuse", "repeated_terms", "compressibility", "intent")
@@ -55,7 +55,7 @@ def conversation(request: ChatRequest) -> ChatRequest:
     if not any(m.get("role") == "system" for m in request.messages):
         return request
     rest = [m for m in request.messages if m.get("role") != "system"]
-    return ChatRequest(rest) if rest else request
+    return request.with_messages(rest) if rest else request
 
 
 def features(request: ChatRequest) -> dict[str, float]:
@@ -63,9 +63,7 @@ def features(request: ChatRequest) -> dict[str, float]:
     request = conversation(request)
     text = request.text
     size = len(text.encode("utf-8", "replace"))
-    if len(text) > MAX_ANALYSED_CHARS:
-        half = MAX_ANALYSED_CHARS // 2
-        text = text[:half] + "\n" + text[-half:]
+    text = sample(text, MAX_ANALYSED_CHARS)
     words = [w.lower() for w in _WORD.findall(text)]
     content = [w for w in words if len(w) > 2 and w not in _STOP]
     data = text.encode("utf-8", "replace")

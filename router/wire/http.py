@@ -57,8 +57,8 @@ def http_error(exc: RouterError) -> HTTPError:
             429,
             str(exc),
             "budget_exceeded_error",
-            code="budget_exceeded",
-            headers={"Retry-After": str(max(1, round(exc.seconds_to_reset())))},
+            code="budget_in_use" if exc.in_flight else "budget_exceeded",
+            headers={"Retry-After": str(max(1, round(exc.retry_after())))},
         )
     if isinstance(exc, BusyError):
         retry = str(max(1, round(exc.retry_after or 1)))

@@ -59,5 +59,9 @@ class DiskResponseCache:
     def set(self, key: str, value: dict[str, Any]) -> None:
         self._cache.set(key, value, expire=self._ttl)
 
+    def __len__(self) -> int:
+        """Entries stored (expired ones included until they are evicted)."""
+        return len(self._cache)
+
     def close(self) -> None:
         self._cache.close()

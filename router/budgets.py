@@ -23,8 +23,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from router.config import Budget, Config
+from router.config import Budget, Config, Price
 from router.errors import BudgetExceededError
 
 LIMITS = (
@@ -46,11 +47,21 @@ def period(kind: str, now: float) -> tuple[str, dt.datetime]:
     return f"month:{start:%Y-%m}", reset
 
 
+MIN_COMPLETION_TOKENS = 64  # the least max_tokens a budget nearly spent may lower a call to
+
+
 @dataclass(frozen=True)
 class Reservation:
     id: str
     budgets: tuple[str, ...]
     cut: int = 0  # tokens left out of the request (see BudgetStore.reserve)
+
+
+def shortened(params: dict[str, Any], reservation: Reservation | None) -> dict[str, Any]:
+    """A call's parameters with max_tokens lowered by what its reservation had to cut."""
+    if reservation is None or not reservation.cut:
+        return params
+    return {**params, "max_tokens": int(params["max_tokens"]) - reservation.cut}
 
 
 class BudgetStore:
@@ -220,6 +231,21 @@ class BudgetStore:
                         budget, field, limit, used, want, reset, in_flight=in_flight
                     )
         raise AssertionError("no limit is exceeded")  # pragma: no cover
+
+    def reserve_call(
+        self, user: str, prompt: int, completion: int, price: Price, *, shorten: bool
+    ) -> Reservation | None:
+        """Reserve a call of `prompt` + up to `completion` tokens at `price`. With `shorten`
+        (the caller left max_tokens to the default) a budget nearly spent cuts the completion,
+        down to MIN_COMPLETION_TOKENS or half of it, instead of refusing the call."""
+        floor = min(MIN_COMPLETION_TOKENS, completion // 2)
+        return self.reserve(
+            user,
+            prompt + completion,
+            price.cost(prompt, completion),
+            flexible_tokens=completion - floor if shorten else 0,
+            usd_per_token=price.output_per_mtok / 1e6,
+        )
 
     def settle(self, reservation: Reservation | None, tokens: int, usd: float) -> None:
         if reservation is None:

@@ -22,7 +22,7 @@ from router import policy, waste
 from router.backends import Backend, deadline
 from router.backends.local import LocalBackend
 from router.backends.retry import Retrying
-from router.budgets import BudgetStore, Reservation
+from router.budgets import BudgetStore, Reservation, shortened
 from router.cache import DiskResponseCache, ResponseCache, cache_key
 from router.categories import classify
 from router.chunks import assemble, chain, replay
@@ -36,7 +36,7 @@ from router.errors import (
     UnavailableError,
 )
 from router.ledger import Entry, Ledger, SQLiteLedger
-from router.pricing import baseline_price, context_window, price_table
+from router.pricing import account, baseline_price, context_window, price_table
 from router.types import (
     ChatRequest,
     Completion,
@@ -47,8 +47,6 @@ from router.types import (
 )
 
 T = TypeVar("T")
-
-MIN_COMPLETION_TOKENS = 64  # the least max_tokens a budget nearly spent may lower a call to
 
 
 class Router:
@@ -214,7 +212,7 @@ class Router:
                 continue
             try:
                 with deadline.until(ends):
-                    result = call(name, self._within_budget(params, reservation))
+                    result = call(name, shortened(params, reservation))
             except BackendError as exc:
                 self._budgets.release(reservation)
                 failures.append(str(exc))
@@ -234,30 +232,17 @@ class Router:
     def _reserve(
         self, request: ChatRequest, name: str, params: dict[str, Any]
     ) -> Reservation | None:
-        """Reserve a cloud call's worst case on the user's budgets (local calls are free).
-
-        When the caller left max_tokens to the default, a budget nearly spent lowers it (to
-        no less than MIN_COMPLETION_TOKENS, or half the default) instead of refusing the call."""
+        """Reserve a cloud call's worst case on the user's budgets (local calls are free)."""
         if self.config.models[name].tier != "cloud" or request.user is None:
             return None
-        prompt = policy.worst_prompt_tokens(request)
-        completion = int(params["max_tokens"])
-        price = self._prices[name]
-        floor = min(MIN_COMPLETION_TOKENS, completion // 2)
-        flexible = 0 if "max_tokens" in request.params else completion - floor
-        return self._budgets.reserve(
+        prompt, completion = policy.worst_prompt_tokens(request), int(params["max_tokens"])
+        return self._budgets.reserve_call(
             request.user,
-            prompt + completion,
-            price.cost(prompt, completion),
-            flexible_tokens=max(0, flexible),
-            usd_per_token=price.output_per_mtok / 1e6,
+            prompt,
+            completion,
+            self._prices[name],
+            shorten="max_tokens" not in request.params,
         )
-
-    @staticmethod
-    def _within_budget(params: dict[str, Any], reservation: Reservation | None) -> dict[str, Any]:
-        if reservation is None or not reservation.cut:
-            return params
-        return {**params, "max_tokens": int(params["max_tokens"]) - reservation.cut}
 
     def _settle(self, reservation: Reservation | None, routing: Routing) -> None:
         self._budgets.settle(
@@ -402,19 +387,7 @@ class Router:
         )
 
     def _account(self, routing: Routing, usage: Mapping[str, Any]) -> None:
-        """Fill tokens, cost, baseline cost and savings from a response's usage."""
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
-        routing.prompt_tokens, routing.completion_tokens = prompt, completion
-        routing.baseline_usd = self._baseline.cost(prompt, completion)
-        if routing.cache_hit:
-            routing.cost_usd = 0.0
-        else:
-            routing.cost_usd = self._prices[routing.model].cost(prompt, completion)
-        # Tokens that never reached a paid provider: local answers and cache hits.
-        sent_to_cloud = routing.tier == "cloud" and not routing.cache_hit
-        routing.tokens_saved = 0 if sent_to_cloud else prompt + completion
-        routing.usd_saved = routing.baseline_usd - routing.cost_usd
+        account(routing, usage, self._prices[routing.model], self._baseline)
 
     def _cache_get(self, request: ChatRequest, key: str) -> dict[str, Any] | None:
         if self._cache is None or not request.cache:
@@ -509,28 +482,15 @@ class Router:
         """Write the ledger row of an answered request and count it for repeat detection."""
         routing.latency_ms = (time.perf_counter() - started) * 1000
         self._repeats.answered(request.user, key)
+        prompt = None
+        if self.config.router.store_prompts:
+            prompt = json.dumps(request.messages, ensure_ascii=False)
         self._ledger.record(
-            Entry(
-                ts=time.time(),
+            Entry.of(
+                routing,
                 user=request.user,
-                tier=routing.tier,
-                model=routing.model,
-                prompt_tokens=routing.prompt_tokens,
-                completion_tokens=routing.completion_tokens,
-                cost_usd=routing.cost_usd,
-                baseline_usd=routing.baseline_usd,
-                tokens_saved=routing.tokens_saved,
-                usd_saved=routing.usd_saved,
-                cache_hit=routing.cache_hit,
-                latency_ms=routing.latency_ms,
-                score=routing.score,
-                reason=routing.reason,
                 stream=stream,
-                category=routing.category,
-                flags=",".join(routing.flags),
                 estimator=estimator_name(self.estimator),
-                prompt=json.dumps(request.messages, ensure_ascii=False)
-                if self.config.router.store_prompts
-                else None,
+                prompt=prompt,
             )
         )

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
+
+from router.types import Routing
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,15 @@ class Entry:
     category: str = "other"
     flags: str = ""  # comma-separated low-value flags ("trivial-document", "repeat")
     estimator: str = ""  # the estimator that gave the score ("structure-v1"); "" before v1
+
+    @classmethod
+    def of(cls, routing: Routing, **rest: Any) -> Entry:
+        """The row for an answered request: what `routing` says happened, plus `rest` (user,
+        stream, estimator, prompt), stamped now."""
+        names = {f.name for f in fields(cls)}
+        data = {k: v for k, v in routing.to_dict().items() if k in names}
+        data["flags"] = ",".join(routing.flags)
+        return cls(ts=time.time(), **data, **rest)
 
 
 class Ledger(Protocol):

@@ -4,11 +4,13 @@ litellm (the JSON file ships inside the litellm package)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
 from router.config import FREE, CloudModel, Config, LocalModel, Price, package_file
 from router.errors import ConfigError
+from router.types import Routing
 
 _COST_MAP_FILE = "model_prices_and_context_window_backup.json"
 
@@ -76,3 +78,16 @@ def baseline_price(config: Config) -> Price:
 def price_table(config: Config) -> dict[str, Price]:
     """Every enabled model's price, resolved once; raises ConfigError for an unpriced model."""
     return {name: model_price(name, m) for name, m in config.enabled().items()}
+
+
+def account(routing: Routing, usage: Mapping[str, Any], price: Price, baseline: Price) -> None:
+    """Fill a routing's tokens, cost, baseline cost and savings from a response's usage."""
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    routing.prompt_tokens, routing.completion_tokens = prompt, completion
+    routing.baseline_usd = baseline.cost(prompt, completion)
+    routing.cost_usd = 0.0 if routing.cache_hit else price.cost(prompt, completion)
+    # Tokens that never reached a paid provider: local answers and cache hits.
+    sent_to_cloud = routing.tier == "cloud" and not routing.cache_hit
+    routing.tokens_saved = 0 if sent_to_cloud else prompt + completion
+    routing.usd_saved = routing.baseline_usd - routing.cost_usd

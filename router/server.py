@@ -159,6 +159,15 @@ def create_app(
             status = err.status
             yield _sse(err.body())
             yield b"data: [DONE]\n\n"
+        except Exception:  # a bug: the client still gets a proper end, the log the details
+            log.exception("unexpected error in a /v1/chat/completions stream")
+            status = 500
+            yield _sse(
+                HTTPError(
+                    500, "internal error; the server log has the details", "server_error"
+                ).body()
+            )
+            yield b"data: [DONE]\n\n"
         finally:
             # Runs on normal end and when the client hangs up (cancellation): closing the
             # stream stops the generation and frees a local model for the next request.
@@ -190,7 +199,7 @@ def create_app(
             if entry["id"] == wanted:
                 return JSONResponse(entry)
         return _error_response(
-            HTTPError(404, f"model {wanted!r} not found", param="model", code="model_not_found")
+            HTTPError(404, f"model {wanted[:100]!r} not found", param="model", code="model_not_found")
         )
 
     async def health(request: Request) -> Response:

@@ -8,6 +8,7 @@ router (backends/retry.py, engine.py) so they are the same for every backend.
 from __future__ import annotations
 
 import email.utils
+import logging
 import os
 import threading
 import time
@@ -18,6 +19,8 @@ from router.backends import deadline
 from router.config import CloudModel
 from router.errors import CloudError
 from router.types import ChatRequest
+
+log = logging.getLogger("router.cloud")
 
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _PASSTHROUGH = (
@@ -85,7 +88,13 @@ def _headers_of(exc: Exception) -> Mapping[str, str] | None:
 
 
 def to_cloud_error(name: str, exc: Exception) -> CloudError:
+    """A LiteLLM failure as a CloudError: the provider's status and message, which say what
+    went wrong upstream. Anything else (a bug inside LiteLLM or here) is logged, and the
+    error only says where to look: internal exception text never reaches a client."""
     litellm = litellm_module()
+    if not isinstance(exc, litellm.exceptions.OpenAIError):
+        log.error("%s: unexpected error in the cloud call", name, exc_info=exc)
+        return CloudError(f"{name}: the cloud call failed (the server log has the details)")
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
     transient = isinstance(exc, (litellm.Timeout, litellm.APIConnectionError))

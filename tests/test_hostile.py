@@ -295,6 +295,8 @@ def test_every_field_is_checked_before_anything_runs(
     s = served()
     error = s.refused(raw)
     assert error["param"] == param and message in error["message"], error
+    r = s.post(local())  # and the next request is answered as if nothing had happened
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
 
 
 # ---------------------------------------------------------------- 4. nothing paid unrecorded

@@ -574,6 +574,29 @@ def _spoiled(good: Any, params: dict[str, Any]) -> Any:
     return spoil()
 
 
+def _headers() -> Any:
+    """Mostly none; sometimes what a browser, a proxy or a confused client sends."""
+    from hypothesis import strategies as st
+
+    value = st.one_of(
+        # Anything HTTP allows in a header value: visible ASCII, spaces inside, bytes >= 0x80.
+        st.binary(max_size=20).filter(
+            lambda b: all(32 <= c <= 126 or c >= 128 for c in b) and b == b.strip()
+        ),
+        st.sampled_from([b"", b"code", b"nonsense", b"http://evil.example", b"null"]),
+    )
+    optional = {
+        "origin": st.one_of(value, st.just(b"http://localhost")),
+        "x-router-category": value,
+        "cache-control": st.one_of(value, st.just(b"no-cache")),
+        "content-type": st.one_of(
+            value, st.sampled_from([b"application/json; charset=utf-8", b"text/plain"])
+        ),
+        "authorization": st.one_of(value, st.just(b"Bearer rk-forged")),
+    }
+    return st.one_of(st.just({}), st.just({}), st.fixed_dictionaries({}, optional=optional))
+
+
 def _encode(body: Any) -> bytes:
     """JSON as a client would send it; lone surrogates as \\u escapes (valid JSON text)."""
     return json.dumps(body, ensure_ascii=True).encode()
@@ -591,10 +614,10 @@ def test_fuzz_a_thousand_hostile_requests(served: Callable[..., Served]) -> None
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(body=_strategies())
-    def one(body: Any) -> None:
+    @given(body=_strategies(), headers=_headers())
+    def one(body: Any, headers: dict[str, bytes]) -> None:
         rows, cached, upstream = s.rows(), s.cached(), len(s.cloud.requests)
-        r = s.post(_encode(body), timeout=60)
+        r = s.post(_encode(body), timeout=60, headers=headers)
         seen[r.status_code] = seen.get(r.status_code, 0) + 1
         assert r.status_code < 500, (body, r.text)
         if r.status_code >= 400:

@@ -129,7 +129,7 @@ class FunctionCall(_Open):
 
 class ToolCall(_Open):
     id: str
-    type: Literal["function"] = "function"
+    type: Literal["function"]
     function: FunctionCall
 
 

@@ -212,3 +212,26 @@ def test_shipped_default_uses_openai_key_and_base_url(
 )
 def test_retry_after_parsing(headers: dict[str, str], expected: float | None) -> None:
     assert parse_retry_after(headers) == expected
+
+
+def test_a_bug_inside_litellm_is_logged_not_shown_to_the_client(
+    make_router: Callable[..., Router],
+    fake_cloud: FakeCloud,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from router.backends.cloud import litellm_module
+
+    router = make_router(fake_cloud)
+
+    def broken(**kwargs: object) -> None:
+        raise TypeError("'int' object is not iterable")
+
+    monkeypatch.setattr(litellm_module(), "completion", broken)
+    done = router.complete(ask(HARD_PROMPT), model="cloud", max_tokens=4)
+    assert done.routing.tier == "local"  # the failure is a fallback, as any cloud failure
+    assert (
+        "cloud-mini: the cloud call failed (the server log has the details)" in done.routing.reason
+    )
+    assert "TypeError" not in done.routing.reason and "iterable" not in done.routing.reason
+    assert "'int' object is not iterable" in caplog.text

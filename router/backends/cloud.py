@@ -91,8 +91,10 @@ def to_cloud_error(name: str, exc: Exception) -> CloudError:
     """A LiteLLM failure as a CloudError: the provider's status and message, which say what
     went wrong upstream. Anything else (a bug inside LiteLLM or here) is logged, and the
     error only says where to look: internal exception text never reaches a client."""
+    import openai  # LiteLLM's exceptions derive from the OpenAI SDK's (a LiteLLM dependency)
+
     litellm = litellm_module()
-    if not isinstance(exc, litellm.exceptions.OpenAIError):
+    if not isinstance(exc, (openai.OpenAIError, litellm.exceptions.OpenAIError)):
         log.error("%s: unexpected error in the cloud call", name, exc_info=exc)
         return CloudError(f"{name}: the cloud call failed (the server log has the details)")
     status = getattr(exc, "status_code", None)

@@ -188,7 +188,7 @@ class ServerSettings(_Strict):
     max_body_kb: Annotated[int, Field(ge=1)] = 4096
     keys_path: str | None = None
     # Web pages (origins such as "http://localhost:3000") allowed to call the router from a
-    # browser; "*" allows any. Requests from other origins are refused (router.origins).
+    # browser; "*" allows any. Requests from other origins are refused (router.server.origins).
     allowed_origins: list[str] = []
 
     @field_validator("allowed_origins")

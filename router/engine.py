@@ -18,13 +18,11 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from router import policy, waste
+from router import policy
 from router.backends import Backend, deadline
 from router.backends.local import LocalBackend
 from router.backends.retry import Retrying
-from router.budgets import BudgetStore, Reservation, shortened
 from router.cache import DiskResponseCache, ResponseCache, cache_key
-from router.categories import classify
 from router.chunks import assemble, chain, replay
 from router.complexity import Estimator, default_estimator, estimator_name
 from router.config import CloudModel, Config, LocalModel, load_config, local_path
@@ -35,6 +33,9 @@ from router.errors import (
     RequestError,
     UnavailableError,
 )
+from router.governance import waste
+from router.governance.budgets import BudgetStore, Reservation, shortened
+from router.governance.categories import classify
 from router.ledger import Entry, Ledger, SQLiteLedger
 from router.pricing import account, baseline_price, context_window, price_table
 from router.types import (

@@ -19,6 +19,30 @@ Message = dict[str, Any]
 SAMPLING_PARAMS = frozenset(ChatParams.model_fields)
 
 
+# Task categories (router.governance.categories classifies requests into them).
+CATEGORIES = (
+    "chit-chat",
+    "question-answering",
+    "writing",
+    "rewrite",
+    "summarise",
+    "translate",
+    "code",
+    "math/reasoning",
+    "other",
+)
+
+
+def check_category(value: object) -> str:
+    """A caller-supplied category, validated against CATEGORIES."""
+    if not isinstance(value, str) or value not in CATEGORIES:
+        shown = value[:60] if isinstance(value, str) else value
+        raise RequestError(
+            f"category {shown!r} is not one of: {', '.join(CATEGORIES)}", param="category"
+        )
+    return value
+
+
 def message_text(message: Mapping[str, Any]) -> str:
     """The text of a message: a plain string or the text parts of a content list."""
     content = message.get("content")
@@ -63,7 +87,7 @@ class ChatRequest:
     params: dict[str, Any] = field(default_factory=dict)
     user: str | None = None
     cache: bool = True
-    category: str | None = None  # overrides the classifier (router.categories.CATEGORIES)
+    category: str | None = None  # overrides the classifier (CATEGORIES)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "messages", validate_messages(self.messages))
@@ -75,8 +99,6 @@ class ChatRequest:
         for name in ("messages", "params", "model", "user", "category"):
             _check_text("" if name == "params" else name, getattr(self, name))
         if self.category is not None:
-            from router.categories import check_category
-
             check_category(self.category)
 
     @cached_property
@@ -124,7 +146,7 @@ class Decision:
     candidates: tuple[str, ...]
     reason: str
     category: str = "other"
-    flags: tuple[str, ...] = ()  # low-value flags (router.waste)
+    flags: tuple[str, ...] = ()  # low-value flags (router.governance.waste)
 
 
 @dataclass

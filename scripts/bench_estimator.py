@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from router import evaluation as ev  # noqa: E402
 from router.complexity import HeuristicEstimator, StructureEstimator  # noqa: E402
+from router.complexity import evaluation as ev  # noqa: E402
 from router.types import ChatRequest  # noqa: E402
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from router.categories import classify  # noqa: E402
+from router.governance.categories import classify  # noqa: E402
 from router.types import ChatRequest  # noqa: E402
 
 

@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from router.complexity import structure  # noqa: E402
+from router.complexity.evaluation import _contaminated, apgr, auroc, read_paired  # noqa: E402
 from router.complexity.heuristic import HeuristicEstimator  # noqa: E402
-from router.evaluation import _contaminated, apgr, auroc, read_paired  # noqa: E402
 from router.types import ChatRequest  # noqa: E402
 
 SEED = 0

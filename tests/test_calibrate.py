@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from router.calibration import for_cloud_budget, for_local_share, set_max_score
 from router.cli import app
+from router.complexity.calibration import for_cloud_budget, for_local_share, set_max_score
 from router.config import load_config
 from router.engine import Router
 from router.errors import ConfigError

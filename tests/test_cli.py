@@ -19,7 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from router.backends.llama_process import extra_buffers_choice, system_info
-from router.cli import app, parse_since
+from router.cli import app
+from router.cli.common import parse_since
 from router.errors import RequestError
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
 from tests.fakecloud import FakeCloud, answer_for

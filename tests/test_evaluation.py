@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from router.cli import app
 from router.complexity import StructureEstimator
+from router.complexity.evaluation import apgr, auroc, pgr_curve
 from router.errors import RequestError
-from router.evaluation import apgr, auroc, pgr_curve
 from router.types import ChatRequest
 
 runner = CliRunner()

@@ -14,12 +14,12 @@ import pytest
 from typer.testing import CliRunner
 
 from router import ChatRequest, RequestError, Router
-from router.audit import audit, render
-from router.budgets import BudgetStore, period
-from router.categories import classify
 from router.cli import app
 from router.config import Budget
 from router.errors import BudgetExceededError
+from router.governance.audit import audit, render
+from router.governance.budgets import BudgetStore, period
+from router.governance.categories import classify
 from router.ledger import Entry
 from router.policy import worst_prompt_tokens
 from router.server import create_app

@@ -18,8 +18,8 @@ import pytest
 
 from router import Router
 from router.complexity import StructureEstimator
-from router.keys import KeyStore
 from router.server import create_app
+from router.server.keys import KeyStore
 from router.types import ChatRequest
 from tests.conftest import EASY_PROMPT, HARD_PROMPT, write_config
 from tests.fakecloud import FakeCloud, answer_for

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.cli_common import echo_err, status_line
+from router.cli.common import echo_err, status_line
 from router.engine import Router
 from router.errors import RouterError
 from router.types import Message, Routing

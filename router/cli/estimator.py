@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from router.cli_common import ConfigOption
+from router.cli.common import ConfigOption, parse_since
 from router.errors import RequestError
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def calibrate(
     config: ConfigOption = None,
 ) -> None:
     """Set a local model's ceiling (max_score) from real traffic and write it to models.toml."""
-    from router import calibration as cal
+    from router.complexity import calibration as cal
     from router.complexity import default_estimator, estimator_name
     from router.config import load_config, shipped_default_path
     from router.ledger import SQLiteLedger
@@ -111,8 +111,6 @@ def calibrate(
         stamps: list[float] = []
         sample = f"{len(scores)} prompts in {prompts}"
     else:
-        from router.cli import parse_since
-
         ledger = SQLiteLedger(cfg.ledger_path())
         rows = ledger.entries(parse_since(since))
         ledger.close()
@@ -206,8 +204,8 @@ def evaluate(
     """APGR, CPT(50%), CPT(80%) and AUROC for the estimator and its baselines (RouteLLM's
     protocol): the v0 heuristic, random (mean of 10 seeds), prompt length, LiteLLM's complexity
     router, oracle."""
-    from router import evaluation as ev
     from router.complexity import HeuristicEstimator, default_estimator
+    from router.complexity import evaluation as ev
     from router.types import ChatRequest
 
     paired_sets: list[ev.Paired] = [ev.read_paired(p) for p in paired or []]

@@ -10,20 +10,7 @@ from __future__ import annotations
 
 import re
 
-from router.errors import RequestError
 from router.types import ChatRequest, message_text, sample
-
-CATEGORIES = (
-    "chit-chat",
-    "question-answering",
-    "writing",
-    "rewrite",
-    "summarise",
-    "translate",
-    "code",
-    "math/reasoning",
-    "other",
-)
 
 _LANGS = (
     r"english|spanish|french|german|italian|portuguese|chinese|mandarin|cantonese|japanese|"
@@ -137,12 +124,3 @@ def classify(request: ChatRequest) -> str:
     if len(users) > 1 and _RULES[0][1].search(sample(earlier, SAMPLE_CHARS).lower()):
         return "code"  # a follow-up in a coding conversation
     return "question-answering" if last.strip() else "other"
-
-
-def check_category(value: object) -> str:
-    """A caller-supplied category, validated against CATEGORIES."""
-    if not isinstance(value, str) or value not in CATEGORIES:
-        raise RequestError(
-            f"category {value!r} is not one of: {', '.join(CATEGORIES)}", param="category"
-        )
-    return value

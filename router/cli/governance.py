@@ -7,11 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
-from router.cli_common import ConfigOption
+from router.cli.common import ConfigOption, JsonOption, parse_since
 from router.errors import RequestError
 
 budget_app = typer.Typer(help="Token and dollar budgets per user or team.")
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 @budget_app.command("set")
@@ -30,8 +29,8 @@ def budget_set(
     """Set (replace) the budget of USER or --team NAME; it overrides models.toml's."""
     from pydantic import ValidationError
 
-    from router.budgets import BudgetStore
     from router.config import Budget, load_config
+    from router.governance.budgets import BudgetStore
 
     cfg = load_config(config)
     if team is not None and team not in cfg.teams:
@@ -63,8 +62,8 @@ def budget_set(
 @budget_app.command("show")
 def budget_show(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """Every budget with what has been used this day and month."""
-    from router.budgets import LIMITS, BudgetStore
     from router.config import load_config
+    from router.governance.budgets import LIMITS, BudgetStore
 
     cfg = load_config(config)
     store = BudgetStore(cfg.governance_path(), cfg)
@@ -105,9 +104,8 @@ def audit(
     config: ConfigOption = None,
 ) -> None:
     """Per user or team: usage, cost, savings, category mix, low-value share and flags."""
-    from router import audit as audit_mod
-    from router.cli import parse_since
     from router.config import load_config
+    from router.governance import audit as audit_mod
     from router.ledger import SQLiteLedger
 
     if by not in ("user", "team"):

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from router.cli_common import ConfigOption
+from router.cli.common import ConfigOption
 from router.errors import RouterError
-from router.keys import KeyStore
+from router.server.keys import KeyStore
 
 keys_app = typer.Typer(help="API keys for 'router serve' (required off loopback).")
 
@@ -33,8 +33,8 @@ def serve(
     logger = logging.getLogger("router")
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
-    from router.origins import is_loopback_name
-    from router.server import create_app
+    from router.server.app import create_app
+    from router.server.origins import is_loopback_name
 
     with Router(config) as router:
         host = host or router.config.server.host

@@ -23,9 +23,9 @@ from starlette.routing import Route
 
 from router.engine import Router
 from router.errors import RouterError
-from router.keys import PREFIX, KeyStore
-from router.metrics import Metrics
-from router.origins import BrowserGuard
+from router.server.keys import PREFIX, KeyStore
+from router.server.metrics import Metrics
+from router.server.origins import BrowserGuard
 from router.types import CompletionStream, Routing
 from router.wire.http import HTTPError, http_error, parse_chat
 
@@ -63,7 +63,7 @@ def create_app(
     """An ASGI app serving `router`. With `require_keys`, every /v1 call needs a valid key.
 
     `loopback` (default: not `require_keys`): the server is bound to a loopback address, so
-    only loopback Host names are answered (router.origins)."""
+    only loopback Host names are answered (router.server.origins)."""
     metrics = Metrics()
     body_limit = max_body_bytes or router.config.server.max_body_kb * 1024
     if require_keys and keys is None:

@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
-import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from router.cli_common import ConfigOption, echo_err, loading_spinner, status_line
-from router.cli_estimator import calibrate, evaluate, score
-from router.cli_governance import audit, budget_app
-from router.cli_server import keys_app, serve
+from router.cli.common import (
+    ConfigOption,
+    JsonOption,
+    echo_err,
+    loading_spinner,
+    parse_since,
+    status_line,
+)
+from router.cli.estimator import calibrate, evaluate, score
+from router.cli.governance import audit, budget_app
+from router.cli.serve import keys_app, serve
 from router.errors import (
     BackendError,
     BudgetExceededError,
@@ -57,7 +62,6 @@ SystemOption = Annotated[str | None, typer.Option("--system", "-s", help="A syst
 MaxTokensOption = Annotated[
     int | None, typer.Option("--max-tokens", min=1, help="Cap the answer's length.")
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 @app.callback()
@@ -100,7 +104,7 @@ def chat(
         if interactive:
             import platformdirs
 
-            from router import repl
+            from router.cli import repl
 
             history = platformdirs.user_state_path("router") / "chat_history"
             repl.run(
@@ -298,18 +302,6 @@ def _extra_buffers(model: LocalModel, build: str) -> dict[str, Any]:
     enabled, why = extra_buffers_choice(model.extra_buffers, build)
     summary = ("on" if enabled else "off") + (" (auto)" if model.extra_buffers == "auto" else "")
     return {"setting": model.extra_buffers, "enabled": enabled, "why": why, "summary": summary}
-
-
-_SINCE = re.compile(r"^(\d+)\s*([mhdw])$")
-
-
-def parse_since(value: str) -> float:
-    """'30m', '24h', '7d', '2w' → a Unix time that long ago."""
-    match = _SINCE.match(value.strip().lower())
-    if not match:
-        raise RequestError(f"--since {value!r}: expected a number and m, h, d or w (e.g. 7d)")
-    unit = {"m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
-    return time.time() - int(match.group(1)) * unit
 
 
 @app.command()

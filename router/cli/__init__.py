@@ -1,0 +1,14 @@
+"""The command line: `router chat`, `serve`, `explain`, `stats`, `models`, `budget`, `audit`,
+`score`, `eval`, `calibrate`, `keys`.
+
+- `app`        the Typer app, the commands that need nothing else, exit codes and `main`
+- `common`     options and output pieces every command shares
+- `repl`       the interactive chat (`router chat` with no prompt)
+- `serve`      `router serve` and `router keys`
+- `governance` `router budget` and `router audit`
+- `estimator`  `router score`, `eval` and `calibrate`
+"""
+
+from router.cli.app import app, main
+
+__all__ = ["app", "main"]

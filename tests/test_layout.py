@@ -1,0 +1,98 @@
+"""The package's shape: no import cycles (imports inside functions included: a lazy import that
+dodges a cycle is still one), no module past 500 lines, heavy imports confined to one module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent / "router"
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in ROOT.rglob("*.py"):
+        parts = path.relative_to(ROOT.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def imports(path: Path, known: dict[str, Path]) -> dict[str, set[str]]:
+    """Every module of the package that `path` imports, anywhere in the file (by top-level
+    package name for third-party modules)."""
+    out: dict[str, set[str]] = {"router": set(), "other": set()}
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            names = [n if n in known else node.module for n in names]
+        for name in names:
+            if name.split(".")[0] == "router":
+                while name not in known:  # an attribute of a module: the module
+                    name = name.rsplit(".", 1)[0]
+                out["router"].add(name)
+            else:
+                out["other"].add(name.split(".")[0])
+    return out
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph.get(node, set()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles_even_through_imports_inside_functions() -> None:
+    known = modules()
+    graph = {name: imports(path, known)["router"] - {name} for name, path in known.items()}
+    assert cycles(graph) == []
+
+
+def test_no_module_is_longer_than_500_lines() -> None:
+    long = {
+        name: n
+        for name, path in modules().items()
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > 500
+    }
+    assert long == {}
+
+
+def test_heavy_dependencies_have_one_home_each() -> None:
+    known = modules()
+    homes = {"llama_cpp": set(), "litellm": set(), "starlette": set(), "uvicorn": set()}
+    for name, path in known.items():
+        for dep in imports(path, known)["other"] & set(homes):
+            homes[dep].add(name)
+    assert homes["llama_cpp"] == {"router.backends.llama_process"}
+    assert homes["litellm"] == {"router.backends.cloud"}
+    assert homes["starlette"] <= {"router.server.app", "router.server.origins"}
+    assert homes["uvicorn"] == {"router.cli.serve"}

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from router.errors import ConfigError
+from router.types import ROUTING_MODES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,7 +33,6 @@ else:  # pragma: no cover
 
 APP_NAME = "router"
 ENV_CONFIG = "ROUTER_CONFIG"
-ROUTING_MODES = ("auto", "local", "cloud")
 _ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[^/\s:\[\]]+)(:[0-9]{1,5})?/?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import os
 import threading
@@ -23,7 +24,7 @@ from router.backends import Backend, deadline
 from router.backends.local import LocalBackend
 from router.backends.retry import Retrying
 from router.cache import DiskResponseCache, ResponseCache, cache_key
-from router.chunks import assemble, chain, replay
+from router.chunks import assemble, replay
 from router.complexity import Estimator, default_estimator, estimator_name
 from router.config import CloudModel, Config, LocalModel, load_config, local_path
 from router.errors import (
@@ -442,7 +443,7 @@ class Router:
         complete = False
         try:
             pending = [first] if first is not None else []
-            for chunk in chain(pending, chunks):
+            for chunk in itertools.chain(pending, chunks):
                 for choice in chunk.get("choices", []):
                     delta = choice.get("delta", {})
                     text.append(delta.get("content") or "")
@@ -487,7 +488,7 @@ class Router:
         if self.config.router.store_prompts:
             prompt = json.dumps(request.messages, ensure_ascii=False)
         self._ledger.record(
-            Entry.of(
+            Entry.from_routing(
                 routing,
                 user=request.user,
                 stream=stream,

@@ -42,8 +42,7 @@ class UnknownModelError(RequestError):
 
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(
-            f"model {name!r} not found in models.toml "
-            f"(known: auto, local, cloud, {', '.join(known)})",
+            f"model {name!r} not found in models.toml (known: {', '.join(known)})",
             param="model",
         )
         self.name = name

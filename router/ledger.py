@@ -40,7 +40,7 @@ class Entry:
     estimator: str = ""  # the estimator that gave the score ("structure-v1"); "" before v1
 
     @classmethod
-    def of(cls, routing: Routing, **rest: Any) -> Entry:
+    def from_routing(cls, routing: Routing, **rest: Any) -> Entry:
         """The row for an answered request: what `routing` says happened, plus `rest` (user,
         stream, estimator, prompt), stamped now."""
         names = {f.name for f in fields(cls)}

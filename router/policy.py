@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from router.errors import NoRouteError, RequestError, UnavailableError, UnknownModelError
-from router.types import ChatRequest, Decision, Tier
+from router.types import ROUTING_MODES, ChatRequest, Decision, Tier
 
 # A deliberately pessimistic chars-per-token ratio: over-estimating sends a borderline request
 # to a bigger context rather than truncating it locally.
@@ -74,10 +74,10 @@ def decide(
     )
     mode = request.model
 
-    if mode not in ("auto", "local", "cloud"):
+    if mode not in ROUTING_MODES:
         model = models.get(mode)
         if model is None:
-            raise UnknownModelError(mode, list(models))
+            raise UnknownModelError(mode, [*ROUTING_MODES, *models])
         problems = blockers(model, request, needed)
         if problems:
             raise _no_route(

@@ -12,6 +12,9 @@ from router.wire.body import BodyError, check_text
 from router.wire.schema import ChatParams, validate_messages, validate_params
 
 Tier = Literal["local", "cloud"]
+# What a request's `model` may name besides a models.toml model: route by complexity, or force
+# a tier.
+ROUTING_MODES = ("auto", "local", "cloud")
 Message = dict[str, Any]
 
 # OpenAI chat parameters the router passes to a backend (router.wire.schema.ChatParams). Anything
@@ -105,6 +108,12 @@ class ChatRequest:
     def text(self) -> str:
         """All message text, in order, one message per line (computed once)."""
         return "\n".join(message_text(m) for m in self.messages)
+
+    @cached_property
+    def last_user_text(self) -> str:
+        """The text of the last user message: the task being asked now ("" without one)."""
+        users = [m for m in self.messages if m["role"] == "user"]
+        return message_text(users[-1]) if users else ""
 
     def with_messages(self, messages: list[Message]) -> ChatRequest:
         """This request with a selection of its own messages, which were checked already

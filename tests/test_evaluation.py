@@ -97,3 +97,9 @@ def test_eval_on_custom_sets_prints_baselines_side_by_side(tmp_path: Path) -> No
     assert table["oracle"]["paired apgr"] >= table["random (10 seeds)"]["paired apgr"]
     missing = runner.invoke(app, ["eval", "--data", str(tmp_path / "nowhere")])
     assert isinstance(missing.exception, RequestError)
+
+
+def test_auroc_of_one_kind_of_label_is_undefined_not_a_crash() -> None:
+    import math
+
+    assert math.isnan(auroc([0.1, 0.9], [1, 1])) and math.isnan(auroc([0.3], [0]))

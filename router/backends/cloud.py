@@ -18,23 +18,11 @@ from typing import Any
 from router.backends import deadline
 from router.config import CloudModel
 from router.errors import CloudError
-from router.types import ChatRequest
+from router.types import SAMPLING_PARAMS, ChatRequest
 
 log = logging.getLogger("router.cloud")
 
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-_PASSTHROUGH = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "tools",
-    "tool_choice",
-    "response_format",
-)
 _import_lock = threading.Lock()
 _litellm: Any = None
 
@@ -141,15 +129,13 @@ def _clean_usage(usage: Any) -> dict[str, int] | None:
 class CloudBackend:
     """One LiteLLM model behind the Backend seam."""
 
-    tier = "cloud"
-
     def __init__(self, name: str, model: CloudModel) -> None:
         self.name = name
         self._model = model
 
     def _call(self, request: ChatRequest, params: dict[str, Any], **extra: Any) -> Any:
         litellm = litellm_module()
-        kwargs = {k: params[k] for k in _PASSTHROUGH if k in params}
+        kwargs = {k: v for k, v in params.items() if k in SAMPLING_PARAMS}
         return litellm.completion(
             model=self._model.litellm_model,
             messages=request.messages,

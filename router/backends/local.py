@@ -31,23 +31,9 @@ from router.backends.transcript import for_local
 from router.backends.worker import Worker, WorkerFailure, WorkerLoadError, describe_exit
 from router.config import Config, LocalModel, local_path
 from router.errors import BackendError, BusyError, ModelLoadError
-from router.types import ChatRequest
+from router.types import SAMPLING_PARAMS, ChatRequest
 
 log = logging.getLogger("router.local")
-
-_PASSTHROUGH = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    # Only reach here when models.toml says supports_tools = true for this model (its
-    # chat_format must then handle them, e.g. "chatml-function-calling").
-    "tools",
-    "tool_choice",
-)
 
 
 def resolve_gguf(config: Config, name: str, model: LocalModel) -> Path:
@@ -380,7 +366,9 @@ def _kwargs(params: dict[str, Any]) -> dict[str, Any]:
     """llama-cpp-python arguments for one generation. Every generation gets a seed: without
     one, llama-cpp-python derives the next seed from the last request's, so one client's `seed`
     would make the next client's answers predictable."""
-    kwargs = {k: params[k] for k in _PASSTHROUGH if k in params}
+    # `tools` only reach a model whose models.toml says supports_tools = true (its chat_format
+    # must then handle them, e.g. "chatml-function-calling"); response_format is translated.
+    kwargs = {k: v for k, v in params.items() if k in SAMPLING_PARAMS and k != "response_format"}
     # llama.cpp takes a 32-bit seed; -1 stays 0xFFFFFFFF, llama.cpp's "random".
     kwargs["seed"] = params["seed"] % (1 << 32) if "seed" in params else secrets.randbits(32)
     fmt = params.get("response_format")

@@ -37,6 +37,8 @@ from router.errors import (
     RouterError,
     UnavailableError,
 )
+from router.ledger import GROUPS
+from router.types import ROUTING_MODES
 
 if TYPE_CHECKING:
     from router.config import LocalModel
@@ -56,7 +58,7 @@ app.command("eval")(evaluate)
 app.command()(calibrate)
 
 ModelOption = Annotated[
-    str, typer.Option("--model", "-m", help="auto, local, cloud or a model name.")
+    str, typer.Option("--model", "-m", help=f"{', '.join(ROUTING_MODES)} or a model name.")
 ]
 SystemOption = Annotated[str | None, typer.Option("--system", "-s", help="A system prompt.")]
 MaxTokensOption = Annotated[
@@ -307,13 +309,13 @@ def _extra_buffers(model: LocalModel, build: str) -> dict[str, Any]:
 @app.command()
 def stats(
     since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d, 2w.")] = "7d",
-    by: Annotated[str | None, typer.Option(help="Group rows by day, user, tier or model.")] = None,
+    by: Annotated[str | None, typer.Option(help=f"Group rows by {', '.join(GROUPS)}.")] = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Requests, tokens, cost and savings from the ledger."""
     from router.config import load_config
-    from router.ledger import GROUPS, SQLiteLedger
+    from router.ledger import SQLiteLedger
 
     if by is not None and by not in GROUPS:
         raise RequestError(f"--by {by!r}: choose one of {', '.join(GROUPS)}")

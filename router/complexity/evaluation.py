@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -67,7 +68,11 @@ def apgr(
 
 
 def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """Probability that a hard prompt scores above a trivial one (ties count half)."""
+    """Probability that a hard prompt scores above a trivial one (ties count half); NaN when
+    the labels are all of one kind (there is no pair to rank)."""
+    positives = sum(labels)
+    if positives in (0, len(labels)):
+        return math.nan
     ranked = sorted(zip(scores, labels, strict=True))
     rank_sum, i = 0.0, 0
     while i < len(ranked):
@@ -77,7 +82,6 @@ def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
         average_rank = (i + j + 1) / 2  # 1-based ranks i+1..j
         rank_sum += average_rank * sum(1 for _, y in ranked[i:j] if y)
         i = j
-    positives = sum(labels)
     negatives = len(labels) - positives
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 

@@ -11,7 +11,7 @@ import itertools
 import math
 import re
 
-from router.types import ChatRequest, message_text, sample
+from router.types import ChatRequest, sample
 
 # The patterns below count at most two hits each: the first and last 4,000 characters of a
 # long conversation are enough to find them, and keep the cost of scoring bounded. They are
@@ -58,8 +58,7 @@ class HeuristicEstimator:
         chars = len(request.text)  # exact; the patterns read a bounded sample
         text = sample(request.text, PATTERN_CHARS)
         lowered = text.lower()
-        users = [m for m in request.messages if m["role"] == "user"]
-        last = sample(message_text(users[-1]), PATTERN_CHARS) if users else text
+        last = sample(request.last_user_text, PATTERN_CHARS) if request.last_user_text else text
         turns = sum(1 for m in request.messages if m["role"] == "assistant")
         return {
             # 20 characters → 0, about 3,000 → 1 (log scale).

@@ -113,13 +113,13 @@ SAMPLE_CHARS = 8_000
 
 
 def classify(request: ChatRequest) -> str:
-    users = [m for m in request.messages if m["role"] == "user"]
     # A bounded sample (any request costs the same), lower-cased once: case-insensitive
     # matching is several times slower in `re`.
-    last = sample(message_text(users[-1]) if users else request.text, SAMPLE_CHARS).lower()
+    last = sample(request.last_user_text or request.text, SAMPLE_CHARS).lower()
     for category, pattern in _RULES:
         if pattern.search(last):
             return category
+    users = [m for m in request.messages if m["role"] == "user"]
     earlier = "\n".join(message_text(m) for m in users[:-1])
     if len(users) > 1 and _RULES[0][1].search(sample(earlier, SAMPLE_CHARS).lower()):
         return "code"  # a follow-up in a coding conversation

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import defaultdict, deque
 
-from router.types import ChatRequest, message_text, sample
+from router.types import ChatRequest, sample
 
 DOCUMENT_TASKS = frozenset({"summarise", "rewrite", "translate"})
 _INSTRUCTION = re.compile(
@@ -43,8 +43,7 @@ def document_words(text: str) -> int:
 def trivial_document(request: ChatRequest, category: str) -> bool:
     if category not in DOCUMENT_TASKS:
         return False
-    users = [m for m in request.messages if m["role"] == "user"]
-    return document_words(sample(message_text(users[-1])) if users else "") < TRIVIAL_WORDS
+    return document_words(sample(request.last_user_text)) < TRIVIAL_WORDS
 
 
 class RepeatDetector:

@@ -26,12 +26,10 @@ from router.errors import RouterError
 from router.server.keys import PREFIX, KeyStore
 from router.server.metrics import Metrics
 from router.server.origins import BrowserGuard
-from router.types import CompletionStream, Routing
+from router.types import ROUTING_MODES, CompletionStream, Routing
 from router.wire.http import HTTPError, http_error, parse_chat
 
 log = logging.getLogger("router.server")
-
-MODES = ("auto", "local", "cloud")
 
 
 def routing_headers(routing: Routing) -> dict[str, str]:
@@ -177,7 +175,9 @@ def create_app(
 
     def model_list() -> list[dict[str, Any]]:
         views = router.model_views()
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "router"} for m in MODES]
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "router"} for m in ROUTING_MODES
+        ]
         for name, view in views.items():
             data.append({"id": name, "object": "model", "created": 0, "owned_by": view.tier})
         return data

@@ -36,7 +36,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 
 # What each top-level parameter must be, for error messages in OpenAI's words.
 EXPECTED = {
-    "model": "a non-empty string: auto, local, cloud or a model name from GET /v1/models",
+    "model": "a non-empty string: a routing mode or a model name from GET /v1/models",
     "messages": "a non-empty list of {role, content} objects",
     "max_tokens": f"a positive integer (at most {MAX_TOKENS})",
     "max_completion_tokens": f"a positive integer (at most {MAX_TOKENS})",

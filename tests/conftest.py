@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import importlib.abc
 import ipaddress
 import os
 import socket
+import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +46,19 @@ def _loopback_only(self: socket.socket, address: Any) -> Any:
 
 
 socket.socket.connect = _loopback_only  # type: ignore[method-assign]
+
+
+class _NoLlamaCpp(importlib.abc.MetaPathFinder):
+    """ROUTER_TEST_WITHOUT_LLAMA_CPP=1: llama_cpp cannot be imported in this process (the fast
+    tier must pass so: it runs on FunctionBackend, never on the real model)."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> None:
+        if name == "llama_cpp" or name.startswith("llama_cpp."):
+            raise ImportError(f"{name} is blocked by ROUTER_TEST_WITHOUT_LLAMA_CPP")
+
+
+if os.environ.get("ROUTER_TEST_WITHOUT_LLAMA_CPP"):
+    sys.meta_path.insert(0, _NoLlamaCpp())
 
 CLOUD_KEY_ENV = "ROUTER_TEST_CLOUD_KEY"
 CLOUD_KEY = "test-key-not-a-secret"

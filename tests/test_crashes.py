@@ -279,9 +279,16 @@ def test_a_crash_never_charges_a_budget(
     assert router.budgets.usage("user:ana") == used  # nothing reserved, nothing left behind
 
 
+def _has_amx() -> bool:
+    try:
+        return parse_system_info(system_info()).get("AMX_INT8") == "1"
+    except ImportError:  # the fast tier, run without llama_cpp: this test is not collected
+        return False
+
+
 @slow
 @pytest.mark.skipif(
-    parse_system_info(system_info()).get("AMX_INT8") != "1",
+    not _has_amx(),
     reason="needs a llama.cpp build with AMX (the real crash of llama.cpp issue 20824)",
 )
 def test_on_amx_forcing_extra_buffers_crashes_natively_and_the_router_survives(

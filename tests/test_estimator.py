@@ -115,6 +115,7 @@ def test_a_broken_weights_file_says_what_is_wrong() -> None:
         Weights.from_json({**good, "quantiles": [1.0, 0.0]})
 
 
+@pytest.mark.slow  # trains on 28,000 prompts in a subprocess (~20 s)
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data beside the checkout")
 def test_shipped_weights_rebuild_exactly_and_beat_baselines_on_held_out_sources() -> None:
     out = subprocess.run(

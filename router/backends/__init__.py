@@ -3,6 +3,7 @@
 `local.py` supervises local models, each run by llama.cpp in a worker process
 (`worker.py` talks to it, `llama_process.py` is it and the only importer of llama_cpp);
 `cloud.py` is the only importer of litellm, on first use. So `import router` stays fast.
+`FunctionBackend` (function.py) answers with a Python function: the public test double.
 """
 
 from __future__ import annotations
@@ -28,4 +29,6 @@ class Backend(Protocol):
     def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]: ...
 
 
-__all__ = ["Backend"]
+from router.backends.function import FunctionBackend  # noqa: E402 (after Backend: it is one)
+
+__all__ = ["Backend", "FunctionBackend"]

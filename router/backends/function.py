@@ -1,0 +1,122 @@
+"""FunctionBackend: a model whose answers come from a Python function. A test double that *is*
+a backend (as httpx's MockTransport is a transport and pydantic-ai's FunctionModel a model), so
+the whole pipeline (routing, fallback, cache, budgets, ledger) runs without a GGUF or a network:
+
+    from router import Router
+    from router.backends import FunctionBackend
+
+    echo = FunctionBackend("smollm2", lambda request, params: f"echo: {request.last_user_text}")
+    with Router(backends={"smollm2": echo}) as router:
+        assert router.complete([{"role": "user", "content": "hi"}], "local").text == "echo: hi"
+
+The function gets the request and the model parameters and returns the answer's text, or a
+whole `chat.completion` dict, or raises `router.errors.BackendError` to act as a failed model.
+Token counts are words (whitespace-separated), so tests can predict them; `max_tokens` cuts the
+answer with `finish_reason = "length"`. `calls` records every (request, params) received.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from router.types import ChatRequest, message_text
+
+AnswerFunction = Callable[[ChatRequest, dict[str, Any]], "str | dict[str, Any]"]
+StreamFunction = Callable[[ChatRequest, dict[str, Any]], Iterable[str]]
+
+
+class FunctionBackend:
+    """A backend answering with `fn` (and, for streams, `stream_fn`: the pieces of text)."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self, name: str, fn: AnswerFunction, *, stream_fn: StreamFunction | None = None
+    ) -> None:
+        self.name = name
+        self._fn = fn
+        self._stream_fn = stream_fn
+        self.calls: list[tuple[ChatRequest, dict[str, Any]]] = []
+
+    def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append((request, dict(params)))
+        answer = self._fn(request, params)
+        if isinstance(answer, dict):
+            return answer
+        text, finish = _capped(answer.split(" "), params)
+        return {
+            "id": f"chatcmpl-fn{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage(request, text),
+        }
+
+    def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        self.calls.append((request, dict(params)))
+        if self._stream_fn is not None:
+            pieces = list(self._stream_fn(request, params))
+        else:
+            answer = self._fn(request, params)
+            if isinstance(answer, dict):
+                answer = answer["choices"][0]["message"].get("content") or ""
+            words = answer.split(" ")
+            pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        limit = params.get("max_tokens")
+        finish = "stop"
+        if limit is not None and len(pieces) > int(limit):
+            pieces, finish = pieces[: int(limit)], "length"
+        rid, created = f"chatcmpl-fn{next(self._ids)}", int(time.time())
+
+        def chunk(delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "finish_reason": reason}
+            return {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self.name,
+                "choices": [choice],
+            }
+
+        for i, piece in enumerate(pieces):
+            yield chunk(
+                {"role": "assistant", "content": piece} if i == 0 else {"content": piece}, None
+            )
+        yield chunk({}, finish)
+        yield {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": self.name,
+            "choices": [],
+            "usage": usage(request, "".join(pieces)),
+        }
+
+
+def usage(request: ChatRequest, answer: str) -> dict[str, int]:
+    """Words as tokens: every message's words plus 3 per message, and the answer's words."""
+    prompt = sum(len(message_text(m).split()) + 3 for m in request.messages)
+    completion = len(answer.split())
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _capped(words: list[str], params: dict[str, Any]) -> tuple[str, str]:
+    limit = params.get("max_tokens")
+    if limit is not None and len(words) > int(limit):
+        return " ".join(words[: int(limit)]), "length"
+    return " ".join(words), "stop"

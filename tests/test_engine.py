@@ -1,0 +1,245 @@
+"""The pipeline on FunctionBackend, the public test double at the backend seam: routing,
+fallback, cache, streams, budgets, guardrails, deadlines and the ledger, in milliseconds and
+without a model. The same behaviour on the real GGUF and LiteLLM is the slow tier's job."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router import BackendError, ChatRequest, NoRouteError, RequestError, Router, UnavailableError
+from router.backends import FunctionBackend
+from router.backends.retry import Retrying
+from router.errors import BudgetExceededError, CloudError
+from router.governance.audit import audit
+from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, EASY_PROMPT, HARD_PROMPT, Sleeps, write_config
+
+Answer = Callable[[ChatRequest, dict[str, Any]], Any]
+
+
+def ask(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+def local_answer(request: ChatRequest, params: dict[str, Any]) -> str:
+    return f"local says hi to {request.last_user_text[:20]}"
+
+
+def cloud_answer(request: ChatRequest, params: dict[str, Any]) -> str:
+    return "cloud says a great deal more about it"
+
+
+class Built:
+    def __init__(self, router: Router, local: FunctionBackend, cloud: FunctionBackend) -> None:
+        self.router, self.local, self.cloud = router, local, cloud
+
+
+@pytest.fixture
+def build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Built]]:
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+    made: list[Router] = []
+
+    def make(
+        extra: str = "",
+        local: Answer = local_answer,
+        cloud: Answer = cloud_answer,
+        retry: bool = False,
+    ) -> Built:
+        path = write_config(tmp_path, "http://127.0.0.1:9/v1", extra)
+        lo, cl = FunctionBackend("smollm2", local), FunctionBackend("cloud-mini", cloud)
+        router = Router(path, backends={"smollm2": lo}, sleep=Sleeps())
+        backend = Retrying(cl, router.config.retry, Sleeps()) if retry else cl
+        router._backends["cloud-mini"] = backend  # as passed in: the caller's, never closed
+        made.append(router)
+        return Built(router, lo, cl)
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def failing(status: int = 503, retry_after: float | None = None, delay: float = 0.0) -> Answer:
+    def fn(request: ChatRequest, params: dict[str, Any]) -> str:
+        time.sleep(delay)
+        raise CloudError(
+            f"cloud-mini: HTTP {status}",
+            status=status,
+            retryable=status >= 500 or status == 429,
+            retry_after=retry_after,
+        )
+
+    return fn
+
+
+def test_easy_goes_local_hard_goes_to_the_cloud_and_both_are_recorded(build: Any) -> None:
+    b = build()
+    easy = b.router.complete(ask(EASY_PROMPT))
+    hard = b.router.complete(ask(HARD_PROMPT))
+    assert (easy.routing.tier, hard.routing.tier) == ("local", "cloud")
+    assert easy.text.startswith("local says hi") and hard.text.startswith("cloud says")
+    rows = b.router.ledger.entries()
+    assert [r.tier for r in rows] == ["local", "cloud"]
+    assert rows[0].tokens_saved == rows[0].prompt_tokens + rows[0].completion_tokens > 0
+    assert rows[1].tokens_saved == 0 and rows[1].cost_usd > 0
+
+
+def test_a_failing_cloud_falls_back_locally_and_the_fallback_is_not_cached(build: Any) -> None:
+    b = build(cloud=failing())
+    done = b.router.complete(ask(HARD_PROMPT))
+    assert done.routing.tier == "local" and "cloud-mini: HTTP 503" in done.routing.reason
+    again = b.router.complete(ask(HARD_PROMPT))
+    assert not again.routing.cache_hit and len(b.cloud.calls) == 2
+
+
+def test_a_model_forced_by_name_does_not_fall_back(build: Any) -> None:
+    b = build(cloud=failing())
+    with pytest.raises(UnavailableError, match="cloud-mini: HTTP 503"):
+        b.router.complete(ask("hi"), model="cloud-mini")
+    assert b.local.calls == [] and b.router.ledger.entries() == []
+
+
+def test_cache_hits_cost_nothing_and_call_nothing(build: Any) -> None:
+    b = build()
+    first = b.router.complete(ask(HARD_PROMPT))
+    second = b.router.complete(ask(HARD_PROMPT))
+    assert second.routing.cache_hit and second.text == first.text
+    assert len(b.cloud.calls) == 1
+    assert second.routing.cost_usd == 0 and second.routing.usd_saved == second.routing.baseline_usd
+
+
+def test_streams_are_accounted_cached_and_replayed(build: Any) -> None:
+    b = build()
+    stream = b.router.stream(ask(EASY_PROMPT))
+    text = stream.text()
+    assert text == local_answer(ChatRequest(ask(EASY_PROMPT)), {})
+    assert stream.routing.completion_tokens == len(text.split())
+    replay = b.router.stream(ask(EASY_PROMPT))
+    assert replay.routing.cache_hit and replay.text() == text and len(b.local.calls) == 1
+
+
+def test_a_stream_stopped_early_is_recorded_with_estimated_tokens(build: Any) -> None:
+    b = build(local=lambda r, p: "one two three four five six")
+    stream = b.router.stream(ask(EASY_PROMPT))
+    next(stream)
+    stream.close()
+    row = b.router.ledger.entries()[-1]
+    assert "stream stopped before the end; tokens estimated" in row.reason
+    assert row.completion_tokens == 1
+
+
+def test_a_budget_blocks_or_keeps_requests_local(build: Any) -> None:
+    b = build('\n[[budgets]]\nuser = "ana"\ndaily_tokens = 40\n')
+    with pytest.raises(BudgetExceededError, match="user:ana daily_tokens = 40 tokens"):
+        b.router.complete(ask(HARD_PROMPT), model="cloud", user="ana", max_tokens=24)
+    assert b.cloud.calls == []
+    b = build('\n[[budgets]]\nuser = "bo"\ndaily_tokens = 40\non_exceed = "local-only"\n')
+    done = b.router.complete(ask(HARD_PROMPT), model="cloud", user="bo", max_tokens=24)
+    assert done.routing.tier == "local" and "budget user:bo" in done.routing.reason
+
+
+def test_a_budget_nearly_spent_shortens_a_default_length_call(build: Any) -> None:
+    b = build('\n[[budgets]]\nuser = "ana"\ndaily_tokens = 150\n')
+    b.router.budgets.settle(b.router.budgets.reserve("ana", 120, 0.0), 120, 0.0)
+    done = b.router.complete(ask("hi"), model="cloud-mini", user="ana")
+    assert b.cloud.calls[-1][1]["max_tokens"] == 21  # the default 24, less what did not fit
+    assert "max_tokens lowered by 3 to fit the budget" in done.routing.reason
+    assert b.router.budgets.usage("user:ana")["daily_tokens"] <= 150
+    assert len(b.router._cache) == 0  # type: ignore[arg-type]  # the shortened answer is not cached
+
+
+@pytest.mark.parametrize("policy", ["local", "block"])
+def test_low_value_requests_stay_local_or_are_refused(build: Any, policy: str) -> None:
+    b = build(f'\n[guardrails]\nlow_value = "{policy}"\n')
+    blank = ask("Summarise this document: ")
+    if policy == "block":
+        with pytest.raises(RequestError, match="low-value request"):
+            b.router.complete(blank, model="cloud")
+        return
+    done = b.router.complete(blank, model="cloud")
+    assert done.routing.tier == "local" and done.routing.flags == ["trivial-document"]
+    assert b.cloud.calls == []
+
+
+def test_repeats_count_answers_not_failed_attempts(build: Any) -> None:
+    calls = {"n": 0}
+
+    def flaky(request: ChatRequest, params: dict[str, Any]) -> str:
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise CloudError("cloud-mini: HTTP 503", status=503, retryable=True)
+        return "fine"
+
+    b = build('\n[guardrails]\nlow_value = "block"\n', cloud=flaky)
+    for _ in range(3):  # a client retrying an outage: refused each time, never as a repeat
+        with pytest.raises(UnavailableError):
+            b.router.complete(ask("What is 2+2?"), model="cloud-mini", cache=False)
+    assert b.router.complete(ask("What is 2+2?"), model="cloud-mini", cache=False).text == "fine"
+    b.router.complete(ask("What is 2+2?"), model="cloud-mini", cache=False)
+    with pytest.raises(RequestError, match="repeat"):  # the third identical answer is a storm
+        b.router.complete(ask("What is 2+2?"), model="cloud-mini", cache=False)
+
+
+def test_a_long_retry_after_falls_back_at_once(build: Any) -> None:
+    b = build(cloud=failing(429, retry_after=3600), retry=True)
+    done = b.router.complete(ask(HARD_PROMPT))
+    assert done.routing.tier == "local" and len(b.cloud.calls) == 1
+
+
+def test_retries_stop_at_the_deadline(build: Any) -> None:
+    extra = "\n[retry]\nmax_retries = 5\nbackoff_seconds = 0.01\ndeadline_seconds = 0.45\n"
+    b = build(extra, cloud=failing(503, delay=0.3), retry=True)
+    started = time.perf_counter()
+    done = b.router.complete(ask(HARD_PROMPT))
+    assert done.routing.tier == "local"
+    assert len(b.cloud.calls) == 2  # the third attempt could not start before the deadline
+    assert time.perf_counter() - started < 1.5
+
+
+def test_tools_and_images_go_only_to_models_that_declare_them(build: Any) -> None:
+    b = build()
+    tools = [{"type": "function", "function": {"name": "weather"}}]
+    done = b.router.complete(ask("Weather in Paris?"), tools=tools)
+    assert done.routing.tier == "cloud" and b.cloud.calls[-1][1]["tools"] == tools
+    image = {"type": "image_url", "image_url": {"url": "https://example.invalid/a.png"}}
+    with pytest.raises(NoRouteError, match="cannot read images"):
+        b.router.complete([{"role": "user", "content": [{"type": "text", "text": "?"}, image]}])
+
+
+def test_the_ledger_row_says_what_routing_says(build: Any) -> None:
+    b = build()
+    done = b.router.complete(ask(EASY_PROMPT), user="ana", category="writing")
+    row = b.router.ledger.entries()[-1]
+    for name in ("tier", "model", "prompt_tokens", "completion_tokens", "reason", "category"):
+        assert getattr(row, name) == getattr(done.routing, name)
+    assert row.user == "ana" and row.estimator and not row.stream
+
+
+def test_audit_flags_heavy_users_on_engine_rows(build: Any) -> None:
+    b = build("\n[guardrails]\nrepeat_window_seconds = 0\n")
+    for user, n in (("ana", 2), ("ben", 2), ("cal", 2), ("dan", 20)):
+        for i in range(n):
+            b.router.complete(ask(f"{HARD_PROMPT} ({user} {i})"), model="cloud", user=user)
+    accounts = {a.name: a for a in audit(b.router.ledger.entries(), b.router.config, "user")}
+    assert accounts["dan"].flags and "× the peer average" in accounts["dan"].flags[0]
+    assert not accounts["ana"].flags
+
+
+def test_function_backend_caps_answers_and_fails_like_a_model() -> None:
+    backend = FunctionBackend("m", lambda r, p: "a b c d e")
+    done = backend.complete(ChatRequest(ask("x y")), {"max_tokens": 2})
+    assert done["choices"][0]["message"]["content"] == "a b"
+    assert done["choices"][0]["finish_reason"] == "length"
+    assert done["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    chunks = list(backend.stream(ChatRequest(ask("x")), {}))
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1]) == "a b c d e"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 5
+
+    def broken(r: ChatRequest, p: dict[str, Any]) -> str:
+        raise BackendError("m: down")
+
+    with pytest.raises(BackendError, match="m: down"):
+        FunctionBackend("m", broken).complete(ChatRequest(ask("x")), {})

@@ -11,7 +11,7 @@
 2. Cache hits: requests/s and p50/p99 latency at 1 and 8 concurrent clients vs the LiteLLM
    proxy (`litellm --config`, local in-memory cache), on the same primed prompt set.
 3. Routing overhead: the router's own time per request (score + decision + ledger write),
-   measured in process with an instant backend behind the Backend seam.
+   measured in process with an instant FunctionBackend behind the Backend seam.
 
 Everything binds 127.0.0.1; every server started here is stopped by its PID. Medians over
 repeated runs; these machines are noisy, so read the ratios.
@@ -34,7 +34,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -42,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from router import ChatRequest, Router  # noqa: E402
+from router.backends import FunctionBackend  # noqa: E402
 from router.backends.llama_process import extra_buffers_choice, system_info  # noqa: E402
 from router.config import package_file  # noqa: E402
 from tests.fakecloud import FakeCloud  # noqa: E402
@@ -401,39 +401,14 @@ def bench_cache(args: argparse.Namespace, workdir: Path) -> list[tuple[str, ...]
     return rows
 
 
-class InstantBackend:
-    """Answers at once through the Backend seam, so only the router's own work is timed."""
-
-    name = "smollm2"
-
-    def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "id": "x",
-            "object": "chat.completion",
-            "created": 0,
-            "model": self.name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "ok"},
-                    "finish_reason": "stop",
-                    "logprobs": None,
-                }
-            ],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
-        }
-
-    def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        raise NotImplementedError
-
-
 def bench_overhead(workdir: Path, n: int = 3000) -> list[tuple[str, ...]]:
     config = workdir / "overhead.toml"
     config.write_text(
         f'[cache]\nenabled = false\n[ledger]\npath = "{workdir / "l3.db"}"\n'
         f'[models.smollm2]\ntier = "local"\npath = "{GGUF}"\n'
     )
-    router = Router(config, backends={"smollm2": InstantBackend()})
+    instant = FunctionBackend("smollm2", lambda request, params: "ok")  # no model time at all
+    router = Router(config, backends={"smollm2": instant})
     prompts = LOCAL_PROMPTS + CACHE_PROMPTS
     requests = [
         ChatRequest([{"role": "user", "content": p}], params={"max_tokens": 8}) for p in prompts

@@ -7,13 +7,13 @@ methods later.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+from router.sqlite import Store, migrate, open_db
 from router.types import Routing
 
 
@@ -121,22 +121,12 @@ def _entry(row: dict[str, Any]) -> Entry:
     return Entry(**{**row, "cache_hit": bool(row["cache_hit"]), "stream": bool(row["stream"])})
 
 
-class SQLiteLedger:
+class SQLiteLedger(Store):
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
-
-    def _migrate(self) -> None:
-        with self._lock, self._db:
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-                self._db.executescript(script)
-                self._db.execute(f"PRAGMA user_version = {number}")
+        self._db = open_db(path)
+        migrate(self._db, _MIGRATIONS, path)
 
     def record(self, entry: Entry) -> None:
         row = asdict(entry)
@@ -180,7 +170,3 @@ class SQLiteLedger:
         total.pop("group")
         by_tier = {r["group"]: r["requests"] for r in self.summary(since, "tier")}
         return {**total, "by_tier": by_tier}
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()

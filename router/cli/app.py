@@ -321,10 +321,9 @@ def stats(
         raise RequestError(f"--by {by!r}: choose one of {', '.join(GROUPS)}")
     start = parse_since(since)
     cfg = load_config(config)
-    ledger = SQLiteLedger(cfg.ledger_path())
-    totals = ledger.totals(start)
-    groups = ledger.summary(start, by or "tier")
-    ledger.close()
+    with SQLiteLedger(cfg.ledger_path()) as ledger:
+        totals = ledger.totals(start)
+        groups = ledger.summary(start, by or "tier")
     rate = totals["cache_hits"] / totals["requests"] if totals["requests"] else 0.0
     if as_json:
         typer.echo(

@@ -111,9 +111,8 @@ def calibrate(
         stamps: list[float] = []
         sample = f"{len(scores)} prompts in {prompts}"
     else:
-        ledger = SQLiteLedger(cfg.ledger_path())
-        rows = ledger.entries(parse_since(since))
-        ledger.close()
+        with SQLiteLedger(cfg.ledger_path()) as ledger:
+            rows = ledger.entries(parse_since(since))
         used = [e for e in rows if e.estimator == current]
         skipped = len(rows) - len(used)
         scores = [e.score for e in used]

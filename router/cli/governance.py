@@ -53,9 +53,8 @@ def budget_set(
         raise RequestError(
             "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
         ) from None
-    store = BudgetStore(cfg.governance_path(), cfg)
-    store.set(budget)
-    store.close()
+    with BudgetStore(cfg.governance_path(), cfg) as store:
+        store.set(budget)
     typer.echo(f"budget for {budget.scope} set", err=True)
 
 
@@ -66,24 +65,23 @@ def budget_show(as_json: JsonOption = False, config: ConfigOption = None) -> Non
     from router.governance.budgets import LIMITS, BudgetStore
 
     cfg = load_config(config)
-    store = BudgetStore(cfg.governance_path(), cfg)
     rows: list[dict[str, Any]] = []
-    for scope, budget in sorted(store.budgets().items()):
-        used = store.usage(scope)
-        limits = {
-            name: getattr(budget, name)
-            for name, _, _ in LIMITS
-            if getattr(budget, name) is not None
-        }
-        rows.append(
-            {
-                "scope": scope,
-                "on_exceed": budget.on_exceed,
-                "limits": limits,
-                "used": {k: used[k] for k in limits},
+    with BudgetStore(cfg.governance_path(), cfg) as store:
+        for scope, budget in sorted(store.budgets().items()):
+            used = store.usage(scope)
+            limits = {
+                name: getattr(budget, name)
+                for name, _, _ in LIMITS
+                if getattr(budget, name) is not None
             }
-        )
-    store.close()
+            rows.append(
+                {
+                    "scope": scope,
+                    "on_exceed": budget.on_exceed,
+                    "limits": limits,
+                    "used": {k: used[k] for k in limits},
+                }
+            )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -113,9 +111,9 @@ def audit(
     if fmt not in ("table", "markdown", "json", "csv"):
         raise RequestError(f"--format {fmt!r}: choose table, markdown, json or csv")
     cfg = load_config(config)
-    ledger = SQLiteLedger(cfg.ledger_path())
-    accounts = audit_mod.audit(ledger.entries(parse_since(since)), cfg, by)
-    ledger.close()
+    with SQLiteLedger(cfg.ledger_path()) as ledger:
+        entries = ledger.entries(parse_since(since))
+    accounts = audit_mod.audit(entries, cfg, by)
     if fmt != "table":
         typer.echo(audit_mod.render(accounts, fmt))
     else:

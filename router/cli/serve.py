@@ -36,10 +36,9 @@ def serve(
     from router.server.app import create_app
     from router.server.origins import is_loopback_name
 
-    with Router(config) as router:
+    with Router(config) as router, KeyStore(router.config.keys_path()) as keys:
         host = host or router.config.server.host
         port = router.config.server.port if port is None else port
-        keys = KeyStore(router.config.keys_path())
         exposed = not is_loopback_name(host)
         if exposed and not keys.list():
             raise RouterError(
@@ -53,7 +52,6 @@ def serve(
             err=True,
         )
         uvicorn.run(app, host=host, port=port, log_level="info")
-        keys.close()
 
 
 def _store(config: Path | None) -> KeyStore:
@@ -68,9 +66,8 @@ def keys_create(
     config: ConfigOption = None,
 ) -> None:
     """Create a key for USER and print it once (only its hash is stored)."""
-    store = _store(config)
-    key, key_id = store.create(user)
-    store.close()
+    with _store(config) as store:
+        key, key_id = store.create(user)
     typer.echo(key)
     typer.echo(f"created {key_id} for {user}; it will not be shown again", err=True)
 
@@ -78,11 +75,11 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(config: ConfigOption = None) -> None:
     """List key ids and their users (never the keys)."""
-    store = _store(config)
-    for key_id, user, created in store.list():
+    with _store(config) as store:
+        rows = store.list()
+    for key_id, user, created in rows:
         when = datetime.datetime.fromtimestamp(created).isoformat(timespec="seconds")
         typer.echo(f"{key_id}\t{user}\t{when}")
-    store.close()
 
 
 @keys_app.command("revoke")
@@ -91,9 +88,8 @@ def keys_revoke(
     config: ConfigOption = None,
 ) -> None:
     """Revoke a key at once."""
-    store = _store(config)
-    found = store.revoke(key_id)
-    store.close()
+    with _store(config) as store:
+        found = store.revoke(key_id)
     if not found:
         raise RouterError(f"no key with id {key_id!r} (see 'router keys list')")
     typer.echo(f"revoked {key_id}", err=True)

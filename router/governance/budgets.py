@@ -17,7 +17,6 @@ shared database can take its place.
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from typing import Any
 
 from router.config import Budget, Config, Price
 from router.errors import BudgetExceededError
+from router.sqlite import Store, migrate, open_db
 
 LIMITS = (
     ("daily_tokens", "day", "tokens"),
@@ -64,34 +64,33 @@ def shortened(params: dict[str, Any], reservation: Reservation | None) -> dict[s
     return {**params, "max_tokens": int(params["max_tokens"]) - reservation.cut}
 
 
-class BudgetStore:
+_MIGRATIONS = [
+    """
+    CREATE TABLE IF NOT EXISTS budget_usage (
+        reservation TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        period TEXT NOT NULL,
+        tokens INTEGER NOT NULL,
+        usd REAL NOT NULL,
+        settled INTEGER NOT NULL DEFAULT 0,
+        ts REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS budget_usage_scope ON budget_usage (scope, period);
+    CREATE TABLE IF NOT EXISTS budget_limits (
+        scope TEXT PRIMARY KEY,
+        budget TEXT NOT NULL
+    );
+    """,
+]
+
+
+class BudgetStore(Store):
     def __init__(self, path: Path, config: Config) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._config = config
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            str(path), check_same_thread=False, timeout=30, isolation_level=None
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS budget_usage (
-                reservation TEXT NOT NULL,
-                scope TEXT NOT NULL,
-                period TEXT NOT NULL,
-                tokens INTEGER NOT NULL,
-                usd REAL NOT NULL,
-                settled INTEGER NOT NULL DEFAULT 0,
-                ts REAL NOT NULL
-            );
-            CREATE INDEX IF NOT EXISTS budget_usage_scope ON budget_usage (scope, period);
-            CREATE TABLE IF NOT EXISTS budget_limits (
-                scope TEXT PRIMARY KEY,
-                budget TEXT NOT NULL
-            );
-            """
-        )
+        self._db = open_db(path, autocommit=True)  # reserve() runs its own BEGIN IMMEDIATE
+        migrate(self._db, _MIGRATIONS, path)
 
     # ------------------------------------------------------------ which budgets apply
 
@@ -277,7 +276,3 @@ class BudgetStore:
                 out[f"{'daily' if kind == 'day' else 'monthly'}_tokens"] = tokens
                 out[f"{'daily' if kind == 'day' else 'monthly'}_usd"] = usd
         return out
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import threading
 import time
 from pathlib import Path
+
+from router.sqlite import Store, migrate, open_db
 
 PREFIX = "rk-"
 
@@ -21,20 +22,24 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-class KeyStore:
+_MIGRATIONS = [
+    """
+    CREATE TABLE IF NOT EXISTS api_keys (
+        key_hash TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL UNIQUE,
+        user TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    """,
+]
+
+
+class KeyStore(Store):
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        with self._db:
-            self._db.execute(
-                """CREATE TABLE IF NOT EXISTS api_keys (
-                       key_hash TEXT PRIMARY KEY,
-                       key_id TEXT NOT NULL UNIQUE,
-                       user TEXT NOT NULL,
-                       created REAL NOT NULL)"""
-            )
+        self._db = open_db(path)
+        migrate(self._db, _MIGRATIONS, path)
 
     def create(self, user: str) -> tuple[str, str]:
         """A new key for `user`: (key, key_id). The key is not kept; show it once."""
@@ -68,7 +73,3 @@ class KeyStore:
         with self._lock, self._db:
             cur = self._db.execute("DELETE FROM api_keys WHERE key_id = ?", (key_id,))
         return cur.rowcount > 0
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()

@@ -1,0 +1,72 @@
+"""The embedded stores (ledger, budgets, keys): context managers over SQLite, migrated by one
+helper that counts steps in PRAGMA user_version."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from router import ConfigError, load_config
+from router.config import Budget
+from router.governance.budgets import BudgetStore
+from router.ledger import SQLiteLedger
+from router.server.keys import KeyStore
+from router.sqlite import migrate, open_db
+from tests.conftest import write_config
+
+
+def version(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def test_every_store_is_a_context_manager_and_migrates_once(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, None))
+    with KeyStore(tmp_path / "keys.sqlite3") as keys:
+        key, _ = keys.create("ana")
+    with KeyStore(tmp_path / "keys.sqlite3") as keys:  # reopened: the same data, no new step
+        assert keys.owner(key) == "ana"
+    with BudgetStore(tmp_path / "gov.sqlite3", config) as budgets:
+        budgets.set(Budget(user="ana", daily_tokens=10))
+    with SQLiteLedger(tmp_path / "ledger.sqlite3") as ledger:
+        assert ledger.entries() == []
+    assert version(tmp_path / "keys.sqlite3") == 1 and version(tmp_path / "gov.sqlite3") == 1
+    assert version(tmp_path / "ledger.sqlite3") == 3
+    with pytest.raises(sqlite3.ProgrammingError):  # closed at the end of the block
+        keys.list()
+
+
+def test_a_budget_file_from_before_migrations_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "gov.sqlite3"
+    with sqlite3.connect(path) as db:  # what BudgetStore created before it had migrations
+        db.executescript(
+            "CREATE TABLE budget_usage (reservation TEXT NOT NULL, scope TEXT NOT NULL, "
+            "period TEXT NOT NULL, tokens INTEGER NOT NULL, usd REAL NOT NULL, "
+            "settled INTEGER NOT NULL DEFAULT 0, ts REAL NOT NULL);"
+            "CREATE TABLE budget_limits (scope TEXT PRIMARY KEY, budget TEXT NOT NULL);"
+            """INSERT INTO budget_limits VALUES ('user:bo', '{"user": "bo", "daily_tokens": 5}');"""
+        )
+    with BudgetStore(path, load_config(write_config(tmp_path, None))) as store:
+        assert store.budgets()["user:bo"].daily_tokens == 5
+    assert version(path) == 1
+
+
+def test_a_file_from_a_newer_router_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(ConfigError, match="schema version 99, written by a newer router"):
+        SQLiteLedger(path)
+
+
+def test_a_failing_step_leaves_the_previous_version(tmp_path: Path) -> None:
+    path = tmp_path / "x.sqlite3"
+    db = open_db(path)
+    migrate(db, ["CREATE TABLE a (x);"], path)
+    with pytest.raises(sqlite3.OperationalError):
+        migrate(db, ["CREATE TABLE a (x);", "CREATE TABLE b (y); CREATE TABLE a (x);"], path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'b'").fetchone() is None
+    db.close()

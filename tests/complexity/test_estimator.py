@@ -17,7 +17,7 @@ from router.complexity.structure import Weights
 from router.types import ChatRequest
 from tests.conftest import HARD_PROMPT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 GSM8K_LIKE = (

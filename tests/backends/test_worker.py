@@ -1,7 +1,7 @@
 """The local tier's worker process: the AMX decision, the restart policy, one real worker.
 
 The decision and the policy are pure and tested on strings and a fake clock, so they hold on
-any machine. Crashes are in tests/test_crashes.py.
+any machine. Crashes are in tests/backends/test_crashes.py.
 """
 
 from __future__ import annotations

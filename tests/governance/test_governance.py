@@ -27,7 +27,7 @@ from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
 from tests.fakecloud import FakeCloud
 from tests.server_harness import ServerThread
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 NO_REPEATS = "\n[guardrails]\nrepeat_window_seconds = 0\n"
 
 
@@ -241,7 +241,7 @@ def test_classifier_on_clear_cases(text: str, category: str) -> None:
 def test_classifier_accuracy_on_public_clinc150() -> None:
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     from eval_categories import accuracy, clinc
 
     acc, _ = accuracy(clinc(SHARED))

@@ -35,11 +35,11 @@ from router.config import LocalModel
 from router.errors import BackendError
 from router.server import create_app
 from router.types import ChatRequest
+from tests.backends.test_worker import LONG, ask, gone
+from tests.cli.test_cli import Terminal
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, Sleeps, write_config
 from tests.fakecloud import FakeCloud, answer_for
 from tests.server_harness import ServerThread
-from tests.test_cli import Terminal
-from tests.test_worker import LONG, ask, gone
 
 slow = pytest.mark.slow
 
@@ -474,7 +474,7 @@ def test_an_exception_inside_llama_cpp_python_cannot_poison_later_requests(build
     router, backend = build()
     backend.load()
     first = backend.worker_pid
-    # The wire refuses values of the wrong type (tests/test_hostile.py); behind it, an
+    # The wire refuses values of the wrong type (tests/server/test_hostile.py); behind it, an
     # exception inside llama-cpp-python may still leave state behind (a `seed` of the wrong
     # type used to stay set and fail every later request), so its worker is replaced.
     bad = {"max_tokens": 4, "temperature": "hot"}

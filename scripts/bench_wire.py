@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,14 +31,11 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_server import free_port, router_serve, rss_mb, table
+
 URL = "/v1/chat/completions"
 HEADERS = {"content-type": "application/json"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config(workdir: Path) -> Path:
@@ -67,7 +63,7 @@ n_threads = 1
 
 def start(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "router", "serve", "-c", str(config(workdir)), "--port", str(port)]
+    cmd = router_serve(port, config(workdir))
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -100,13 +96,6 @@ def timed(client: httpx.Client, body: bytes, expect: int) -> float:
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def bench_big(url: str, n: int) -> list[tuple[str, ...]]:
@@ -185,13 +174,6 @@ def bench_memory(url: str, pid: int, total: int) -> list[tuple[str, ...]]:
             if i % 1000 == 0:
                 rows.append((f"{i:,}", f"{rss_mb(pid):.0f}"))
     return rows
-
-
-def table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ import datetime as dt
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,36 @@ def shortened(params: dict[str, Any], reservation: Reservation | None) -> dict[s
     if reservation is None or not reservation.cut:
         return params
     return {**params, "max_tokens": int(params["max_tokens"]) - reservation.cut}
+
+
+# Per scope, per period kind: (tokens, usd) used in all and (tokens, usd) of settled calls.
+Usage = dict[str, dict[str, tuple[float, float, float, float]]]
+
+
+@dataclass(frozen=True)
+class _Limit:
+    budget: Budget
+    field: str  # "daily_tokens", ...
+    kind: str  # "day" or "month"
+    unit: str  # "tokens" or "usd"
+    limit: float
+    used: float  # reserved and settled
+    settled: float
+    want: float  # what the request asks for, in this unit
+
+
+def _limits(budgets: list[Budget], usage: Usage, tokens: int, usd: float) -> Iterator[_Limit]:
+    """Every limit the budgets set, with what is used and what the request wants."""
+    for budget in budgets:
+        for field, kind, unit in LIMITS:
+            limit = getattr(budget, field)
+            if limit is None:
+                continue
+            used_tokens, used_usd, settled_tokens, settled_usd = usage[budget.scope][kind]
+            if unit == "tokens":
+                yield _Limit(budget, field, kind, unit, limit, used_tokens, settled_tokens, tokens)
+            else:
+                yield _Limit(budget, field, kind, unit, limit, used_usd, settled_usd, usd)
 
 
 _MIGRATIONS = [
@@ -144,7 +175,7 @@ class BudgetStore(Store):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 usage = {b.scope: self._used(b.scope, now) for b in budgets}
-                cut = self._cut(budgets, usage, tokens, usd, usd_per_token, now)
+                cut = self._cut(budgets, usage, tokens, usd, usd_per_token)
                 if cut > flexible_tokens:
                     raise self._refusal(budgets, usage, tokens, usd, now)
                 tokens, usd = tokens - cut, max(0.0, usd - cut * usd_per_token)
@@ -180,55 +211,38 @@ class BudgetStore(Store):
 
     @staticmethod
     def _cut(
-        budgets: list[Budget],
-        usage: dict[str, dict[str, tuple[float, float, float, float]]],
-        tokens: int,
-        usd: float,
-        usd_per_token: float,
-        now: float,
+        budgets: list[Budget], usage: Usage, tokens: int, usd: float, usd_per_token: float
     ) -> int:
         """The fewest tokens to leave out so that every limit holds (may exceed `tokens`)."""
         cut = 0.0
-        for budget in budgets:
-            for field, kind, unit in LIMITS:
-                limit = getattr(budget, field)
-                if limit is None:
-                    continue
-                used_tokens, used_usd, _, _ = usage[budget.scope][kind]
-                if unit == "tokens":
-                    cut = max(cut, used_tokens + tokens - limit)
-                elif used_usd + usd > limit:
-                    over = used_usd + usd - limit
-                    cut = max(cut, over / usd_per_token if usd_per_token > 0 else float("inf"))
+        for limit in _limits(budgets, usage, tokens, usd):
+            over = limit.used + limit.want - limit.limit
+            if over <= 0:
+                continue
+            if limit.unit == "tokens":
+                cut = max(cut, over)
+            else:
+                cut = max(cut, over / usd_per_token if usd_per_token > 0 else float("inf"))
         return int(min(cut + 0.999999, 2**62))  # whole tokens, rounded up
 
     @staticmethod
     def _refusal(
-        budgets: list[Budget],
-        usage: dict[str, dict[str, tuple[float, float, float, float]]],
-        tokens: int,
-        usd: float,
-        now: float,
+        budgets: list[Budget], usage: Usage, tokens: int, usd: float, now: float
     ) -> BudgetExceededError:
         """The error for the first limit that cannot take the request; `in_flight` when only
         calls still running (their reservations) stand in the way."""
-        for budget in budgets:
-            for field, kind, unit in LIMITS:
-                limit = getattr(budget, field)
-                if limit is None:
-                    continue
-                used_tokens, used_usd, settled_tokens, settled_usd = usage[budget.scope][kind]
-                used, settled, want = (
-                    (used_tokens, settled_tokens, tokens)
-                    if unit == "tokens"
-                    else (used_usd, settled_usd, usd)
+        for limit in _limits(budgets, usage, tokens, usd):
+            if limit.used + limit.want > limit.limit:
+                _, reset = period(limit.kind, now)
+                return BudgetExceededError(
+                    limit.budget,
+                    limit.field,
+                    limit.limit,
+                    limit.used,
+                    limit.want,
+                    reset,
+                    in_flight=limit.settled + limit.want <= limit.limit,
                 )
-                if used + want > limit:
-                    _, reset = period(kind, now)
-                    in_flight = settled + want <= limit
-                    return BudgetExceededError(
-                        budget, field, limit, used, want, reset, in_flight=in_flight
-                    )
         raise AssertionError("no limit is exceeded")  # pragma: no cover
 
     def reserve_call(

@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from router import BackendError, ChatRequest, NoRouteError, RequestError, Router, UnavailableError
+from router import (
+    BackendError,
+    ChatRequest,
+    NoRouteError,
+    RequestError,
+    Router,
+    UnavailableError,
+    load_config,
+)
 from router.backends import FunctionBackend
 from router.backends.retry import Retrying
 from router.errors import BudgetExceededError, CloudError
@@ -49,11 +57,11 @@ def build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
         cloud: Answer = cloud_answer,
         retry: bool = False,
     ) -> Built:
-        path = write_config(tmp_path, "http://127.0.0.1:9/v1", extra)
+        config = load_config(write_config(tmp_path, "http://127.0.0.1:9/v1", extra))
         lo, cl = FunctionBackend("smollm2", local), FunctionBackend("cloud-mini", cloud)
-        router = Router(path, backends={"smollm2": lo}, sleep=Sleeps())
-        backend = Retrying(cl, router.config.retry, Sleeps()) if retry else cl
-        router._backends["cloud-mini"] = backend  # as passed in: the caller's, never closed
+        # Retries are a wrapper around any backend, as the router wraps its cloud models.
+        backend = Retrying(cl, config.retry, Sleeps()) if retry else cl
+        router = Router(config, backends={"smollm2": lo, "cloud-mini": backend}, sleep=Sleeps())
         made.append(router)
         return Built(router, lo, cl)
 

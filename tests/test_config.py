@@ -176,3 +176,14 @@ def test_unpriced_cloud_model_needs_a_price(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"models\.mine: no price for 'openai/my-own-model'"):
         Router(path)
+
+
+def test_allowed_origins_must_be_origins(tmp_path: Path) -> None:
+    path = tmp_path / "models.toml"
+    base = '[models.m]\ntier = "cloud"\nlitellm_model = "openai/gpt-4o-mini"\n'
+    for bad in ("http://localhost:3000/app", "localhost:3000", "ftp://x"):
+        path.write_text(f'[server]\nallowed_origins = ["{bad}"]\n{base}')
+        with pytest.raises(ConfigError, match="is not an origin: write scheme://host"):
+            load_config(path)
+    path.write_text(f'[server]\nallowed_origins = ["*", "http://[::1]:8080"]\n{base}')
+    assert load_config(path).server.allowed_origins == ["*", "http://[::1]:8080"]

@@ -65,8 +65,11 @@ class FunctionBackend:
 
     def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         self.calls.append((request, dict(params)))
+        return self._stream(request, params)
+
+    def _stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if self._stream_fn is not None:
-            pieces = list(self._stream_fn(request, params))
+            pieces: Iterable[str] = self._stream_fn(request, params)  # lazily, as a model would
         else:
             answer = self._fn(request, params)
             if isinstance(answer, dict):
@@ -74,9 +77,6 @@ class FunctionBackend:
             words = answer.split(" ")
             pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
         limit = params.get("max_tokens")
-        finish = "stop"
-        if limit is not None and len(pieces) > int(limit):
-            pieces, finish = pieces[: int(limit)], "length"
         rid, created = f"chatcmpl-fn{next(self._ids)}", int(time.time())
 
         def chunk(delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
@@ -89,10 +89,15 @@ class FunctionBackend:
                 "choices": [choice],
             }
 
-        for i, piece in enumerate(pieces):
-            yield chunk(
-                {"role": "assistant", "content": piece} if i == 0 else {"content": piece}, None
-            )
+        sent: list[str] = []
+        finish = "stop"
+        for piece in pieces:
+            if limit is not None and len(sent) >= int(limit):
+                finish = "length"
+                break
+            delta = {"role": "assistant", "content": piece} if not sent else {"content": piece}
+            sent.append(piece)
+            yield chunk(delta, None)
         yield chunk({}, finish)
         yield {
             "id": rid,
@@ -100,7 +105,7 @@ class FunctionBackend:
             "created": created,
             "model": self.name,
             "choices": [],
-            "usage": usage(request, "".join(pieces)),
+            "usage": usage(request, "".join(sent)),
         }
 
 

@@ -638,3 +638,29 @@ def test_fuzz_a_thousand_hostile_requests(served: Callable[..., Served]) -> None
     r = s.post(local())  # and it answers normally afterwards
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
     assert s.router.model_views()["smollm2"].unusable is None
+
+
+def test_any_origin_when_allowed_origins_is_a_star(served: Callable[..., Served]) -> None:
+    s = served('\n[server]\nallowed_origins = ["*"]\n')
+    r = s.post(local(), headers={"origin": "http://anything.example"})
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "http://anything.example"
+
+
+def test_a_bug_mid_stream_ends_the_stream_cleanly_without_details(
+    make_router: Callable[..., Router], fake_cloud: FakeCloud
+) -> None:
+    from router.backends import FunctionBackend
+
+    def pieces(request: Any, params: Any) -> Any:
+        yield "one"
+        raise RuntimeError("secret internal detail")
+
+    router = make_router(fake_cloud)
+    router._backends["smollm2"] = FunctionBackend("smollm2", lambda r, p: "", stream_fn=pieces)
+    with ServerThread(create_app(router)) as server:
+        body = {"model": "local", "messages": ask("hi"), "stream": True}
+        r = httpx.post(server.url + URL, json=body, timeout=30)
+    assert r.status_code == 200  # the stream had started
+    assert "internal error; the server log has the details" in r.text
+    assert "secret" not in r.text and r.text.rstrip().endswith("data: [DONE]")

@@ -2,19 +2,30 @@
 
 `ResponseCache` is the seam (get/set/close); `DiskResponseCache` is the embedded default over
 diskcache (SQLite + files, safe across threads and processes). A shared engine such as Redis
-can implement the same three methods later. The key covers everything that changes the answer.
+can implement the same three methods later. The key covers everything that changes the answer:
+the messages, the requested model or mode, the sampling parameters, and the routing
+configuration with each model's resolved endpoint and file (`routing_fingerprint`).
+
+`CachePolicy` decides what is read and written: a request that asks for randomness (a
+temperature or top_p above 0 and no seed) is "sampled"; `[cache] sampled = "skip"` (the
+default) answers it fresh every time, "reuse" serves it from the cache like any other.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import os
+import time
+import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from router.types import ChatRequest
+from router.config import CloudModel, Config, LocalModel
+from router.types import ChatRequest, Decision, Routing
 
-KEY_VERSION = 1
+KEY_VERSION = 2
 
 
 class ResponseCache(Protocol):
@@ -65,3 +76,81 @@ class DiskResponseCache:
 
     def close(self) -> None:
         self._cache.close()
+
+
+def routing_fingerprint(config: Config, local_paths: dict[str, Path | None]) -> str:
+    """The enabled models' settings, where each one is reached now (a cloud model's resolved
+    api_base: OPENAI_BASE_URL pointed elsewhere must not replay the old server's answers) and
+    which file a local model loads (its path, size and modification time)."""
+    models: dict[str, Any] = {}
+    for name, m in config.enabled().items():
+        entry = m.model_dump(mode="json")
+        if isinstance(m, CloudModel):
+            entry["resolved_api_base"] = m.resolved_api_base()
+        elif isinstance(m, LocalModel) and (path := local_paths.get(name)) is not None:
+            try:
+                st = os.stat(path)
+                entry["file"] = [str(path), st.st_size, st.st_mtime_ns]
+            except OSError:
+                entry["file"] = [str(path)]
+        models[name] = entry
+    return hashlib.sha256(json.dumps(models, sort_keys=True).encode()).hexdigest()
+
+
+def sampled(params: dict[str, Any]) -> bool:
+    """Whether the request asks for a random answer: a temperature or top_p above 0 given
+    explicitly, and no seed to make it reproducible."""
+    if params.get("seed") is not None:
+        return False
+    temperature, top_p = params.get("temperature"), params.get("top_p")
+    return bool((temperature is not None and temperature > 0) or (top_p is not None and top_p < 1))
+
+
+class CachePolicy:
+    """What the pipeline reads from and writes to the response cache."""
+
+    def __init__(
+        self, cache: ResponseCache | None, on_sampled: Literal["skip", "reuse"] = "skip"
+    ) -> None:
+        self.cache = cache
+        self.on_sampled = on_sampled
+
+    def applies(self, request: ChatRequest) -> bool:
+        if self.cache is None or not request.cache:
+            return False
+        return self.on_sampled == "reuse" or not sampled(request.params)
+
+    def get(self, request: ChatRequest, key: str) -> dict[str, Any] | None:
+        return self.cache.get(key) if self.cache is not None and self.applies(request) else None
+
+    def set(
+        self, request: ChatRequest, key: str, response: dict[str, Any], routing: Routing
+    ) -> None:
+        # A fallback answer (the chosen model failed, or a budget kept the request local) is
+        # not what this request gets in normal times: serving it to everyone from the cache
+        # would spread one user's degraded answer.
+        if self.cache is not None and self.applies(request) and not routing.attempts:
+            self.cache.set(
+                key, {"response": response, "tier": routing.tier, "model": routing.model}
+            )
+
+    @staticmethod
+    def replay(hit: dict[str, Any], decision: Decision) -> tuple[dict[str, Any], Routing]:
+        """A cached answer as a new response (fresh id and time) and its routing."""
+        response = copy.deepcopy(hit["response"])
+        response["id"] = f"chatcmpl-{uuid.uuid4().hex}"
+        response["created"] = int(time.time())
+        routing = Routing(
+            tier=hit["tier"],
+            model=hit["model"],
+            score=decision.score,
+            reason=f"cache hit (first answered by {hit['model']})",
+            cache_hit=True,
+            category=decision.category,
+            flags=list(decision.flags),
+        )
+        return response, routing
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()

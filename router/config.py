@@ -176,6 +176,9 @@ class CacheSettings(_Strict):
     dir: str | None = None
     ttl_seconds: Annotated[int, Field(ge=0)] = 7 * 24 * 3600
     size_limit_mb: Annotated[int, Field(ge=1)] = 512
+    # Requests asking for randomness (temperature or top_p above 0, no seed): "skip" answers
+    # them fresh every time; "reuse" serves them from the cache like any other.
+    sampled: Literal["skip", "reuse"] = "skip"
 
 
 class LedgerSettings(_Strict):

@@ -6,14 +6,11 @@ them together and keeps no state of its own beyond the lazily created backends.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import itertools
 import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -23,13 +20,22 @@ from router import policy
 from router.backends import Backend, deadline
 from router.backends.local import LocalBackend
 from router.backends.retry import Retrying
-from router.cache import DiskResponseCache, ResponseCache, cache_key
+from router.cache import (
+    CachePolicy,
+    DiskResponseCache,
+    ResponseCache,
+    cache_key,
+    routing_fingerprint,
+)
 from router.chunks import assemble, replay
 from router.complexity import Estimator, default_estimator, estimator_name
+from router.complexity.followups import conversation_score
 from router.config import CloudModel, Config, LocalModel, load_config, local_path
 from router.errors import (
     BackendError,
     BudgetExceededError,
+    CloudError,
+    CloudRefusedError,
     NoRouteError,
     RequestError,
     UnavailableError,
@@ -81,7 +87,7 @@ class Router:
                 ttl_seconds=self.config.cache.ttl_seconds,
                 size_limit_mb=self.config.cache.size_limit_mb,
             )
-        self._cache = cache
+        self._cache = CachePolicy(cache, self.config.cache.sampled)
         self._ledger = ledger or SQLiteLedger(self.config.ledger_path())
         self._budgets = budgets or BudgetStore(self.config.governance_path(), self.config)
         self._repeats = waste.RepeatDetector(
@@ -98,8 +104,7 @@ class Router:
             for name, m in self.config.enabled().items()
             if isinstance(m, LocalModel)
         }
-        models = {n: m.model_dump(mode="json") for n, m in self.config.enabled().items()}
-        self._fingerprint = hashlib.sha256(json.dumps(models, sort_keys=True).encode()).hexdigest()
+        self._fingerprint = routing_fingerprint(self.config, self._local_paths)
 
     # ------------------------------------------------------------------ public API
 
@@ -132,13 +137,16 @@ class Router:
         """Like `complete`, streamed: returns once the chosen model has started answering."""
         return self.stream_request(ChatRequest(messages, model, params, user, cache, category))
 
-    def decide(self, request: ChatRequest, *, repeat_key: str | None = None) -> Decision:
+    def decide(
+        self, request: ChatRequest, *, repeat_key: str | None = None, guard: bool = True
+    ) -> Decision:
         """The routing decision for `request`, without calling any model.
 
         `repeat_key` (the request's cache key) checks it against the answers already given, for
-        retry-storm detection (the pipeline does; a dry run such as `router explain` does not)."""
+        retry-storm detection (the pipeline does; a dry run such as `router explain` does not).
+        `guard=False` flags low-value requests without acting on them (a cache hit is free)."""
         policy.check_request_fits(request)
-        score = self.estimator.score(request)
+        score = self.score(request)
         category = request.category or classify(request)
         flags = []
         if waste.trivial_document(request, category):
@@ -148,9 +156,15 @@ class Router:
         decision = policy.decide(
             request, score, self.model_views(), self.config.router.default_max_tokens
         )
-        return self._guard(replace(decision, category=category, flags=tuple(flags)))
+        decision = replace(decision, category=category, flags=tuple(flags))
+        return self._guard(request, decision) if guard else decision
 
-    def _guard(self, decision: Decision) -> Decision:
+    def score(self, request: ChatRequest) -> float:
+        """The request's complexity: its latest ask, or an earlier one it follows up on
+        (router.complexity.followups)."""
+        return conversation_score(self.estimator, request)
+
+    def _guard(self, request: ChatRequest, decision: Decision) -> Decision:
         """Apply guardrails.low_value to a request flagged as low-value."""
         if not decision.flags or self.config.guardrails.low_value == "allow":
             return decision
@@ -163,20 +177,23 @@ class Router:
             )
         local = tuple(n for n in decision.candidates if self.config.models[n].tier == "local")
         if not local:
-            raise NoRouteError(
-                f"{what} is kept off the cloud (guardrails.low_value = local) and no local "
-                "model can serve it"
+            asked = (
+                "no local model can serve it"
+                if request.model == "auto"
+                else f"{request.model!r} was asked for: ask with model 'auto' or 'local'"
             )
+            raise NoRouteError(f"{what} is kept off the cloud (guardrails.low_value = local); {asked}")
         return replace(decision, candidates=local, reason=f"{decision.reason}; {what}: kept local")
 
     def complete_request(self, request: ChatRequest) -> Completion:
         started = time.perf_counter()
         params = self._params(request)
         key = cache_key(request, params, self._fingerprint)
-        decision = self.decide(request, repeat_key=key)
-        hit = self._cache_get(request, key)
+        hit = self._cache.get(request, key)
+        decision = self.decide(request, repeat_key=key, guard=hit is None)
         if hit is not None:
-            response, routing = self._from_cache(hit, decision)
+            response, routing = self._cache.replay(hit, decision)
+            self._account(routing, response.get("usage") or {})
             self._record(request, key, routing, started, stream=False)
             return Completion(response, routing)
 
@@ -188,7 +205,7 @@ class Router:
         self._account(routing, response.get("usage") or {})
         self._settle(reservation, routing)
         self._record(request, key, routing, started, stream=False)  # the row first: paid calls
-        self._cache_set(request, key, response, routing)  # are never unrecorded
+        self._cache.set(request, key, response, routing)  # are never unrecorded
         return Completion(response, routing)
 
     def _first_answer(
@@ -200,10 +217,13 @@ class Router:
     ) -> tuple[str, T, Reservation | None, list[str]]:
         """Try the candidates in order: reserve budget, call, fall back on failure."""
         failures: list[str] = []
+        refused: list[CloudError] = []  # cloud calls refused as configured, or as written
         spent: BudgetExceededError | None = None
         retry_after: float | None = None
         ends = time.monotonic() + self.config.retry.deadline_seconds
         for name in decision.candidates:
+            if refused and self.config.models[name].tier == "local":
+                break  # only a transient cloud failure is answered locally instead
             try:
                 reservation = self._reserve(request, name, params)
             except BudgetExceededError as exc:
@@ -218,6 +238,8 @@ class Router:
             except BackendError as exc:
                 self._budgets.release(reservation)
                 failures.append(str(exc))
+                if isinstance(exc, CloudError) and exc.status and not exc.retryable:
+                    refused.append(exc)
                 if exc.retry_after is not None:
                     retry_after = max(retry_after or 0.0, exc.retry_after)
                 continue
@@ -227,6 +249,8 @@ class Router:
             return name, result, reservation, failures
         if spent is not None:
             raise spent
+        if refused:
+            raise CloudRefusedError(failures, refused)
         raise UnavailableError(
             f"every model failed: {'; '.join(failures)}", retry_after=retry_after
         )
@@ -255,10 +279,11 @@ class Router:
         started = time.perf_counter()
         params = self._params(request)
         key = cache_key(request, params, self._fingerprint)
-        decision = self.decide(request, repeat_key=key)
-        hit = self._cache_get(request, key)
+        hit = self._cache.get(request, key)
+        decision = self.decide(request, repeat_key=key, guard=hit is None)
         if hit is not None:
-            response, routing = self._from_cache(hit, decision)
+            response, routing = self._cache.replay(hit, decision)
+            self._account(routing, response.get("usage") or {})
             self._record(request, key, routing, started, stream=True)
             return CompletionStream(iter(replay(response)), routing)
 
@@ -294,8 +319,7 @@ class Router:
                 if isinstance(backend, LocalBackend):
                     backend.close()
         finally:
-            if self._cache is not None:
-                self._cache.close()
+            self._cache.close()
             self._ledger.close()
             self._budgets.close()
 
@@ -391,40 +415,6 @@ class Router:
     def _account(self, routing: Routing, usage: Mapping[str, Any]) -> None:
         account(routing, usage, self._prices[routing.model], self._baseline)
 
-    def _cache_get(self, request: ChatRequest, key: str) -> dict[str, Any] | None:
-        if self._cache is None or not request.cache:
-            return None
-        return self._cache.get(key)
-
-    def _cache_set(
-        self, request: ChatRequest, key: str, response: dict[str, Any], routing: Routing
-    ) -> None:
-        # A fallback answer (the chosen model failed, or a budget kept the request local) is
-        # not what this request gets in normal times: serving it to everyone from the cache
-        # would spread one user's degraded answer.
-        if self._cache is not None and request.cache and not routing.attempts:
-            self._cache.set(
-                key, {"response": response, "tier": routing.tier, "model": routing.model}
-            )
-
-    def _from_cache(
-        self, hit: dict[str, Any], decision: Decision
-    ) -> tuple[dict[str, Any], Routing]:
-        response = copy.deepcopy(hit["response"])
-        response["id"] = f"chatcmpl-{uuid.uuid4().hex}"
-        response["created"] = int(time.time())
-        routing = Routing(
-            tier=hit["tier"],
-            model=hit["model"],
-            score=decision.score,
-            reason=f"cache hit (first answered by {hit['model']})",
-            cache_hit=True,
-            category=decision.category,
-            flags=list(decision.flags),
-        )
-        self._account(routing, response.get("usage") or {})
-        return response, routing
-
     def _finish_stream(
         self,
         request: ChatRequest,
@@ -476,7 +466,7 @@ class Router:
             self._record(request, key, routing, started, stream=True)
             if complete and not tool_calls:
                 response = assemble(first, routing.model, "".join(text), finish_reason, usage)
-                self._cache_set(request, key, response, routing)
+                self._cache.set(request, key, response, routing)
 
     def _record(
         self, request: ChatRequest, key: str, routing: Routing, started: float, stream: bool

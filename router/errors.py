@@ -6,7 +6,9 @@ RouterError
  │    ├── UnknownModelError the model is not auto/local/cloud nor in models.toml (HTTP 404)
  │    └── NoRouteError      no configured model could serve it (too long, needs tools, ...)
  ├── UnavailableError       models that could serve it are unusable now or failed (HTTP 503)
- │    └── BusyError         the local model's queue is full: retry after `retry_after` seconds
+ │    ├── BusyError         the local model's queue is full: retry after `retry_after` seconds
+ │    └── CloudRefusedError a cloud model refused the call (a wrong key, no such model;
+ │                          HTTP 502): not answered locally instead
  ├── BudgetExceededError    a user's or team's budget cannot take the request (HTTP 429)
  └── BackendError           a model was called and failed
       ├── ModelLoadError    a local GGUF file could not be found, downloaded or loaded
@@ -62,6 +64,27 @@ class UnavailableError(RouterError):
 
 class BusyError(UnavailableError):
     """A local model has as many requests queued as it accepts."""
+
+
+class CloudRefusedError(UnavailableError):
+    """A cloud model refused the call as configured or as written (401, 403, 404, 400...).
+
+    In `auto` mode only a transient failure (a timeout, a refused connection, 429, 5xx) is
+    answered by a local model instead: a wrong key or model name would otherwise go unnoticed
+    while a weaker model quietly answered every hard request."""
+
+    def __init__(self, failures: list[str], refused: list[Any]) -> None:
+        config = any(getattr(e, "configuration", False) for e in refused)
+        hint = (
+            "check the model's api_key_env and litellm_model in models.toml"
+            if config
+            else "the provider refused the request as written"
+        )
+        super().__init__(
+            f"the cloud refused the call: {'; '.join(failures)} ({hint}); it was not answered "
+            "locally instead, since this is not a transient failure"
+        )
+        self.status = next((e.status for e in refused if getattr(e, "status", None)), None)
 
 
 class BudgetExceededError(RouterError):
@@ -135,7 +158,10 @@ class ModelLoadError(BackendError):
 
 
 class CloudError(BackendError):
-    """A cloud call failed; `status` is the HTTP status when there was one."""
+    """A cloud call failed; `status` is the HTTP status when there was one.
+
+    `configuration`: the provider refused the call as configured (a wrong key, no access, no
+    such model). Such a failure is surfaced, never answered by a local model instead."""
 
     def __init__(
         self,
@@ -144,6 +170,8 @@ class CloudError(BackendError):
         status: int | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        configuration: bool = False,
     ) -> None:
         super().__init__(message, retryable=retryable, retry_after=retry_after)
         self.status = status
+        self.configuration = configuration

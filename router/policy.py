@@ -3,8 +3,10 @@
 Models are considered cheapest first. In `auto` mode the first usable model whose ceiling
 (`max_score`) is at or above the score and which can serve the request (context length, tools,
 JSON output) is chosen; every more capable usable model follows as a fallback, and local models
-end the list so that a request is answered locally, and says so, when every cloud tier fails or
-none is configured.
+end the list so that a request is answered locally, and says so, when no cloud model is usable
+or every one failed transiently (the engine never falls back to a local model after a cloud
+model refused the call as configured). `cloud`, `local` and a model name never leave what they
+name: when it cannot serve, the request is refused with the reason.
 """
 
 from __future__ import annotations
@@ -110,43 +112,38 @@ def decide(
         chosen = _first_within(local, score)
         return Decision(score, _order(chosen, local), f"local tier requested; {chosen.name}")
 
-    pool = cloud if mode == "cloud" else fit
-    if not pool and not local:
+    if mode == "cloud":  # the cloud tier and nothing else, or a clear refusal
+        if not cloud:
+            cloud_models = [m for m in models.values() if m.tier == "cloud"]
+            raise _no_route(
+                "cloud tier requested but no cloud model can serve this request"
+                + (why_not if cloud_models else " (none is configured in models.toml)")
+                + "; it is not answered locally (use -m auto or model 'auto' to allow that)",
+                cloud_models,
+                request,
+                needed,
+            )
+        chosen = _first_within(cloud, score)
+        return Decision(score, _order(chosen, cloud), f"cloud tier requested; {chosen.name}")
+
+    if not fit:
         raise _no_route(
             f"no configured model can serve this request{why_not}",
             list(models.values()),
             request,
             needed,
         )
-
-    if mode == "auto":
-        chosen = _first_within(pool, score)
-        if chosen.max_score >= score:
-            reason = f"score {score:.2f} ≤ {chosen.name} ceiling {chosen.max_score:.2f}"
-        else:
-            reason = f"score {score:.2f} above every ceiling; strongest usable is {chosen.name}"
-        if chosen.tier == "local" and chosen.max_score < score and not cloud:
-            reason = (
-                f"score {score:.2f} above {chosen.name} ceiling {chosen.max_score:.2f} but no "
-                f"cloud model is usable{why_not}: answered locally"
-            )
-        order = _order(chosen, pool)
-        return Decision(score, _with_local_last(order, local), reason)
-
-    # mode == "cloud"
-    if not cloud:
-        chosen = _first_within(local, score)
-        return Decision(
-            score,
-            _order(chosen, local),
-            f"cloud tier requested but no cloud model is usable{why_not}: answered locally",
+    chosen = _first_within(fit, score)
+    if chosen.max_score >= score:
+        reason = f"score {score:.2f} ≤ {chosen.name} ceiling {chosen.max_score:.2f}"
+    else:
+        reason = f"score {score:.2f} above every ceiling; strongest usable is {chosen.name}"
+    if chosen.tier == "local" and chosen.max_score < score and not cloud:
+        reason = (
+            f"score {score:.2f} above {chosen.name} ceiling {chosen.max_score:.2f} but no "
+            f"cloud model is usable{why_not}: answered locally"
         )
-    chosen = _first_within(cloud, score)
-    return Decision(
-        score,
-        _with_local_last(_order(chosen, cloud), local),
-        f"cloud tier requested; {chosen.name}",
-    )
+    return Decision(score, _with_local_last(_order(chosen, fit), local), reason)
 
 
 def _no_route(

@@ -91,17 +91,17 @@ def write_config(tmp_path: Path, cloud_url: str | None, extra: str = "") -> Path
         api_base = "{cloud_url}"
         timeout_seconds = 5
         """
-    # A test's own [retry] section (in `extra`) replaces this one.
+    # A test's own [retry] or [cache] section (in `extra`) replaces this one.
     retry = "" if "[retry]" in extra else "[retry]\nmax_retries = 2\nbackoff_seconds = 0.01\n"
+    cache = "" if "[cache]" in extra else '[cache]\ndir = "cache"\n'
+
     text = textwrap.dedent(
         f"""
         [router]
         baseline = "gpt-4o"
         default_max_tokens = 24
 
-        [cache]
-        dir = "cache"
-
+        @CACHE@
         [ledger]
         path = "ledger.sqlite3"
 
@@ -115,7 +115,7 @@ def write_config(tmp_path: Path, cloud_url: str | None, extra: str = "") -> Path
         max_score = 0.35
         {cloud}
         """
-    ).replace("@RETRY@", retry) + textwrap.dedent(extra)
+    ).replace("@RETRY@", retry).replace("@CACHE@", cache) + textwrap.dedent(extra)
     path = tmp_path / "models.toml"
     path.write_text(text)
     return path

@@ -145,8 +145,12 @@ def test_a_budget_blocks_or_keeps_requests_local(build: Any) -> None:
         b.router.complete(ask(HARD_PROMPT), model="cloud", user="ana", max_tokens=24)
     assert b.cloud.calls == []
     b = build('\n[[budgets]]\nuser = "bo"\ndaily_tokens = 40\non_exceed = "local-only"\n')
-    done = b.router.complete(ask(HARD_PROMPT), model="cloud", user="bo", max_tokens=24)
+    done = b.router.complete(ask(HARD_PROMPT), user="bo", max_tokens=24)
     assert done.routing.tier == "local" and "budget user:bo" in done.routing.reason
+    # A forced cloud tier is never answered locally, even under a local-only budget.
+    with pytest.raises(BudgetExceededError, match="user:bo daily_tokens"):
+        b.router.complete(ask(HARD_PROMPT), model="cloud", user="bo", max_tokens=24)
+    assert b.cloud.calls == []
 
 
 def test_a_budget_nearly_spent_shortens_a_default_length_call(build: Any) -> None:
@@ -156,7 +160,7 @@ def test_a_budget_nearly_spent_shortens_a_default_length_call(build: Any) -> Non
     assert b.cloud.calls[-1][1]["max_tokens"] == 21  # the default 24, less what did not fit
     assert "max_tokens lowered by 3 to fit the budget" in done.routing.reason
     assert b.router.budgets.usage("user:ana")["daily_tokens"] <= 150
-    assert len(b.router._cache) == 0  # type: ignore[arg-type]  # the shortened answer is not cached
+    assert len(b.router._cache.cache) == 0  # type: ignore[arg-type]  # the shortened answer: not cached
 
 
 @pytest.mark.parametrize("policy", ["local", "block"])
@@ -167,8 +171,10 @@ def test_low_value_requests_stay_local_or_are_refused(build: Any, policy: str) -
         with pytest.raises(RequestError, match="low-value request"):
             b.router.complete(blank, model="cloud")
         return
-    done = b.router.complete(blank, model="cloud")
+    done = b.router.complete(blank)
     assert done.routing.tier == "local" and done.routing.flags == ["trivial-document"]
+    with pytest.raises(RequestError, match="kept off the cloud.*ask with model 'auto'"):
+        b.router.complete(blank, model="cloud")  # forced to the cloud: refused, not local
     assert b.cloud.calls == []
 
 
@@ -251,3 +257,39 @@ def test_function_backend_caps_answers_and_fails_like_a_model() -> None:
 
     with pytest.raises(BackendError, match="m: down"):
         FunctionBackend("m", broken).complete(ChatRequest(ask("x")), {})
+
+
+def test_sampled_requests_are_answered_fresh_unless_the_config_reuses_them(build: Any) -> None:
+    b = build()
+    for _ in range(3):  # asked for randomness: three answers, none of them cached
+        b.router.complete(ask("Tell me a random joke"), temperature=1.2)
+    assert len(b.local.calls) == 3
+    for _ in range(2):  # a seed makes it reproducible: cached again
+        done = b.router.complete(ask("Tell me a joke"), model="cloud-mini", temperature=1, seed=4)
+    assert len(b.cloud.calls) == 1 and done.routing.cache_hit
+    for _ in range(2):  # no temperature given: one answer is as good as another, cached
+        b.router.complete(ask("Tell me a story"), model="cloud-mini")
+    assert len(b.cloud.calls) == 2
+    b = build('\n[cache]\ndir = "cache2"\nsampled = "reuse"\n')
+    for _ in range(2):
+        done = b.router.complete(ask("Tell me a random joke"), model="cloud-mini", top_p=0.5)
+    assert len(b.cloud.calls) == 1 and done.routing.cache_hit
+
+
+def test_the_cache_key_covers_where_a_cloud_model_is_reached(
+    build: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = (
+        '\n[models.other]\ntier = "cloud"\nlitellm_model = "openai/gpt-4o"\n'
+        'api_base_env = "ROUTER_TEST_BASE_URL"\n'
+    )
+    monkeypatch.setenv("ROUTER_TEST_BASE_URL", "http://127.0.0.1:1/v1")
+    first = build(extra)
+    first.router.complete(ask("What is the capital of France?"), model="cloud-mini")
+    assert first.router.complete(
+        ask("What is the capital of France?"), model="cloud-mini"
+    ).routing.cache_hit
+    monkeypatch.setenv("ROUTER_TEST_BASE_URL", "http://127.0.0.1:2/v1")  # another server
+    moved = build(extra)
+    done = moved.router.complete(ask("What is the capital of France?"), model="cloud-mini")
+    assert not done.routing.cache_hit and len(moved.cloud.calls) == 1

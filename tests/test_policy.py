@@ -72,11 +72,15 @@ def test_nothing_can_serve_explains_each_model() -> None:
 
 def test_modes_force_a_tier() -> None:
     assert decide(req(model="local"), 0.9, models(LOCAL, CLOUD), 64).candidates == ("small",)
-    assert decide(req(model="cloud"), 0.0, models(LOCAL, CLOUD), 64).candidates == (
-        "mini",
-        "small",
-    )
-    d = decide(req(model="cloud"), 0.0, models(LOCAL, NO_KEY), 64)
+    # A forced tier never ends with the other tier: no local fallback after the cloud.
+    assert decide(req(model="cloud"), 0.0, models(LOCAL, CLOUD), 64).candidates == ("mini",)
+    # No usable cloud model: refused with each cloud model's reason (503), never local.
+    with pytest.raises(UnavailableError, match=r"mini: OPENAI_API_KEY is not set.*not answered"):
+        decide(req(model="cloud"), 0.0, models(LOCAL, NO_KEY), 64)
+    with pytest.raises(NoRouteError, match=r"none is configured in models.toml"):
+        decide(req(model="cloud"), 0.0, models(LOCAL), 64)
+    # auto still answers locally when no cloud model is usable, and says why.
+    d = decide(req(), 0.9, models(LOCAL, NO_KEY), 64)
     assert d.candidates == ("small",) and "no cloud model is usable" in d.reason
 
 

@@ -24,22 +24,47 @@ log = logging.getLogger("router.cloud")
 
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _import_lock = threading.Lock()
+_imported = threading.Event()
+_started = False
 _litellm: Any = None
+_import_error: BaseException | None = None
+# 401/403: the key is wrong or lacks access; 404: no such model or deployment. Repeating the
+# call, or answering with a weaker model instead, would hide a setting to fix.
+CONFIGURATION_STATUS = frozenset({401, 403, 404})
+
+
+def _import_litellm() -> None:
+    global _litellm, _import_error
+    try:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        os.environ.setdefault("LITELLM_TELEMETRY", "False")
+        import litellm
+
+        litellm.telemetry = False
+        litellm.suppress_debug_info = True
+        _litellm = litellm
+    except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+        _import_error = exc
+    finally:
+        _imported.set()
 
 
 def litellm_module() -> Any:
-    """Import litellm once, offline-safe (its cost map from the package, no telemetry)."""
-    global _litellm
-    with _import_lock:
-        if _litellm is None:
-            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            os.environ.setdefault("LITELLM_TELEMETRY", "False")
-            import litellm
+    """Import litellm once, offline-safe (its cost map from the package, no telemetry).
 
-            litellm.telemetry = False
-            litellm.suppress_debug_info = True
-            _litellm = litellm
-        return _litellm
+    The import (seconds) runs in a thread of its own: Ctrl-C while the caller waits stops the
+    wait, never the import half-way, which would leave a broken module in sys.modules for
+    every later call (the interactive chat asks again after a Ctrl-C)."""
+    global _started
+    with _import_lock:
+        if not _started:
+            _started = True
+            threading.Thread(target=_import_litellm, name="router-litellm", daemon=True).start()
+    while not _imported.wait(0.1):  # a short wait: the main thread sees Ctrl-C at once
+        pass
+    if _import_error is not None:
+        raise _import_error
+    return _litellm
 
 
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
@@ -75,7 +100,7 @@ def _headers_of(exc: Exception) -> Mapping[str, str] | None:
     return dict(found) if found else None
 
 
-def to_cloud_error(name: str, exc: Exception) -> CloudError:
+def to_cloud_error(name: str, exc: Exception, api_base: str | None = None) -> CloudError:
     """A LiteLLM failure as a CloudError: the provider's status and message, which say what
     went wrong upstream. Anything else (a bug inside LiteLLM or here) is logged, and the
     error only says where to look: internal exception text never reaches a client."""
@@ -87,6 +112,12 @@ def to_cloud_error(name: str, exc: Exception) -> CloudError:
         return CloudError(f"{name}: the cloud call failed (the server log has the details)")
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
+    message = str(getattr(exc, "message", exc)).splitlines()[0][:300]
+    unreachable = _unreachable(exc)
+    if unreachable is not None:  # LiteLLM reports a refused connection as HTTP 500
+        return CloudError(
+            f"{name}: cannot reach {api_base or 'the provider'} ({unreachable})", retryable=True
+        )
     transient = isinstance(exc, (litellm.Timeout, litellm.APIConnectionError))
     retryable = transient or (status in _RETRYABLE_STATUS)
     label = (
@@ -94,13 +125,32 @@ def to_cloud_error(name: str, exc: Exception) -> CloudError:
         if isinstance(exc, litellm.Timeout)
         else (f"HTTP {status}" if status else type(exc).__name__)
     )
-    message = str(getattr(exc, "message", exc)).splitlines()[0][:300]
     return CloudError(
         f"{name}: {label}: {message}",
         status=status,
         retryable=retryable,
         retry_after=parse_retry_after(_headers_of(exc)),
+        configuration=status in CONFIGURATION_STATUS,
     )
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """Why the provider could not be reached (refused, unknown host), from the exception's
+    chain; None when it was reached (or the call timed out, which reads as a timeout)."""
+    import httpx
+
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        if isinstance(found, httpx.ConnectError):
+            root: BaseException = found
+            while root.__cause__ or root.__context__:
+                root = root.__cause__ or root.__context__  # type: ignore[assignment]
+            text = getattr(root, "strerror", None) or str(root)
+            return str(text).splitlines()[0][:200] or "connection failed"
+        found = found.__cause__ or found.__context__
+    return None
 
 
 def _clean_message(message: Mapping[str, Any]) -> dict[str, Any]:
@@ -153,7 +203,7 @@ class CloudBackend:
         try:
             raw = self._call(request, params).model_dump()
         except Exception as exc:
-            raise to_cloud_error(self.name, exc) from exc
+            raise to_cloud_error(self.name, exc, self._model.resolved_api_base()) from exc
         return {
             "id": raw.get("id"),
             "object": "chat.completion",
@@ -204,7 +254,7 @@ class CloudBackend:
                         "choices": choices,
                     }
         except Exception as exc:
-            raise to_cloud_error(self.name, exc) from exc
+            raise to_cloud_error(self.name, exc, self._model.resolved_api_base()) from exc
         yield {
             "id": chunk_id,
             "object": "chat.completion.chunk",

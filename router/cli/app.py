@@ -156,7 +156,7 @@ def explain(
     text = sys.stdin.read() if prompt == "-" else prompt
     request = ChatRequest(_messages(system, text), model, {"max_tokens": max_tokens})
     with Router(config) as router:
-        score = router.estimator.score(request)
+        score = router.score(request)
         explain_fn = getattr(router.estimator, "explain", None)
         signals: dict[str, float] = explain_fn(request) if explain_fn else {}
         needed = estimate_prompt_tokens(request) + int(

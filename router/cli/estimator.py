@@ -45,10 +45,13 @@ def score(config: ConfigOption = None) -> None:
     Output keeps input order; a bad line stops with its line number."""
     from router.complexity import default_estimator
 
+    from router.complexity.followups import conversation_score
+
     estimator = default_estimator()
     out = sys.stdout
     for ident, request in _requests(sys.stdin, "stdin"):
-        out.write(json.dumps({"id": ident, "score": estimator.score(request)}) + "\n")
+        value = conversation_score(estimator, request)  # as the router scores it
+        out.write(json.dumps({"id": ident, "score": value}) + "\n")
     out.flush()
 
 
@@ -106,7 +109,10 @@ def calibrate(
             lines = prompts.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise RequestError(f"--prompts {prompts}: cannot read: {exc.strerror}") from None
-        scores = [estimator.score(r) for _, r in _requests(lines, str(prompts))]
+        from router.complexity.followups import conversation_score
+
+        requests = _requests(lines, str(prompts))
+        scores = [conversation_score(estimator, r) for _, r in requests]
         costs: list[float] = []
         stamps: list[float] = []
         sample = f"{len(scores)} prompts in {prompts}"

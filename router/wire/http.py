@@ -12,6 +12,7 @@ from router.errors import (
     BackendError,
     BudgetExceededError,
     BusyError,
+    CloudRefusedError,
     NoRouteError,
     RequestError,
     RouterError,
@@ -69,6 +70,8 @@ def http_error(exc: RouterError) -> HTTPError:
             code="queue_full",
             headers={"Retry-After": retry},
         )
+    if isinstance(exc, CloudRefusedError):  # the provider said no: retrying will not help
+        return HTTPError(502, str(exc), "upstream_error", code="cloud_refused")
     if isinstance(exc, UnavailableError):
         headers = {}
         if exc.retry_after is not None:

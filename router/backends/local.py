@@ -29,7 +29,7 @@ from typing import Any
 from router.backends.restarts import RestartPolicy
 from router.backends.transcript import for_local
 from router.backends.worker import Worker, WorkerFailure, WorkerLoadError, describe_exit
-from router.config import Config, LocalModel, local_path
+from router.config import Config, LocalModel, hub_cached, local_path, local_problem
 from router.errors import BackendError, BusyError, ModelLoadError
 from router.types import SAMPLING_PARAMS, ChatRequest
 
@@ -37,23 +37,11 @@ log = logging.getLogger("router.local")
 
 
 def resolve_gguf(config: Config, name: str, model: LocalModel) -> Path:
-    """The GGUF file on disk, downloading it from the Hugging Face hub first if needed."""
-    path = local_path(config, model)
-    if path is not None:
-        if not path.is_file():
-            raise ModelLoadError(f"models.{name}: GGUF file {path} not found")
-        return path
-    assert model.hf_repo is not None and model.hf_file is not None
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(repo_id=model.hf_repo, filename=model.hf_file))
-    except Exception as exc:  # network, auth, missing file: all end the same way for the user
-        raise ModelLoadError(
-            f"models.{name}: could not download {model.hf_repo}/{model.hf_file} from the "
-            f"Hugging Face hub ({type(exc).__name__}: {exc}); download the file yourself and "
-            'set path = "/path/to/file.gguf" instead'
-        ) from exc
+    """The GGUF file on disk (a hub model must have been downloaded: `router pull`)."""
+    path = local_path(config, model) if model.hf_repo is None else hub_cached(model)
+    if path is None or not path.is_file():
+        raise ModelLoadError(f"{name}: {local_problem(config, name, model)}")
+    return path
 
 
 class LocalBackend:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import traceback
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -24,6 +26,7 @@ from router.cli.common import (
     JsonOption,
     echo_err,
     loading_spinner,
+    money,
     parse_since,
     status_line,
 )
@@ -48,6 +51,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command()(serve)
 app.add_typer(keys_app, name="keys")
@@ -66,8 +71,26 @@ MaxTokensOption = Annotated[
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"router {version('router')}")
+        except PackageNotFoundError:  # running from a checkout that was never installed
+            typer.echo("router (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Local-first LLM router. Add --debug to any command for full tracebacks."""
 
 
@@ -80,11 +103,19 @@ def _messages(system: str | None, text: str) -> list[dict[str, Any]]:
 @app.command()
 def chat(
     prompt: Annotated[
-        str | None,
-        typer.Argument(help="The prompt; '-' reads stdin. None on a terminal: interactive chat."),
+        list[str] | None,
+        typer.Argument(
+            help="The prompt (several words are joined). Text piped to stdin comes first; "
+            "'-' reads only stdin. No prompt on a terminal: interactive chat.",
+            show_default=False,
+        ),
     ] = None,
     model: ModelOption = "auto",
     system: SystemOption = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--continue", "-c", help="Continue the last conversation."),
+    ] = False,
     max_tokens: MaxTokensOption = None,
     temperature: Annotated[
         float | None, typer.Option("--temperature", min=0, max=2, help="Sampling temperature.")
@@ -98,44 +129,57 @@ def chat(
     config: ConfigOption = None,
 ) -> None:
     """Chat: answer PROMPT (streamed to stdout, the route to stderr), or talk interactively."""
+    from router.cli import conversation as conv
     from router.engine import Router
 
     params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
-    interactive = prompt is None and sys.stdin.isatty() and not as_json
+    words = prompt or []
+    interactive = not words and sys.stdin.isatty() and not as_json
+    earlier = conv.with_system(conv.load_last(), system) if resume else []
     with Router(config, loading=loading_spinner) as router:
         if interactive:
-            import platformdirs
-
             from router.cli import repl
 
-            history = platformdirs.user_state_path("router") / "chat_history"
             repl.run(
                 router,
                 mode=model,
                 system=system,
                 params=params,
                 cache=not no_cache,
-                history=history,
+                history=conv.state_dir() / "chat_history",
+                messages=earlier or None,
             )
             return
-        text = sys.stdin.read() if prompt in (None, "-") else prompt
-        messages = _messages(system, text or "")
+        text = conv.prompt_text(words, conv.piped_stdin() if words != ["-"] else sys.stdin.read())
+        if not text.strip():
+            raise RequestError(
+                'no prompt: give one (router chat "Hello"), pipe text in, or run router chat '
+                "on a terminal to talk"
+            )
+        if resume:
+            messages = [*earlier, {"role": "user", "content": text}]
+        else:
+            messages = _messages(system, text)
         if as_json:
             done = router.complete(messages, model, cache=not no_cache, **params)
+            conv.save_last([*messages, {"role": "assistant", "content": done.text}])
             typer.echo(json.dumps({**done.response, "routing": done.routing.to_dict()}, indent=2))
             return
         stream = router.stream(messages, model, cache=not no_cache, **params)
+        parts: list[str] = []
         try:
             for chunk in stream:
                 for choice in chunk.get("choices", []):
                     piece = choice.get("delta", {}).get("content")
                     if piece:
+                        parts.append(piece)
                         sys.stdout.write(piece)
                         sys.stdout.flush()
-        finally:
-            stream.close()
             sys.stdout.write("\n")
             sys.stdout.flush()
+        finally:
+            stream.close()  # a closed pipe (| head) stops the answer; the ledger still has it
+            conv.save_last([*messages, {"role": "assistant", "content": "".join(parts)}])
         echo_err(status_line(stream.routing))
 
 
@@ -347,10 +391,10 @@ def stats(
         by or "tier",
         "requests",
         "tokens",
-        "cost $",
-        "baseline $",
+        "cost",
+        "baseline",
         "tokens saved",
-        "$ saved",
+        "saved",
         "cache hits",
     )
     for i, col in enumerate(columns):
@@ -360,10 +404,10 @@ def stats(
             str(g["group"]),
             str(g["requests"]),
             str(g["tokens"]),
-            f"{g['cost_usd']:.4f}",
-            f"{g['baseline_usd']:.4f}",
+            money(g["cost_usd"]),
+            money(g["baseline_usd"]),
             str(g["tokens_saved"]),
-            f"{g['usd_saved']:.4f}",
+            money(g["usd_saved"]),
             str(g["cache_hits"]),
         )
     Console(width=max(100, Console().width)).print(table)
@@ -388,17 +432,29 @@ def main() -> None:
         format="%(levelname)s: %(name)s: %(message)s",
         level=logging.DEBUG if debug else logging.ERROR,
     )
+    code = 0
     try:
         app()
     except RouterError as exc:
-        if debug:
-            raise
-        echo_err(f"error: {exc}")
-        sys.exit(exit_code(exc))
+        code = _fail(exc, f"error: {exc}", exit_code(exc), debug)
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
+    except BrokenPipeError:
+        # The reader stopped reading (`router chat ... | head -1`): what it wanted it has; the
+        # request was recorded. Not an error; later writes to the closed pipe are dropped.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
     except Exception as exc:  # a bug: say so in one line, keep the traceback for --debug
-        if debug:
-            raise
-        echo_err(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug)")
-        sys.exit(1)
+        code = _fail(
+            exc, f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", 1, debug
+        )
+    sys.exit(code)
+
+
+def _fail(exc: BaseException, line: str, code: int, debug: bool) -> int:
+    """One line on stderr, or the whole traceback with --debug; the same exit code either way."""
+    if debug:
+        traceback.print_exception(exc)
+    else:
+        echo_err(line)
+    return code

@@ -13,12 +13,15 @@ import typer
 
 from router.errors import RequestError
 from router.types import Routing
+from router.units import money
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", help="models.toml to use (default: see README, 'Configuration')."
+        "--config",
+        help="models.toml to use (default: see README, 'Configuration').",
+        metavar="PATH",
     ),
 ]
 
@@ -27,7 +30,7 @@ def status_line(r: Routing) -> str:
     return (
         f"[{r.tier} · {r.model} · score {r.score:.2f} · "
         f"{'cache hit' if r.cache_hit else 'cache miss'} · "
-        f"saved {r.tokens_saved} tokens, ${r.usd_saved:.6f}] {r.reason}"
+        f"saved {r.tokens_saved} tokens, {money(r.usd_saved)}] {r.reason}"
     )
 
 

@@ -44,7 +44,6 @@ def score(config: ConfigOption = None) -> None:
 
     Output keeps input order; a bad line stops with its line number."""
     from router.complexity import default_estimator
-
     from router.complexity.followups import conversation_score
 
     estimator = default_estimator()

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from typing import Annotated, Any
 
 import typer
 
-from router.cli.common import ConfigOption, JsonOption, parse_since
+from router.cli.common import ConfigOption, JsonOption, money, parse_since
 from router.errors import RequestError
+
+
+class OnExceed(str, enum.Enum):
+    block = "block"
+    local_only = "local-only"
+
 
 budget_app = typer.Typer(help="Token and dollar budgets per user or team.")
 
@@ -22,8 +29,8 @@ def budget_set(
     daily_usd: Annotated[float | None, typer.Option(min=0)] = None,
     monthly_usd: Annotated[float | None, typer.Option(min=0)] = None,
     on_exceed: Annotated[
-        str, typer.Option(help="block (HTTP 429) or local-only (answer on the local tier).")
-    ] = "block",
+        OnExceed, typer.Option(help="block (HTTP 429) or local-only (answer on the local tier).")
+    ] = OnExceed.block,
     config: ConfigOption = None,
 ) -> None:
     """Set (replace) the budget of USER or --team NAME; it overrides models.toml's."""
@@ -46,7 +53,7 @@ def budget_set(
                 "monthly_tokens": monthly_tokens,
                 "daily_usd": daily_usd,
                 "monthly_usd": monthly_usd,
-                "on_exceed": on_exceed,
+                "on_exceed": on_exceed.value,
             }
         )
     except ValidationError as exc:
@@ -56,6 +63,34 @@ def budget_set(
     with BudgetStore(cfg.governance_path(), cfg) as store:
         store.set(budget)
     typer.echo(f"budget for {budget.scope} set", err=True)
+
+
+@budget_app.command("rm")
+def budget_rm(
+    user: Annotated[str | None, typer.Argument(help="The user (or give --team).")] = None,
+    team: Annotated[str | None, typer.Option("--team", help="A team from models.toml.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Remove the budget 'router budget set' gave USER or --team NAME."""
+    from router.config import load_config
+    from router.governance.budgets import BudgetStore
+
+    if (user is None) == (team is None):
+        raise RequestError("name a USER or give --team NAME (one of them)")
+    scope = f"user:{user}" if user is not None else f"team:{team}"
+    cfg = load_config(config)
+    in_file = any(b.scope == scope for b in cfg.budgets)
+    with BudgetStore(cfg.governance_path(), cfg) as store:
+        removed = store.remove(scope)
+    if not removed and in_file:
+        raise RequestError(f"the budget of {scope} is in {cfg.source}: remove it there")
+    if not removed:
+        raise RequestError(f"no budget for {scope} (see 'router budget show')")
+    typer.echo(
+        f"budget for {scope} removed"
+        + (f"; the one in {cfg.source} applies again" if in_file else ""),
+        err=True,
+    )
 
 
 @budget_app.command("show")
@@ -88,7 +123,12 @@ def budget_show(as_json: JsonOption = False, config: ConfigOption = None) -> Non
     if not rows:
         typer.echo("no budgets: add [[budgets]] to models.toml or use 'router budget set'")
     for r in rows:
-        parts = [f"{k} {r['used'][k]:,.4g}/{v:,.4g}" for k, v in r["limits"].items()]
+        parts = [
+            f"{k} {money(r['used'][k])}/{money(v)}"
+            if k.endswith("usd")
+            else f"{k} {r['used'][k]:,}/{v:,}"
+            for k, v in r["limits"].items()
+        ]
         typer.echo(f"{r['scope']:<24} {r['on_exceed']:<10} " + "  ".join(parts))
 
 

@@ -1,9 +1,11 @@
 """The interactive chat: `router chat` with no prompt on a terminal.
 
 Multi-turn context, streamed answers, the route after every turn, line editing and history
-(readline). `/local`, `/cloud`, `/auto` or `/model NAME` switch the mode, `/stats` shows the
-session's savings, `/reset` forgets the conversation, `/exit` or Ctrl-D leaves. Ctrl-C stops
-the answer being written, not the session.
+(readline). `/local`, `/cloud`, `/auto` or `/model NAME` switch the mode, `/system TEXT` sets
+the system prompt, `/stats` shows the session's savings, `/reset` forgets the conversation,
+three double quotes start and end a multi-line message, and `/exit`, `/bye`, `exit`, `quit` or
+Ctrl-D leave. Ctrl-C stops the answer being written, not the session. Each answered turn is
+saved for `router chat -c`.
 """
 
 from __future__ import annotations
@@ -14,16 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.cli.common import echo_err, status_line
+from router.cli.common import echo_err, money, status_line
+from router.cli.conversation import save_last, with_system
 from router.engine import Router
 from router.errors import RouterError
 from router.types import Message, Routing
 
 HELP = (
     "/auto /local /cloud  switch routing mode   /model NAME  force one model\n"
-    "/stats  this session's savings   /reset  forget the conversation   /exit  leave (Ctrl-D)\n"
-    "Ctrl-C stops an answer."
+    "/system TEXT  set the system prompt (/system alone clears it)\n"
+    '/stats  this session\'s savings   /reset  forget the conversation   """  multi-line\n'
+    "/exit or /bye  leave (Ctrl-D)   Ctrl-C stops an answer."
 )
+LEAVE = frozenset({"/exit", "/quit", "/bye", "exit", "quit", "bye", ":q"})
+FENCE = '"""'
 
 
 @dataclass
@@ -49,7 +55,7 @@ class SessionStats:
         return (
             f"{self.turns} turns: {self.local} local, {self.cloud} cloud, "
             f"{self.cache_hits} from cache; saved {self.tokens_saved} tokens and "
-            f"${self.usd_saved:.6f}; paid ${self.cost_usd:.6f}"
+            f"{money(self.usd_saved)}; paid {money(self.cost_usd)}"
         )
 
 
@@ -67,6 +73,25 @@ def _history(path: Path) -> None:
     atexit.register(readline.write_history_file, path)
 
 
+def _read(prompt: str) -> str:
+    """One message: a line, or the lines between two fences of three double quotes (a
+    multi-line paste, as in Ollama)."""
+    line = input(prompt)
+    stripped = line.strip()
+    if not stripped.startswith(FENCE):
+        return line
+    body = stripped[len(FENCE) :]
+    if body.endswith(FENCE):  # fenced on both ends of one line
+        return body[: -len(FENCE)].strip()
+    lines = [body] if body else []
+    while True:
+        more = input("... ")
+        if more.rstrip().endswith(FENCE):
+            lines.append(more.rstrip()[: -len(FENCE)])
+            return "\n".join(lines).strip("\n")
+        lines.append(more)
+
+
 def run(
     router: Router,
     *,
@@ -75,17 +100,23 @@ def run(
     params: dict[str, Any],
     cache: bool,
     history: Path | None,
+    messages: list[Message] | None = None,
 ) -> None:
     if history is not None:
         _history(history)
-    base: list[Message] = [{"role": "system", "content": system}] if system else []
-    messages = list(base)
+    messages = list(messages) if messages else with_system([], system)
     stats = SessionStats()
-    known = set(router.config.enabled())
-    echo_err(f"router chat: {mode} mode. /help for commands, /exit or Ctrl-D to leave.")
+    known = set(router.config.models)
+    enabled = set(router.config.enabled())
+    turns = sum(m.get("role") == "user" for m in messages)
+    echo_err(
+        f"router chat: {mode} mode"
+        + (f", continuing a conversation of {turns} turns" if turns else "")
+        + ". /help for commands, /exit or Ctrl-D to leave."
+    )
     while True:
         try:
-            line = input(f"you ({mode})> " if mode != "auto" else "you> ")
+            line = _read(f"you ({mode})> " if mode != "auto" else "you> ")
         except EOFError:
             sys.stdout.write("\n")
             break
@@ -93,28 +124,38 @@ def run(
             sys.stdout.write("\n")
             echo_err("(Ctrl-C stops an answer; /exit or Ctrl-D leaves)")
             continue
-        line = line.strip()
-        if not line:
+        if not line.strip():
             continue
+        if line.strip().lower() in LEAVE:
+            break
         if line.startswith("/"):
-            command, _, arg = line.partition(" ")
-            if command in ("/exit", "/quit"):
-                break
+            command, _, arg = line.strip().partition(" ")
+            arg = arg.strip()
             if command in ("/auto", "/local", "/cloud"):
                 mode = command[1:]
                 echo_err(f"mode: {mode}")
-            elif command == "/model" and arg.strip() in known:
-                mode = arg.strip()
+            elif command == "/model" and arg in enabled:
+                mode = arg
                 echo_err(f"mode: {mode} (forced)")
+            elif command == "/model" and arg in known:
+                echo_err(f"{arg!r} is disabled in models.toml (set enabled = true to use it)")
             elif command == "/model":
-                echo_err(f"unknown model {arg.strip()!r}; known: {', '.join(sorted(known))}")
+                echo_err(f"unknown model {arg!r}; enabled: {', '.join(sorted(enabled))}")
+            elif command == "/system":
+                messages = with_system(messages, arg)
+                echo_err(f"system prompt: {arg!r}" if arg else "system prompt cleared")
             elif command == "/stats":
                 echo_err(str(stats))
             elif command == "/reset":
-                messages = list(base)
+                messages = with_system(
+                    [],
+                    next((str(m["content"]) for m in messages if m.get("role") == "system"), None),
+                )
                 echo_err("conversation forgotten")
-            else:
+            elif command in ("/help", "/?"):
                 echo_err(HELP)
+            else:
+                echo_err(f"unknown command {command}; /help lists them")
             continue
         messages.append({"role": "user", "content": line})
         answer = _turn(router, messages, mode, params, cache, stats)
@@ -122,6 +163,7 @@ def run(
             messages.pop()  # nothing was answered: do not keep the question in the context
         else:
             messages.append({"role": "assistant", "content": answer})
+            save_last(messages)
     echo_err(str(stats))
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import errno
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +21,9 @@ def serve(
     host: Annotated[
         str | None, typer.Option(help="Address to bind (default: server.host, 127.0.0.1).")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: server.port, 8000).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port (default: server.port, 8000).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Serve the OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, ...)."""
@@ -46,12 +50,41 @@ def serve(
                 "keys: create one with 'router keys create --user NAME' first"
             )
         app = create_app(router, keys=keys, require_keys=exposed, loopback=not exposed)
+        sock = listen(host, port)  # before saying "serving": a port in use is one clear line
+        port = sock.getsockname()[1]
         typer.echo(
             f"router serving on http://{host}:{port}/v1 "
             f"({'API keys required' if exposed else 'loopback only'})",
             err=True,
         )
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+        with sock:
+            server.run(sockets=[sock])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port, or a RouterError that says what to do."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise RouterError(
+            f"--host {host}: not an address of this machine ({exc.strerror})"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        hint = (
+            "another program (another router serve?) is using it: stop it or choose --port"
+            if exc.errno == errno.EADDRINUSE
+            else "choose another --host or --port"
+        )
+        raise RouterError(f"cannot listen on {host}:{port}: {exc.strerror}; {hint}") from None
+    return sock
 
 
 def _store(config: Path | None) -> KeyStore:
@@ -77,6 +110,8 @@ def keys_list(config: ConfigOption = None) -> None:
     """List key ids and their users (never the keys)."""
     with _store(config) as store:
         rows = store.list()
+    if not rows:
+        typer.echo("no keys yet: create one with 'router keys create --user NAME'", err=True)
     for key_id, user, created in rows:
         when = datetime.datetime.fromtimestamp(created).isoformat(timespec="seconds")
         typer.echo(f"{key_id}\t{user}\t{when}")

@@ -19,6 +19,7 @@ from typing import Any
 
 from router.config import Config
 from router.ledger import Entry
+from router.units import money
 
 USAGE_FACTOR = 4.0
 SPIKE_FACTOR = 4.0
@@ -116,14 +117,16 @@ COLUMNS = (
 )
 
 
-def _row(a: Account) -> list[str]:
+def _row(a: Account, raw: bool = False) -> list[str]:
+    """A report row; `raw` keeps numbers plain (CSV, for spreadsheets)."""
     top = ", ".join(f"{c} {n}" for c, n in list(a.categories.items())[:3])
+    usd = (lambda v: repr(v)) if raw else money
     return [
         a.name,
         str(a.requests),
         str(a.tokens),
-        f"{a.cost_usd:.4f}",
-        f"{a.usd_saved:.4f}",
+        usd(a.cost_usd),
+        usd(a.usd_saved),
         f"{a.low_value_share:.0%}",
         top,
         "; ".join(a.flags),
@@ -137,7 +140,7 @@ def render(accounts: list[Account], fmt: str) -> str:
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(COLUMNS)
-        writer.writerows(_row(a) for a in accounts)
+        writer.writerows(_row(a, raw=True) for a in accounts)
         return out.getvalue()
     if fmt == "markdown":
         lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]

@@ -141,6 +141,12 @@ class BudgetStore(Store):
                 (budget.scope, budget.model_dump_json(exclude_none=True)),
             )
 
+    def remove(self, scope: str) -> bool:
+        """Drop the `router budget set` limits of `scope`; False when it had none."""
+        with self._lock:
+            cur = self._db.execute("DELETE FROM budget_limits WHERE scope = ?", (scope,))
+        return cur.rowcount > 0
+
     def applicable(self, user: str | None) -> list[Budget]:
         if user is None:
             return []

@@ -27,6 +27,7 @@ from router.cache import (
     ResponseCache,
     cache_key,
     routing_fingerprint,
+    sampled,
 )
 from router.chunks import assemble, replay
 from router.complexity import Estimator, default_estimator, estimator_name
@@ -157,7 +158,12 @@ class Router:
         flags = []
         if waste.trivial_document(request, category):
             flags.append("trivial-document")
-        if repeat_key is not None and self._repeats.repeated(request.user, repeat_key):
+        # Asking again for a sampled answer is asking for another answer, not a retry storm.
+        if (
+            repeat_key is not None
+            and not sampled(request.params)
+            and self._repeats.repeated(request.user, repeat_key)
+        ):
             flags.append("repeat")
         decision = policy.decide(
             request, score, self.model_views(), self.config.router.default_max_tokens
@@ -454,7 +460,8 @@ class Router:
     ) -> None:
         """Write the ledger row of an answered request and count it for repeat detection."""
         routing.latency_ms = (time.perf_counter() - started) * 1000
-        self._repeats.answered(request.user, key)
+        if not sampled(request.params):
+            self._repeats.answered(request.user, key)
         prompt = None
         if self.config.router.store_prompts:
             prompt = json.dumps(request.messages, ensure_ascii=False)

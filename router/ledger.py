@@ -54,6 +54,8 @@ class Ledger(Protocol):
 
     def entries(self, since: float | None = None) -> list[Entry]: ...
 
+    def recent(self, limit: int, user: str | None = None) -> list[Entry]: ...
+
     def summary(
         self, since: float | None = None, by: str | None = None
     ) -> list[dict[str, Any]]: ...
@@ -145,6 +147,16 @@ class SQLiteLedger(Store):
             )
             rows = cursor.fetchall()
         return [_entry(dict(zip(_COLUMNS, r, strict=True))) for r in rows]
+
+    def recent(self, limit: int, user: str | None = None) -> list[Entry]:
+        """The last `limit` requests (of `user`, if given), oldest first."""
+        where, args = ("WHERE user = ?", [user]) if user is not None else ("", [])
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM requests {where} ORDER BY id DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [_entry(dict(zip(_COLUMNS, r, strict=True))) for r in reversed(rows)]
 
     def summary(self, since: float | None = None, by: str | None = None) -> list[dict[str, Any]]:
         """Sums per group (`by`: day, user, tier or model; None: one row for everything)."""

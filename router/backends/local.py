@@ -171,6 +171,8 @@ class LocalBackend:
                 "last_failure": self._restarts.last,
                 "why_unusable": self._restarts.unusable(now),
                 "generations": dict(self._outcomes),
+                "in_flight": self._in_flight,  # answering + waiting for the model
+                "max_queue": self._model_config.max_queue,
             }
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
@@ -26,12 +26,12 @@ from router.cli.common import (
     JsonOption,
     echo_err,
     loading_spinner,
-    money,
-    parse_since,
     status_line,
 )
 from router.cli.estimator import calibrate, evaluate, score
 from router.cli.governance import audit, budget_app
+from router.cli.logs import logs, stats
+from router.cli.models import models, ps, pull
 from router.cli.serve import keys_app, serve
 from router.errors import (
     BackendError,
@@ -40,11 +40,7 @@ from router.errors import (
     RouterError,
     UnavailableError,
 )
-from router.ledger import GROUPS
 from router.types import ROUTING_MODES
-
-if TYPE_CHECKING:
-    from router.config import LocalModel
 
 app = typer.Typer(
     help="Local-first LLM router: cheap requests to a local GGUF model, hard ones to the cloud.",
@@ -54,14 +50,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command()(serve)
-app.add_typer(keys_app, name="keys")
-app.add_typer(budget_app, name="budget")
-app.command()(audit)
-app.command()(score)
-app.command("eval")(evaluate)
-app.command()(calibrate)
-
 ModelOption = Annotated[
     str, typer.Option("--model", "-m", help=f"{', '.join(ROUTING_MODES)} or a model name.")
 ]
@@ -100,7 +88,7 @@ def _messages(system: str | None, text: str) -> list[dict[str, Any]]:
     ]
 
 
-@app.command()
+@app.command(short_help="Answer a prompt, or talk interactively.")
 def chat(
     prompt: Annotated[
         list[str] | None,
@@ -183,9 +171,15 @@ def chat(
         echo_err(status_line(stream.routing))
 
 
-@app.command()
+@app.command(short_help="Show how a prompt would be routed, calling no model.")
 def explain(
-    prompt: Annotated[str, typer.Argument(help="The prompt; '-' reads stdin.")],
+    prompt: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="The prompt (several words are joined); piped stdin comes first, as in chat.",
+            show_default=False,
+        ),
+    ] = None,
     model: ModelOption = "auto",
     system: SystemOption = None,
     max_tokens: MaxTokensOption = None,
@@ -193,11 +187,15 @@ def explain(
     config: ConfigOption = None,
 ) -> None:
     """Show the score, the signals behind it and the routing decision. Calls no model."""
+    from router.cli import conversation as conv
     from router.engine import Router
     from router.policy import blockers, estimate_prompt_tokens
     from router.types import ChatRequest
 
-    text = sys.stdin.read() if prompt == "-" else prompt
+    words = prompt or []
+    text = conv.prompt_text(words, conv.piped_stdin() if words != ["-"] else sys.stdin.read())
+    if not text.strip():
+        raise RequestError('no prompt: give one (router explain "Hello") or pipe text in')
     request = ChatRequest(_messages(system, text), model, {"max_tokens": max_tokens})
     with Router(config) as router:
         score = router.score(request)
@@ -253,165 +251,19 @@ def explain(
         raise error
 
 
-@app.command()
-def models(as_json: JsonOption = False, config: ConfigOption = None) -> None:
-    """List configured models: tier, usable now, context size, prices, ceiling."""
-    from router.config import LocalModel, load_config
-    from router.engine import Router
-    from router.errors import ConfigError as _ConfigError
-    from router.pricing import model_price
-
-    cfg = load_config(config)
-    with Router(cfg) as router:
-        views = router.model_views()
-    build = _llama_build() if any(isinstance(m, LocalModel) for m in cfg.models.values()) else ""
-    rows: list[dict[str, Any]] = []
-    for name, m in cfg.models.items():
-        view = views.get(name)
-        try:
-            price = model_price(name, m)
-            prices: tuple[float | None, float | None] = (
-                price.input_per_mtok,
-                price.output_per_mtok,
-            )
-        except _ConfigError:
-            prices = (None, None)
-        rows.append(
-            {
-                "name": name,
-                "tier": m.tier,
-                "enabled": m.enabled,
-                "usable": bool(view and view.unusable is None),
-                "why_not": (view.unusable if view else "disabled in models.toml"),
-                "n_ctx": view.n_ctx if view else m.n_ctx,
-                "input_per_mtok": prices[0],
-                "output_per_mtok": prices[1],
-                "max_score": m.max_score,
-                "extra_buffers": _extra_buffers(m, build) if isinstance(m, LocalModel) else None,
-            }
-        )
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"models ({cfg.source})")
-    columns = (
-        "model",
-        "tier",
-        "usable",
-        "context",
-        "$/M in",
-        "$/M out",
-        "ceiling",
-        "extra buffers",
-    )
-    for col in columns:
-        table.add_column(col, justify="right" if col.startswith(("$", "con", "cei")) else "left")
-    for r in rows:
-        usable = "yes" if r["usable"] else f"no: {r['why_not']}"
-        money = [
-            f"{p:.2f}" if p is not None else "?"
-            for p in (r["input_per_mtok"], r["output_per_mtok"])
-        ]
-        extra = r["extra_buffers"]
-        table.add_row(
-            r["name"],
-            r["tier"],
-            usable,
-            str(r["n_ctx"] or "?"),
-            *money,
-            f"{r['max_score']:.2f}",
-            "" if extra is None else extra["summary"],
-        )
-    Console(width=max(120, Console().width)).print(table)
-    notes = {r["extra_buffers"]["why"] for r in rows if r["extra_buffers"]}
-    for note in sorted(notes):
-        typer.echo(f"extra buffers: {note}")
-
-
-def _llama_build() -> str:
-    """llama.cpp's system info, read in this process (loading the library runs no model)."""
-    try:
-        from router.backends.llama_process import system_info
-
-        return system_info()
-    except Exception as exc:  # a broken llama-cpp-python install: say so, list the rest
-        return f"unknown ({type(exc).__name__}: {exc})"
-
-
-def _extra_buffers(model: LocalModel, build: str) -> dict[str, Any]:
-    """Whether the worker will load `model` with llama.cpp's extra buffer types, and why."""
-    from router.backends.llama_process import extra_buffers_choice
-
-    enabled, why = extra_buffers_choice(model.extra_buffers, build)
-    summary = ("on" if enabled else "off") + (" (auto)" if model.extra_buffers == "auto" else "")
-    return {"setting": model.extra_buffers, "enabled": enabled, "why": why, "summary": summary}
-
-
-@app.command()
-def stats(
-    since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d, 2w.")] = "7d",
-    by: Annotated[str | None, typer.Option(help=f"Group rows by {', '.join(GROUPS)}.")] = None,
-    as_json: JsonOption = False,
-    config: ConfigOption = None,
-) -> None:
-    """Requests, tokens, cost and savings from the ledger."""
-    from router.config import load_config
-    from router.ledger import SQLiteLedger
-
-    if by is not None and by not in GROUPS:
-        raise RequestError(f"--by {by!r}: choose one of {', '.join(GROUPS)}")
-    start = parse_since(since)
-    cfg = load_config(config)
-    with SQLiteLedger(cfg.ledger_path()) as ledger:
-        totals = ledger.totals(start)
-        groups = ledger.summary(start, by or "tier")
-    rate = totals["cache_hits"] / totals["requests"] if totals["requests"] else 0.0
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "since": since,
-                    **totals,
-                    "cache_hit_rate": rate,
-                    "by": by or "tier",
-                    "groups": groups,
-                },
-                indent=2,
-            )
-        )
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"router stats, last {since} ({cfg.ledger_path()})")
-    columns = (
-        by or "tier",
-        "requests",
-        "tokens",
-        "cost",
-        "baseline",
-        "tokens saved",
-        "saved",
-        "cache hits",
-    )
-    for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i == 0 else "right")
-    for g in [*groups, {**totals, "group": "total"}]:
-        table.add_row(
-            str(g["group"]),
-            str(g["requests"]),
-            str(g["tokens"]),
-            money(g["cost_usd"]),
-            money(g["baseline_usd"]),
-            str(g["tokens_saved"]),
-            money(g["usd_saved"]),
-            str(g["cache_hits"]),
-        )
-    Console(width=max(100, Console().width)).print(table)
-    typer.echo(f"cache hit rate {rate:.1%}")
+# `router -h` lists the commands in this order, each with its one-line summary.
+app.command(short_help="Serve the OpenAI-compatible API on a port.")(serve)
+app.command(short_help="List the configured models and whether each is usable.")(models)
+app.command(short_help="Download a hub model's GGUF file ahead of time.")(pull)
+app.command(short_help="Show what a running server has loaded.")(ps)
+app.command(short_help="Show the latest requests from the ledger.")(logs)
+app.command(short_help="Requests, tokens, cost and savings, summed.")(stats)
+app.add_typer(keys_app, name="keys")
+app.add_typer(budget_app, name="budget")
+app.command(short_help="Flag accounts far above their peers.")(audit)
+app.command(short_help="Score JSON lines of prompts on stdin.")(score)
+app.command("eval", short_help="Measure the estimator on public data.")(evaluate)
+app.command(short_help="Set a local model's ceiling from real traffic.")(calibrate)
 
 
 def exit_code(exc: RouterError) -> int:

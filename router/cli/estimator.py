@@ -187,10 +187,37 @@ def _widest_local(cfg: Config) -> str:
     return max(local)[1]
 
 
+def _data_folder(given: Path | None) -> Path:
+    """--data, else $ROUTER_DATA, else ../shared/data beside the current directory or beside
+    the checkout the router runs from; a RequestError that says where to get data otherwise."""
+    import os
+
+    if given is not None:
+        candidates = [given]
+    elif os.environ.get("ROUTER_DATA"):
+        candidates = [Path(os.environ["ROUTER_DATA"])]
+    else:
+        checkout = Path(__file__).resolve().parents[2]
+        candidates = [Path.cwd().parent / "shared" / "data", checkout.parent / "shared" / "data"]
+    for folder in candidates:
+        if folder.is_dir():
+            return folder
+    tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise RequestError(
+        f"no evaluation data in {tried}: the sets are public (RouteLLM's MMLU and GSM8K "
+        "judgements, CLINC150, Arena-Hard; docs/data.md says where to get each); put them in "
+        "a folder and give --data DIR (or set ROUTER_DATA), or bring your own with "
+        "--paired FILE / --labelled FILE"
+    )
+
+
 def evaluate(
     data: Annotated[
         Path | None,
-        typer.Option(help="The shared data folder (default: ../shared/data if present)."),
+        typer.Option(
+            help="The evaluation data folder (default: $ROUTER_DATA, else ../shared/data from "
+            "here or from the checkout). docs/data.md says where each set comes from."
+        ),
     ] = None,
     paired: Annotated[
         list[Path] | None,
@@ -215,13 +242,7 @@ def evaluate(
     paired_sets: list[ev.Paired] = [ev.read_paired(p) for p in paired or []]
     labelled_sets: list[ev.Labelled] = [ev.read_labelled(p) for p in labelled or []]
     if not paired_sets and not labelled_sets:
-        folder = data or Path("..") / "shared" / "data"
-        if not folder.is_dir():
-            raise RequestError(
-                f"no data: {folder} does not exist; give --data DIR, --paired FILE or "
-                "--labelled FILE"
-            )
-        paired_sets, labelled_sets = ev.shared_sets(folder)
+        paired_sets, labelled_sets = ev.shared_sets(_data_folder(data))
     estimator = default_estimator()
     v0 = HeuristicEstimator()
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from router import Router, UnavailableError
-from router.errors import CloudRefusedError
 from router.backends.cloud import parse_retry_after
+from router.errors import CloudRefusedError
 from router.pricing import lookup
 from tests.conftest import CLOUD_KEY, EASY_PROMPT, HARD_PROMPT, Sleeps
 from tests.fakecloud import FakeCloud, Fault, answer_for

@@ -1,0 +1,140 @@
+"""`router stats` and `router logs`: what the ledger recorded."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Annotated
+
+import typer
+
+from router.cli.common import ConfigOption, JsonOption, money, parse_since
+from router.errors import RequestError
+from router.ledger import GROUPS
+
+
+def stats(
+    since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d, 2w.")] = "7d",
+    by: Annotated[str | None, typer.Option(help=f"Group rows by {', '.join(GROUPS)}.")] = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Requests, tokens, cost and savings from the ledger."""
+    from router.config import load_config
+    from router.ledger import SQLiteLedger
+
+    if by is not None and by not in GROUPS:
+        raise RequestError(f"--by {by!r}: choose one of {', '.join(GROUPS)}")
+    start = parse_since(since)
+    cfg = load_config(config)
+    with SQLiteLedger(cfg.ledger_path()) as ledger:
+        totals = ledger.totals(start)
+        groups = ledger.summary(start, by or "tier")
+    rate = totals["cache_hits"] / totals["requests"] if totals["requests"] else 0.0
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "since": since,
+                    **totals,
+                    "cache_hit_rate": rate,
+                    "by": by or "tier",
+                    "groups": groups,
+                },
+                indent=2,
+            )
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"router stats, last {since} ({cfg.ledger_path()})")
+    columns = (
+        by or "tier",
+        "requests",
+        "tokens",
+        "cost",
+        "baseline",
+        "tokens saved",
+        "saved",
+        "cache hits",
+    )
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for g in [*groups, {**totals, "group": "total"}]:
+        table.add_row(
+            str(g["group"]),
+            str(g["requests"]),
+            str(g["tokens"]),
+            money(g["cost_usd"]),
+            money(g["baseline_usd"]),
+            str(g["tokens_saved"]),
+            money(g["usd_saved"]),
+            str(g["cache_hits"]),
+        )
+    Console(width=max(100, Console().width)).print(table)
+    typer.echo(f"cache hit rate {rate:.1%}")
+
+
+def logs(
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many requests.")] = 10,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user's.")] = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """The latest requests from the ledger, newest last: route, tokens, cost, savings, and the
+    prompt when models.toml has store_prompts = true."""
+    import datetime
+
+    from router.config import load_config
+    from router.ledger import SQLiteLedger
+
+    cfg = load_config(config)
+    with SQLiteLedger(cfg.ledger_path()) as ledger:
+        rows = ledger.recent(count, user)
+    if as_json:
+        out = []
+        for e in rows:
+            row = dataclasses.asdict(e)
+            row["messages"] = json.loads(e.prompt) if e.prompt else None
+            row.pop("prompt", None)
+            out.append(row)
+        typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        typer.echo(f"no requests recorded yet in {cfg.ledger_path()}", err=True)
+        return
+    for e in rows:
+        when = datetime.datetime.fromtimestamp(e.ts).strftime("%Y-%m-%d %H:%M:%S")
+        head = (
+            f"{when}  {e.user or '-'}  {e.tier} · {e.model}  score {e.score:.2f}  "
+            f"{e.prompt_tokens}+{e.completion_tokens} tokens  {money(e.cost_usd)}  "
+            f"saved {money(e.usd_saved)}  {e.latency_ms:.0f} ms"
+            + ("  cache hit" if e.cache_hit else "")
+            + (f"  [{e.flags}]" if e.flags else "")
+        )
+        typer.echo(head)
+        asked = _last_user_text(e.prompt)
+        if asked is not None:
+            typer.echo(f"    > {asked}")
+    if not cfg.router.store_prompts:
+        typer.echo(
+            "(prompts are not stored: set store_prompts = true under [router] to keep them)",
+            err=True,
+        )
+
+
+def _last_user_text(prompt: str | None, width: int = 200) -> str | None:
+    if not prompt:
+        return None
+    try:
+        messages = json.loads(prompt)
+    except ValueError:
+        return None
+    for m in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(m, dict) and m.get("role") == "user":
+            from router.types import message_text
+
+            text = " ".join(message_text(m).split())
+            return text if len(text) <= width else text[: width - 1] + "…"
+    return None

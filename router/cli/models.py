@@ -1,0 +1,194 @@
+"""`router models`, `router pull` and `router ps`: the models configured, downloading a hub
+model ahead of time, and what a running server has loaded."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from router.cli.common import ConfigOption, JsonOption
+
+if TYPE_CHECKING:
+    from router.config import LocalModel
+
+
+def models(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """List configured models: tier, usable now, context size, prices, ceiling."""
+    from router.config import LocalModel, load_config
+    from router.engine import Router
+    from router.errors import ConfigError as _ConfigError
+    from router.pricing import model_price
+
+    cfg = load_config(config)
+    with Router(cfg) as router:
+        views = router.model_views()
+    build = _llama_build() if any(isinstance(m, LocalModel) for m in cfg.models.values()) else ""
+    rows: list[dict[str, Any]] = []
+    for name, m in cfg.models.items():
+        view = views.get(name)
+        try:
+            price = model_price(name, m)
+            prices: tuple[float | None, float | None] = (
+                price.input_per_mtok,
+                price.output_per_mtok,
+            )
+        except _ConfigError:
+            prices = (None, None)
+        rows.append(
+            {
+                "name": name,
+                "tier": m.tier,
+                "enabled": m.enabled,
+                "usable": bool(view and view.unusable is None),
+                "why_not": (view.unusable if view else "disabled in models.toml"),
+                "n_ctx": view.n_ctx if view else m.n_ctx,
+                "input_per_mtok": prices[0],
+                "output_per_mtok": prices[1],
+                "max_score": m.max_score,
+                "extra_buffers": _extra_buffers(m, build) if isinstance(m, LocalModel) else None,
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"models ({cfg.source})")
+    columns = (
+        "model",
+        "tier",
+        "usable",
+        "context",
+        "$/M in",
+        "$/M out",
+        "ceiling",
+        "extra buffers",
+    )
+    for col in columns:
+        table.add_column(col, justify="right" if col.startswith(("$", "con", "cei")) else "left")
+    for r in rows:
+        usable = "yes" if r["usable"] else f"no: {r['why_not']}"
+        money = [
+            f"{p:.2f}" if p is not None else "?"
+            for p in (r["input_per_mtok"], r["output_per_mtok"])
+        ]
+        extra = r["extra_buffers"]
+        table.add_row(
+            r["name"],
+            r["tier"],
+            usable,
+            str(r["n_ctx"] or "?"),
+            *money,
+            f"{r['max_score']:.2f}",
+            "" if extra is None else extra["summary"],
+        )
+    Console(width=max(120, Console().width)).print(table)
+    notes = {r["extra_buffers"]["why"] for r in rows if r["extra_buffers"]}
+    for note in sorted(notes):
+        typer.echo(f"extra buffers: {note}")
+
+
+def _llama_build() -> str:
+    """llama.cpp's system info, read in this process (loading the library runs no model)."""
+    try:
+        from router.backends.llama_process import system_info
+
+        return system_info()
+    except Exception as exc:  # a broken llama-cpp-python install: say so, list the rest
+        return f"unknown ({type(exc).__name__}: {exc})"
+
+
+def _extra_buffers(model: LocalModel, build: str) -> dict[str, Any]:
+    """Whether the worker will load `model` with llama.cpp's extra buffer types, and why."""
+    from router.backends.llama_process import extra_buffers_choice
+
+    enabled, why = extra_buffers_choice(model.extra_buffers, build)
+    summary = ("on" if enabled else "off") + (" (auto)" if model.extra_buffers == "auto" else "")
+    return {"setting": model.extra_buffers, "enabled": enabled, "why": why, "summary": summary}
+
+
+def pull(
+    name: Annotated[str, typer.Argument(help="A local model from models.toml (hf_repo).")],
+    config: ConfigOption = None,
+) -> None:
+    """Download a hub model's GGUF file ahead of its first request: a progress bar, resumed
+    where an interrupted download stopped, and checked against the hub's SHA-256."""
+    from router.config import LocalModel, load_config, local_problem
+    from router.errors import RequestError, UnknownModelError
+
+    cfg = load_config(config)
+    model = cfg.models.get(name)
+    if model is None:
+        raise UnknownModelError(name, list(cfg.models))
+    if not isinstance(model, LocalModel):
+        raise RequestError(f"{name!r} is a cloud model: there is nothing to download")
+    if model.hf_repo is None:
+        problem = local_problem(cfg, name, model)
+        if problem is None:
+            typer.echo(f"{name}: its file is already here; nothing to download", err=True)
+            return
+        raise RequestError(f"{name}: {problem}; only hf_repo models are downloaded by pull")
+    from router.hub import download
+
+    path = download(model.hf_repo, str(model.hf_file))
+    size = path.stat().st_size / 2**20
+    typer.echo(str(path))
+    typer.echo(
+        f"{name}: {model.hf_repo}/{model.hf_file} is here ({size:,.0f} MB, checksum verified)"
+        + ("" if model.enabled else f"; set enabled = true under [models.{name}] to use it"),
+        err=True,
+    )
+
+
+def ps(
+    url: Annotated[
+        str | None,
+        typer.Option(help="The router server (default: http://<server.host>:<server.port>)."),
+    ] = None,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """What a running `router serve` has loaded: each local model's worker, its memory and the
+    requests it is answering or queueing."""
+    import urllib.error
+    import urllib.request
+
+    from router.config import load_config
+    from router.errors import UnavailableError
+
+    if url is None:
+        cfg = load_config(config)
+        url = f"http://{cfg.server.host}:{cfg.server.port}"
+    url = url.rstrip("/").removesuffix("/v1")
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            health: dict[str, Any] = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        why = getattr(exc, "reason", exc)
+        raise UnavailableError(
+            f"no router server answers at {url} ({why}): start one with 'router serve', or "
+            "give --url"
+        ) from None
+    rows = [
+        {"name": name, **(info.get("worker") or {}), "usable": info.get("usable")}
+        for name, info in health.get("models", {}).items()
+        if info.get("tier") == "local"
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'MODEL':<16} {'STATE':<12} {'PID':>7} {'MEMORY':>9} {'BUSY':>6}  GENERATIONS")
+    for r in rows:
+        state = str(r.get("state", "?"))
+        memory = f"{r['rss_mb']:,.0f} MB" if r.get("rss_mb") else "-"
+        busy = f"{r.get('in_flight', 0)}/{r.get('max_queue', '?')}"
+        done = ", ".join(f"{k} {v}" for k, v in (r.get("generations") or {}).items()) or "-"
+        typer.echo(
+            f"{r['name']:<16} {state.split(';')[0][:12]:<12} {r.get('pid') or '-':>7} "
+            f"{memory:>9} {busy:>6}  {done}"
+        )
+    if not rows:
+        typer.echo("no local models configured on that server", err=True)

@@ -165,6 +165,10 @@ def chat(
                         sys.stdout.flush()
             sys.stdout.write("\n")
             sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader stopped reading (`| head -1`): it has what it wanted. Not an error;
+            # the answer stops here and the request is recorded as stopped early.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         finally:
             stream.close()  # a closed pipe (| head) stops the answer; the ledger still has it
             conv.save_last([*messages, {"role": "assistant", "content": "".join(parts)}])
@@ -291,11 +295,6 @@ def main() -> None:
         code = _fail(exc, f"error: {exc}", exit_code(exc), debug)
     except KeyboardInterrupt:
         code = 130
-    except BrokenPipeError:
-        # The reader stopped reading (`router chat ... | head -1`): what it wanted it has; the
-        # request was recorded. Not an error; later writes to the closed pipe are dropped.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
     except Exception as exc:  # a bug: say so in one line, keep the traceback for --debug
         code = _fail(
             exc, f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", 1, debug

@@ -13,7 +13,7 @@ import typer
 
 from router.errors import RequestError
 from router.types import Routing
-from router.units import money
+from router.units import money as money  # re-exported for the commands
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 ConfigOption = Annotated[

@@ -287,3 +287,68 @@ def test_piped_chat_shows_no_spinner(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
     assert "Loading" not in out.stderr and "\x1b" not in out.stderr
+
+
+def cloud_terminal(tmp_path: Path, fake_cloud: FakeCloud, *args: str) -> Terminal:
+    config = write_config(tmp_path, fake_cloud.base_url)
+    env = {
+        **os.environ,
+        CLOUD_KEY_ENV: CLOUD_KEY,
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "TERM": "xterm-256color",
+    }
+    command = [sys.executable, "-m", "router", "chat", "--max-tokens", "8", *args]
+    return Terminal([*command, "--config", str(config)], env, tmp_path)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_first_cloud_answer_keeps_the_session(
+    tmp_path: Path, fake_cloud: FakeCloud
+) -> None:
+    with cloud_terminal(tmp_path, fake_cloud, "-m", "cloud") as term:
+        term.expect(r"you \(cloud\)> ")
+        term.send("What is the capital of France?\r")
+        term.expect(r"France\?\r\n")
+        time.sleep(0.3)  # litellm is still being imported (it takes seconds)
+        term.send("\x03")
+        term.expect(r"\[stopped\]")
+        term.expect(r"you \(cloud\)> ")
+        term.send("And of Italy?\r")
+        answer = term.expect(r"\[cloud · cloud-mini[^\n]*\n")
+        assert answer_for([{"role": "user", "content": "And of Italy?"}]) in answer
+        assert "AttributeError" not in answer and "error" not in answer
+        term.expect(r"you \(cloud\)> ")
+        term.send("exit\r")  # a word that leaves, never a paid call
+        term.expect(r"1 turns")
+        assert term.close() == 0
+    assert [m["messages"][-1]["content"] for m in fake_cloud.requests][-1] == "And of Italy?"
+
+
+@pytest.mark.slow
+def test_repl_commands_multi_line_messages_and_the_system_prompt(
+    tmp_path: Path, fake_cloud: FakeCloud
+) -> None:
+    with cloud_terminal(tmp_path, fake_cloud, "-m", "cloud") as term:
+        term.expect(r"you \(cloud\)> ")
+        term.send("/foo\r")
+        term.expect(r"unknown command /foo; /help lists them")
+        term.send("/system Answer in French.\r")
+        term.expect(r"system prompt: 'Answer in French.'")
+        term.send('"""\r')
+        term.expect(r"\.\.\. ")
+        term.send("first line\r")
+        term.send('second line"""\r')
+        term.expect(r"\[cloud · cloud-mini[^\n]*\n")
+        sent = fake_cloud.requests[-1]["messages"]
+        assert sent == [
+            {"role": "system", "content": "Answer in French."},
+            {"role": "user", "content": "first line\nsecond line"},
+        ]
+        term.expect(r"you \(cloud\)> ")
+        term.send("/bye\r")
+        term.expect(r"1 turns")
+        assert term.close() == 0
+    assert len(fake_cloud.requests) == 1  # neither /foo, /bye nor the fences were sent
+    # The conversation is kept for `router chat -c`.
+    saved = json.loads((tmp_path / "state" / "router" / "last_conversation.json").read_text())
+    assert [m["role"] for m in saved["messages"]] == ["system", "user", "assistant"]

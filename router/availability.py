@@ -26,8 +26,10 @@ class Availability:
         }
         self._hub_found: set[str] = set()  # hub models found in the Hugging Face cache
 
-    def views(self) -> dict[str, ModelView]:
-        return {name: self.view(name, m) for name, m in self._config.enabled().items()}
+    def views(self, config: Config | None = None) -> dict[str, ModelView]:
+        """Each enabled model of `config` (default: the one given at creation)."""
+        config = config or self._config
+        return {name: self.view(name, m) for name, m in config.enabled().items()}
 
     def view(self, name: str, model: LocalModel | CloudModel) -> ModelView:
         unusable: str | None = None

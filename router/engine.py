@@ -316,7 +316,7 @@ class Router:
 
     def model_views(self) -> dict[str, policy.ModelView]:
         """What the policy sees of each enabled model, usability checked now."""
-        return self._availability.views()
+        return self._availability.views(self.config)
 
     def local_runtime(self, name: str) -> dict[str, Any]:
         """How local model `name` runs: its worker's state, pid, memory, extra buffers, failures

@@ -293,3 +293,21 @@ def test_the_cache_key_covers_where_a_cloud_model_is_reached(
     moved = build(extra)
     done = moved.router.complete(ask("What is the capital of France?"), model="cloud-mini")
     assert not done.routing.cache_hit and len(moved.cloud.calls) == 1
+
+
+def test_a_chat_stays_local_after_its_first_turn(build: Any) -> None:
+    b = build()
+    chat = [
+        {"role": "user", "content": "Hi, I'm Ana."},
+        {"role": "assistant", "content": "Nice to meet you, Ana! How can I help you today?"},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    done = b.router.complete(chat)
+    assert done.routing.tier == "local" and done.routing.score < 0.05
+    hard = [
+        *chat[:2],
+        {"role": "user", "content": HARD_PROMPT},
+        {"role": "assistant", "content": "ok"},
+    ]
+    follow_up = b.router.complete([*hard, {"role": "user", "content": "Now do it in Rust."}])
+    assert follow_up.routing.tier == "cloud"  # a follow-up to a hard task stays hard

@@ -292,9 +292,11 @@ def test_low_value_requests_are_kept_local_flagged_or_blocked(
     with Router(
         write_config(tmp_path, fake_cloud.base_url), backends={"smollm2": smollm2}
     ) as router:
-        done = router.complete(ask("Summarize this:\n\n"), model="cloud", max_tokens=8)
+        done = router.complete(ask("Summarize this:\n\n"), max_tokens=8)
         assert done.routing.tier == "local" and done.routing.flags == ["trivial-document"]
         assert "kept local" in done.routing.reason
+        with pytest.raises(RequestError, match=r"kept off the cloud.*ask with model 'auto'"):
+            router.complete(ask("Summarize this:\n\n"), model="cloud", max_tokens=8)
         # A retry storm: the third identical request within the window is flagged.
         for _ in range(3):
             last = router.complete(ask("What is 7 times 6?"), max_tokens=4, cache=False)

@@ -6,12 +6,22 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from router.backends import Backend
-from router.backends.local import LocalBackend
-from router.config import CloudModel, Config, LocalModel, local_path, local_problem
+from router.config import CloudModel, Config, LocalModel
+from router.model_files import local_path, local_problem
 from router.policy import ModelView
 from router.pricing import context_window
+
+
+@runtime_checkable
+class Supervised(Protocol):
+    """A backend that knows when it cannot serve (a local worker down, a pool all ejected)."""
+
+    def unusable(self) -> str | None: ...
+
+    def seconds_until_usable(self) -> float: ...
 
 
 class Availability:
@@ -42,7 +52,7 @@ class Availability:
             n_ctx = model.n_ctx
             backend = self._backends.get(name)
             unusable = self.file_problem(name, model)
-            if unusable is None and isinstance(backend, LocalBackend):
+            if unusable is None and isinstance(backend, Supervised):
                 unusable, retry_after = backend.unusable(), backend.seconds_until_usable()
         return ModelView(
             name=name,

@@ -35,6 +35,7 @@ APP_NAME = "router"
 ENV_CONFIG = "ROUTER_CONFIG"
 _ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[^/\s:\[\]]+)(:[0-9]{1,5})?/?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 
 
 class _Strict(BaseModel):
@@ -58,12 +59,26 @@ class Price(_Strict):
 FREE = Price(input_per_mtok=0.0, output_per_mtok=0.0)
 
 
-class LocalModel(_Strict):
-    """A GGUF model run by llama-cpp-python in a supervised worker process.
+def _env_name(value: str | None) -> str | None:
+    if value is not None and not _ENV_NAME.match(value):
+        raise ValueError(
+            f"{value[:6]!r}... is not an environment variable name; put the secret in an "
+            "environment variable and name that variable here"
+        )
+    return value
 
-    The file comes from exactly one of: `path`; `package` + `file` (a file inside an installed
-    Python package, found without importing it); `hf_repo` + `hf_file` (downloaded once from
-    the Hugging Face hub into its cache).
+
+class LocalModel(_Strict):
+    """A local model: a GGUF file run by llama-cpp-python in a supervised worker process, or
+    a model served by an OpenAI-compatible server the team runs (Ollama, llama-server, vLLM,
+    LM Studio), on this machine or another.
+
+    The model comes from exactly one of: `path`; `package` + `file` (a file inside an installed
+    Python package, found without importing it); `hf_repo` + `hf_file` (downloaded by `router
+    pull` into the Hugging Face cache); `api_base` + `remote_model` (a server's `/v1` URL, or a
+    list of them serving the same model as a pool, and the name that server knows the model
+    by; `api_key_env` names the variable with its key, if it wants one). A remote local model
+    is local in every sense: free unless priced, never budgeted, counted as saved.
 
     `extra_buffers`: llama.cpp's extra weight buffer types (repacked weights for AMX, AVX2 or
     NEON kernels). "auto" turns them off when the llama.cpp build uses AMX, whose buffers crash
@@ -79,6 +94,12 @@ class LocalModel(_Strict):
     file: str | None = None
     hf_repo: str | None = None
     hf_file: str | None = None
+    api_base: str | list[str] | None = None
+    remote_model: str | None = None
+    api_key_env: str | None = None
+    # A pool endpoint that fails is left out this long (doubling each time it fails again, at
+    # most 10 minutes), then probed (GET /v1/models) before it gets requests again.
+    eject_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     n_ctx: Annotated[int, Field(ge=128, le=1_048_576)] = 2048
     n_threads: Annotated[int, Field(ge=1, le=512)] | None = None
     n_gpu_layers: Annotated[int, Field(ge=-1)] = 0
@@ -91,6 +112,11 @@ class LocalModel(_Strict):
     extra_buffers: Literal["auto"] | bool = "auto"
     timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     price: Price | None = None
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env(cls, value: str | None) -> str | None:
+        return _env_name(value)
 
     @field_validator("extra_buffers", mode="before")
     @classmethod
@@ -107,19 +133,48 @@ class LocalModel(_Strict):
                 ("path", self.path is not None),
                 ("package + file", self.package is not None or self.file is not None),
                 ("hf_repo + hf_file", self.hf_repo is not None or self.hf_file is not None),
+                (
+                    "api_base + remote_model",
+                    self.api_base is not None or self.remote_model is not None,
+                ),
             )
             if given
         ]
         if len(sources) != 1:
             raise ValueError(
-                "give exactly one model source: path, package + file, or hf_repo + hf_file"
-                + (f" (got {' and '.join(sources)})" if sources else "")
+                "give exactly one model source: path, package + file, hf_repo + hf_file, or "
+                "api_base + remote_model" + (f" (got {' and '.join(sources)})" if sources else "")
             )
         if (self.package is None) != (self.file is None):
             raise ValueError("'package' and 'file' go together")
         if (self.hf_repo is None) != (self.hf_file is None):
             raise ValueError("'hf_repo' and 'hf_file' go together")
+        if (self.api_base is None) != (self.remote_model is None):
+            raise ValueError("'api_base' and 'remote_model' go together")
+        if self.api_key_env is not None and self.api_base is None:
+            raise ValueError("'api_key_env' is for a remote model (api_base + remote_model)")
+        bases = self.endpoints()
+        if self.api_base is not None and not bases:
+            raise ValueError("'api_base' lists no URL")
+        for base in bases:
+            if not _URL.match(base):
+                raise ValueError(f"api_base {base[:80]!r} is not an http(s) URL")
+        if len(set(bases)) != len(bases):
+            raise ValueError("api_base lists the same URL twice")
         return self
+
+    @property
+    def remote(self) -> bool:
+        """Served by an OpenAI-compatible server rather than run here."""
+        return self.api_base is not None
+
+    def endpoints(self) -> list[str]:
+        """The servers' `/v1` URLs, without a trailing slash."""
+        bases = [self.api_base] if isinstance(self.api_base, str) else list(self.api_base or [])
+        return [b.rstrip("/") for b in bases]
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
 class CloudModel(_Strict):
@@ -147,12 +202,7 @@ class CloudModel(_Strict):
     @field_validator("api_key_env", "api_base_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.match(value):
-            raise ValueError(
-                f"{value[:6]!r}... is not an environment variable name; put the secret in an "
-                "environment variable and name that variable here"
-            )
-        return value
+        return _env_name(value)
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -419,43 +469,4 @@ def package_file(package: str, file: str) -> Path | None:
         candidate = Path(location) / file
         if candidate.is_file():
             return candidate
-    return None
-
-
-def local_path(config: Config, model: LocalModel) -> Path | None:
-    """Where the GGUF file is on disk now, or None (hub models not yet downloaded)."""
-    if model.path is not None:
-        return config._resolve(model.path)
-    if model.package is not None and model.file is not None:
-        return package_file(model.package, model.file)
-    return None
-
-
-def hub_cached(model: LocalModel) -> Path | None:
-    """Where a hub model's file is in the Hugging Face cache, or None when not downloaded yet
-    (looks at the disk only; `router pull` downloads)."""
-    if model.hf_repo is None or model.hf_file is None:
-        return None
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id=model.hf_repo, filename=model.hf_file)
-    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
-
-
-def local_problem(config: Config, name: str, model: LocalModel) -> str | None:
-    """Why local model `name` cannot be loaded now (its file is missing), or None. A missing
-    file makes the model unusable (`router models` says why), never the whole configuration
-    invalid: every other model and command keeps working."""
-    if model.path is not None:
-        path = local_path(config, model)
-        if path is None or not path.is_file():
-            return f"model file {path} not found (download it there or fix models.{name}.path)"
-    elif model.package is not None:
-        if local_path(config, model) is None:
-            return (
-                f"file {model.file!r} not found in package {model.package!r} "
-                f"(pip install {model.package.replace('_', '-')})"
-            )
-    elif hub_cached(model) is None:
-        return f"not downloaded yet: run 'router pull {name}' ({model.hf_repo}/{model.hf_file})"
     return None

@@ -322,7 +322,8 @@ class Router:
         """How local model `name` runs: its worker's state, pid, memory, extra buffers, failures
         (empty for a model that is not a GGUF run by this router, e.g. a test double)."""
         backend = self._backend(name)  # creating it starts nothing
-        return backend.health() if isinstance(backend, LocalBackend) else {}
+        health = getattr(backend, "health", None)
+        return health() if callable(health) else {}
 
     def close(self) -> None:
         """Stop the local workers and close the cache, the ledger and the budget store."""
@@ -330,8 +331,9 @@ class Router:
             owned = [self._backends[name] for name in self._owned]
         try:
             for backend in owned:  # backends passed in belong to the caller
-                if isinstance(backend, LocalBackend):
-                    backend.close()
+                close = getattr(backend, "close", None)
+                if close is not None:
+                    close()
         finally:
             self._cache.close()
             self._ledger.close()
@@ -363,7 +365,11 @@ class Router:
             backend = self._backends.get(name)
             if backend is None:
                 model = self.config.models[name]
-                if isinstance(model, LocalModel):
+                if isinstance(model, LocalModel) and model.remote:
+                    from router.backends.remote import RemoteBackend
+
+                    backend = RemoteBackend(name, model)
+                elif isinstance(model, LocalModel):
                     backend = LocalBackend(self.config, name, model, self._loading)
                 else:
                     from router.backends.cloud import CloudBackend

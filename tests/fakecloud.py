@@ -91,6 +91,13 @@ class FakeCloud:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def do_GET(self) -> None:
+                if self.path.endswith("/models"):  # what a pool probes, and `models --probe`
+                    data = [{"id": m, "object": "model"} for m in ("gpt-4o-mini", "gpt-4o")]
+                    self._json(200, {"object": "list", "data": data}, {})
+                else:
+                    self._json(404, {"error": {"message": "not found"}}, {})
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")

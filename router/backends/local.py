@@ -29,8 +29,9 @@ from typing import Any
 from router.backends.restarts import RestartPolicy
 from router.backends.transcript import for_local
 from router.backends.worker import Worker, WorkerFailure, WorkerLoadError, describe_exit
-from router.config import Config, LocalModel, hub_cached, local_path, local_problem
+from router.config import Config, LocalModel
 from router.errors import BackendError, BusyError, ModelLoadError
+from router.model_files import hub_cached, local_path, local_problem
 from router.types import SAMPLING_PARAMS, ChatRequest
 
 log = logging.getLogger("router.local")

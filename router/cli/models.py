@@ -14,17 +14,31 @@ if TYPE_CHECKING:
     from router.config import LocalModel
 
 
-def models(as_json: JsonOption = False, config: ConfigOption = None) -> None:
-    """List configured models: tier, usable now, context size, prices, ceiling."""
+def models(
+    probe: Annotated[
+        bool,
+        typer.Option(
+            "--probe", help="Ask each server endpoint which models it serves (GET /v1/models)."
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """List configured models: tier, usable now, context size, prices, ceiling; with --probe,
+    what each configured server endpoint serves."""
     from router.config import LocalModel, load_config
     from router.engine import Router
     from router.errors import ConfigError as _ConfigError
     from router.pricing import model_price
 
     cfg = load_config(config)
+    if probe:
+        _probe_all(cfg, as_json)
+        return
     with Router(cfg) as router:
         views = router.model_views()
-    build = _llama_build() if any(isinstance(m, LocalModel) for m in cfg.models.values()) else ""
+    in_process = [m for m in cfg.models.values() if isinstance(m, LocalModel) and not m.remote]
+    build = _llama_build() if in_process else ""
     rows: list[dict[str, Any]] = []
     for name, m in cfg.models.items():
         view = views.get(name)
@@ -47,7 +61,10 @@ def models(as_json: JsonOption = False, config: ConfigOption = None) -> None:
                 "input_per_mtok": prices[0],
                 "output_per_mtok": prices[1],
                 "max_score": m.max_score,
-                "extra_buffers": _extra_buffers(m, build) if isinstance(m, LocalModel) else None,
+                "extra_buffers": _extra_buffers(m, build)
+                if isinstance(m, LocalModel) and not m.remote
+                else None,
+                "endpoints": m.endpoints() if isinstance(m, LocalModel) and m.remote else None,
             }
         )
     if as_json:
@@ -65,7 +82,7 @@ def models(as_json: JsonOption = False, config: ConfigOption = None) -> None:
         "$/M in",
         "$/M out",
         "ceiling",
-        "extra buffers",
+        "runs",
     )
     for col in columns:
         table.add_column(col, justify="right" if col.startswith(("$", "con", "cei")) else "left")
@@ -75,7 +92,6 @@ def models(as_json: JsonOption = False, config: ConfigOption = None) -> None:
             f"{p:.2f}" if p is not None else "?"
             for p in (r["input_per_mtok"], r["output_per_mtok"])
         ]
-        extra = r["extra_buffers"]
         table.add_row(
             r["name"],
             r["tier"],
@@ -83,12 +99,63 @@ def models(as_json: JsonOption = False, config: ConfigOption = None) -> None:
             str(r["n_ctx"] or "?"),
             *money,
             f"{r['max_score']:.2f}",
-            "" if extra is None else extra["summary"],
+            _runs(r),
         )
     Console(width=max(120, Console().width)).print(table)
     notes = {r["extra_buffers"]["why"] for r in rows if r["extra_buffers"]}
     for note in sorted(notes):
         typer.echo(f"extra buffers: {note}")
+
+
+def _runs(row: dict[str, Any]) -> str:
+    """Where a model runs: its server endpoints, or the in-process worker's extra buffers."""
+    if row["endpoints"]:
+        return ", ".join(row["endpoints"])
+    extra = row["extra_buffers"]
+    return "" if extra is None else f"here, extra buffers {extra['summary']}"
+
+
+def _probe_all(cfg: Any, as_json: bool) -> None:
+    """What every configured server endpoint serves: remote local models' api_base (each of a
+    pool) and cloud models with an api_base. Unreachable ones say why."""
+    import urllib.error
+    import urllib.request
+
+    from router.config import CloudModel, LocalModel
+
+    rows: list[dict[str, Any]] = []
+    for name, m in cfg.models.items():
+        if isinstance(m, LocalModel) and m.remote:
+            bases, wanted, key = m.endpoints(), m.remote_model, m.api_key()
+        elif isinstance(m, CloudModel) and m.resolved_api_base():
+            base = str(m.resolved_api_base()).rstrip("/")
+            bases, wanted, key = [base], m.litellm_model.split("/", 1)[-1], m.api_key()
+        else:
+            continue
+        for base in bases:
+            row: dict[str, Any] = {"model": name, "endpoint": base, "wanted": wanted}
+            request = urllib.request.Request(f"{base}/models")
+            if key:
+                request.add_header("Authorization", f"Bearer {key}")
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    data = json.load(response)
+                row["serves"] = sorted(str(d.get("id")) for d in data.get("data", []))
+                row["error"] = None
+            except (urllib.error.URLError, OSError, ValueError, AttributeError) as exc:
+                row["serves"], row["error"] = [], str(getattr(exc, "reason", exc))[:200]
+            rows.append(row)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no server endpoints configured (api_base on a model)", err=True)
+    for r in rows:
+        if r["error"]:
+            typer.echo(f"{r['model']:<16} {r['endpoint']}  cannot be reached: {r['error']}")
+            continue
+        found = "found" if r["wanted"] in r["serves"] else f"NOT served ({r['wanted']!r})"
+        typer.echo(f"{r['model']:<16} {r['endpoint']}  {found}; serves: {', '.join(r['serves'])}")
 
 
 def _llama_build() -> str:
@@ -116,8 +183,9 @@ def pull(
 ) -> None:
     """Download a hub model's GGUF file ahead of its first request: a progress bar, resumed
     where an interrupted download stopped, and checked against the hub's SHA-256."""
-    from router.config import LocalModel, load_config, local_problem
+    from router.config import LocalModel, load_config
     from router.errors import RequestError, UnknownModelError
+    from router.model_files import local_problem
 
     cfg = load_config(config)
     model = cfg.models.get(name)
@@ -190,5 +258,12 @@ def ps(
             f"{r['name']:<16} {state.split(';')[0][:12]:<12} {r.get('pid') or '-':>7} "
             f"{memory:>9} {busy:>6}  {done}"
         )
+        for e in r.get("endpoints") or []:  # a remote model: each server of its pool
+            out = f", out {e['ejected_for_seconds']:.0f} s more" if e["state"] == "ejected" else ""
+            why = f" ({e['last_error']})" if e.get("last_error") else ""
+            typer.echo(
+                f"  {e['url']}  {e['state']}{out}, {e['in_flight']} in flight, "
+                f"{e['served']} served, {e['failures']} failures{why}"
+            )
     if not rows:
         typer.echo("no local models configured on that server", err=True)

@@ -21,10 +21,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from router.config import LocalModel
 from router.engine import Router
 from router.errors import RouterError
 from router.server.keys import PREFIX, KeyStore
-from router.server.metrics import Metrics
+from router.server.metrics import Metrics, endpoint_gauges
 from router.server.origins import BrowserGuard
 from router.types import ROUTING_MODES, CompletionStream, Routing
 from router.wire.http import HTTPError, http_error, parse_chat
@@ -220,7 +221,13 @@ def create_app(
                 authenticate(request)
         except HTTPError as err:
             return _error_response(err)
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        remote = {
+            name: router.local_runtime(name)
+            for name, m in router.config.enabled().items()
+            if isinstance(m, LocalModel) and m.remote
+        }
+        text = metrics.render() + endpoint_gauges(remote)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def http_exception(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

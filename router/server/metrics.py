@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from typing import Any
 
 from router.types import Routing
 
@@ -74,3 +75,27 @@ class Metrics:
                 out.append(f'{hist}_sum{{tier="{tier}"}} {self._latency_sum[tier]}')
                 out.append(f'{hist}_count{{tier="{tier}"}} {counts[-1]}')
         return "\n".join(out) + "\n"
+
+
+def endpoint_gauges(runtimes: dict[str, dict[str, Any]]) -> str:
+    """Each remote local model's endpoints: up (1) or ejected (0), requests in flight,
+    failures so far. `runtimes` maps model names to `Router.local_runtime`."""
+    out = [
+        "# HELP router_endpoint_up A local model's server endpoint: 1 up, 0 ejected.",
+        "# TYPE router_endpoint_up gauge",
+    ]
+    in_flight = ["# TYPE router_endpoint_in_flight gauge"]
+    failures = ["# TYPE router_endpoint_failures_total counter"]
+    for model, runtime in sorted(runtimes.items()):
+        for e in runtime.get("endpoints") or []:
+            labels = f'model="{_label(model)}",endpoint="{_label(str(e["url"]))}"'
+            out.append(f"router_endpoint_up{{{labels}}} {int(e['state'] != 'ejected')}")
+            in_flight.append(f"router_endpoint_in_flight{{{labels}}} {e['in_flight']}")
+            failures.append(f"router_endpoint_failures_total{{{labels}}} {e['failures']}")
+    if len(out) == 2:
+        return ""
+    return "\n".join(out + in_flight + failures) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -211,3 +211,36 @@ def test_json_output_is_valid_json_on_a_model_that_supports_it(
     )
     assert done.routing.tier == "local"
     assert isinstance(json.loads(done.text), dict)
+
+
+def test_a_json_schema_is_honoured_by_the_in_process_model(
+    make_router: Callable[..., Router],
+) -> None:
+    """response_format json_schema becomes a llama.cpp grammar: the answer parses and matches
+    the schema, so a JSON request does not have to leave the machine."""
+    import json
+
+    import jsonschema
+
+    router = make_router(extra="")
+    cfg = router.config.models["smollm2"]
+    models = {**router.config.models, "smollm2": cfg.model_copy(update={"supports_json": True})}
+    router.config = router.config.model_copy(update={"models": models})
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    done = router.complete(
+        ask("A person named Ana, aged 31. Reply with a JSON object with the keys name, age."),
+        model="local",
+        max_tokens=60,
+        temperature=0,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": schema},
+        },
+    )
+    assert done.routing.tier == "local"
+    data = json.loads(done.text)
+    jsonschema.validate(data, schema)

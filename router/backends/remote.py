@@ -1,0 +1,356 @@
+"""Local models served by an OpenAI-compatible server the team runs: Ollama, llama.cpp's
+llama-server, vLLM, LM Studio, `python -m llama_cpp.server`, on this machine or another.
+
+One `RemoteBackend` per configured model; its endpoints form a `Pool` (router/backends/pool.py).
+A request that fails on one endpoint before any answer reached the caller (it cannot be
+reached, times out, answers 5xx) goes to another; when every endpoint failed the engine tries
+the next model. A 4xx (an unknown `remote_model`, a request the server refuses) is not the
+endpoint's fault: it is reported, nothing is ejected. Plain httpx: no SDK to import.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from router.backends import deadline
+from router.backends.pool import Endpoint, Pool
+from router.backends.transcript import for_local
+from router.config import LocalModel
+from router.errors import BackendError
+from router.types import SAMPLING_PARAMS, ChatRequest
+
+PROBE_SECONDS = 3.0
+CONNECT_SECONDS = 5.0
+
+
+class _Transient(Exception):
+    """The endpoint failed: eject it and try another."""
+
+
+class RemoteBackend:
+    def __init__(self, name: str, model: LocalModel) -> None:
+        assert model.remote and model.remote_model is not None
+        self.name = name
+        self._model = model
+        self._client = httpx.Client(headers=self._headers(), follow_redirects=True)
+        self.pool = Pool(model.endpoints(), eject_seconds=model.eject_seconds, probe=self._probe)
+
+    # ------------------------------------------------------------------ Backend seam
+
+    def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:
+        body = self._body(request, params, stream=False)
+        tried: set[str] = set()
+        errors: list[str] = []
+        while (endpoint := self.pool.acquire(tried)) is not None:
+            tried.add(endpoint.url)
+            try:
+                response = self._post(endpoint, body)
+                try:
+                    raw = response.json()
+                except ValueError:
+                    raise _Transient("the answer is not JSON") from None
+                finally:
+                    response.close()
+            except _Transient as exc:
+                self.pool.failed(endpoint, str(exc))
+                errors.append(f"{endpoint.url}: {exc}")
+                continue
+            except BaseException:
+                self.pool.released(endpoint)
+                raise
+            self.pool.succeeded(endpoint)
+            return self._completion(raw)
+        raise self._all_failed(errors)
+
+    def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        body = self._body(request, params, stream=True)
+        tried: set[str] = set()
+        errors: list[str] = []
+        while (endpoint := self.pool.acquire(tried)) is not None:
+            tried.add(endpoint.url)
+            try:
+                response = self._post(endpoint, body, stream=True)
+            except _Transient as exc:
+                self.pool.failed(endpoint, str(exc))
+                errors.append(f"{endpoint.url}: {exc}")
+                continue
+            except BaseException:
+                self.pool.released(endpoint)
+                raise
+            events = self._events(response)
+            try:
+                first = next(events, None)  # a failure before any answer: another endpoint
+            except _Transient as exc:
+                response.close()
+                self.pool.failed(endpoint, str(exc))
+                errors.append(f"{endpoint.url}: {exc}")
+                continue
+            except BaseException:
+                response.close()
+                self.pool.released(endpoint)
+                raise
+            yield from self._relay(endpoint, response, first, events)
+            return
+        raise self._all_failed(errors)
+
+    # ------------------------------------------------------------------ state
+
+    def unusable(self) -> str | None:
+        if self.pool.seconds_until_usable() == 0.0:
+            return None
+        return f"every endpoint of {self.name} is ejected after failing: " + "; ".join(
+            f"{e['url']} ({e['last_error']})" for e in self.pool.health()
+        )
+
+    def seconds_until_usable(self) -> float:
+        return self.pool.seconds_until_usable() or 0.0
+
+    def health(self) -> dict[str, Any]:
+        endpoints = self.pool.health()
+        up = sum(e["state"] != "ejected" for e in endpoints)
+        return {
+            "state": "ready" if up else "unusable",
+            "remote_model": self._model.remote_model,
+            "endpoints": endpoints,
+            "in_flight": sum(e["in_flight"] for e in endpoints),
+            "max_queue": self._model.max_queue,
+            "pid": None,
+            "rss_mb": None,
+            "generations": {"ok": sum(e["served"] for e in endpoints)},
+        }
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _headers(self) -> dict[str, str]:
+        key = self._model.api_key()
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _body(self, request: ChatRequest, params: dict[str, Any], *, stream: bool) -> bytes:
+        body: dict[str, Any] = {
+            "model": self._model.remote_model,
+            # An OpenAI-compatible server takes OpenAI messages; images only when it reads them
+            # (the policy sends an image only to a model with supports_vision).
+            "messages": request.messages
+            if request.needs_vision and self._model.supports_vision
+            else for_local(request.messages, tools=self._model.supports_tools),
+            **{k: v for k, v in params.items() if k in SAMPLING_PARAMS},
+        }
+        if not self._model.supports_tools:
+            for key in ("tools", "tool_choice", "parallel_tool_calls"):
+                body.pop(key, None)
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return json.dumps(body).encode()
+
+    def _post(self, endpoint: Endpoint, body: bytes, *, stream: bool = False) -> httpx.Response:
+        """The server's response with status 200, or _Transient / BackendError."""
+        wait = deadline.timeout(self._model.timeout_seconds)
+        timeout = httpx.Timeout(wait, connect=min(CONNECT_SECONDS, wait))
+        request = self._client.build_request(
+            "POST",
+            f"{endpoint.url}/chat/completions",
+            content=body,
+            headers={"Content-Type": "application/json"},
+            timeout=timeout,
+        )
+        try:
+            response = self._client.send(request, stream=stream)
+        except httpx.TimeoutException:
+            raise _Transient(f"timed out after {wait:.0f} s") from None
+        except httpx.HTTPError as exc:
+            raise _Transient(f"cannot reach it ({_reason(exc)})") from None
+        if response.status_code == 200:
+            return response
+        try:
+            detail = _error_text(response.read())
+        except httpx.HTTPError:
+            detail = ""
+        finally:
+            response.close()
+        status = response.status_code
+        if status >= 500 or status == 429:
+            raise _Transient(f"HTTP {status}{detail}")
+        raise BackendError(
+            f"{self.name}: {endpoint.url} refused the request: HTTP {status}{detail}"
+            + (
+                f" (does it serve remote_model {self._model.remote_model!r}? "
+                "'router models --probe' lists what it serves)"
+                if status == 404
+                else ""
+            )
+        )
+
+    def _probe(self, url: str) -> None:
+        response = self._client.get(f"{url}/models", timeout=PROBE_SECONDS)
+        response.raise_for_status()
+
+    def _events(self, response: httpx.Response) -> Iterator[dict[str, Any]]:
+        """The stream's chunks as dicts (server-sent events), _Transient on a broken stream."""
+        try:
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    raise _Transient("the stream is not JSON") from None
+                if isinstance(event, dict) and "error" in event:
+                    raise _Transient(f"error in the stream: {_error_text(data.encode())}")
+                if isinstance(event, dict):
+                    yield event
+        except httpx.TimeoutException:
+            raise _Transient(
+                f"went silent for {self._model.timeout_seconds:.0f} s in the answer"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise _Transient(f"the connection broke ({_reason(exc)})") from None
+
+    def _relay(
+        self,
+        endpoint: Endpoint,
+        response: httpx.Response,
+        first: dict[str, Any] | None,
+        events: Iterator[dict[str, Any]],
+    ) -> Iterator[dict[str, Any]]:
+        """Chunks in the router's shape; the endpoint's health from how the stream ended."""
+        usage: dict[str, Any] | None = None
+        chunk_id = f"chatcmpl-{int(time.time() * 1000)}"
+        outcome = "released"  # the consumer stopped early: nothing known about the endpoint
+        try:
+            pending = [first] if first is not None else []
+            for event in _chain(pending, events):
+                chunk_id = event.get("id") or chunk_id
+                usage = _usage(event.get("usage")) or usage
+                choices = [_delta_choice(c) for c in event.get("choices") or []]
+                if choices:
+                    yield {
+                        "id": chunk_id,
+                        "object": "chat.completion.chunk",
+                        "created": event.get("created") or int(time.time()),
+                        "model": self.name,
+                        "choices": choices,
+                    }
+            outcome = "succeeded"
+        except _Transient as exc:
+            outcome = "failed"
+            self.pool.failed(endpoint, str(exc))
+            raise BackendError(f"{self.name}: {endpoint.url}: {exc}") from None
+        finally:
+            response.close()
+            if outcome == "succeeded":
+                self.pool.succeeded(endpoint)
+            elif outcome == "released":
+                self.pool.released(endpoint)
+        final: dict[str, Any] = {
+            "id": chunk_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.name,
+            "choices": [],
+        }
+        if usage is not None:
+            final["usage"] = usage
+        yield final
+
+    def _completion(self, raw: Any) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise BackendError(f"{self.name}: the server's answer is not a chat completion")
+        choices = []
+        for c in raw.get("choices") or []:
+            message = c.get("message") or {}
+            out: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+            if message.get("tool_calls"):
+                out["tool_calls"] = message["tool_calls"]
+            choices.append(
+                {
+                    "index": c.get("index", 0),
+                    "message": out,
+                    "finish_reason": c.get("finish_reason"),
+                    "logprobs": None,
+                }
+            )
+        return {
+            "id": raw.get("id") or f"chatcmpl-{int(time.time() * 1000)}",
+            "object": "chat.completion",
+            "created": raw.get("created") or int(time.time()),
+            "model": self.name,
+            "choices": choices,
+            "usage": _usage(raw.get("usage"))
+            or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }
+
+    def _all_failed(self, errors: list[str]) -> BackendError:
+        wait = self.pool.seconds_until_usable()
+        if not errors:
+            return BackendError(
+                f"{self.unusable() or self.name + ': no endpoint available'}", retry_after=wait
+            )
+        return BackendError(
+            f"{self.name}: every endpoint failed: {'; '.join(errors)}",
+            retryable=True,
+            retry_after=wait or None,
+        )
+
+
+def _chain(first: list[dict[str, Any]], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    yield from first
+    yield from rest
+
+
+def _delta_choice(c: dict[str, Any]) -> dict[str, Any]:
+    delta = c.get("delta") or {}
+    return {
+        "index": c.get("index", 0),
+        "delta": {
+            k: v
+            for k, v in delta.items()
+            if k in ("role", "content", "tool_calls") and v is not None
+        },
+        "finish_reason": c.get("finish_reason"),
+    }
+
+
+def _usage(usage: Any) -> dict[str, int] | None:
+    if not isinstance(usage, dict):
+        return None
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    if not prompt and not completion:
+        return None
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _reason(exc: BaseException) -> str:
+    root: BaseException = exc
+    while root.__cause__ or root.__context__:
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    text = getattr(root, "strerror", None) or str(root) or type(root).__name__
+    return str(text).splitlines()[0][:160]
+
+
+def _error_text(body: bytes) -> str:
+    """': <the server's error message>' from an OpenAI-style error body, or ''."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        text = body.decode("utf-8", "replace").strip()
+        return f": {text.splitlines()[0][:200]}" if text else ""
+    error = data.get("error") if isinstance(data, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error or data.get("detail")
+    return f": {str(message)[:200]}" if message else ""

@@ -7,12 +7,14 @@ methods later.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+from router.errors import RequestError
 from router.sqlite import Store, migrate, open_db
 from router.types import Routing
 
@@ -182,3 +184,15 @@ class SQLiteLedger(Store):
         total.pop("group")
         by_tier = {r["group"]: r["requests"] for r in self.summary(since, "tier")}
         return {**total, "by_tier": by_tier}
+
+
+_SINCE = re.compile(r"^(\d+)\s*([mhdw])$")
+
+
+def parse_since(value: str) -> float:
+    """A ledger window, '30m', '24h', '7d' or '2w', as the Unix time that long ago."""
+    match = _SINCE.match(value.strip().lower())
+    if not match:
+        raise RequestError(f"--since {value!r}: expected a number and m, h, d or w (e.g. 7d)")
+    unit = {"m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+    return time.time() - int(match.group(1)) * unit

@@ -118,7 +118,7 @@ class RemoteBackend:
             "remote_model": self._model.remote_model,
             "endpoints": endpoints,
             "in_flight": sum(e["in_flight"] for e in endpoints),
-            "max_queue": self._model.max_queue,
+            "max_queue": None,  # each server queues its own requests
             "pid": None,
             "rss_mb": None,
             "generations": {"ok": sum(e["served"] for e in endpoints)},

@@ -30,7 +30,7 @@ from router.cli.common import (
 )
 from router.cli.estimator import calibrate, evaluate, score
 from router.cli.governance import audit, budget_app
-from router.cli.logs import logs, stats
+from router.cli.logs import logs, report, stats
 from router.cli.models import models, ps, pull
 from router.cli.serve import keys_app, serve
 from router.errors import (
@@ -262,6 +262,7 @@ app.command(short_help="Download a hub model's GGUF file ahead of time.")(pull)
 app.command(short_help="Show what a running server has loaded.")(ps)
 app.command(short_help="Show the latest requests from the ledger.")(logs)
 app.command(short_help="Requests, tokens, cost and savings, summed.")(stats)
+app.command(short_help="Write the savings dashboard as one HTML file.")(report)
 app.add_typer(keys_app, name="keys")
 app.add_typer(budget_app, name="budget")
 app.command(short_help="Flag accounts far above their peers.")(audit)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import sys
-import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from router.errors import RequestError
+from router.ledger import parse_since as parse_since  # re-exported for the commands
 from router.types import Routing
 from router.units import money as money  # re-exported for the commands
 
@@ -45,15 +43,3 @@ def loading_spinner(name: str) -> AbstractContextManager[object]:
 
 def echo_err(text: str) -> None:
     typer.echo(text, err=True)
-
-
-_SINCE = re.compile(r"^(\d+)\s*([mhdw])$")
-
-
-def parse_since(value: str) -> float:
-    """'30m', '24h', '7d', '2w' → a Unix time that long ago."""
-    match = _SINCE.match(value.strip().lower())
-    if not match:
-        raise RequestError(f"--since {value!r}: expected a number and m, h, d or w (e.g. 7d)")
-    unit = {"m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
-    return time.time() - int(match.group(1)) * unit

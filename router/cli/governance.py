@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -97,26 +97,11 @@ def budget_rm(
 def budget_show(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """Every budget with what has been used this day and month."""
     from router.config import load_config
-    from router.governance.budgets import LIMITS, BudgetStore
+    from router.governance.budgets import BudgetStore, budget_rows
 
     cfg = load_config(config)
-    rows: list[dict[str, Any]] = []
     with BudgetStore(cfg.governance_path(), cfg) as store:
-        for scope, budget in sorted(store.budgets().items()):
-            used = store.usage(scope)
-            limits = {
-                name: getattr(budget, name)
-                for name, _, _ in LIMITS
-                if getattr(budget, name) is not None
-            }
-            rows.append(
-                {
-                    "scope": scope,
-                    "on_exceed": budget.on_exceed,
-                    "limits": limits,
-                    "used": {k: used[k] for k in limits},
-                }
-            )
+        rows = budget_rows(store)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -138,3 +139,42 @@ def _last_user_text(prompt: str | None, width: int = 200) -> str | None:
             text = " ".join(message_text(m).split())
             return text if len(text) <= width else text[: width - 1] + "…"
     return None
+
+
+def report(
+    html: Annotated[Path, typer.Option("--html", help="Write the dashboard page to this file.")],
+    since: Annotated[str, typer.Option(help="How far back: 24h, 7d, 30d...")] = "7d",
+    config: ConfigOption = None,
+) -> None:
+    """Write the savings dashboard, figures included, as one self-contained HTML file (to mail
+    or attach to a ticket): the page of `router serve`'s /dashboard, needing nothing else."""
+    import os
+    import tempfile
+
+    from router import dashboard
+    from router.config import load_config
+    from router.governance.budgets import BudgetStore
+    from router.ledger import SQLiteLedger
+
+    cfg = load_config(config)
+    with (
+        SQLiteLedger(cfg.ledger_path()) as ledger,
+        BudgetStore(cfg.governance_path(), cfg) as budgets,
+    ):
+        figures = dashboard.summary(cfg, ledger, budgets, since)
+    target = html.expanduser()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(dashboard.page(figures))
+        os.chmod(tmp, 0o644)  # a report to share, not a secret
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise RequestError(f"--html {html}: cannot write it ({exc.strerror})") from None
+    head = figures["headline"]
+    typer.echo(
+        f"wrote {target}: {head['requests']:,} requests in the last {since}, "
+        f"saved {money(head['usd_saved'])}",
+        err=True,
+    )

@@ -252,7 +252,7 @@ def ps(
     for r in rows:
         state = str(r.get("state", "?"))
         memory = f"{r['rss_mb']:,.0f} MB" if r.get("rss_mb") else "-"
-        busy = f"{r.get('in_flight', 0)}/{r.get('max_queue', '?')}"
+        busy = f"{r.get('in_flight', 0)}" + (f"/{r['max_queue']}" if r.get("max_queue") else "")
         done = ", ".join(f"{k} {v}" for k, v in (r.get("generations") or {}).items()) or "-"
         typer.echo(
             f"{r['name']:<16} {state.split(';')[0][:12]:<12} {r.get('pid') or '-':>7} "

@@ -296,3 +296,20 @@ class BudgetStore(Store):
                 out[f"{'daily' if kind == 'day' else 'monthly'}_tokens"] = tokens
                 out[f"{'daily' if kind == 'day' else 'monthly'}_usd"] = usd
         return out
+
+
+def budget_rows(store: BudgetStore) -> list[dict[str, Any]]:
+    """Each budget's limits and this day's and month's use (`router budget show --json`)."""
+    rows = []
+    for scope, budget in sorted(store.budgets().items()):
+        used = store.usage(scope)
+        limits = {n: getattr(budget, n) for n, _, _ in LIMITS if getattr(budget, n) is not None}
+        rows.append(
+            {
+                "scope": scope,
+                "on_exceed": budget.on_exceed,
+                "limits": limits,
+                "used": {k: used[k] for k in limits},
+            }
+        )
+    return rows

@@ -18,9 +18,16 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
+from router import dashboard
 from router.config import LocalModel
 from router.engine import Router
 from router.errors import RouterError
@@ -41,6 +48,12 @@ def routing_headers(routing: Routing) -> dict[str, str]:
         "x-router-cache": "hit" if routing.cache_hit else "miss",
         "x-router-category": routing.category,
     }
+
+
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'"
+)
 
 
 def _error_response(err: HTTPError) -> JSONResponse:
@@ -190,6 +203,36 @@ def create_app(
             return _error_response(err)
         return JSONResponse({"object": "list", "data": model_list()})
 
+    async def router_summary(request: Request) -> Response:
+        try:
+            authenticate(request)
+            unknown = sorted(set(request.query_params) - {"since"})
+            if unknown:
+                raise HTTPError(
+                    400,
+                    f"unknown parameter {unknown[0][:40]!r}: only 'since'",
+                    param=unknown[0][:40],
+                )
+            since = request.query_params.get("since", "7d")
+            try:
+                body = await anyio.to_thread.run_sync(
+                    dashboard.summary, router.config, router.ledger, router.budgets, since
+                )
+            except RouterError as exc:
+                raise HTTPError(
+                    400,
+                    f"since={since[:20]!r}: give a window such as 24h, 7d or 30d",
+                    param="since",
+                ) from exc
+        except HTTPError as err:
+            return _error_response(err)
+        return JSONResponse(body)
+
+    async def dashboard_page(request: Request) -> Response:
+        # The page holds no figures (they come from /v1/router/summary, behind the keys off
+        # loopback) and may load nothing from anywhere else.
+        return HTMLResponse(dashboard.page(), headers={"Content-Security-Policy": PAGE_POLICY})
+
     async def get_model(request: Request) -> Response:
         try:
             authenticate(request)
@@ -245,6 +288,8 @@ def create_app(
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", get_model, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
+            Route("/v1/router/summary", router_summary, methods=["GET"]),
+            Route("/dashboard", dashboard_page, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_exception, Exception: server_error},

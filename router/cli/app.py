@@ -27,6 +27,7 @@ from router.cli.common import (
     echo_err,
     loading_spinner,
     status_line,
+    write_stream,
 )
 from router.cli.estimator import calibrate, evaluate, score
 from router.cli.governance import audit, budget_app
@@ -156,13 +157,7 @@ def chat(
         stream = router.stream(messages, model, cache=not no_cache, **params)
         parts: list[str] = []
         try:
-            for chunk in stream:
-                for choice in chunk.get("choices", []):
-                    piece = choice.get("delta", {}).get("content")
-                    if piece:
-                        parts.append(piece)
-                        sys.stdout.write(piece)
-                        sys.stdout.flush()
+            write_stream(stream, parts)
             sys.stdout.write("\n")
             sys.stdout.flush()
         except BrokenPipeError:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -43,3 +44,14 @@ def loading_spinner(name: str) -> AbstractContextManager[object]:
 
 def echo_err(text: str) -> None:
     typer.echo(text, err=True)
+
+
+def write_stream(stream: Iterable[dict[str, Any]], parts: list[str]) -> None:
+    """Write a streamed answer's text to stdout as it comes, keeping it in `parts`."""
+    for chunk in stream:
+        for choice in chunk.get("choices", []):
+            piece = choice.get("delta", {}).get("content")
+            if piece:
+                parts.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.cli.common import echo_err, money, status_line
+from router.cli.common import echo_err, money, status_line, write_stream
 from router.cli.conversation import save_last, with_system
 from router.engine import Router
 from router.errors import RouterError
@@ -187,13 +187,7 @@ def _turn(
         return None
     stopped = False
     try:
-        for chunk in stream:
-            for choice in chunk.get("choices", []):
-                piece = choice.get("delta", {}).get("content")
-                if piece:
-                    parts.append(piece)
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
+        write_stream(stream, parts)
     except KeyboardInterrupt:
         stopped = True
     except RouterError as exc:

@@ -18,10 +18,10 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from router.chunks import new_id
 from router.config import CloudModel, Config, LocalModel
 from router.types import ChatRequest, Decision, Routing
 
@@ -138,7 +138,7 @@ class CachePolicy:
     def replay(hit: dict[str, Any], decision: Decision) -> tuple[dict[str, Any], Routing]:
         """A cached answer as a new response (fresh id and time) and its routing."""
         response = copy.deepcopy(hit["response"])
-        response["id"] = f"chatcmpl-{uuid.uuid4().hex}"
+        response["id"] = new_id()
         response["created"] = int(time.time())
         routing = Routing(
             tier=hit["tier"],

@@ -8,6 +8,11 @@ from collections.abc import Mapping
 from typing import Any
 
 
+def new_id() -> str:
+    """A fresh answer id, in OpenAI's shape."""
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
 def assemble(
     first: dict[str, Any] | None,
     model: str,
@@ -17,7 +22,7 @@ def assemble(
 ) -> dict[str, Any]:
     """A streamed answer as the `chat.completion` object the same request would have got."""
     return {
-        "id": (first or {}).get("id") or f"chatcmpl-{uuid.uuid4().hex}",
+        "id": (first or {}).get("id") or new_id(),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,

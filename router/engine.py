@@ -29,7 +29,7 @@ from router.cache import (
     routing_fingerprint,
     sampled,
 )
-from router.chunks import assemble, replay
+from router.chunks import assemble, new_id, replay
 from router.complexity import Estimator, default_estimator, estimator_name
 from router.complexity.followups import conversation_score
 from router.config import (
@@ -50,7 +50,7 @@ from router.errors import (
 from router.governance import waste
 from router.governance.budgets import BudgetStore, Reservation, shortened
 from router.governance.categories import classify
-from router.ledger import Entry, Ledger, SQLiteLedger
+from router.ledger import Entry, Ledger, SQLiteLedger, rate_answer
 from router.pricing import account, baseline_price, price_table
 from router.types import (
     ROUTING_MODES,
@@ -207,6 +207,7 @@ class Router:
         decision = self.decide(request, repeat_key=key, guard=hit is None)
         if hit is not None:
             response, routing = self._cache.replay(hit, decision)
+            routing.response_id = response["id"]
             self._account(routing, response.get("usage") or {})
             self._record(request, key, routing, started, stream=False)
             return Completion(response, routing)
@@ -216,6 +217,9 @@ class Router:
 
         name, response, reservation, failures = self._first_answer(request, decision, params, call)
         routing = self._routing(decision, name, failures, reservation)
+        # The router's own id for every answer: unique (providers and test servers repeat
+        # theirs) and the key the client gives back with feedback.
+        response = {**response, "id": routing.response_id}
         self._account(routing, response.get("usage") or {})
         self._settle(reservation, routing)
         self._record(request, key, routing, started, stream=False)  # the row first: paid calls
@@ -297,6 +301,7 @@ class Router:
         decision = self.decide(request, repeat_key=key, guard=hit is None)
         if hit is not None:
             response, routing = self._cache.replay(hit, decision)
+            routing.response_id = response["id"]
             self._account(routing, response.get("usage") or {})
             self._record(request, key, routing, started, stream=True)
             return CompletionStream(iter(replay(response)), routing)
@@ -313,6 +318,14 @@ class Router:
         routing = self._routing(decision, name, failures, reservation)
         body = self._finish_stream(request, key, chunks, first, routing, started, reservation)
         return CompletionStream(body, routing)
+
+    def feedback(
+        self, response_id: str, rating: str, comment: str = "", *, user: str | None = None
+    ) -> None:
+        """Record a person's verdict on an answer, by its `id`: `rating` "good" or "bad".
+        With `user`, only that user's own answers can be rated; NotFoundError otherwise, or
+        when the ledger has no such answer."""
+        rate_answer(self._ledger, response_id, rating, comment, user)
 
     def model_views(self) -> dict[str, policy.ModelView]:
         """What the policy sees of each enabled model, usability checked now."""
@@ -396,6 +409,7 @@ class Router:
             failures = [*failures, f"max_tokens lowered by {reservation.cut} to fit the budget"]
             reason = f"{reason}; {failures[-1]}"
         return Routing(
+            response_id=new_id(),
             tier=tier,
             model=name,
             score=decision.score,
@@ -427,6 +441,7 @@ class Router:
         try:
             pending = [first] if first is not None else []
             for chunk in itertools.chain(pending, chunks):
+                chunk = {**chunk, "id": routing.response_id}
                 for choice in chunk.get("choices", []):
                     delta = choice.get("delta", {})
                     text.append(delta.get("content") or "")

@@ -4,6 +4,7 @@ RouterError
  ├── ConfigError            models.toml is missing, unreadable or invalid (names file and key)
  ├── RequestError           the request is wrong as written (HTTP 400): change the request
  │    ├── UnknownModelError the model is not auto/local/cloud nor in models.toml (HTTP 404)
+ │    ├── NotFoundError     no such answer in the ledger, for feedback (HTTP 404)
  │    └── NoRouteError      no configured model could serve it (too long, needs tools, ...)
  ├── UnavailableError       models that could serve it are unusable now or failed (HTTP 503)
  │    ├── BusyError         the local model's queue is full: retry after `retry_after` seconds
@@ -53,6 +54,10 @@ class UnknownModelError(RequestError):
         )
         super().__init__(message, param="model")
         self.name = name
+
+
+class NotFoundError(RequestError):
+    """What the request refers to (an answer's id, for feedback) is not in the ledger."""
 
 
 class NoRouteError(RequestError):

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from router.errors import RequestError
+from router.errors import NotFoundError, RequestError
 from router.sqlite import Store, migrate, open_db
 from router.types import Routing
 
@@ -40,6 +40,9 @@ class Entry:
     category: str = "other"
     flags: str = ""  # comma-separated low-value flags ("trivial-document", "repeat")
     estimator: str = ""  # the estimator that gave the score ("structure-v1"); "" before v1
+    response_id: str = ""  # the answer's id, as the client got it
+    rating: str = ""  # feedback: "good", "bad" or "" (none)
+    feedback: str = ""  # the feedback's comment
 
     @classmethod
     def from_routing(cls, routing: Routing, **rest: Any) -> Entry:
@@ -57,6 +60,8 @@ class Ledger(Protocol):
     def entries(self, since: float | None = None) -> list[Entry]: ...
 
     def recent(self, limit: int, user: str | None = None) -> list[Entry]: ...
+
+    def rate(self, response_id: str, rating: str, comment: str, user: str | None) -> bool: ...
 
     def summary(
         self, since: float | None = None, by: str | None = None
@@ -97,6 +102,12 @@ _MIGRATIONS = [
     """,
     """
     ALTER TABLE requests ADD COLUMN estimator TEXT NOT NULL DEFAULT '';
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN response_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE requests ADD COLUMN rating TEXT NOT NULL DEFAULT '';
+    ALTER TABLE requests ADD COLUMN feedback TEXT NOT NULL DEFAULT '';
+    CREATE INDEX requests_response_id ON requests (response_id);
     """,
 ]
 
@@ -150,6 +161,19 @@ class SQLiteLedger(Store):
             rows = cursor.fetchall()
         return [_entry(dict(zip(_COLUMNS, r, strict=True))) for r in rows]
 
+    def rate(self, response_id: str, rating: str, comment: str, user: str | None) -> bool:
+        """Record feedback on the answer `response_id` (a second rating replaces the first);
+        with `user`, only on that user's own answers. False when there is no such answer."""
+        where, args = "response_id = ? AND response_id != ''", [response_id]
+        if user is not None:
+            where, args = where + " AND user = ?", [*args, user]
+        with self._lock, self._db:
+            cursor = self._db.execute(
+                f"UPDATE requests SET rating = ?, feedback = ? WHERE {where}",
+                (rating, comment, *args),
+            )
+        return cursor.rowcount > 0
+
     def recent(self, limit: int, user: str | None = None) -> list[Entry]:
         """The last `limit` requests (of `user`, if given), oldest first."""
         where, args = ("WHERE user = ?", [user]) if user is not None else ("", [])
@@ -196,3 +220,19 @@ def parse_since(value: str) -> float:
         raise RequestError(f"--since {value!r}: expected a number and m, h, d or w (e.g. 7d)")
     unit = {"m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
     return time.time() - int(match.group(1)) * unit
+
+
+MAX_COMMENT = 2000
+
+
+def rate_answer(
+    ledger: Ledger, response_id: str, rating: str, comment: str, user: str | None
+) -> None:
+    """Feedback on an answer (`Router.feedback`), checked: RequestError for a bad rating or
+    comment, NotFoundError when the ledger has no such answer (or not the user's)."""
+    if rating not in ("good", "bad"):
+        raise RequestError(f"rating {rating[:20]!r}: give 'good' or 'bad'", param="rating")
+    if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
+        raise RequestError(f"comment: at most {MAX_COMMENT} characters", param="comment")
+    if not ledger.rate(response_id, rating, comment, user):
+        raise NotFoundError(f"no answer with id {response_id[:80]!r} in the ledger", param="id")

@@ -177,6 +177,7 @@ class Routing:
     attempts: list[str] = field(default_factory=list)
     category: str = "other"
     flags: list[str] = field(default_factory=list)
+    response_id: str = ""  # the answer's `id`, the key for feedback (Router.feedback)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -72,6 +72,15 @@ def fake_cloud() -> Iterator[FakeCloud]:
 
 
 @pytest.fixture(autouse=True)
+def _own_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and every `router` it starts) gets its own config, data, cache and state
+    dirs: nothing reads or writes the real ~/.local/share/router ledger or ~/.config."""
+    home = tmp_path_factory.mktemp("home")
+    for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
+        monkeypatch.setenv(var, str(home / var.lower()))
+
+
+@pytest.fixture(autouse=True)
 def _reset_cloud(request: pytest.FixtureRequest) -> None:
     if "fake_cloud" in request.fixturenames:
         cloud: FakeCloud = request.getfixturevalue("fake_cloud")

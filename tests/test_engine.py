@@ -311,3 +311,31 @@ def test_a_chat_stays_local_after_its_first_turn(build: Any) -> None:
     ]
     follow_up = b.router.complete([*hard, {"role": "user", "content": "Now do it in Rust."}])
     assert follow_up.routing.tier == "cloud"  # a follow-up to a hard task stays hard
+
+
+def test_feedback_is_recorded_by_the_answers_own_id(build: Any) -> None:
+    from router.errors import NotFoundError
+
+    b = build()
+    first = b.router.complete(ask("Hi there"), user="ana")
+    again = b.router.complete(ask("Hi there"), user="ana")  # a cache hit: its own id
+    stream = b.router.stream(ask(HARD_PROMPT), user="ben")
+    chunks = list(stream)
+    ids = {first.response["id"], again.response["id"], chunks[0]["id"]}
+    assert len(ids) == 3 and all(c["id"] == stream.routing.response_id for c in chunks)
+    assert first.routing.response_id == first.response["id"]
+    b.router.feedback(first.response["id"], "bad", "wrong name", user="ana")
+    b.router.feedback(stream.routing.response_id, "good")
+    b.router.feedback(first.response["id"], "good", user="ana")  # a second rating replaces it
+    rows = {e.response_id: (e.rating, e.feedback) for e in b.router.ledger.entries()}
+    assert rows[first.response["id"]] == ("good", "")
+    assert rows[stream.routing.response_id] == ("good", "") and rows[again.response["id"]] == (
+        "",
+        "",
+    )
+    with pytest.raises(NotFoundError, match="no answer with id 'chatcmpl-nope'"):
+        b.router.feedback("chatcmpl-nope", "good")
+    with pytest.raises(NotFoundError):  # someone else's answer
+        b.router.feedback(stream.routing.response_id, "bad", user="ana")
+    with pytest.raises(RequestError, match="give 'good' or 'bad'"):
+        b.router.feedback(first.response["id"], "meh")

@@ -113,6 +113,11 @@ def logs(
             f"saved {money(e.usd_saved)}  {e.latency_ms:.0f} ms"
             + ("  cache hit" if e.cache_hit else "")
             + (f"  [{e.flags}]" if e.flags else "")
+            + (
+                f"  rated {e.rating}" + (f": {e.feedback}" if e.feedback else "")
+                if e.rating
+                else ""
+            )
         )
         typer.echo(head)
         asked = _last_user_text(e.prompt)

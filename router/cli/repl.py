@@ -26,6 +26,7 @@ HELP = (
     "/auto /local /cloud  switch routing mode   /model NAME  force one model\n"
     "/system TEXT  set the system prompt (/system alone clears it)\n"
     '/stats  this session\'s savings   /reset  forget the conversation   """  multi-line\n'
+    "/good or /bad [COMMENT]  rate the last answer (kept in the ledger)\n"
     "/exit or /bye  leave (Ctrl-D)   Ctrl-C stops an answer."
 )
 LEAVE = frozenset({"/exit", "/quit", "/bye", "exit", "quit", "bye", ":q"})
@@ -106,6 +107,7 @@ def run(
         _history(history)
     messages = list(messages) if messages else with_system([], system)
     stats = SessionStats()
+    last_id = ""  # the last answer's id, for /good and /bad
     known = set(router.config.models)
     enabled = set(router.config.enabled())
     turns = sum(m.get("role") == "user" for m in messages)
@@ -144,6 +146,15 @@ def run(
             elif command == "/system":
                 messages = with_system(messages, arg)
                 echo_err(f"system prompt: {arg!r}" if arg else "system prompt cleared")
+            elif command in ("/good", "/bad"):
+                if not last_id:
+                    echo_err("nothing to rate yet: rate an answer after it is given")
+                    continue
+                try:
+                    router.feedback(last_id, command[1:], arg)
+                    echo_err(f"noted: {command[1:]}" + (f" ({arg})" if arg else ""))
+                except RouterError as exc:
+                    echo_err(f"error: {exc}")
             elif command == "/stats":
                 echo_err(str(stats))
             elif command == "/reset":
@@ -162,7 +173,8 @@ def run(
         if answer is None:
             messages.pop()  # nothing was answered: do not keep the question in the context
         else:
-            messages.append({"role": "assistant", "content": answer})
+            text, last_id = answer
+            messages.append({"role": "assistant", "content": text})
             save_last(messages)
     echo_err(str(stats))
 
@@ -174,8 +186,8 @@ def _turn(
     params: dict[str, Any],
     cache: bool,
     stats: SessionStats,
-) -> str | None:
-    """One streamed answer; None when nothing could be answered."""
+) -> tuple[str, str] | None:
+    """One streamed answer and its id; None when nothing could be answered."""
     parts: list[str] = []
     try:
         stream = router.stream(messages, mode, cache=cache, **params)
@@ -200,4 +212,4 @@ def _turn(
         echo_err("[stopped]")
     stats.add(stream.routing)
     echo_err(status_line(stream.routing))
-    return "".join(parts)
+    return "".join(parts), stream.routing.response_id

@@ -35,7 +35,7 @@ from router.server.keys import PREFIX, KeyStore
 from router.server.metrics import Metrics, endpoint_gauges
 from router.server.origins import BrowserGuard
 from router.types import ROUTING_MODES, CompletionStream, Routing
-from router.wire.http import HTTPError, http_error, parse_chat
+from router.wire.http import HTTPError, http_error, parse_chat, parse_feedback
 
 log = logging.getLogger("router.server")
 
@@ -203,6 +203,20 @@ def create_app(
             return _error_response(err)
         return JSONResponse({"object": "list", "data": model_list()})
 
+    async def feedback(request: Request) -> Response:
+        try:
+            owner = authenticate(request)
+            ident, rating, comment = parse_feedback(await read_body(request))
+            try:
+                await anyio.to_thread.run_sync(
+                    lambda: router.feedback(ident, rating, comment, user=owner)
+                )
+            except RouterError as exc:
+                raise http_error(exc) from None
+        except HTTPError as err:
+            return _error_response(err)
+        return JSONResponse({"id": ident, "rating": rating, "recorded": True})
+
     async def router_summary(request: Request) -> Response:
         try:
             authenticate(request)
@@ -289,6 +303,7 @@ def create_app(
             Route("/v1/models/{model:path}", get_model, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/v1/router/summary", router_summary, methods=["GET"]),
+            Route("/v1/feedback", feedback, methods=["POST"]),
             Route("/dashboard", dashboard_page, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],

@@ -14,6 +14,7 @@ from router.errors import (
     BusyError,
     CloudRefusedError,
     NoRouteError,
+    NotFoundError,
     RequestError,
     RouterError,
     UnavailableError,
@@ -49,6 +50,8 @@ def http_error(exc: RouterError) -> HTTPError:
     """The HTTP status and OpenAI error body for a router error."""
     if isinstance(exc, UnknownModelError):
         return HTTPError(404, str(exc), param="model", code="model_not_found")
+    if isinstance(exc, NotFoundError):
+        return HTTPError(404, str(exc), param=exc.param, code="not_found")
     if isinstance(exc, NoRouteError):
         return HTTPError(400, str(exc), param=exc.param, code="no_model_can_serve")
     if isinstance(exc, RequestError):
@@ -89,6 +92,31 @@ class ChatCall:
     request: ChatRequest
     stream: bool
     include_usage: bool
+
+
+FEEDBACK_FIELDS = {"id", "rating", "comment"}
+
+
+def parse_feedback(raw: bytes) -> tuple[str, str, str]:
+    """A /v1/feedback body `{"id", "rating": "good" | "bad", "comment"?}` → its three fields,
+    or HTTPError(400) naming the one to fix."""
+    try:
+        data = body.parse(raw)
+    except body.BodyError as exc:
+        raise HTTPError(400, str(exc), param=exc.param) from None
+    if not isinstance(data, dict):
+        raise HTTPError(400, 'the body must be a JSON object: {"id": ..., "rating": "good"}')
+    unknown = sorted(set(data) - FEEDBACK_FIELDS)
+    if unknown:
+        raise HTTPError(400, f"unknown field {unknown[0][:40]!r}", param=unknown[0][:40])
+    ident, rating, comment = data.get("id"), data.get("rating"), data.get("comment", "")
+    if not isinstance(ident, str) or not 0 < len(ident) <= 200:
+        raise HTTPError(400, "'id': the answer's id, a string (the response's `id`)", param="id")
+    if rating not in ("good", "bad"):
+        raise HTTPError(400, '\'rating\': give "good" or "bad"', param="rating")
+    if not isinstance(comment, str) or len(comment) > 2000:
+        raise HTTPError(400, "'comment': a string of at most 2000 characters", param="comment")
+    return ident, str(rating), comment
 
 
 def parse_chat(

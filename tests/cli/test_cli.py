@@ -332,6 +332,8 @@ def test_repl_commands_multi_line_messages_and_the_system_prompt(
         term.expect(r"you \(cloud\)> ")
         term.send("/foo\r")
         term.expect(r"unknown command /foo; /help lists them")
+        term.send("/bad\r")
+        term.expect(r"nothing to rate yet")
         term.send("/system Answer in French.\r")
         term.expect(r"system prompt: 'Answer in French.'")
         term.send('"""\r')
@@ -345,6 +347,8 @@ def test_repl_commands_multi_line_messages_and_the_system_prompt(
             {"role": "user", "content": "first line\nsecond line"},
         ]
         term.expect(r"you \(cloud\)> ")
+        term.send("/good right on\r")
+        term.expect(r"noted: good \(right on\)")
         term.send("/bye\r")
         term.expect(r"1 turns")
         assert term.close() == 0
@@ -352,3 +356,8 @@ def test_repl_commands_multi_line_messages_and_the_system_prompt(
     # The conversation is kept for `router chat -c`.
     saved = json.loads((tmp_path / "state" / "router" / "last_conversation.json").read_text())
     assert [m["role"] for m in saved["messages"]] == ["system", "user", "assistant"]
+    from router.ledger import SQLiteLedger
+
+    with SQLiteLedger(tmp_path / "ledger.sqlite3") as ledger:
+        (row,) = ledger.entries()
+    assert (row.rating, row.feedback) == ("good", "right on")

@@ -218,3 +218,50 @@ def test_the_dashboard_in_a_real_browser_shows_the_same_figures(
         assert browser.requests and only_loopback(browser.requests) == []
     finally:
         browser.close()
+
+
+def test_feedback_over_http_by_the_response_id(
+    doubles: tuple[Router, Path], tmp_path: Path
+) -> None:
+    import openai
+
+    router, _ = doubles
+
+    def post(url: str, body: object, key: str | None = None) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        if key:
+            request.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    with KeyStore(tmp_path / "keys.sqlite3") as keys:
+        ana, _ = keys.create("ana")
+        ben, _ = keys.create("ben")
+        app = create_app(router, keys=keys, require_keys=True, loopback=False)
+        with ServerThread(app) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key=ana)
+            done = client.chat.completions.create(
+                model="auto", messages=[{"role": "user", "content": "Hi"}]
+            )
+            url = server.url + "/v1/feedback"
+            ok = post(url, {"id": done.id, "rating": "bad", "comment": "too short"}, ana)
+            assert ok == (200, {"id": done.id, "rating": "bad", "recorded": True})
+            assert post(url, {"id": done.id, "rating": "good"}, ben)[0] == 404  # not his
+            assert post(url, {"id": "chatcmpl-nope", "rating": "good"}, ana)[0] == 404
+            assert post(url, {"id": done.id, "rating": "good"})[0] == 401
+            for bad, param in (
+                ({"id": done.id, "rating": "meh"}, "rating"),
+                ({"id": done.id}, "rating"),
+                ({"rating": "good"}, "id"),
+                ({"id": done.id, "rating": "good", "score": 5}, "score"),
+                ({"id": done.id, "rating": "good", "comment": "x" * 2001}, "comment"),
+            ):
+                status, body = post(url, bad, ana)
+                assert (status, body["error"]["param"]) == (400, param)
+    row = next(e for e in router.ledger.entries() if e.response_id == done.id)
+    assert (row.user, row.rating, row.feedback) == ("ana", "bad", "too short")

@@ -284,9 +284,14 @@ def main() -> None:
         format="%(levelname)s: %(name)s: %(message)s",
         level=logging.DEBUG if debug else logging.ERROR,
     )
-    code = 0
+    code: int | str | None = 0
     try:
         app()
+    except SystemExit as exc:
+        # Click turns a closed stdout (`router logs | head -1`) into a silent exit 1 after
+        # swapping stdout for its PacifyFlushWrapper: the reader stopped, which is no error.
+        closed_pipe = type(sys.stdout).__name__ == "PacifyFlushWrapper"
+        code = 0 if closed_pipe and exc.code == 1 else exc.code
     except RouterError as exc:
         code = _fail(exc, f"error: {exc}", exit_code(exc), debug)
     except KeyboardInterrupt:

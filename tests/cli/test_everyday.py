@@ -185,6 +185,25 @@ def test_logs_shows_the_latest_requests_and_prompts_when_stored(tmp_path: Path) 
     assert [d["messages"][0]["content"] for d in data] == ["ask 0", "ask 1", "ask 2"]
 
 
+def test_any_command_whose_reader_stops_early_exits_0(tmp_path: Path) -> None:
+    config = write_config(tmp_path, None)
+    with SQLiteLedger(tmp_path / "ledger.sqlite3") as ledger:
+        row = dict(user="ana", tier="local", model="smollm2", prompt_tokens=1, completion_tokens=1)
+        for _ in range(50):
+            ledger.record(
+                Entry(ts=time.time(), **row, cost_usd=0, baseline_usd=0, tokens_saved=2,
+                      usd_saved=0, cache_hit=False, latency_ms=1, score=0.1, reason="r")
+            )  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router", "logs", "-n", "50", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `| head -0` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and err == ""
+
+
 def test_ps_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -33,6 +33,7 @@ from router.cli.estimator import calibrate, evaluate, score
 from router.cli.governance import audit, budget_app
 from router.cli.logs import logs, report, stats
 from router.cli.models import models, ps, pull
+from router.cli.quality import quality
 from router.cli.serve import keys_app, serve
 from router.errors import (
     BackendError,
@@ -258,6 +259,7 @@ app.command(short_help="Show what a running server has loaded.")(ps)
 app.command(short_help="Show the latest requests from the ledger.")(logs)
 app.command(short_help="Requests, tokens, cost and savings, summed.")(stats)
 app.command(short_help="Write the savings dashboard as one HTML file.")(report)
+app.command(short_help="How often local answers were rated good enough.")(quality)
 app.add_typer(keys_app, name="keys")
 app.add_typer(budget_app, name="budget")
 app.command(short_help="Flag accounts far above their peers.")(audit)

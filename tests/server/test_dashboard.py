@@ -83,6 +83,8 @@ def test_the_summary_equals_stats_and_audit_for_the_same_window(
             and empty["over_time"]["step_seconds"] == 3600
         )
         fill(router)
+        rated = router.ledger.entries()[0]
+        router.feedback(rated.response_id, "good")
         for window in ("24h", "7d", "30d"):
             status, body = get(server.url + f"/v1/router/summary?since={window}")
             assert status == 200 and body["since"] == window
@@ -94,6 +96,8 @@ def test_the_summary_equals_stats_and_audit_for_the_same_window(
                 "audit", "--since", window, "--by", "team", "--format", "json", config=config
             )
             assert body["budgets"] == cli("budget", "show", "--json", config=config)
+            quality = cli("quality", "--since", window, "--json", config=config)
+            assert {**body["quality"], "since": window} == quality and quality["rated"] == 1
         head = body["headline"]
         assert head["requests"] == 5 and head["cache_hit_rate"] == pytest.approx(0.2)
         assert head["local_share"] == pytest.approx(4 / 5) and head["cost_usd"] > 0

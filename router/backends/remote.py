@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import httpx
 
@@ -25,6 +25,7 @@ from router.errors import BackendError
 from router.types import SAMPLING_PARAMS, ChatRequest
 
 PROBE_SECONDS = 3.0
+T = TypeVar("T")
 CONNECT_SECONDS = 5.0
 
 
@@ -44,58 +45,50 @@ class RemoteBackend:
 
     def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:
         body = self._body(request, params, stream=False)
-        tried: set[str] = set()
-        errors: list[str] = []
-        while (endpoint := self.pool.acquire(tried)) is not None:
-            tried.add(endpoint.url)
+
+        def attempt(endpoint: Endpoint) -> Any:
+            response = self._post(endpoint, body)
             try:
-                response = self._post(endpoint, body)
-                try:
-                    raw = response.json()
-                except ValueError:
-                    raise _Transient("the answer is not JSON") from None
-                finally:
-                    response.close()
-            except _Transient as exc:
-                self.pool.failed(endpoint, str(exc))
-                errors.append(f"{endpoint.url}: {exc}")
-                continue
-            except BaseException:
-                self.pool.released(endpoint)
-                raise
-            self.pool.succeeded(endpoint)
-            return self._completion(raw)
-        raise self._all_failed(errors)
+                return response.json()
+            except ValueError:
+                raise _Transient("the answer is not JSON") from None
+            finally:
+                response.close()
+
+        endpoint, raw = self._on_some_endpoint(attempt)
+        self.pool.succeeded(endpoint)
+        return self._completion(raw)
 
     def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         body = self._body(request, params, stream=True)
+
+        def attempt(endpoint: Endpoint) -> tuple[httpx.Response, Iterator[dict[str, Any]], Any]:
+            response = self._post(endpoint, body, stream=True)
+            events = self._events(response)
+            try:  # a failure before any answer reached the caller: another endpoint
+                return response, events, next(events, None)
+            except BaseException:
+                response.close()
+                raise
+
+        endpoint, (response, events, first) = self._on_some_endpoint(attempt)
+        yield from self._relay(endpoint, response, first, events)
+
+    def _on_some_endpoint(self, attempt: Callable[[Endpoint], T]) -> tuple[Endpoint, T]:
+        """`attempt` on the pool's endpoints in turn until one succeeds (its request is still
+        counted on it); an endpoint that fails is ejected, and every failure is reported."""
         tried: set[str] = set()
         errors: list[str] = []
         while (endpoint := self.pool.acquire(tried)) is not None:
             tried.add(endpoint.url)
             try:
-                response = self._post(endpoint, body, stream=True)
+                return endpoint, attempt(endpoint)
             except _Transient as exc:
                 self.pool.failed(endpoint, str(exc))
                 errors.append(f"{endpoint.url}: {exc}")
-                continue
             except BaseException:
                 self.pool.released(endpoint)
                 raise
-            events = self._events(response)
-            try:
-                first = next(events, None)  # a failure before any answer: another endpoint
-            except _Transient as exc:
-                response.close()
-                self.pool.failed(endpoint, str(exc))
-                errors.append(f"{endpoint.url}: {exc}")
-                continue
-            except BaseException:
-                response.close()
-                self.pool.released(endpoint)
-                raise
-            yield from self._relay(endpoint, response, first, events)
-            return
         raise self._all_failed(errors)
 
     # ------------------------------------------------------------------ state

@@ -30,8 +30,10 @@ from tests.server_harness import ServerThread
 TEAM = '\n[teams.data]\nusers = ["ana"]\n\n[[budgets]]\nuser = "ana"\ndaily_usd = 1.0\n'
 
 
-def get(url: str, key: str | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(url)
+def get(url: str, key: str | None = None, body: object = None) -> tuple[int, Any]:
+    """Status and JSON of a GET, or of a POST with `body` as JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:
@@ -232,16 +234,7 @@ def test_feedback_over_http_by_the_response_id(
     router, _ = doubles
 
     def post(url: str, body: object, key: str | None = None) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-        )
-        if key:
-            request.add_header("Authorization", f"Bearer {key}")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+        return get(url, key, body)
 
     with KeyStore(tmp_path / "keys.sqlite3") as keys:
         ana, _ = keys.create("ana")

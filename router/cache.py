@@ -78,11 +78,14 @@ class DiskResponseCache:
         self._cache.close()
 
 
-def routing_fingerprint(config: Config, local_paths: dict[str, Path | None]) -> str:
+def routing_fingerprint(
+    config: Config, local_paths: dict[str, Path | None], estimator: str = ""
+) -> str:
     """The enabled models' settings, where each one is reached now (a cloud model's resolved
-    api_base: OPENAI_BASE_URL pointed elsewhere must not replay the old server's answers) and
-    which file a local model loads (its path, size and modification time)."""
-    models: dict[str, Any] = {}
+    api_base: OPENAI_BASE_URL pointed elsewhere must not replay the old server's answers),
+    which file a local model loads (its path, size and modification time), and the estimator
+    that scores requests (another one routes them elsewhere)."""
+    models: dict[str, Any] = {"(estimator)": estimator}
     for name, m in config.enabled().items():
         entry = m.model_dump(mode="json")
         if isinstance(m, CloudModel):

@@ -221,6 +221,8 @@ class RouterSettings(_Strict):
     baseline_price: Price | None = None
     default_max_tokens: Annotated[int, Field(ge=1)] = 512
     store_prompts: bool = False
+    # A learned estimator file (`router learn` writes one); unset: the shipped estimator.
+    estimator: str | None = None
 
 
 class CacheSettings(_Strict):
@@ -366,6 +368,10 @@ class Config(_Strict):
         if self.ledger.path:
             return self._resolve(self.ledger.path)
         return Path(platformdirs.user_data_dir(APP_NAME)) / "ledger.sqlite3"
+
+    def estimator_path(self) -> Path | None:
+        """The learned estimator file `[router] estimator` names (relative to models.toml)."""
+        return self._resolve(self.router.estimator) if self.router.estimator else None
 
     def governance_path(self) -> Path:
         """Budget reservations and `router budget set` limits live beside the ledger."""

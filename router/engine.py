@@ -30,7 +30,7 @@ from router.cache import (
     sampled,
 )
 from router.chunks import assemble, new_id, replay
-from router.complexity import Estimator, default_estimator, estimator_name
+from router.complexity import Estimator, estimator_name, load_estimator
 from router.complexity.followups import conversation_score
 from router.config import (
     Config,
@@ -86,7 +86,7 @@ class Router:
         budgets: BudgetStore | None = None,
     ) -> None:
         self.config = config if isinstance(config, Config) else load_config(config)
-        self.estimator = estimator or default_estimator()
+        self.estimator = estimator or load_estimator(self.config.estimator_path())
         self._prices = price_table(self.config)
         self._baseline = baseline_price(self.config)
         if cache is None and self.config.cache.enabled:
@@ -107,7 +107,9 @@ class Router:
         self._sleep = sleep
         self._loading = loading  # wraps a local model's load (the CLI shows a spinner)
         self._availability = Availability(self.config, self._backends)
-        self._fingerprint = routing_fingerprint(self.config, self._availability.local_paths)
+        self._fingerprint = routing_fingerprint(
+            self.config, self._availability.local_paths, estimator_name(self.estimator)
+        )
 
     # ------------------------------------------------------------------ public API
 

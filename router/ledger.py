@@ -20,6 +20,17 @@ from router.types import Routing
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """Shadow judging's outcome on one answer (see Entry's fields of the same names)."""
+
+    verdict: str
+    judge: str
+    shadow_model: str
+    votes: str
+    usd: float
+
+
+@dataclass(frozen=True)
 class Entry:
     ts: float
     user: str | None
@@ -43,6 +54,14 @@ class Entry:
     response_id: str = ""  # the answer's id, as the client got it
     rating: str = ""  # feedback: "good", "bad" or "" (none)
     feedback: str = ""  # the feedback's comment
+    # Shadow judging ([quality]): the other tier's model, the judge, its verdict on the local
+    # answer ("acceptable", "unacceptable", or "" when not judged), each order's vote, and what
+    # the shadow calls cost (the router's own spend: never in cost_usd, never on a budget).
+    verdict: str = ""
+    judge: str = ""
+    shadow_model: str = ""
+    votes: str = ""
+    shadow_usd: float = 0.0
 
     @classmethod
     def from_routing(cls, routing: Routing, **rest: Any) -> Entry:
@@ -62,6 +81,10 @@ class Ledger(Protocol):
     def recent(self, limit: int, user: str | None = None) -> list[Entry]: ...
 
     def rate(self, response_id: str, rating: str, comment: str, user: str | None) -> bool: ...
+
+    def judged(self, response_id: str, verdict: Verdict) -> bool: ...
+
+    def shadow_spend(self, since: float) -> float: ...
 
     def summary(
         self, since: float | None = None, by: str | None = None
@@ -108,6 +131,13 @@ _MIGRATIONS = [
     ALTER TABLE requests ADD COLUMN rating TEXT NOT NULL DEFAULT '';
     ALTER TABLE requests ADD COLUMN feedback TEXT NOT NULL DEFAULT '';
     CREATE INDEX requests_response_id ON requests (response_id);
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN verdict TEXT NOT NULL DEFAULT '';
+    ALTER TABLE requests ADD COLUMN judge TEXT NOT NULL DEFAULT '';
+    ALTER TABLE requests ADD COLUMN shadow_model TEXT NOT NULL DEFAULT '';
+    ALTER TABLE requests ADD COLUMN votes TEXT NOT NULL DEFAULT '';
+    ALTER TABLE requests ADD COLUMN shadow_usd REAL NOT NULL DEFAULT 0;
     """,
 ]
 
@@ -173,6 +203,31 @@ class SQLiteLedger(Store):
                 (rating, comment, *args),
             )
         return cursor.rowcount > 0
+
+    def judged(self, response_id: str, verdict: Verdict) -> bool:
+        """Record shadow judging's outcome on the answer `response_id`."""
+        with self._lock, self._db:
+            cursor = self._db.execute(
+                "UPDATE requests SET verdict = ?, judge = ?, shadow_model = ?, votes = ?, "
+                "shadow_usd = shadow_usd + ? WHERE response_id = ? AND response_id != ''",
+                (
+                    verdict.verdict,
+                    verdict.judge,
+                    verdict.shadow_model,
+                    verdict.votes,
+                    verdict.usd,
+                    response_id,
+                ),
+            )
+        return cursor.rowcount > 0
+
+    def shadow_spend(self, since: float) -> float:
+        """Dollars spent on shadow judging since `since` (the cap's measure)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(shadow_usd), 0) FROM requests WHERE ts >= ?", (since,)
+            ).fetchone()
+        return float(row[0])
 
     def recent(self, limit: int, user: str | None = None) -> list[Entry]:
         """The last `limit` requests (of `user`, if given), oldest first."""

@@ -31,6 +31,7 @@ from router.cli.common import (
 )
 from router.cli.estimator import calibrate, evaluate, score
 from router.cli.governance import audit, budget_app
+from router.cli.learn import learn
 from router.cli.logs import logs, report, stats
 from router.cli.models import models, ps, pull
 from router.cli.quality import quality
@@ -266,6 +267,7 @@ app.command(short_help="Flag accounts far above their peers.")(audit)
 app.command(short_help="Score JSON lines of prompts on stdin.")(score)
 app.command("eval", short_help="Measure the estimator on public data.")(evaluate)
 app.command(short_help="Set a local model's ceiling from real traffic.")(calibrate)
+app.command(short_help="Learn an estimator from this deployment's verdicts and ratings.")(learn)
 
 
 def exit_code(exc: RouterError) -> int:

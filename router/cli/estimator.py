@@ -15,6 +15,7 @@ from router.cli.common import ConfigOption, parse_since
 from router.errors import RequestError
 
 if TYPE_CHECKING:
+    from router.complexity import Estimator
     from router.config import Config
     from router.types import ChatRequest
 
@@ -39,17 +40,33 @@ def _requests(lines: Iterable[str], where: str) -> Iterator[tuple[Any, ChatReque
         yield row.get("id"), request
 
 
-def score(config: ConfigOption = None) -> None:
+EstimatorOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Score with this estimator file (`router learn` writes one); default: "
+        "[router] estimator in models.toml, else the shipped estimator."
+    ),
+]
+
+
+def configured_estimator(config: Path | None, path: Path | None = None) -> Estimator:
+    """--estimator PATH, else the one models.toml names, else the shipped one."""
+    from router.complexity import load_estimator
+    from router.config import load_config
+
+    return load_estimator(path if path is not None else load_config(config).estimator_path())
+
+
+def score(estimator: EstimatorOption = None, config: ConfigOption = None) -> None:
     """Read JSON lines {"id", "prompt"} (or "messages") on stdin; write {"id", "score"} lines.
 
     Output keeps input order; a bad line stops with its line number."""
-    from router.complexity import default_estimator
     from router.complexity.followups import conversation_score
 
-    estimator = default_estimator()
+    scorer = configured_estimator(config, estimator)
     out = sys.stdout
     for ident, request in _requests(sys.stdin, "stdin"):
-        value = conversation_score(estimator, request)  # as the router scores it
+        value = conversation_score(scorer, request)  # as the router scores it
         out.write(json.dumps({"id": ident, "score": value}) + "\n")
     out.flush()
 
@@ -82,7 +99,7 @@ def calibrate(
 ) -> None:
     """Set a local model's ceiling (max_score) from real traffic and write it to models.toml."""
     from router.complexity import calibration as cal
-    from router.complexity import default_estimator, estimator_name
+    from router.complexity import estimator_name, load_estimator
     from router.config import load_config, shipped_default_path
     from router.ledger import SQLiteLedger
 
@@ -100,7 +117,7 @@ def calibrate(
         local = ", ".join(n for n, m in cfg.models.items() if m.tier == "local") or "none"
         raise RequestError(f"--model {name!r}: not a local model in the config (local: {local})")
 
-    estimator = default_estimator()
+    estimator = load_estimator(cfg.estimator_path())
     current = estimator_name(estimator)
     skipped = 0
     if prompts is not None:
@@ -231,11 +248,18 @@ def evaluate(
         typer.Option(help="A labelled set: JSONL {prompt, label: 0 trivial / 1 hard}."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    estimator_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--estimator", help="Measure this estimator file instead of the configured one."
+        ),
+    ] = None,
+    config: ConfigOption = None,
 ) -> None:
     """APGR, CPT(50%), CPT(80%) and AUROC for the estimator and its baselines (RouteLLM's
     protocol): the v0 heuristic, random (mean of 10 seeds), prompt length, LiteLLM's complexity
     router, oracle."""
-    from router.complexity import HeuristicEstimator, default_estimator
+    from router.complexity import HeuristicEstimator, estimator_name
     from router.complexity import evaluation as ev
     from router.types import ChatRequest
 
@@ -243,7 +267,7 @@ def evaluate(
     labelled_sets: list[ev.Labelled] = [ev.read_labelled(p) for p in labelled or []]
     if not paired_sets and not labelled_sets:
         paired_sets, labelled_sets = ev.shared_sets(_data_folder(data))
-    estimator = default_estimator()
+    estimator = configured_estimator(config, estimator_file)
     v0 = HeuristicEstimator()
 
     def ours(prompt: str) -> float:
@@ -253,7 +277,7 @@ def evaluate(
         return v0.score(ChatRequest([{"role": "user", "content": prompt}]))
 
     rows: list[dict[str, Any]] = [
-        ev.evaluate("router (this estimator)", [ours], paired_sets, labelled_sets),
+        ev.evaluate(f"router ({estimator_name(estimator)})", [ours], paired_sets, labelled_sets),
         ev.evaluate("router v0 heuristic", [heuristic], paired_sets, labelled_sets),
         ev.evaluate(
             "random (10 seeds)",

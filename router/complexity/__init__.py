@@ -6,6 +6,7 @@ with each model's `max_score` ceiling. Any object with `score(request) -> float`
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from router.complexity.heuristic import HeuristicEstimator
@@ -27,10 +28,28 @@ def default_estimator() -> Estimator:
     return StructureEstimator()
 
 
+def load_estimator(path: Path | None) -> Estimator:
+    """The estimator in file `path` (`router learn` wrote it), or the shipped one for None;
+    ConfigError saying what is wrong with the file."""
+    if path is None:
+        return default_estimator()
+    from router.complexity.learned import load
+    from router.errors import ConfigError
+
+    try:
+        return load(path)
+    except ValueError as exc:
+        raise ConfigError(
+            f"estimator {exc}: run `router learn` to write one, or remove [router] estimator "
+            "to use the shipped estimator"
+        ) from None
+
+
 __all__ = [
     "Estimator",
     "HeuristicEstimator",
     "StructureEstimator",
     "default_estimator",
     "estimator_name",
+    "load_estimator",
 ]

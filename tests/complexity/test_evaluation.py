@@ -89,11 +89,11 @@ def test_eval_on_custom_sets_prints_baselines_side_by_side(tmp_path: Path) -> No
     )
     assert out.exit_code == 0, out.output
     table = {r["router"]: r for r in json.loads(out.output)}
-    assert set(table) >= {"router (this estimator)", "random (10 seeds)", "prompt length", "oracle"}
+    assert set(table) >= {"router (structure-v1)", "random (10 seeds)", "prompt length", "oracle"}
     # The estimator ranks both prompts the strong model wins first: as good as the oracle.
-    assert table["router (this estimator)"]["paired apgr"] == pytest.approx(0.75)
+    assert table["router (structure-v1)"]["paired apgr"] == pytest.approx(0.75)
     assert table["oracle"]["paired apgr"] == pytest.approx(0.75)
-    assert table["router (this estimator)"]["labelled AUROC"] == 1.0
+    assert table["router (structure-v1)"]["labelled AUROC"] == 1.0
     assert table["oracle"]["paired apgr"] >= table["random (10 seeds)"]["paired apgr"]
     missing = runner.invoke(app, ["eval", "--data", str(tmp_path / "nowhere")])
     assert isinstance(missing.exception, RequestError)

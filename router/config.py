@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from router.config_errors import describe
 from router.errors import ConfigError
 from router.types import ROUTING_MODES
 
@@ -314,8 +315,21 @@ class GuardrailSettings(_Strict):
     repeat_threshold: Annotated[int, Field(ge=2)] = 3  # this many identical requests = a storm
 
 
+class QualitySettings(_Strict):
+    """Shadow judging: for a sampled share of answered requests, after the client has its
+    answer, get the other tier's answer too and ask `judge` whether the local one was
+    acceptable. Off by default: it spends cloud money (the router's own, never a user's
+    budget), at most `max_usd_per_day` (UTC days)."""
+
+    shadow_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    judge: str | None = None
+    max_usd_per_day: Annotated[float, Field(ge=0)] = 1.0
+    max_tokens: Annotated[int, Field(ge=1, le=8192)] = 512  # the other tier's answer
+
+
 class Config(_Strict):
     router: RouterSettings = RouterSettings()
+    quality: QualitySettings = QualitySettings()
     cache: CacheSettings = CacheSettings()
     ledger: LedgerSettings = LedgerSettings()
     retry: RetrySettings = RetrySettings()
@@ -325,6 +339,26 @@ class Config(_Strict):
     budgets: list[Budget] = []
     models: dict[str, ModelConfig]
     source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _judge(self) -> Config:
+        q = self.quality
+        if q.shadow_rate > 0 and q.judge is None:
+            raise ValueError(
+                "quality.shadow_rate is above 0 but no judge is named: set quality.judge to a "
+                "model of this file (a strong cloud model)"
+            )
+        if q.judge is not None and q.judge not in self.models:
+            raise ValueError(
+                f"quality.judge {q.judge!r} is not a model of this file (models: "
+                f"{', '.join(self.models)})"
+            )
+        if q.judge is not None and not self.models[q.judge].enabled:
+            raise ValueError(
+                f"quality.judge {q.judge!r} is disabled: set enabled = true under "
+                f"[models.{q.judge}] or name another judge"
+            )
+        return self
 
     @model_validator(mode="after")
     def _budget_teams(self) -> Config:
@@ -439,28 +473,8 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
             raise ConfigError(f"{source or 'config'}: invalid configuration\n  source: unknown key")
         config = Config.model_validate({**data, "source": source})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        raise ConfigError(describe(exc, source)) from None
     return config
-
-
-def _describe(exc: ValidationError, source: Path | None) -> str:
-    lines = [f"{source or 'config'}: invalid configuration"]
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        # Drop pydantic's discriminator tag ("models.x.local.n_ctx" -> "models.x.n_ctx").
-        if len(loc) >= 3 and loc[0] == "models" and loc[2] in {"local", "cloud"}:
-            del loc[2]
-        key = ".".join(loc)
-        if err["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (check the spelling; see models.toml docs)")
-        elif err["type"] == "union_tag_invalid" or err["type"] == "union_tag_not_found":
-            lines.append(f'  {key}: \'tier\' must be "local" or "cloud"')
-        else:
-            got = err.get("input")
-            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            lines.append(f"  {key}: {msg}{shown}" if key else f"  {msg}")
-    return "\n".join(lines)
 
 
 def package_file(package: str, file: str) -> Path | None:

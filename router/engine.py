@@ -19,8 +19,7 @@ from typing import Any, TypeVar
 from router import policy
 from router.availability import Availability
 from router.backends import Backend, deadline
-from router.backends.local import LocalBackend
-from router.backends.retry import Retrying
+from router.backends.factory import create_backend
 from router.cache import (
     CachePolicy,
     DiskResponseCache,
@@ -32,11 +31,7 @@ from router.cache import (
 from router.chunks import assemble, new_id, replay
 from router.complexity import Estimator, estimator_name, load_estimator
 from router.complexity.followups import conversation_score
-from router.config import (
-    Config,
-    LocalModel,
-    load_config,
-)
+from router.config import Config, load_config
 from router.errors import (
     BackendError,
     BudgetExceededError,
@@ -52,6 +47,7 @@ from router.governance.budgets import BudgetStore, Reservation, shortened
 from router.governance.categories import classify
 from router.ledger import Entry, Ledger, SQLiteLedger, rate_answer
 from router.pricing import account, baseline_price, price_table
+from router.shadow import Shadow
 from router.types import (
     ROUTING_MODES,
     ChatRequest,
@@ -107,6 +103,9 @@ class Router:
         self._sleep = sleep
         self._loading = loading  # wraps a local model's load (the CLI shows a spinner)
         self._availability = Availability(self.config, self._backends)
+        self.shadow = Shadow(
+            self.config, self._backend, self.model_views, self._ledger, self._prices
+        )
         self._fingerprint = routing_fingerprint(
             self.config, self._availability.local_paths, estimator_name(self.estimator)
         )
@@ -226,7 +225,9 @@ class Router:
         self._settle(reservation, routing)
         self._record(request, key, routing, started, stream=False)  # the row first: paid calls
         self._cache.set(request, key, response, routing)  # are never unrecorded
-        return Completion(response, routing)
+        done = Completion(response, routing)
+        self.shadow.offer(request, routing, done.text)  # judged later, if sampled
+        return done
 
     def _first_answer(
         self,
@@ -342,6 +343,7 @@ class Router:
 
     def close(self) -> None:
         """Stop the local workers and close the cache, the ledger and the budget store."""
+        self.shadow.close()
         with self._backends_lock:
             owned = [self._backends[name] for name in self._owned]
         try:
@@ -379,17 +381,7 @@ class Router:
         with self._backends_lock:
             backend = self._backends.get(name)
             if backend is None:
-                model = self.config.models[name]
-                if isinstance(model, LocalModel) and model.remote:
-                    from router.backends.remote import RemoteBackend
-
-                    backend = RemoteBackend(name, model)
-                elif isinstance(model, LocalModel):
-                    backend = LocalBackend(self.config, name, model, self._loading)
-                else:
-                    from router.backends.cloud import CloudBackend
-
-                    backend = Retrying(CloudBackend(name, model), self.config.retry, self._sleep)
+                backend = create_backend(self.config, name, self._loading, self._sleep)
                 self._backends[name] = backend
                 self._owned.append(name)
             return backend
@@ -477,6 +469,7 @@ class Router:
             if complete and not tool_calls:
                 response = assemble(first, routing.model, "".join(text), finish_reason, usage)
                 self._cache.set(request, key, response, routing)
+                self.shadow.offer(request, routing, "".join(text))
 
     def _record(
         self, request: ChatRequest, key: str, routing: Routing, started: float, stream: bool

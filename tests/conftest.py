@@ -23,7 +23,7 @@ import pytest
 
 from router import Router, load_config
 from router.backends.local import LocalBackend
-from tests.fakecloud import FakeCloud
+from tests.fakecloud import FakeCloud, longer_wins
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -87,6 +87,7 @@ def _reset_cloud(request: pytest.FixtureRequest) -> None:
         cloud.faults.clear()
         cloud.requests.clear()
         cloud.headers.clear()
+        cloud.judge = longer_wins
 
 
 def write_config(tmp_path: Path, cloud_url: str | None, extra: str = "") -> Path:

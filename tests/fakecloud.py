@@ -9,9 +9,11 @@ delay longer than the client's timeout), then normal answers resume.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 
 @dataclass
 class Fault:
-    status: int = 500
+    status: int = 500  # 200: a normal answer, after `delay` (a slow provider)
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds to wait before answering (for timeouts)
     message: str = "injected fault"
@@ -29,6 +31,22 @@ def answer_for(messages: list[dict[str, Any]]) -> str:
     last = next((m for m in reversed(messages) if m.get("role") == "user"), {})
     content = last.get("content") or ""
     return f"cloud answer to: {content[:60]}"
+
+
+def longer_wins(a: str, b: str) -> str:
+    """The stand-in judge's rule: the clearly longer answer is better (within 20%: a tie)."""
+    if abs(len(a) - len(b)) <= 0.2 * max(len(a), len(b)):
+        return "tie"
+    return "A" if len(a) > len(b) else "B"
+
+
+def judged(messages: list[dict[str, Any]], rule: Callable[[str, str], str]) -> str | None:
+    """The JSON verdict for a judging prompt (router.shadow's), else None."""
+    text = str(messages[-1].get("content") or "") if messages else ""
+    match = re.search(r"\[Answer A\]\n(.*)\n\n\[Answer B\]\n(.*)\n\nWhich answer", text, re.S)
+    if match is None:
+        return None
+    return json.dumps({"better": rule(match.group(1), match.group(2))})
 
 
 def count_tokens(text: str) -> int:
@@ -47,6 +65,8 @@ class FakeCloud:
         self.faults: deque[Fault] = deque()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        # How it judges (requests with response_format named "verdict"): "A", "B" or "tie".
+        self.judge: Callable[[str, str], str] = longer_wins
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -108,6 +128,9 @@ class FakeCloud:
                     self._json(404, {"error": {"message": "not found"}}, {})
                     return
                 fault = cloud._next_fault()
+                if fault is not None and fault.status == 200:
+                    time.sleep(fault.delay)
+                    fault = None
                 if fault is not None:
                     if fault.delay:
                         time.sleep(fault.delay)
@@ -125,7 +148,9 @@ class FakeCloud:
                     )
                     return
                 messages = body.get("messages", [])
-                text = answer_for(messages)
+                schema = (body.get("response_format") or {}).get("json_schema") or {}
+                verdict = judged(messages, cloud.judge) if schema.get("name") == "verdict" else None
+                text = verdict if verdict is not None else answer_for(messages)
                 prompt_tokens = sum(count_tokens(str(m.get("content") or "")) for m in messages)
                 usage = {
                     "prompt_tokens": prompt_tokens,

@@ -33,7 +33,7 @@ def test_every_store_is_a_context_manager_and_migrates_once(tmp_path: Path) -> N
     with SQLiteLedger(tmp_path / "ledger.sqlite3") as ledger:
         assert ledger.entries() == []
     assert version(tmp_path / "keys.sqlite3") == 1 and version(tmp_path / "gov.sqlite3") == 1
-    assert version(tmp_path / "ledger.sqlite3") == 4
+    assert version(tmp_path / "ledger.sqlite3") == 5
     with pytest.raises(sqlite3.ProgrammingError):  # closed at the end of the block
         keys.list()
 

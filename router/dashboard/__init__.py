@@ -19,7 +19,7 @@ from typing import Any
 from router.config import Config, LocalModel
 from router.governance import audit as audit_mod
 from router.governance.budgets import BudgetStore, budget_rows
-from router.governance.quality import quality as rated_quality
+from router.governance.quality import report as quality_report
 from router.ledger import Entry, Ledger, parse_since
 
 WINDOWS = ("24h", "7d", "30d")
@@ -64,7 +64,7 @@ def summary(
         "categories": ledger.summary(start, "category"),
         "over_time": over_time(entries, start),
         "ceilings": ceilings(config, entries),
-        "quality": rated_quality(entries),  # `router quality --json` for the window
+        "quality": quality_report(entries, config),  # `router quality --json` for the window
     }
 
 

@@ -36,7 +36,7 @@ def test_quality_from_feedback_through_the_pipeline_and_the_cli(
             [sys.executable, "-m", "router", "quality", "--config", str(config)],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        assert empty.returncode == 0 and "no local answer rated" in empty.stdout
+        assert empty.returncode == 0 and "no local answer judged or rated" in empty.stdout
         chit = [f"Hello number {i}!" for i in range(6)]
         ids = [router.complete([{"role": "user", "content": t}]).response["id"] for t in chit]
         for i, rid in enumerate(ids):  # 5 good, 1 bad on chit-chat answered locally

@@ -32,7 +32,7 @@ from router.config import LocalModel
 from router.engine import Router
 from router.errors import RouterError
 from router.server.keys import PREFIX, KeyStore
-from router.server.metrics import Metrics, endpoint_gauges
+from router.server.metrics import Metrics, endpoint_gauges, shadow_counters
 from router.server.origins import BrowserGuard
 from router.types import ROUTING_MODES, CompletionStream, Routing
 from router.wire.http import HTTPError, http_error, parse_chat, parse_feedback
@@ -270,7 +270,8 @@ def create_app(
             models[name]["why_not"] = view.unusable
             if view.tier == "local":  # its worker process: state, pid, memory, failures
                 models[name]["worker"] = router.local_runtime(name)
-        return JSONResponse({"status": "ok", "models": models})
+        shadow = {"rate": router.shadow.settings.shadow_rate, **router.shadow.counts}
+        return JSONResponse({"status": "ok", "models": models, "shadow": shadow})
 
     async def metrics_endpoint(request: Request) -> Response:
         try:
@@ -283,7 +284,7 @@ def create_app(
             for name, m in router.config.enabled().items()
             if isinstance(m, LocalModel) and m.remote
         }
-        text = metrics.render() + endpoint_gauges(remote)
+        text = metrics.render() + endpoint_gauges(remote) + shadow_counters(router.shadow.counts)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def http_exception(request: Request, exc: Exception) -> Response:

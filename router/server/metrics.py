@@ -97,5 +97,18 @@ def endpoint_gauges(runtimes: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out + in_flight + failures) + "\n"
 
 
+def shadow_counters(counts: dict[str, int]) -> str:
+    """Shadow judging's jobs by outcome (sampled, judged, capped, failed, local-busy...)."""
+    if not counts:
+        return ""
+    out = [
+        "# HELP router_shadow_jobs_total Shadow judging jobs by outcome.",
+        "# TYPE router_shadow_jobs_total counter",
+    ]
+    for outcome, n in sorted(counts.items()):
+        out.append(f'router_shadow_jobs_total{{outcome="{_label(outcome)}"}} {n}')
+    return "\n".join(out) + "\n"
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

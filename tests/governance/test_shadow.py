@@ -17,7 +17,7 @@ from router import Router
 from router.backends import FunctionBackend
 from router.ledger import Entry
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
-from tests.fakecloud import Fault, FakeCloud
+from tests.fakecloud import FakeCloud, Fault
 
 LONG_LOCAL = "A thorough local answer. " * 30
 
@@ -86,8 +86,9 @@ def test_both_sides_of_the_ceiling_judged_in_both_orders_on_the_routers_own_mone
     assert judged_hard.shadow_usd > 0
     assert budget == pytest.approx(judged_hard.cost_usd)
 
+    config = str(tmp_path / "models.toml")
     out = subprocess.run(
-        [sys.executable, "-m", "router", "quality", "--json", "--config", str(tmp_path / "models.toml")],
+        [sys.executable, "-m", "router", "quality", "--json", "--config", config],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -264,3 +265,67 @@ def test_router_learn_reads_verdicts_and_ratings_from_the_ledger(
     assert report["labels"] == 12 and report["source"] == "the ledger, last 90d"
     assert report["metric"] == "AUROC"
     assert report["adopted"] is False and "at least 100" in report["why"]
+
+
+def test_the_server_answers_first_and_reports_shadow_jobs(
+    tmp_path: Path, fake_cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import urllib.request
+
+    import openai
+
+    from router.server.app import create_app
+    from tests.server_harness import ServerThread
+
+    quality = 'shadow_rate = 1.0\njudge = "cloud-mini"'
+    router = make(tmp_path, fake_cloud, monkeypatch, quality)
+    with router, ServerThread(create_app(router)) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
+        for stream in (False, True):
+            if stream:
+                parts = client.chat.completions.create(
+                    model="auto", stream=True,
+                    messages=[{"role": "user", "content": "Hello streamed!"}],
+                )  # fmt: skip
+                rid = next(iter(parts)).id
+                for _ in parts:
+                    pass
+            else:
+                rid = client.chat.completions.create(
+                    model="auto", messages=[{"role": "user", "content": "Hello!"}]
+                ).id
+            assert router.shadow.wait(60)
+            assert row(router, rid).verdict == "unacceptable"
+        with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        with urllib.request.urlopen(f"{server.url}/health", timeout=10) as r:
+            health = json.loads(r.read())
+    assert 'router_shadow_jobs_total{outcome="judged"} 2' in metrics
+    assert health["shadow"] == {"rate": 1.0, "sampled": 2, "judged": 2}
+
+
+@pytest.mark.slow
+def test_shadow_work_on_the_real_local_model_yields_to_a_user(
+    make_router: Any, fake_cloud: FakeCloud
+) -> None:
+    """The cloud answered; the shadow asks the real SmolLM2 for a long answer. A user's local
+    request arrives meanwhile: the shadow gives the model up at its next token."""
+    router = make_router(
+        fake_cloud, '\n[quality]\nshadow_rate = 1.0\njudge = "cloud-mini"\nmax_tokens = 400\n'
+    )
+    local = router._backend("smollm2")
+    hard = router.complete([{"role": "user", "content": HARD_PROMPT}])
+    assert hard.routing.tier == "cloud"
+    ends = time.monotonic() + 30
+    while local.health()["in_flight"] == 0 and time.monotonic() < ends:
+        time.sleep(0.01)  # the shadow's generation has started
+    time.sleep(0.3)
+    started = time.perf_counter()
+    mine = router.complete([{"role": "user", "content": "Hi there!"}], max_tokens=16)
+    waited = time.perf_counter() - started
+    assert mine.routing.tier == "local" and mine.text
+    assert router.shadow.wait(60)
+    assert router.shadow.counts["local-busy"] == 1
+    assert row(router, hard.response["id"]).verdict == ""  # given up: no verdict
+    # 400 shadow tokens take ~5 s at this machine's 70-90 tok/s; the user waited for one.
+    assert waited < 3.0

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from router.complexity import learned
-from router.complexity.evaluation import Paired, apgr, shared_sets
+from router.complexity.evaluation import Paired, _contaminated, apgr, read_paired, shared_sets
 from router.complexity.structure import StructureEstimator
 from router.types import ChatRequest
 
@@ -70,6 +70,30 @@ def one_draw(
         "random": metric([rng.random() for _ in test], test),
         "mix": model.mix if verdict.adopt else 0.0,
     }
+
+
+def mmlu_subjects(data: Path) -> list[str]:
+    """Each MMLU prompt's subject, in shared_sets' order (its files, contaminated rows out)."""
+    folder = data / "routellm-mmlu-dev"
+    skip = _contaminated(folder)
+    out: list[str] = []
+    for f in sorted((folder / "responses").glob("*.csv")):
+        out += [f.stem] * len(read_paired(f, skip=skip).prompts)
+    return out
+
+
+def topic_bound(p: Paired, subjects: list[str], share: float, seed: int) -> float:
+    """Held-out APGR when each prompt is scored by its subject's mean gain (strong minus
+    weak) on the learned share: what knowing the topic perfectly is worth."""
+    order = list(range(len(p.prompts)))
+    random.Random(seed).shuffle(order)
+    cut = int(share * len(order))
+    gains: dict[str, list[float]] = {}
+    for i in order[:cut]:
+        gains.setdefault(subjects[i], []).append(p.strong[i] - p.weak[i])
+    mean = {k: statistics.mean(v) for k, v in gains.items()}
+    test = order[cut:]
+    return paired_metric(p)([mean.get(subjects[i], 0.0) for i in test], test)
 
 
 def learn_time(sets: list[Paired], count: int = 10_000) -> float:
@@ -135,9 +159,17 @@ def main() -> None:
                     f"{cell('length')} | {cell('random')} | {mixes} |"
                 )
     means = {k: statistics.mean(v) for k, v in headline.items()}
+    subjects = mmlu_subjects(args.data)
+    bound = [topic_bound(paired[0], subjects, HEADLINE, seed) for seed in range(args.draws)]
     print(
         f"| **mean over sets** | | **{means['learned']:.3f}** | {means['shipped']:.3f} | "
         f"{means['length']:.3f} | {means['random']:.3f} | |"
+    )
+    print()
+    print(
+        f"Knowing each MMLU prompt's subject perfectly (its mean gain on the same "
+        f"{HEADLINE:.0%}) scores {statistics.mean(bound):.3f} ({min(bound):.3f}-{max(bound):.3f})"
+        ": what knowing the topic alone is worth there."
     )
     print()
     print("Learning curve (held-out APGR, mean over draws):")

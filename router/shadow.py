@@ -161,8 +161,9 @@ class Shadow:
             time.sleep(0.02)
         return False
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Let the job in progress finish (up to `timeout`), drop the rest."""
+    def close(self, timeout: float = 3.0) -> None:
+        """Let the job in progress finish (up to `timeout`), drop the rest (a job cut short
+        leaves no verdict; what it paid is on the ledger already)."""
         if self._thread is None:
             return
         while True:
@@ -265,10 +266,11 @@ class Shadow:
         if self._ledger.shadow_spend(day) + self._worst_usd(job, other, judge) > cap:
             return "capped"
         params = {"max_tokens": self.settings.max_tokens}
-        spent = 0.0
+        spent = 0.0  # the judge's calls; the other answer's cost is recorded when paid
         try:
             other_answer, cost = self._answer(other, job.request, params)
-            spent += cost
+            if cost:  # recorded at once: what was paid counts towards the cap whatever follows
+                self._ledger.judged(job.routing.response_id, Verdict("", judge, other, "", cost))
             if other_answer is None:
                 return "local-busy"  # a user came: the local model is theirs
             local_answer, cloud_answer = (

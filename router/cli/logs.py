@@ -11,7 +11,7 @@ import typer
 
 from router.cli.common import ConfigOption, JsonOption, money, parse_since
 from router.errors import RequestError
-from router.ledger import GROUPS
+from router.ledger import GROUPS, Entry
 
 
 def stats(
@@ -118,6 +118,7 @@ def logs(
                 if e.rating
                 else ""
             )
+            + _verdict(e)
         )
         typer.echo(head)
         asked = _last_user_text(e.prompt)
@@ -183,3 +184,12 @@ def report(
         f"saved {money(head['usd_saved'])}",
         err=True,
     )
+
+
+def _verdict(e: Entry) -> str:
+    """Shadow judging's verdict on the local answer, as `router logs` shows it."""
+    if not e.verdict:
+        return ""
+    if e.tier == "local":
+        return f"  judged {e.verdict} against {e.shadow_model} by {e.judge}"
+    return f"  {e.shadow_model}'s answer judged {e.verdict} by {e.judge}"

@@ -232,6 +232,14 @@ def test_quality_figures_and_ceiling_what_ifs_on_a_judged_ledger_and_learning_fr
     assert "answered by the cloud, local judged good enough: 2 of 2" in text
     assert "what each ceiling would do" in text
 
+    logs = subprocess.run(
+        [sys.executable, "-m", "router", "logs", "-n", "10", "--config", config],
+        capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert logs.count("judged unacceptable against cloud-mini by cloud-mini") == 4
+    assert logs.count("judged acceptable against cloud-mini by cloud-mini") == 4
+    assert logs.count("smollm2's answer judged acceptable by cloud-mini") == 2
+
     # Verdicts are labels for `router learn`, when the prompts were stored.
     learn = subprocess.run(
         [sys.executable, "-m", "router", "learn", "--config", config],

@@ -15,8 +15,6 @@ from typing import Annotated, Any, Literal
 
 import platformdirs
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -24,6 +22,18 @@ from pydantic import (
 )
 
 from router.config_errors import describe
+from router.config_sections import (
+    CacheSettings,
+    GuardrailSettings,
+    LedgerSettings,
+    QualitySettings,
+    RetrySettings,
+    RouterSettings,
+    ServerSettings,
+    SharedSettings,
+    _Strict,
+)
+from router.config_sections import Price as Price  # re-exported: prices are config
 from router.errors import ConfigError
 from router.types import ROUTING_MODES
 
@@ -34,27 +44,8 @@ else:  # pragma: no cover
 
 APP_NAME = "router"
 ENV_CONFIG = "ROUTER_CONFIG"
-_ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[^/\s:\[\]]+)(:[0-9]{1,5})?/?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
-
-
-class _Strict(BaseModel):
-    # strict: a TOML string is not a number ("512"), a number not a bool: the file says what
-    # it means, or fails with the key. (A whole number where a float goes is fine: 1 is 1.0.)
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class Price(_Strict):
-    """USD per million tokens."""
-
-    input_per_mtok: Annotated[float, Field(ge=0)]
-    output_per_mtok: Annotated[float, Field(ge=0)]
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (
-            prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok
-        ) / 1e6
 
 
 FREE = Price(input_per_mtok=0.0, output_per_mtok=0.0)
@@ -217,59 +208,6 @@ class CloudModel(_Strict):
 ModelConfig = Annotated[LocalModel | CloudModel, Field(discriminator="tier")]
 
 
-class RouterSettings(_Strict):
-    baseline: str = "gpt-4o-mini"
-    baseline_price: Price | None = None
-    default_max_tokens: Annotated[int, Field(ge=1)] = 512
-    store_prompts: bool = False
-    # A learned estimator file (`router learn` writes one); unset: the shipped estimator.
-    estimator: str | None = None
-
-
-class CacheSettings(_Strict):
-    enabled: bool = True
-    dir: str | None = None
-    ttl_seconds: Annotated[int, Field(ge=0)] = 7 * 24 * 3600
-    size_limit_mb: Annotated[int, Field(ge=1)] = 512
-    # Requests asking for randomness (temperature or top_p above 0, no seed): "skip" answers
-    # them fresh every time; "reuse" serves them from the cache like any other.
-    sampled: Literal["skip", "reuse"] = "skip"
-
-
-class LedgerSettings(_Strict):
-    path: str | None = None
-
-
-class ServerSettings(_Strict):
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 8000
-    max_body_kb: Annotated[int, Field(ge=1)] = 4096
-    keys_path: str | None = None
-    # Web pages (origins such as "http://localhost:3000") allowed to call the router from a
-    # browser; "*" allows any. Requests from other origins are refused (router.server.origins).
-    allowed_origins: list[str] = []
-
-    @field_validator("allowed_origins")
-    @classmethod
-    def _origins(cls, origins: list[str]) -> list[str]:
-        for origin in origins:
-            if origin != "*" and not _ORIGIN.match(origin):
-                raise ValueError(
-                    f"{origin!r} is not an origin: write scheme://host[:port] with no path, "
-                    'e.g. "http://localhost:3000", or "*" for any'
-                )
-        return origins
-
-
-class RetrySettings(_Strict):
-    max_retries: Annotated[int, Field(ge=0, le=10)] = 2
-    backoff_seconds: Annotated[float, Field(ge=0)] = 0.5
-    max_backoff_seconds: Annotated[float, Field(ge=0)] = 20.0
-    # The most time spent on one request's attempts before the next model is tried at once
-    # (retries, backoff and cloud calls in progress included).
-    deadline_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
-
-
 class Team(_Strict):
     users: list[str]
 
@@ -307,36 +245,17 @@ class Budget(_Strict):
         return f"user:{self.user}" if self.user is not None else f"team:{self.team}"
 
 
-class GuardrailSettings(_Strict):
-    # What happens to low-value requests (summarising an empty document, retry storms...):
-    # allow = route as usual, local = never send them to the cloud, block = refuse (400).
-    low_value: Literal["allow", "local", "block"] = "local"
-    repeat_window_seconds: Annotated[float, Field(ge=0)] = 60.0
-    repeat_threshold: Annotated[int, Field(ge=2)] = 3  # this many identical requests = a storm
-
-
-class QualitySettings(_Strict):
-    """Shadow judging: for a sampled share of answered requests, after the client has its
-    answer, get the other tier's answer too and ask `judge` whether the local one was
-    acceptable. Off by default: it spends cloud money (the router's own, never a user's
-    budget), at most `max_usd_per_day` (UTC days)."""
-
-    shadow_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
-    judge: str | None = None
-    max_usd_per_day: Annotated[float, Field(ge=0)] = 1.0
-    max_tokens: Annotated[int, Field(ge=1, le=8192)] = 512  # the other tier's answer
-
-
 class Config(_Strict):
     router: RouterSettings = RouterSettings()
     quality: QualitySettings = QualitySettings()
+    shared: SharedSettings = SharedSettings()
     cache: CacheSettings = CacheSettings()
     ledger: LedgerSettings = LedgerSettings()
     retry: RetrySettings = RetrySettings()
     server: ServerSettings = ServerSettings()
     guardrails: GuardrailSettings = GuardrailSettings()
-    teams: dict[str, Team] = {}
-    budgets: list[Budget] = []
+    teams: dict[str, Team] = Field(default_factory=dict)
+    budgets: list[Budget] = Field(default_factory=list)
     models: dict[str, ModelConfig]
     source: Path | None = Field(default=None, exclude=True)
 

@@ -22,7 +22,6 @@ from router.backends import Backend, deadline
 from router.backends.factory import create_backend
 from router.cache import (
     CachePolicy,
-    DiskResponseCache,
     ResponseCache,
     cache_key,
     routing_fingerprint,
@@ -35,6 +34,7 @@ from router.config import Config, load_config
 from router.errors import (
     BackendError,
     BudgetExceededError,
+    BudgetStoreDownError,
     CloudError,
     CloudRefusedError,
     NoRouteError,
@@ -48,6 +48,7 @@ from router.governance.categories import classify
 from router.ledger import Entry, Ledger, SQLiteLedger, rate_answer
 from router.pricing import account, baseline_price, price_table
 from router.shadow import Shadow
+from router.shared.stores import budget_store, link_for, repeat_detector, shared_cache
 from router.types import (
     ROUTING_MODES,
     ChatRequest,
@@ -85,18 +86,14 @@ class Router:
         self.estimator = estimator or load_estimator(self.config.estimator_path())
         self._prices = price_table(self.config)
         self._baseline = baseline_price(self.config)
+        # [shared] redis_url: cache, budgets and repeats shared with the other replicas.
+        self.link = link_for(self.config)
         if cache is None and self.config.cache.enabled:
-            cache = DiskResponseCache(
-                self.config.cache_dir(),
-                ttl_seconds=self.config.cache.ttl_seconds,
-                size_limit_mb=self.config.cache.size_limit_mb,
-            )
+            cache = shared_cache(self.config, self.link)
         self._cache = CachePolicy(cache, self.config.cache.sampled)
         self._ledger = ledger or SQLiteLedger(self.config.ledger_path())
-        self._budgets = budgets or BudgetStore(self.config.governance_path(), self.config)
-        self._repeats = waste.RepeatDetector(
-            self.config.guardrails.repeat_window_seconds, self.config.guardrails.repeat_threshold
-        )
+        self._budgets = budgets or budget_store(self.config, self.link)
+        self._repeats = repeat_detector(self.config, self.link)
         self._backends: dict[str, Backend] = dict(backends or {})
         self._owned: list[str] = []  # the backends created here, closed by close()
         self._backends_lock = threading.Lock()
@@ -239,7 +236,7 @@ class Router:
         """Try the candidates in order: reserve budget, call, fall back on failure."""
         failures: list[str] = []
         refused: list[CloudError] = []  # cloud calls refused as configured, or as written
-        spent: BudgetExceededError | None = None
+        spent: BudgetExceededError | BudgetStoreDownError | None = None
         retry_after: float | None = None
         ends = time.monotonic() + self.config.retry.deadline_seconds
         for name in decision.candidates:
@@ -247,7 +244,7 @@ class Router:
                 break  # only a transient cloud failure is answered locally instead
             try:
                 reservation = self._reserve(request, name, params)
-            except BudgetExceededError as exc:
+            except (BudgetExceededError, BudgetStoreDownError) as exc:
                 if exc.policy != "local-only":
                     raise
                 spent = exc
@@ -355,12 +352,21 @@ class Router:
             self._cache.close()
             self._ledger.close()
             self._budgets.close()
+            if self.link is not None:
+                self.link.close()
 
     def __enter__(self) -> Router:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def shared_health(self) -> dict[str, Any]:
+        """[shared] Redis's state, and settlements waiting for it ({} without Redis)."""
+        if self.link is None:
+            return {}
+        pending = getattr(self._budgets, "pending_settlements", None)
+        return {**self.link.health(), "pending_settlements": pending() if pending else 0}
 
     @property
     def ledger(self) -> Ledger:

@@ -72,6 +72,15 @@ class UnavailableError(RouterError):
         self.retry_after = retry_after
 
 
+class BudgetStoreDownError(UnavailableError):
+    """The shared budget store cannot be reached; `policy` ([shared] on_redis_down) says what
+    a budgeted user gets: "local-only" (answered locally) or "refuse"."""
+
+    def __init__(self, message: str, *, policy: str) -> None:
+        super().__init__(message, retry_after=5)
+        self.policy = policy
+
+
 class BusyError(UnavailableError):
     """A local model has as many requests queued as it accepts."""
 

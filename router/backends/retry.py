@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from router.backends import Backend, deadline
-from router.config import RetrySettings
+from router.config_sections import RetrySettings
 from router.errors import BackendError
 from router.types import ChatRequest
 

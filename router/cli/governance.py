@@ -37,7 +37,7 @@ def budget_set(
     from pydantic import ValidationError
 
     from router.config import Budget, load_config
-    from router.governance.budgets import BudgetStore
+    from router.shared.stores import budget_store
 
     cfg = load_config(config)
     if team is not None and team not in cfg.teams:
@@ -60,7 +60,7 @@ def budget_set(
         raise RequestError(
             "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
         ) from None
-    with BudgetStore(cfg.governance_path(), cfg) as store:
+    with budget_store(cfg) as store:
         store.set(budget)
     typer.echo(f"budget for {budget.scope} set", err=True)
 
@@ -73,14 +73,14 @@ def budget_rm(
 ) -> None:
     """Remove the budget 'router budget set' gave USER or --team NAME."""
     from router.config import load_config
-    from router.governance.budgets import BudgetStore
+    from router.shared.stores import budget_store
 
     if (user is None) == (team is None):
         raise RequestError("name a USER or give --team NAME (one of them)")
     scope = f"user:{user}" if user is not None else f"team:{team}"
     cfg = load_config(config)
     in_file = any(b.scope == scope for b in cfg.budgets)
-    with BudgetStore(cfg.governance_path(), cfg) as store:
+    with budget_store(cfg) as store:
         removed = store.remove(scope)
     if not removed and in_file:
         raise RequestError(f"the budget of {scope} is in {cfg.source}: remove it there")
@@ -97,10 +97,11 @@ def budget_rm(
 def budget_show(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """Every budget with what has been used this day and month."""
     from router.config import load_config
-    from router.governance.budgets import BudgetStore, budget_rows
+    from router.governance.budgets import budget_rows
+    from router.shared.stores import budget_store
 
     cfg = load_config(config)
-    with BudgetStore(cfg.governance_path(), cfg) as store:
+    with budget_store(cfg) as store:
         rows = budget_rows(store)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

@@ -159,13 +159,13 @@ def report(
 
     from router import dashboard
     from router.config import load_config
-    from router.governance.budgets import BudgetStore
     from router.ledger import SQLiteLedger
+    from router.shared.stores import budget_store
 
     cfg = load_config(config)
     with (
         SQLiteLedger(cfg.ledger_path()) as ledger,
-        BudgetStore(cfg.governance_path(), cfg) as budgets,
+        budget_store(cfg) as budgets,
     ):
         figures = dashboard.summary(cfg, ledger, budgets, since)
     target = html.expanduser()

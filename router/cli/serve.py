@@ -12,7 +12,7 @@ import typer
 
 from router.cli.common import ConfigOption
 from router.errors import RouterError
-from router.server.keys import KeyStore
+from router.server.keys import KeyStore, RedisKeyStore, key_store
 
 keys_app = typer.Typer(help="API keys for 'router serve' (required off loopback).")
 
@@ -40,7 +40,7 @@ def serve(
     from router.server.app import create_app
     from router.server.origins import is_loopback_name
 
-    with Router(config) as router, KeyStore(router.config.keys_path()) as keys:
+    with Router(config) as router, key_store(router.config) as keys:
         host = host or router.config.server.host
         port = router.config.server.port if port is None else port
         exposed = not is_loopback_name(host)
@@ -87,10 +87,10 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _store(config: Path | None) -> KeyStore:
+def _store(config: Path | None) -> KeyStore | RedisKeyStore:
     from router.config import load_config
 
-    return KeyStore(load_config(config).keys_path())
+    return key_store(load_config(config))
 
 
 @keys_app.command("create")

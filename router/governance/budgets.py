@@ -56,6 +56,7 @@ class Reservation:
     id: str
     budgets: tuple[str, ...]
     cut: int = 0  # tokens left out of the request (see BudgetStore.reserve)
+    rows: tuple[tuple[str, str], ...] = ()  # (scope, period) reserved on (the Redis store)
 
 
 def shortened(params: dict[str, Any], reservation: Reservation | None) -> dict[str, Any]:

@@ -31,8 +31,8 @@ from router import dashboard
 from router.config import LocalModel
 from router.engine import Router
 from router.errors import RouterError
-from router.server.keys import PREFIX, KeyStore
-from router.server.metrics import Metrics, endpoint_gauges, shadow_counters
+from router.server.keys import PREFIX, Keys
+from router.server.metrics import Metrics, endpoint_gauges, redis_gauges, shadow_counters
 from router.server.origins import BrowserGuard
 from router.types import ROUTING_MODES, CompletionStream, Routing
 from router.wire.http import HTTPError, http_error, parse_chat, parse_feedback
@@ -67,7 +67,7 @@ def _sse(payload: dict[str, Any]) -> bytes:
 def create_app(
     router: Router,
     *,
-    keys: KeyStore | None = None,
+    keys: Keys | None = None,
     require_keys: bool = False,
     max_body_bytes: int | None = None,
     loopback: bool | None = None,
@@ -271,7 +271,13 @@ def create_app(
             if view.tier == "local":  # its worker process: state, pid, memory, failures
                 models[name]["worker"] = router.local_runtime(name)
         shadow = {"rate": router.shadow.settings.shadow_rate, **router.shadow.counts}
-        return JSONResponse({"status": "ok", "models": models, "shadow": shadow})
+        body: dict[str, Any] = {"status": "ok", "models": models, "shadow": shadow}
+        if router.link is not None:  # [shared]: Redis, and what waits for it
+            await anyio.to_thread.run_sync(router.link.ping)
+            body["shared"] = router.shared_health()
+            if not router.link.up:
+                body["status"] = "degraded"
+        return JSONResponse(body)
 
     async def metrics_endpoint(request: Request) -> Response:
         try:
@@ -285,6 +291,8 @@ def create_app(
             if isinstance(m, LocalModel) and m.remote
         }
         text = metrics.render() + endpoint_gauges(remote) + shadow_counters(router.shadow.counts)
+        if router.link is not None:
+            text += redis_gauges(router.link.up, router.link.errors)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def http_exception(request: Request, exc: Exception) -> Response:

@@ -110,5 +110,17 @@ def shadow_counters(counts: dict[str, int]) -> str:
     return "\n".join(out) + "\n"
 
 
+def redis_gauges(up: bool, errors: int) -> str:
+    """[shared] Redis: reachable at the last call (1) or not (0), and failed calls so far."""
+    return (
+        "# HELP router_redis_up Shared state on Redis: 1 reachable at the last call, 0 not.\n"
+        "# TYPE router_redis_up gauge\n"
+        f"router_redis_up {int(up)}\n"
+        "# HELP router_redis_errors_total Redis calls that failed.\n"
+        "# TYPE router_redis_errors_total counter\n"
+        f"router_redis_errors_total {errors}\n"
+    )
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,128 @@
+"""models.toml's sections other than models, teams and budgets: what each key means and
+which values it takes. `router.config` assembles them into `Config`."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[^/\s:\[\]]+)(:[0-9]{1,5})?/?$")
+
+
+class _Strict(BaseModel):
+    # strict: a TOML string is not a number ("512"), a number not a bool: the file says what
+    # it means, or fails with the key. (A whole number where a float goes is fine: 1 is 1.0.)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Price(_Strict):
+    """USD per million tokens."""
+
+    input_per_mtok: Annotated[float, Field(ge=0)]
+    output_per_mtok: Annotated[float, Field(ge=0)]
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (
+            prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok
+        ) / 1e6
+
+
+class RouterSettings(_Strict):
+    baseline: str = "gpt-4o-mini"
+    baseline_price: Price | None = None
+    default_max_tokens: Annotated[int, Field(ge=1)] = 512
+    store_prompts: bool = False
+    # A learned estimator file (`router learn` writes one); unset: the shipped estimator.
+    estimator: str | None = None
+
+
+class CacheSettings(_Strict):
+    enabled: bool = True
+    dir: str | None = None
+    ttl_seconds: Annotated[int, Field(ge=0)] = 7 * 24 * 3600
+    size_limit_mb: Annotated[int, Field(ge=1)] = 512
+    # Requests asking for randomness (temperature or top_p above 0, no seed): "skip" answers
+    # them fresh every time; "reuse" serves them from the cache like any other.
+    sampled: Literal["skip", "reuse"] = "skip"
+
+
+class LedgerSettings(_Strict):
+    path: str | None = None
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    max_body_kb: Annotated[int, Field(ge=1)] = 4096
+    keys_path: str | None = None
+    # Web pages (origins such as "http://localhost:3000") allowed to call the router from a
+    # browser; "*" allows any. Requests from other origins are refused (router.server.origins).
+    allowed_origins: list[str] = []
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port] with no path, "
+                    'e.g. "http://localhost:3000", or "*" for any'
+                )
+        return origins
+
+
+class RetrySettings(_Strict):
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    backoff_seconds: Annotated[float, Field(ge=0)] = 0.5
+    max_backoff_seconds: Annotated[float, Field(ge=0)] = 20.0
+    # The most time spent on one request's attempts before the next model is tried at once
+    # (retries, backoff and cloud calls in progress included).
+    deadline_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+
+class GuardrailSettings(_Strict):
+    # What happens to low-value requests (summarising an empty document, retry storms...):
+    # allow = route as usual, local = never send them to the cloud, block = refuse (400).
+    low_value: Literal["allow", "local", "block"] = "local"
+    repeat_window_seconds: Annotated[float, Field(ge=0)] = 60.0
+    repeat_threshold: Annotated[int, Field(ge=2)] = 3  # this many identical requests = a storm
+
+
+class SharedSettings(_Strict):
+    """State shared by several router replicas: the response cache, budget reservations, the
+    repeat detector and API keys on Redis (`redis_url`, or $ROUTER_REDIS_URL). Unset: each
+    process keeps them in its own files, as a single router does."""
+
+    redis_url: str | None = None
+    key_prefix: str = "router:"
+    # When Redis cannot be reached, what a user with a budget gets: "local-only" answers
+    # locally, "refuse" refuses cloud calls (503). Never unlimited. The cache is skipped.
+    on_redis_down: Literal["local-only", "refuse"] = "local-only"
+    # A replica that dies holding reservations: they stop counting after this long.
+    reservation_ttl_seconds: Annotated[float, Field(gt=0, le=86400)] = 900.0
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("write redis://host:port/db, rediss://... (TLS) or unix:///path")
+        return url
+
+    def resolved_redis_url(self) -> str | None:
+        return os.environ.get("ROUTER_REDIS_URL") or self.redis_url
+
+
+class QualitySettings(_Strict):
+    """Shadow judging: for a sampled share of answered requests, after the client has its
+    answer, get the other tier's answer too and ask `judge` whether the local one was
+    acceptable. Off by default: it spends cloud money (the router's own, never a user's
+    budget), at most `max_usd_per_day` (UTC days)."""
+
+    shadow_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    judge: str | None = None
+    max_usd_per_day: Annotated[float, Field(ge=0)] = 1.0
+    max_tokens: Annotated[int, Field(ge=1, le=8192)] = 512  # the other tier's answer

@@ -1,0 +1,104 @@
+"""State shared by several router replicas, on Redis (`[shared] redis_url` or
+$ROUTER_REDIS_URL): the response cache, budget reservations, the repeat detector and API keys.
+
+Each store implements the seam its embedded default does (router.cache.ResponseCache,
+router.governance.budgets.BudgetStore, router.governance.waste.RepeatDetector,
+router.server.keys.KeyStore), so the pipeline does not know which one it has. `Link` is the
+connection and its health: every store reports failures to it, `/health` and `/metrics` read
+it, and the next successful call marks Redis up again.
+
+What each feature does while Redis is down (docs/scaling.md): the cache is skipped (answers
+come from the models); the repeat detector counts in process; budgets follow
+`on_redis_down` ("local-only" answers budgeted users locally, "refuse" refuses their cloud
+calls), never unlimited; API keys cannot be checked, so keyed requests get 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import redis
+
+log = logging.getLogger("router.shared")
+
+
+class Link:
+    """One Redis connection pool and whether Redis answered last time."""
+
+    def __init__(self, url: str, prefix: str, timeout: float) -> None:
+        import redis
+
+        self.url = url
+        self.prefix = prefix
+        self.client: redis.Redis = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            decode_responses=True,
+            health_check_interval=30,
+        )
+        self._lock = threading.Lock()
+        self.up = True
+        self.errors = 0
+        self.last_error = ""
+        self.down_since: float | None = None
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def ok(self) -> None:
+        if self.up:
+            return
+        with self._lock:
+            if not self.up:
+                log.warning("Redis at %s answers again", self.safe_url)
+                self.up, self.down_since = True, None
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            if self.up:
+                log.error("Redis at %s failed: %s", self.safe_url, self.last_error)
+                self.up, self.down_since = False, time.time()
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password."""
+        if "@" not in self.url:
+            return self.url
+        scheme, rest = self.url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+    def ping(self) -> bool:
+        """Ask Redis now (health checks): a replica idle since Redis failed learns it is back."""
+        try:
+            self.client.ping()
+        except errors() as exc:
+            self.failed(exc)
+            return False
+        self.ok()
+        return True
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "redis": self.safe_url,
+            "up": self.up,
+            "down_since": self.down_since,
+            "errors": self.errors,
+            "last_error": self.last_error or None,
+        }
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def errors() -> tuple[type[BaseException], ...]:
+    """What a Redis call raises when Redis is unreachable or refuses."""
+    import redis
+
+    return (redis.RedisError, OSError)

@@ -1,0 +1,251 @@
+"""Budget reservations on Redis, atomic across every replica.
+
+The rules are the embedded store's (router.governance.budgets): reserve the call's worst case
+on every budget of the user and their teams at once, settle to the real usage, release on
+failure, cut max_tokens when the caller left it to the default. Here the check and the
+reservation are one optimistic Redis transaction: WATCH the user's budget keys, read the
+usage, decide in Python (the same code as SQLite's), MULTI/EXEC the reservation on every
+budget; a replica that changed one of those keys in between makes EXEC fail, and the
+reservation is decided again on the new figures. So two replicas can never both take the
+last of a budget.
+
+Per (scope, period) two hashes: `settled` (tokens, usd) and `held` (reservation id ->
+"tokens usd expires_at"). A reservation stops counting at expires_at (`[shared]
+reservation_ttl_seconds`): a replica killed mid-call leaks nothing past that. Settling adds the
+real usage even when the reservation has expired: money spent is never forgotten. Keys expire
+40 days after their period's last write.
+
+While Redis is down, a user with a budget gets `on_redis_down` (BudgetStoreDownError: local
+only, or refused); settlements that cannot be written wait in memory and are written on the
+next call that reaches Redis.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from router.config import Budget, Config
+from router.errors import BudgetStoreDownError, UnavailableError
+from router.governance.budgets import LIMITS, BudgetStore, Reservation, period
+from router.shared import Link, errors
+
+KEEP_SECONDS = 40 * 86400
+ATTEMPTS = 400  # optimistic rounds before giving up (each costs one loopback round trip)
+
+
+class RedisBudgetStore(BudgetStore):
+    def __init__(self, link: Link, config: Config) -> None:  # no SQLite file: see the module
+        self._link = link
+        self._config = config
+        self._ttl = config.shared.reservation_ttl_seconds
+        self._on_down = config.shared.on_redis_down
+        self._lock = threading.Lock()
+        self._known: dict[str, Budget] = {}  # the last `router budget set` limits read
+        self._pending: list[tuple[tuple[tuple[str, str], ...], str, int, float]] = []
+
+    # ------------------------------------------------------------ which budgets apply
+
+    def budgets(self) -> dict[str, Budget]:
+        found = {b.scope: b for b in self._config.budgets}
+        try:
+            rows = self._link.client.hgetall(self._link.key("budget_limits"))
+        except errors() as exc:
+            self._link.failed(exc)
+            return {**found, **self._known}  # the limits last seen: never none
+        self._link.ok()
+        known = {str(scope): Budget.model_validate_json(text) for scope, text in rows.items()}
+        with self._lock:
+            self._known = known
+        return {**found, **known}
+
+    def set(self, budget: Budget) -> None:
+        self._write(
+            lambda c: c.hset(
+                self._link.key("budget_limits"),
+                budget.scope,
+                budget.model_dump_json(exclude_none=True),
+            )
+        )
+
+    def remove(self, scope: str) -> bool:
+        return bool(self._write(lambda c: c.hdel(self._link.key("budget_limits"), scope)))
+
+    def _write(self, call: Callable[[Any], Any]) -> Any:
+        """A command-line write: Redis must answer (the error says where it was looked for)."""
+        try:
+            result = call(self._link.client)
+        except errors() as exc:
+            self._link.failed(exc)
+            raise UnavailableError(
+                f"cannot reach Redis at {self._link.safe_url} ([shared] redis_url): {exc}"
+            ) from None
+        self._link.ok()
+        return result
+
+    # ------------------------------------------------------------ reserve / settle / release
+
+    def _keys(self, scope: str, key: str) -> tuple[str, str]:
+        return self._link.key("budget", scope, key, "held"), self._link.key(
+            "budget", scope, key, "settled"
+        )
+
+    def reserve(
+        self,
+        user: str | None,
+        tokens: int,
+        usd: float,
+        now: float | None = None,
+        *,
+        flexible_tokens: int = 0,
+        usd_per_token: float = 0.0,
+    ) -> Reservation | None:
+        budgets = self.applicable(user)
+        if not budgets:
+            return None
+        now = time.time() if now is None else now
+        rows = tuple(
+            sorted(
+                {
+                    (b.scope, period(kind, now)[0])
+                    for b in budgets
+                    for field, kind, _ in LIMITS
+                    if getattr(b, field) is not None
+                }
+            )
+        )
+        watched = [k for scope, key in rows for k in self._keys(scope, key)]
+        rid = uuid.uuid4().hex
+        import redis
+
+        try:
+            self._flush()
+            for _ in range(ATTEMPTS):
+                with self._link.client.pipeline() as pipe:
+                    try:
+                        pipe.watch(*watched)  # type: ignore[no-untyped-call]
+                        usage, expired = self._usage(pipe, budgets, now)
+                        cut = self._cut(budgets, usage, tokens, usd, usd_per_token)
+                        if cut > flexible_tokens:
+                            raise self._refusal(budgets, usage, tokens, usd, now)
+                        kept = tokens - cut, max(0.0, usd - cut * usd_per_token)
+                        pipe.multi()
+                        for scope, key in rows:
+                            held, _ = self._keys(scope, key)
+                            pipe.hset(held, rid, f"{kept[0]} {kept[1]!r} {now + self._ttl!r}")
+                            pipe.expire(held, KEEP_SECONDS)
+                        for held, rid_ in expired:
+                            pipe.hdel(held, rid_)
+                        pipe.execute()
+                    except redis.WatchError:
+                        time.sleep(random.uniform(0, 0.002))
+                        continue
+                self._link.ok()
+                return Reservation(rid, tuple(b.scope for b in budgets), cut, rows)
+        except errors() as exc:
+            self._link.failed(exc)
+            raise BudgetStoreDownError(
+                f"the budget store (Redis at {self._link.safe_url}) cannot be reached: {exc}",
+                policy=self._on_down,
+            ) from None
+        raise UnavailableError("the budget store is too busy to reserve; retry", retry_after=1)
+
+    def _usage(
+        self, pipe: Any, budgets: list[Budget], now: float
+    ) -> tuple[dict[str, dict[str, tuple[float, float, float, float]]], list[tuple[str, str]]]:
+        """Per scope and period kind: (tokens, usd) used (settled + live reservations) and
+        settled; and the expired reservations to drop."""
+        usage: dict[str, dict[str, tuple[float, float, float, float]]] = {}
+        expired: list[tuple[str, str]] = []
+        for b in budgets:
+            usage[b.scope] = {}
+            for kind in ("day", "month"):
+                held_key, settled_key = self._keys(b.scope, period(kind, now)[0])
+                settled = pipe.hgetall(settled_key)
+                s_tokens, s_usd = float(settled.get("tokens", 0)), float(settled.get("usd", 0))
+                h_tokens = h_usd = 0.0
+                for rid, value in pipe.hgetall(held_key).items():
+                    t, u, until = (float(x) for x in value.split())
+                    if until < now:
+                        expired.append((held_key, rid))
+                        continue
+                    h_tokens, h_usd = h_tokens + t, h_usd + u
+                usage[b.scope][kind] = (s_tokens + h_tokens, s_usd + h_usd, s_tokens, s_usd)
+        return usage, expired
+
+    def settle(self, reservation: Reservation | None, tokens: int, usd: float) -> None:
+        if reservation is None:
+            return
+        with self._lock:
+            self._pending.append((reservation.rows, reservation.id, tokens, usd))
+        try:
+            self._flush()
+        except errors() as exc:  # written with the next call that reaches Redis
+            self._link.failed(exc)
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        try:
+            while pending:
+                rows, rid, tokens, usd = pending[0]
+                pipe = self._link.client.pipeline()  # MULTI/EXEC: all rows or none
+                for scope, key in rows:
+                    held, settled = self._keys(scope, key)
+                    pipe.hdel(held, rid)
+                    pipe.hincrbyfloat(settled, "tokens", tokens)
+                    pipe.hincrbyfloat(settled, "usd", usd)
+                    pipe.expire(settled, KEEP_SECONDS)
+                pipe.execute()
+                pending.pop(0)
+        finally:
+            if pending:
+                with self._lock:
+                    self._pending[:0] = pending
+
+    def release(self, reservation: Reservation | None) -> None:
+        if reservation is None:
+            return
+        try:
+            pipe = self._link.client.pipeline()
+            for scope, key in reservation.rows:
+                pipe.hdel(self._keys(scope, key)[0], reservation.id)
+            pipe.execute()
+        except errors() as exc:  # it expires on its own
+            self._link.failed(exc)
+
+    def usage(self, scope: str, now: float | None = None) -> dict[str, float]:
+        now = time.time() if now is None else now
+        budget = Budget.model_validate({**_scope_fields(scope), "daily_tokens": 0})
+        try:
+            usage, _ = self._usage(self._link.client, [budget], now)
+        except errors() as exc:
+            self._link.failed(exc)
+            raise UnavailableError(
+                f"cannot reach Redis at {self._link.safe_url} ([shared] redis_url): {exc}"
+            ) from None
+        self._link.ok()
+        out: dict[str, float] = {}
+        for kind, name in (("day", "daily"), ("month", "monthly")):
+            tokens, usd, _, _ = usage[scope][kind]
+            out[f"{name}_tokens"], out[f"{name}_usd"] = tokens, usd
+        return out
+
+    def pending_settlements(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def close(self) -> None:
+        try:
+            self._flush()
+        except errors():
+            pass
+
+
+def _scope_fields(scope: str) -> dict[str, str]:
+    kind, _, name = scope.partition(":")
+    return {kind: name}

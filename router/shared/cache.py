@@ -1,0 +1,47 @@
+"""The response cache on Redis: one string key per entry (JSON), with the cache's TTL.
+
+Its size is bounded by Redis itself: give the cache's Redis `maxmemory` and an eviction policy
+(`allkeys-lru` for a Redis that holds only the cache; `volatile-lru` when it is shared with the
+budgets, whose keys must not be evicted: every cache entry has a TTL unless ttl_seconds = 0).
+While Redis is down, `get` misses and `set` does nothing: answers come from the models.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from router.shared import Link, errors
+
+
+class RedisResponseCache:
+    def __init__(self, link: Link, *, ttl_seconds: int) -> None:
+        self._link = link
+        self._ttl = ttl_seconds or None
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            text = self._link.client.get(self._link.key("cache", key))
+        except errors() as exc:
+            self._link.failed(exc)
+            return None
+        self._link.ok()
+        if not isinstance(text, str):
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def set(self, key: str, value: dict[str, Any]) -> None:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        try:
+            self._link.client.set(self._link.key("cache", key), text, ex=self._ttl)
+        except errors() as exc:
+            self._link.failed(exc)
+            return
+        self._link.ok()
+
+    def close(self) -> None:
+        pass  # the link belongs to the router

@@ -1,0 +1,48 @@
+"""Which store each part gets: Redis when `[shared] redis_url` (or $ROUTER_REDIS_URL) is set,
+else the embedded files. The router and `router budget` open their stores here (API keys:
+router.server.keys), so every command acts on the same state as the running replicas."""
+
+from __future__ import annotations
+
+from router.cache import DiskResponseCache, ResponseCache
+from router.config import Config
+from router.governance.budgets import BudgetStore
+from router.governance.waste import RepeatDetector
+from router.shared import Link
+from router.shared.state import RedisRepeatDetector
+
+
+def link_for(config: Config) -> Link | None:
+    url = config.shared.resolved_redis_url()
+    if url is None:
+        return None
+    return Link(url, config.shared.key_prefix, config.shared.timeout_seconds)
+
+
+def shared_cache(config: Config, link: Link | None) -> ResponseCache:
+    if link is None:
+        return DiskResponseCache(
+            config.cache_dir(),
+            ttl_seconds=config.cache.ttl_seconds,
+            size_limit_mb=config.cache.size_limit_mb,
+        )
+    from router.shared.cache import RedisResponseCache
+
+    return RedisResponseCache(link, ttl_seconds=config.cache.ttl_seconds)
+
+
+def repeat_detector(config: Config, link: Link | None) -> RepeatDetector:
+    window = config.guardrails.repeat_window_seconds
+    threshold = config.guardrails.repeat_threshold
+    if link is None:
+        return RepeatDetector(window, threshold)
+    return RedisRepeatDetector(link, window, threshold)
+
+
+def budget_store(config: Config, link: Link | None = None) -> BudgetStore:
+    link = link or link_for(config)
+    if link is None:
+        return BudgetStore(config.governance_path(), config)
+    from router.shared.budgets import RedisBudgetStore
+
+    return RedisBudgetStore(link, config)

@@ -1,0 +1,217 @@
+"""Two replicas on one real Redis (redis-server on loopback): one cache, one set of budgets,
+one repeat detector, one key store; and what each does while Redis is down."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router import Router
+from router.backends import FunctionBackend
+from router.errors import BudgetExceededError, UnavailableError
+from router.server.keys import key_store
+from router.shared.budgets import RedisBudgetStore
+from router.shared.stores import budget_store
+from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
+from tests.fakecloud import FakeCloud
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+def replica(
+    tmp_path: Path,
+    name: str,
+    redis: RedisServer,
+    cloud: FakeCloud | None,
+    extra: str = "",
+    shared: str = "",
+) -> Router:
+    """One router process's state: its own folder (ledger, cache dir), the shared Redis."""
+    folder = tmp_path / name
+    folder.mkdir(exist_ok=True)
+    shared = f'\n[shared]\nredis_url = "{redis.url}"\n{shared}\n'
+    config = write_config(folder, cloud.base_url if cloud else None, shared + extra)
+    local = FunctionBackend("smollm2", lambda r, p: f"local answer from {name}")
+    return Router(config, backends={"smollm2": local}, sleep=lambda s: None)
+
+
+@pytest.fixture
+def cloud_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+
+
+def ask(router: Router, text: str, **kw: Any) -> Any:
+    return router.complete([{"role": "user", "content": text}], **kw)
+
+
+def test_replica_b_serves_from_the_cache_what_replica_a_answered(
+    tmp_path: Path, redis_server: RedisServer, fake_cloud: FakeCloud, cloud_key: None
+) -> None:
+    with (
+        replica(tmp_path, "a", redis_server, fake_cloud) as a,
+        replica(tmp_path, "b", redis_server, fake_cloud) as b,
+    ):
+        first = ask(a, HARD_PROMPT)
+        again = ask(b, HARD_PROMPT)
+        assert first.routing.tier == "cloud" and not first.routing.cache_hit
+        assert again.routing.cache_hit and again.text == first.text
+        assert len(fake_cloud.requests) == 1
+        assert again.response["id"] != first.response["id"]
+        assert b.ledger.entries()[0].cache_hit  # B's own ledger records its hit
+
+
+def test_one_budget_holds_across_two_replicas_under_100_concurrent_requests(
+    tmp_path: Path, redis_server: RedisServer, fake_cloud: FakeCloud, cloud_key: None
+) -> None:
+    budget = '\n[[budgets]]\nuser = "load"\ndaily_tokens = 1000\n'
+    extra = "\n[guardrails]\nrepeat_window_seconds = 0\n" + budget
+    with (
+        replica(tmp_path, "a", redis_server, fake_cloud, extra) as a,
+        replica(tmp_path, "b", redis_server, fake_cloud, extra) as b,
+    ):
+
+        def one(i: int) -> str:
+            router = (a, b)[i % 2]
+            try:
+                done = ask(router, f"{HARD_PROMPT} ({i})", user="load", cache=False)
+            except BudgetExceededError:
+                return "refused"
+            return done.routing.tier
+
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            outcomes = list(pool.map(one, range(100)))
+        used = a.budgets.usage("user:load")
+        spent = sum(
+            e.prompt_tokens + e.completion_tokens
+            for r in (a, b)
+            for e in r.ledger.entries()
+            if e.tier == "cloud"
+        )
+        answered = [sum(e.tier == "cloud" for e in r.ledger.entries()) for r in (a, b)]
+    assert outcomes.count("cloud") == len(fake_cloud.requests)
+    assert outcomes.count("cloud") >= 5 and outcomes.count("refused") >= 50
+    assert all(n > 0 for n in answered)  # both replicas spent from the one budget
+    assert used["daily_tokens"] == spent <= 1000  # no overrun; the ledgers equal the store
+
+
+def test_two_replicas_with_their_own_files_would_each_spend_the_whole_budget(
+    tmp_path: Path, fake_cloud: FakeCloud, cloud_key: None
+) -> None:
+    """Why [shared] exists: the embedded stores are per machine."""
+    extra = '\n[[budgets]]\nuser = "load"\ndaily_tokens = 400\n'
+    used = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        with Router(write_config(folder, fake_cloud.base_url, extra)) as router:
+            for i in range(20):
+                try:
+                    ask(router, f"{HARD_PROMPT} ({name}{i})", user="load", cache=False)
+                except BudgetExceededError:
+                    break
+            used.append(router.budgets.usage("user:load")["daily_tokens"])
+    assert sum(used) > 400
+
+
+def test_a_dead_replicas_reservations_stop_counting_after_their_ttl(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    shared = f'\n[shared]\nredis_url = "{redis_server.url}"\nreservation_ttl_seconds = 0.5\n'
+    budget = '\n[[budgets]]\nuser = "ann"\ndaily_tokens = 100\n'
+    from router.config import load_config
+
+    cfg = load_config(write_config(tmp_path, None, shared + budget))
+    store = budget_store(cfg)
+    assert isinstance(store, RedisBudgetStore)
+    held = store.reserve("ann", 80, 0.0)  # the replica holding this dies: never settled
+    assert store.usage("user:ann")["daily_tokens"] == 80
+    with pytest.raises(BudgetExceededError, match="held by requests still running"):
+        store.reserve("ann", 40, 0.0)
+    time.sleep(0.6)
+    assert store.usage("user:ann")["daily_tokens"] == 0
+    mine = store.reserve("ann", 40, 0.0)
+    store.settle(mine, 30, 0.0)
+    store.settle(held, 10, 0.0)  # settled late: spent is spent, it still counts
+    assert store.usage("user:ann")["daily_tokens"] == 40
+
+
+def test_repeats_are_counted_across_replicas(
+    tmp_path: Path, redis_server: RedisServer, cloud_key: None
+) -> None:
+    with (
+        replica(tmp_path, "a", redis_server, None) as a,
+        replica(tmp_path, "b", redis_server, None) as b,
+    ):
+        for router in (a, b):
+            ask(router, "Hello, are you there?", user="u")
+        third = ask(a, "Hello, are you there?", user="u")
+        assert "repeat" in third.routing.flags
+
+
+def test_commands_act_on_the_shared_stores(tmp_path: Path, redis_server: RedisServer) -> None:
+    config = write_config(tmp_path, None, f'\n[shared]\nredis_url = "{redis_server.url}"\n')
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "router", *args, "--config", str(config)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    created = run("keys", "create", "--user", "ana")
+    assert created.returncode == 0, created.stderr
+    key = next(w for w in created.stdout.split() if w.startswith("rk-"))
+    from router.config import load_config
+
+    cfg = load_config(config)
+    assert key_store(cfg).owner(key) == "ana"  # another process sees it
+    set_ = run("budget", "set", "ana", "--daily-tokens", "5000")
+    assert set_.returncode == 0, set_.stderr
+    assert budget_store(cfg).budgets()["user:ana"].daily_tokens == 5000
+    shown = json.loads(run("budget", "show", "--json").stdout)
+    assert [b["scope"] for b in shown] == ["user:ana"]
+    key_id = next(k for k, u, _ in key_store(cfg).list() if u == "ana")
+    assert run("keys", "revoke", key_id).returncode == 0
+    assert key_store(cfg).owner(key) is None
+    assert not (tmp_path / "keys.sqlite3").exists()  # nothing went to the local files
+
+
+def test_while_redis_is_down_and_when_it_comes_back(
+    tmp_path: Path, redis_server: RedisServer, fake_cloud: FakeCloud, cloud_key: None
+) -> None:
+    extra = '\n[[budgets]]\nuser = "ann"\ndaily_tokens = 100000\n'
+    with replica(tmp_path, "a", redis_server, fake_cloud, extra) as a:
+        assert a.budgets.budgets()["user:ann"].daily_tokens == 100000
+        redis_server.stop()
+        # The cache is skipped, a user without a budget still reaches the cloud...
+        free = ask(a, HARD_PROMPT, user="bob")
+        assert free.routing.tier == "cloud" and not free.routing.cache_hit
+        # ...and a budgeted user is answered locally (on_redis_down = "local-only").
+        kept = ask(a, HARD_PROMPT + " Please.", user="ann")
+        assert kept.routing.tier == "local"
+        assert "budget store (Redis" in kept.routing.reason
+        health = a.shared_health()
+        assert health["up"] is False and health["errors"] >= 2
+        redis_server.start()  # the same port, empty
+        back = ask(a, HARD_PROMPT + " Now?", user="ann")
+        assert back.routing.tier == "cloud"
+        assert a.shared_health()["up"] is True
+        assert a.budgets.usage("user:ann")["daily_tokens"] > 0
+
+    with replica(tmp_path, "b", redis_server, fake_cloud, extra, 'on_redis_down = "refuse"') as b:
+        redis_server.stop()
+        with pytest.raises(UnavailableError, match=r"budget store .* cannot be reached"):
+            ask(b, HARD_PROMPT + " Refused?", user="ann")
+        assert ask(b, "Hello!", user="ann").routing.tier == "local"  # local answers go on

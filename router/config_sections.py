@@ -51,6 +51,19 @@ class CacheSettings(_Strict):
 
 class LedgerSettings(_Strict):
     path: str | None = None
+    # PostgreSQL for several replicas ("postgresql://user:pass@host/db"), or $ROUTER_DATABASE_URL;
+    # rows wait in a queue file beside `path` while the database is away.
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _postgres(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("write postgresql://user:password@host:port/database")
+        return url
+
+    def resolved_url(self) -> str | None:
+        return os.environ.get("ROUTER_DATABASE_URL") or self.url
 
 
 class ServerSettings(_Strict):

@@ -37,18 +37,22 @@ from router.errors import (
     BudgetStoreDownError,
     CloudError,
     CloudRefusedError,
-    NoRouteError,
-    RequestError,
     UnavailableError,
     UnknownModelError,
 )
 from router.governance import waste
 from router.governance.budgets import BudgetStore, Reservation, shortened
 from router.governance.categories import classify
-from router.ledger import Entry, Ledger, SQLiteLedger, rate_answer
+from router.ledger import Entry, Ledger, rate_answer
 from router.pricing import account, baseline_price, price_table
 from router.shadow import Shadow
-from router.shared.stores import budget_store, link_for, repeat_detector, shared_cache
+from router.shared.stores import (
+    budget_store,
+    link_for,
+    open_ledger,
+    repeat_detector,
+    shared_cache,
+)
 from router.types import (
     ROUTING_MODES,
     ChatRequest,
@@ -91,7 +95,7 @@ class Router:
         if cache is None and self.config.cache.enabled:
             cache = shared_cache(self.config, self.link)
         self._cache = CachePolicy(cache, self.config.cache.sampled)
-        self._ledger = ledger or SQLiteLedger(self.config.ledger_path())
+        self._ledger = ledger or open_ledger(self.config)
         self._budgets = budgets or budget_store(self.config, self.link)
         self._repeats = repeat_detector(self.config, self.link)
         self._backends: dict[str, Backend] = dict(backends or {})
@@ -167,35 +171,12 @@ class Router:
             request, score, self.model_views(), self.config.router.default_max_tokens
         )
         decision = replace(decision, category=category, flags=tuple(flags))
-        return self._guard(request, decision) if guard else decision
+        return waste.guard(self.config, request, decision) if guard else decision
 
     def score(self, request: ChatRequest) -> float:
         """The request's complexity: its latest ask, or an earlier one it follows up on
         (router.complexity.followups)."""
         return conversation_score(self.estimator, request)
-
-    def _guard(self, request: ChatRequest, decision: Decision) -> Decision:
-        """Apply guardrails.low_value to a request flagged as low-value."""
-        if not decision.flags or self.config.guardrails.low_value == "allow":
-            return decision
-        what = f"low-value request ({', '.join(decision.flags)})"
-        if self.config.guardrails.low_value == "block":
-            raise RequestError(
-                f"{what} refused (guardrails.low_value = block): send the document itself, "
-                "or stop repeating the same request",
-                param="messages",
-            )
-        local = tuple(n for n in decision.candidates if self.config.models[n].tier == "local")
-        if not local:
-            asked = (
-                "no local model can serve it"
-                if request.model == "auto"
-                else f"{request.model!r} was asked for: ask with model 'auto' or 'local'"
-            )
-            raise NoRouteError(
-                f"{what} is kept off the cloud (guardrails.low_value = local); {asked}"
-            )
-        return replace(decision, candidates=local, reason=f"{decision.reason}; {what}: kept local")
 
     def complete_request(self, request: ChatRequest) -> Completion:
         started = time.perf_counter()

@@ -1,8 +1,8 @@
 """The savings ledger: one row per answered request.
 
 `Ledger` is the seam (record/entries/totals/close); `SQLiteLedger` is the embedded default
-(WAL, numbered migrations in PRAGMA user_version). A shared database can implement the same
-methods later.
+(WAL, numbered migrations in PRAGMA user_version); router.shared.postgres.PostgresLedger puts
+the same schema on PostgreSQL for several replicas.
 """
 
 from __future__ import annotations
@@ -94,6 +94,10 @@ class Ledger(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
 
 _MIGRATIONS = [
     """
@@ -142,7 +146,7 @@ _MIGRATIONS = [
 ]
 
 _COLUMNS = [f.name for f in fields(Entry)]
-_SUMMARY = (
+SUMMARY_COLUMNS = (
     "group",
     "requests",
     "tokens",
@@ -254,12 +258,12 @@ class SQLiteLedger(Store):
                     FROM requests WHERE ts >= ? GROUP BY grp ORDER BY grp""",
                 (since or 0.0,),
             ).fetchall()
-        return [dict(zip(_SUMMARY, r, strict=True)) for r in rows]
+        return [dict(zip(SUMMARY_COLUMNS, r, strict=True)) for r in rows]
 
     def totals(self, since: float | None = None) -> dict[str, Any]:
         """Sums over everything since `since`, with request counts by tier."""
         rows = self.summary(since)
-        total = rows[0] if rows else dict.fromkeys(_SUMMARY, 0)
+        total = rows[0] if rows else dict.fromkeys(SUMMARY_COLUMNS, 0)
         total.pop("group")
         by_tier = {r["group"]: r["requests"] for r in self.summary(since, "tier")}
         return {**total, "by_tier": by_tier}

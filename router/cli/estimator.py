@@ -101,7 +101,7 @@ def calibrate(
     from router.complexity import calibration as cal
     from router.complexity import estimator_name, load_estimator
     from router.config import load_config, shipped_default_path
-    from router.ledger import SQLiteLedger
+    from router.shared.stores import open_ledger
 
     if (local_share is None) == (max_cloud_usd_per_day is None):
         raise RequestError("give one target: --local-share 0.7 or --max-cloud-usd-per-day 5")
@@ -133,7 +133,7 @@ def calibrate(
         stamps: list[float] = []
         sample = f"{len(scores)} prompts in {prompts}"
     else:
-        with SQLiteLedger(cfg.ledger_path()) as ledger:
+        with open_ledger(cfg) as ledger:
             rows = ledger.entries(parse_since(since))
         used = [e for e in rows if e.estimator == current]
         skipped = len(rows) - len(used)

@@ -130,14 +130,14 @@ def audit(
     """Per user or team: usage, cost, savings, category mix, low-value share and flags."""
     from router.config import load_config
     from router.governance import audit as audit_mod
-    from router.ledger import SQLiteLedger
+    from router.shared.stores import open_ledger
 
     if by not in ("user", "team"):
         raise RequestError(f"--by {by!r}: choose user or team")
     if fmt not in ("table", "markdown", "json", "csv"):
         raise RequestError(f"--format {fmt!r}: choose table, markdown, json or csv")
     cfg = load_config(config)
-    with SQLiteLedger(cfg.ledger_path()) as ledger:
+    with open_ledger(cfg) as ledger:
         entries = ledger.entries(parse_since(since))
     accounts = audit_mod.audit(entries, cfg, by)
     if fmt != "table":

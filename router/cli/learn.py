@@ -157,12 +157,12 @@ def ledger_label(entry: Entry) -> float | None:
 
 
 def read_ledger(cfg: Config, since: str) -> Labels:
-    from router.ledger import SQLiteLedger
+    from router.shared.stores import open_ledger
     from router.types import ChatRequest
 
     labels = Labels(f"the ledger, last {since}")
     unlabelled_prompts = without_prompt = 0
-    with SQLiteLedger(cfg.ledger_path()) as ledger:
+    with open_ledger(cfg) as ledger:
         entries = ledger.entries(parse_since(since))
     for e in entries:
         label = ledger_label(e)

@@ -22,13 +22,13 @@ def stats(
 ) -> None:
     """Requests, tokens, cost and savings from the ledger."""
     from router.config import load_config
-    from router.ledger import SQLiteLedger
+    from router.shared.stores import open_ledger
 
     if by is not None and by not in GROUPS:
         raise RequestError(f"--by {by!r}: choose one of {', '.join(GROUPS)}")
     start = parse_since(since)
     cfg = load_config(config)
-    with SQLiteLedger(cfg.ledger_path()) as ledger:
+    with open_ledger(cfg) as ledger:
         totals = ledger.totals(start)
         groups = ledger.summary(start, by or "tier")
     rate = totals["cache_hits"] / totals["requests"] if totals["requests"] else 0.0
@@ -88,10 +88,10 @@ def logs(
     import datetime
 
     from router.config import load_config
-    from router.ledger import SQLiteLedger
+    from router.shared.stores import open_ledger
 
     cfg = load_config(config)
-    with SQLiteLedger(cfg.ledger_path()) as ledger:
+    with open_ledger(cfg) as ledger:
         rows = ledger.recent(count, user)
     if as_json:
         out = []
@@ -159,12 +159,11 @@ def report(
 
     from router import dashboard
     from router.config import load_config
-    from router.ledger import SQLiteLedger
-    from router.shared.stores import budget_store
+    from router.shared.stores import budget_store, open_ledger
 
     cfg = load_config(config)
     with (
-        SQLiteLedger(cfg.ledger_path()) as ledger,
+        open_ledger(cfg) as ledger,
         budget_store(cfg) as budgets,
     ):
         figures = dashboard.summary(cfg, ledger, budgets, since)

@@ -24,13 +24,13 @@ def quality(
     and how acceptable those answers were."""
     from router.config import load_config
     from router.governance.quality import GROUPINGS, report
-    from router.ledger import SQLiteLedger
+    from router.shared.stores import open_ledger
 
     if by not in GROUPINGS:
         raise RequestError(f"--by {by!r}: choose one of {', '.join(GROUPINGS)}")
     start = parse_since(since)
     cfg = load_config(config)
-    with SQLiteLedger(cfg.ledger_path()) as ledger:
+    with open_ledger(cfg) as ledger:
         figures = report(ledger.entries(start), cfg, by)
     if as_json:
         typer.echo(json.dumps({"since": since, **figures}, indent=2))

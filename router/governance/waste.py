@@ -14,8 +14,11 @@ import re
 import threading
 import time
 from collections import defaultdict, deque
+from dataclasses import replace
 
-from router.types import ChatRequest, sample
+from router.config import Config
+from router.errors import NoRouteError, RequestError
+from router.types import ChatRequest, Decision, sample
 
 DOCUMENT_TASKS = frozenset({"summarise", "rewrite", "translate"})
 _INSTRUCTION = re.compile(
@@ -86,3 +89,25 @@ class RepeatDetector:
             if len(self._answered) > 100_000:  # bound memory: forget the oldest keys
                 for old in list(self._answered)[:50_000]:
                     del self._answered[old]
+
+
+def guard(config: Config, request: ChatRequest, decision: Decision) -> Decision:
+    """Apply guardrails.low_value to a request flagged as low-value."""
+    if not decision.flags or config.guardrails.low_value == "allow":
+        return decision
+    what = f"low-value request ({', '.join(decision.flags)})"
+    if config.guardrails.low_value == "block":
+        raise RequestError(
+            f"{what} refused (guardrails.low_value = block): send the document itself, "
+            "or stop repeating the same request",
+            param="messages",
+        )
+    local = tuple(n for n in decision.candidates if config.models[n].tier == "local")
+    if not local:
+        asked = (
+            "no local model can serve it"
+            if request.model == "auto"
+            else f"{request.model!r} was asked for: ask with model 'auto' or 'local'"
+        )
+        raise NoRouteError(f"{what} is kept off the cloud (guardrails.low_value = local); {asked}")
+    return replace(decision, candidates=local, reason=f"{decision.reason}; {what}: kept local")

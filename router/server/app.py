@@ -277,6 +277,11 @@ def create_app(
             body["shared"] = router.shared_health()
             if not router.link.up:
                 body["status"] = "degraded"
+        ledger_health = getattr(router.ledger, "health", None)
+        if callable(ledger_health):  # the ledger on PostgreSQL, and its queue on disk
+            body["ledger"] = await anyio.to_thread.run_sync(ledger_health)
+            if not body["ledger"]["up"]:
+                body["status"] = "degraded"
         return JSONResponse(body)
 
     async def metrics_endpoint(request: Request) -> Response:

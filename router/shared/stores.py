@@ -8,6 +8,7 @@ from router.cache import DiskResponseCache, ResponseCache
 from router.config import Config
 from router.governance.budgets import BudgetStore
 from router.governance.waste import RepeatDetector
+from router.ledger import Ledger, SQLiteLedger
 from router.shared import Link
 from router.shared.state import RedisRepeatDetector
 
@@ -37,6 +38,16 @@ def repeat_detector(config: Config, link: Link | None) -> RepeatDetector:
     if link is None:
         return RepeatDetector(window, threshold)
     return RedisRepeatDetector(link, window, threshold)
+
+
+def open_ledger(config: Config) -> Ledger:
+    """PostgreSQL when [ledger] url (or $ROUTER_DATABASE_URL) is set, else the SQLite file."""
+    url = config.ledger.resolved_url()
+    if url is None:
+        return SQLiteLedger(config.ledger_path())
+    from router.shared.postgres import PostgresLedger
+
+    return PostgresLedger(url, config.ledger_path().with_name("ledger-queue.sqlite3"))
 
 
 def budget_store(config: Config, link: Link | None = None) -> BudgetStore:

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,12 +18,14 @@ import pytest
 from router import Router
 from router.backends import FunctionBackend
 from router.errors import BudgetExceededError, UnavailableError
+from router.server.app import create_app
 from router.server.keys import key_store
 from router.shared.budgets import RedisBudgetStore
 from router.shared.stores import budget_store
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
 from tests.fakecloud import FakeCloud
 from tests.redis_server import RedisServer
+from tests.server_harness import ServerThread
 
 
 @pytest.fixture
@@ -204,6 +207,13 @@ def test_while_redis_is_down_and_when_it_comes_back(
         assert "budget store (Redis" in kept.routing.reason
         health = a.shared_health()
         assert health["up"] is False and health["errors"] >= 2
+        with ServerThread(create_app(a)) as server:
+            with urllib.request.urlopen(f"{server.url}/health", timeout=10) as r:
+                body = json.loads(r.read())
+            with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as r:
+                metrics = r.read().decode()
+        assert body["status"] == "degraded" and body["shared"]["up"] is False
+        assert "router_redis_up 0" in metrics
         redis_server.start()  # the same port, empty
         back = ask(a, HARD_PROMPT + " Now?", user="ann")
         assert back.routing.tier == "cloud"

@@ -1,0 +1,385 @@
+"""The ledger on PostgreSQL (`[ledger] url = "postgresql://..."`, or $ROUTER_DATABASE_URL), for
+several replicas writing one audit trail.
+
+The schema and its numbered migrations are the SQLite ledger's (router.ledger), in
+PostgreSQL's dialect; a replica applies the missing ones under an advisory lock, so however
+many replicas start together, each migration runs once.
+
+Writes leave the request's path and are never lost: `record` appends the row to a queue on
+local disk (a SQLite file beside where the SQLite ledger would be, committed before `record`
+returns) and a background thread moves batches into PostgreSQL, deleting them from the queue
+only after PostgreSQL committed them. A replica that cannot reach PostgreSQL keeps serving and
+keeps queueing; the rows go in when it comes back, or when the replica starts again. A row
+carries its answer's unique id (`response_id`): a batch sent twice (a crash between
+PostgreSQL's commit and the queue's delete) is inserted once.
+
+Reads (`router stats`, `audit`, `quality`...) and feedback go to PostgreSQL; rows still in a
+replica's queue show up once drained (milliseconds while PostgreSQL is up). Feedback and
+reads first drain this replica's own queue, so an answer can be rated right away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from router.errors import UnavailableError
+from router.ledger import SUMMARY_COLUMNS, Entry, Verdict
+from router.sqlite import migrate, open_db
+
+log = logging.getLogger("router.ledger")
+
+_COLUMNS = [f.name for f in fields(Entry)]
+_QUOTED = ", ".join(f'"{c}"' for c in _COLUMNS)
+BATCH = 500
+
+# The SQLite ledger's migrations, one for one, in PostgreSQL's dialect ("user" is reserved).
+_MIGRATIONS = [
+    """
+    CREATE TABLE requests (
+        id BIGSERIAL PRIMARY KEY,
+        ts DOUBLE PRECISION NOT NULL,
+        "user" TEXT,
+        tier TEXT NOT NULL,
+        model TEXT NOT NULL,
+        prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        cost_usd DOUBLE PRECISION NOT NULL,
+        baseline_usd DOUBLE PRECISION NOT NULL,
+        tokens_saved BIGINT NOT NULL,
+        usd_saved DOUBLE PRECISION NOT NULL,
+        cache_hit BOOLEAN NOT NULL,
+        latency_ms DOUBLE PRECISION NOT NULL,
+        score DOUBLE PRECISION NOT NULL,
+        reason TEXT NOT NULL,
+        stream BOOLEAN NOT NULL,
+        prompt TEXT
+    );
+    CREATE INDEX requests_ts ON requests (ts);
+    CREATE INDEX requests_user_ts ON requests ("user", ts);
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN category TEXT NOT NULL DEFAULT 'other';
+    ALTER TABLE requests ADD COLUMN flags TEXT NOT NULL DEFAULT '';
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN estimator TEXT NOT NULL DEFAULT '';
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN response_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE requests ADD COLUMN rating TEXT NOT NULL DEFAULT '';
+    ALTER TABLE requests ADD COLUMN feedback TEXT NOT NULL DEFAULT '';
+    CREATE UNIQUE INDEX requests_response_id ON requests (response_id) WHERE response_id <> '';
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN verdict TEXT NOT NULL DEFAULT '';
+    ALTER TABLE requests ADD COLUMN judge TEXT NOT NULL DEFAULT '';
+    ALTER TABLE requests ADD COLUMN shadow_model TEXT NOT NULL DEFAULT '';
+    ALTER TABLE requests ADD COLUMN votes TEXT NOT NULL DEFAULT '';
+    ALTER TABLE requests ADD COLUMN shadow_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
+    """,
+]
+_GROUPS = {
+    "day": "to_char(to_timestamp(ts), 'YYYY-MM-DD')",
+    "user": "COALESCE(\"user\", '(anonymous)')",
+    "tier": "tier",
+    "model": "model",
+    "category": "category",
+}
+_QUEUE = [
+    """
+    CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY, row TEXT NOT NULL);
+    """,
+]
+
+
+def safe_url(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+class PostgresLedger:
+    """router.ledger.Ledger on PostgreSQL, with a durable local queue (see the module)."""
+
+    def __init__(self, url: str, queue_path: Path, *, timeout: float = 5.0) -> None:
+        self.url = url
+        self._timeout = timeout
+        self._queue_path = queue_path
+        self._queue = open_db(queue_path)
+        migrate(self._queue, _QUEUE, queue_path)
+        self._queue_lock = threading.Lock()
+        self._db_lock = threading.Lock()
+        self._conn: Any = None
+        self.up = True
+        self.errors = 0
+        self.last_error = ""
+        self._wake = threading.Event()
+        self._stop = False
+        try:
+            self._connection()  # migrations run now; a database that is down is not fatal
+        except UnavailableError as exc:
+            log.error("%s", exc)
+        self._thread = threading.Thread(target=self._drain_forever, name="ledger", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- PostgreSQL
+
+    def _connection(self) -> Any:
+        """The open connection (migrated), or UnavailableError."""
+        import psycopg
+
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        try:
+            conn = psycopg.connect(self.url, connect_timeout=max(1, int(self._timeout)))
+            self._migrate(conn)
+        except psycopg.Error as exc:
+            raise self._down(exc) from None
+        self._conn = conn
+        self._ok()
+        return conn
+
+    @staticmethod
+    def _migrate(conn: Any) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('router-ledger-migrations'))")
+            conn.execute("CREATE TABLE IF NOT EXISTS router_schema (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM router_schema").fetchone()
+            version = row[0] if row else 0
+            if row is None:
+                conn.execute("INSERT INTO router_schema VALUES (0)")
+            if version > len(_MIGRATIONS):
+                raise UnavailableError(
+                    f"the ledger database is at schema {version}, newer than this router "
+                    f"({len(_MIGRATIONS)}): upgrade the router"
+                )
+            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
+                conn.execute("UPDATE router_schema SET version = %s", (number,))
+
+    def _run(self, sql: str, args: Any = (), *, rows: bool = True) -> Any:
+        """One statement in its own transaction; UnavailableError when PostgreSQL is away."""
+        import psycopg
+
+        with self._db_lock:
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    cursor = conn.execute(sql, args)
+                    result = cursor.fetchall() if rows else cursor.rowcount
+            except psycopg.OperationalError as exc:
+                conn.close()
+                raise self._down(exc) from None
+        self._ok()
+        return result
+
+    def _down(self, exc: BaseException) -> UnavailableError:
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}".strip()[:300]
+        if self.up:
+            log.error("ledger database %s unreachable: %s", safe_url(self.url), self.last_error)
+        self.up = False
+        return UnavailableError(
+            f"the ledger database ({safe_url(self.url)}) cannot be reached: {self.last_error}",
+            retry_after=5,
+        )
+
+    def _ok(self) -> None:
+        if not self.up:
+            log.warning("ledger database %s answers again", safe_url(self.url))
+        self.up = True
+
+    # ---------------------------------------------------------------- the queue
+
+    def record(self, entry: Entry) -> None:
+        row = json.dumps(asdict(entry), ensure_ascii=False)
+        with self._queue_lock, self._queue:
+            self._queue.execute("INSERT INTO pending (row) VALUES (?)", (row,))
+        self._wake.set()
+
+    def queued(self) -> int:
+        with self._queue_lock:
+            return int(self._queue.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
+
+    def drain(self) -> int:
+        """Move every queued row into PostgreSQL now; the number moved. UnavailableError when
+        PostgreSQL is away (the rows stay queued)."""
+        moved = 0
+        while True:
+            with self._queue_lock:
+                batch = self._queue.execute(
+                    "SELECT id, row FROM pending ORDER BY id LIMIT ?", (BATCH,)
+                ).fetchall()
+            if not batch:
+                return moved
+            values = []
+            for _, text in batch:
+                data = json.loads(text)
+                values.append([data[c] for c in _COLUMNS])
+            self._insert(values)
+            with self._queue_lock, self._queue:
+                self._queue.executemany(
+                    "DELETE FROM pending WHERE id = ?", [(i,) for i, _ in batch]
+                )
+            moved += len(batch)
+
+    def _insert(self, values: list[list[Any]]) -> None:
+        import psycopg
+
+        placeholders = ", ".join("%s" for _ in _COLUMNS)
+        sql = (
+            f"INSERT INTO requests ({_QUOTED}) VALUES ({placeholders}) "
+            "ON CONFLICT (response_id) WHERE response_id <> '' DO NOTHING"
+        )
+        with self._db_lock:
+            conn = self._connection()
+            try:
+                with conn.transaction(), conn.cursor() as cursor:
+                    cursor.executemany(sql, values)
+            except psycopg.OperationalError as exc:
+                conn.close()
+                raise self._down(exc) from None
+        self._ok()
+
+    def _drain_forever(self) -> None:
+        pause = 0.5
+        while not self._stop:
+            self._wake.wait(pause if not self.up else 1.0)
+            self._wake.clear()
+            try:
+                self.drain()
+                pause = 0.5
+            except UnavailableError:
+                pause = min(pause * 2, 5.0)  # PostgreSQL is away: try again, less often
+                time.sleep(pause)
+            except Exception:  # a bug must not stop the drain for good
+                log.exception("draining the ledger queue failed")
+                time.sleep(1)
+
+    # ---------------------------------------------------------------- reads and updates
+
+    def _synced(self) -> None:
+        """This replica's queue drained first, so what it just answered is there."""
+        self.drain()
+
+    def entries(self, since: float | None = None) -> list[Entry]:
+        self._synced()
+        rows = self._run(
+            f"SELECT {_QUOTED} FROM requests WHERE ts >= %s ORDER BY id", (since or 0.0,)
+        )
+        return [Entry(**dict(zip(_COLUMNS, r, strict=True))) for r in rows]
+
+    def recent(self, limit: int, user: str | None = None) -> list[Entry]:
+        self._synced()
+        where, args = ('WHERE "user" = %s', [user]) if user is not None else ("", [])
+        rows = self._run(
+            f"SELECT {_QUOTED} FROM requests {where} ORDER BY id DESC LIMIT %s", (*args, limit)
+        )
+        return [Entry(**dict(zip(_COLUMNS, r, strict=True))) for r in reversed(rows)]
+
+    def rate(self, response_id: str, rating: str, comment: str, user: str | None) -> bool:
+        self._synced()
+        where, args = "response_id = %s AND response_id <> ''", [response_id]
+        if user is not None:
+            where, args = where + ' AND "user" = %s', [*args, user]
+        sql = f"UPDATE requests SET rating = %s, feedback = %s WHERE {where}"
+        return int(self._run(sql, (rating, comment, *args), rows=False)) > 0
+
+    def judged(self, response_id: str, verdict: Verdict) -> bool:
+        self._synced()
+        count = self._run(
+            "UPDATE requests SET verdict = %s, judge = %s, shadow_model = %s, votes = %s, "
+            "shadow_usd = shadow_usd + %s WHERE response_id = %s AND response_id <> ''",
+            (
+                verdict.verdict,
+                verdict.judge,
+                verdict.shadow_model,
+                verdict.votes,
+                verdict.usd,
+                response_id,
+            ),
+            rows=False,
+        )
+        return int(count) > 0
+
+    def shadow_spend(self, since: float) -> float:
+        self._synced()
+        rows = self._run(
+            "SELECT COALESCE(SUM(shadow_usd), 0) FROM requests WHERE ts >= %s", (since,)
+        )
+        return float(rows[0][0])
+
+    def summary(self, since: float | None = None, by: str | None = None) -> list[dict[str, Any]]:
+        if by is not None and by not in _GROUPS:
+            raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(_GROUPS)}")
+        self._synced()
+        key = _GROUPS[by] if by else "'all'"
+        rows = self._run(
+            f"""SELECT {key} AS grp, COUNT(*),
+                       COALESCE(SUM(prompt_tokens + completion_tokens), 0),
+                       COALESCE(SUM(cost_usd), 0), COALESCE(SUM(baseline_usd), 0),
+                       COALESCE(SUM(tokens_saved), 0), COALESCE(SUM(usd_saved), 0),
+                       COALESCE(SUM(cache_hit::int), 0)
+                FROM requests WHERE ts >= %s GROUP BY grp ORDER BY grp""",
+            (since or 0.0,),
+        )
+        return [
+            dict(zip(SUMMARY_COLUMNS, (r[0], *(_number(v) for v in r[1:])), strict=True))
+            for r in rows
+        ]
+
+    def totals(self, since: float | None = None) -> dict[str, Any]:
+        rows = self.summary(since)
+        total = rows[0] if rows else dict.fromkeys(SUMMARY_COLUMNS, 0)
+        total.pop("group")
+        by_tier = {r["group"]: r["requests"] for r in self.summary(since, "tier")}
+        return {**total, "by_tier": by_tier}
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "database": safe_url(self.url),
+            "up": self.up,
+            "queued": self.queued(),
+            "errors": self.errors,
+            "last_error": self.last_error or None,
+        }
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Drain what can be drained within `timeout`; the rest waits on disk for next time."""
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout)
+        try:
+            self.drain()
+        except UnavailableError:
+            log.warning(
+                "%d ledger rows wait in %s for the database", self.queued(), self._queue_path
+            )
+        with self._db_lock:
+            if self._conn is not None:
+                self._conn.close()
+        with self._queue_lock:
+            self._queue.close()
+
+    def __enter__(self) -> PostgresLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _number(value: Any) -> Any:
+    """PostgreSQL's SUM of integers is a Decimal: back to int or float."""
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value

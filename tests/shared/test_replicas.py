@@ -139,10 +139,10 @@ def test_two_served_replicas_behave_as_one_router(tmp_path: Path, fake_cloud: Fa
         assert store.usage("user:load")["daily_tokens"] == sum(t for _, _, t in rows) <= 1000
 
         # `router audit` reads the one ledger: both users of both replicas.
+        command = [sys.executable, "-m", "router", "audit", "--format", "json"]
         audit = subprocess.run(
-            [sys.executable, "-m", "router", "audit", "--format", "json", "--config", str(b.config)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            [*command, "--config", str(b.config)], capture_output=True, text=True, timeout=60
+        )
         assert audit.returncode == 0, audit.stderr
         assert {"load", "someone"} <= {r["name"] for r in json.loads(audit.stdout)}
 

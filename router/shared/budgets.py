@@ -35,6 +35,7 @@ from router.governance.budgets import LIMITS, BudgetStore, Reservation, period
 from router.shared import Link, errors
 
 KEEP_SECONDS = 40 * 86400
+LIMITS_SECONDS = 1.0
 ATTEMPTS = 400  # optimistic rounds before giving up (each costs one loopback round trip)
 
 
@@ -46,12 +47,18 @@ class RedisBudgetStore(BudgetStore):
         self._on_down = config.shared.on_redis_down
         self._lock = threading.Lock()
         self._known: dict[str, Budget] = {}  # the last `router budget set` limits read
+        self._read_at = -LIMITS_SECONDS
         self._pending: list[tuple[tuple[tuple[str, str], ...], str, int, float]] = []
 
     # ------------------------------------------------------------ which budgets apply
 
     def budgets(self) -> dict[str, Budget]:
+        """models.toml's budgets, overridden by `router budget set` (read from Redis at most
+        once a second: a change reaches every replica within LIMITS_SECONDS)."""
         found = {b.scope: b for b in self._config.budgets}
+        if time.monotonic() - self._read_at < LIMITS_SECONDS:
+            with self._lock:
+                return {**found, **self._known}
         try:
             rows = self._link.client.hgetall(self._link.key("budget_limits"))
         except errors() as exc:
@@ -60,10 +67,11 @@ class RedisBudgetStore(BudgetStore):
         self._link.ok()
         known = {str(scope): Budget.model_validate_json(text) for scope, text in rows.items()}
         with self._lock:
-            self._known = known
+            self._known, self._read_at = known, time.monotonic()
         return {**found, **known}
 
     def set(self, budget: Budget) -> None:
+        self._read_at = -LIMITS_SECONDS
         self._write(
             lambda c: c.hset(
                 self._link.key("budget_limits"),
@@ -73,6 +81,7 @@ class RedisBudgetStore(BudgetStore):
         )
 
     def remove(self, scope: str) -> bool:
+        self._read_at = -LIMITS_SECONDS
         return bool(self._write(lambda c: c.hdel(self._link.key("budget_limits"), scope)))
 
     def _write(self, call: Callable[[Any], Any]) -> Any:
@@ -128,7 +137,7 @@ class RedisBudgetStore(BudgetStore):
                 with self._link.client.pipeline() as pipe:
                     try:
                         pipe.watch(*watched)  # type: ignore[no-untyped-call]
-                        usage, expired = self._usage(pipe, budgets, now)
+                        usage, expired = self._usage(budgets, now)
                         cut = self._cut(budgets, usage, tokens, usd, usd_per_token)
                         if cut > flexible_tokens:
                             raise self._refusal(budgets, usage, tokens, usd, now)
@@ -155,26 +164,39 @@ class RedisBudgetStore(BudgetStore):
         raise UnavailableError("the budget store is too busy to reserve; retry", retry_after=1)
 
     def _usage(
-        self, pipe: Any, budgets: list[Budget], now: float
+        self, budgets: list[Budget], now: float
     ) -> tuple[dict[str, dict[str, tuple[float, float, float, float]]], list[tuple[str, str]]]:
         """Per scope and period kind: (tokens, usd) used (settled + live reservations) and
-        settled; and the expired reservations to drop."""
+        settled; and the expired reservations to drop. One round trip (a pipeline: reads from
+        another connection do not disturb the reserving connection's WATCH)."""
+        keys = [
+            (b.scope, kind, *self._keys(b.scope, period(kind, now)[0]))
+            for b in budgets
+            for kind in ("day", "month")
+        ]
+        reader = self._link.client.pipeline(transaction=False)
+        for _, _, held_key, settled_key in keys:
+            reader.hgetall(settled_key)
+            reader.hgetall(held_key)
+        values = reader.execute()
         usage: dict[str, dict[str, tuple[float, float, float, float]]] = {}
         expired: list[tuple[str, str]] = []
-        for b in budgets:
-            usage[b.scope] = {}
-            for kind in ("day", "month"):
-                held_key, settled_key = self._keys(b.scope, period(kind, now)[0])
-                settled = pipe.hgetall(settled_key)
-                s_tokens, s_usd = float(settled.get("tokens", 0)), float(settled.get("usd", 0))
-                h_tokens = h_usd = 0.0
-                for rid, value in pipe.hgetall(held_key).items():
-                    t, u, until = (float(x) for x in value.split())
-                    if until < now:
-                        expired.append((held_key, rid))
-                        continue
-                    h_tokens, h_usd = h_tokens + t, h_usd + u
-                usage[b.scope][kind] = (s_tokens + h_tokens, s_usd + h_usd, s_tokens, s_usd)
+        for i, (scope, kind, held_key, _) in enumerate(keys):
+            settled, held = values[2 * i], values[2 * i + 1]
+            s_tokens, s_usd = float(settled.get("tokens", 0)), float(settled.get("usd", 0))
+            h_tokens = h_usd = 0.0
+            for rid, value in held.items():
+                t, u, until = (float(x) for x in value.split())
+                if until < now:
+                    expired.append((held_key, rid))
+                    continue
+                h_tokens, h_usd = h_tokens + t, h_usd + u
+            usage.setdefault(scope, {})[kind] = (
+                s_tokens + h_tokens,
+                s_usd + h_usd,
+                s_tokens,
+                s_usd,
+            )
         return usage, expired
 
     def settle(self, reservation: Reservation | None, tokens: int, usd: float) -> None:
@@ -222,7 +244,7 @@ class RedisBudgetStore(BudgetStore):
         now = time.time() if now is None else now
         budget = Budget.model_validate({**_scope_fields(scope), "daily_tokens": 0})
         try:
-            usage, _ = self._usage(self._link.client, [budget], now)
+            usage, _ = self._usage([budget], now)
         except errors() as exc:
             self._link.failed(exc)
             raise UnavailableError(

@@ -7,6 +7,7 @@ the replica counts in process (`RepeatDetector`), as a single router does.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -18,6 +19,10 @@ class RedisRepeatDetector(RepeatDetector):
     def __init__(self, link: Link, window_seconds: float, threshold: int) -> None:
         super().__init__(window_seconds, threshold)  # the in-process fallback
         self._link = link
+        self._pending: list[tuple[str | None, str, float]] = []
+        self._pending_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
 
     def _key(self, user: str | None, key: str) -> str:
         return self._link.key("repeat", user or "", key)
@@ -27,11 +32,8 @@ class RedisRepeatDetector(RepeatDetector):
             return False
         now = time.time() if now is None else now
         name = self._key(user, key)
-        try:
-            pipe = self._link.client.pipeline(transaction=False)
-            pipe.zremrangebyscore(name, "-inf", now - self.window)
-            pipe.zcard(name)
-            count = int(pipe.execute()[1])
+        try:  # one command; the writer trims what the window left behind
+            count = int(self._link.client.zcount(name, now - self.window, "+inf"))
         except errors() as exc:
             self._link.failed(exc)
             return super().repeated(user, key)
@@ -39,18 +41,46 @@ class RedisRepeatDetector(RepeatDetector):
         return count + 1 >= self.threshold
 
     def answered(self, user: str | None, key: str, now: float | None = None) -> None:
+        """Count an answer: written by a background thread in batches (one round trip for
+        many answers), off the request's path; counted in process if Redis fails."""
         if self.window <= 0:
             return
-        now = time.time() if now is None else now
-        name = self._key(user, key)
-        try:
-            pipe = self._link.client.pipeline(transaction=False)
-            pipe.zadd(name, {uuid.uuid4().hex: now})
-            pipe.zremrangebyscore(name, "-inf", now - self.window)
-            pipe.expire(name, max(1, int(self.window) + 1))
-            pipe.execute()
-        except errors() as exc:
-            self._link.failed(exc)
-            super().answered(user, key)
-            return
-        self._link.ok()
+        with self._pending_lock:
+            self._pending.append((user, key, time.time() if now is None else now))
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write, name="repeats", daemon=True)
+                self._writer.start()
+        self._wake.set()
+
+    def _write(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                pipe = self._link.client.pipeline(transaction=False)
+                for user, key, at in batch:
+                    name = self._key(user, key)
+                    pipe.zadd(name, {uuid.uuid4().hex: at})
+                    pipe.zremrangebyscore(name, "-inf", at - self.window)
+                    pipe.expire(name, max(1, int(self.window) + 1))
+                pipe.execute()
+            except errors() as exc:
+                self._link.failed(exc)
+                for user, key, _ in batch:
+                    super().answered(user, key)
+                continue
+            self._link.ok()
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Wait until the answers counted so far are written (tests)."""
+        ends = time.monotonic() + timeout
+        while time.monotonic() < ends:
+            with self._pending_lock:
+                if not self._pending:
+                    break
+            time.sleep(0.005)
+        time.sleep(0.01)  # the batch in flight

@@ -160,6 +160,7 @@ def test_repeats_are_counted_across_replicas(
     ):
         for router in (a, b):
             ask(router, "Hello, are you there?", user="u")
+            time.sleep(0.05)  # answers are counted by a background writer, within milliseconds
         third = ask(a, "Hello, are you there?", user="u")
         assert "repeat" in third.routing.flags
 

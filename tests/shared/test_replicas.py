@@ -145,6 +145,11 @@ def test_two_served_replicas_behave_as_one_router(tmp_path: Path, fake_cloud: Fa
         )
         assert audit.returncode == 0, audit.stderr
         assert {"load", "someone"} <= {r["name"] for r in json.loads(audit.stdout)}
+        # The dashboard of either replica shows everyone's requests.
+        with urllib.request.urlopen(f"{a.url}/v1/router/summary?since=24h", timeout=30) as r:
+            summary = json.loads(r.read())
+        total = len(ledger_rows(database, "load")) + len(ledger_rows(database, "someone"))
+        assert summary["headline"]["requests"] == total
 
         # kill -9 one replica mid-load: no answered row is lost, no reservation outlives its TTL.
         fake_cloud.inject(*[Fault(status=200, delay=1.5) for _ in range(6)])

@@ -29,6 +29,14 @@ class Verdict:
     votes: str
     usd: float
 
+    SET = (
+        "verdict = {p}, judge = {p}, shadow_model = {p}, votes = {p}, shadow_usd = shadow_usd + {p}"
+    )
+
+    def values(self) -> tuple[str, str, str, str, float]:
+        """The values for SET's placeholders, in order."""
+        return (self.verdict, self.judge, self.shadow_model, self.votes, self.usd)
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -212,16 +220,9 @@ class SQLiteLedger(Store):
         """Record shadow judging's outcome on the answer `response_id`."""
         with self._lock, self._db:
             cursor = self._db.execute(
-                "UPDATE requests SET verdict = ?, judge = ?, shadow_model = ?, votes = ?, "
-                "shadow_usd = shadow_usd + ? WHERE response_id = ? AND response_id != ''",
-                (
-                    verdict.verdict,
-                    verdict.judge,
-                    verdict.shadow_model,
-                    verdict.votes,
-                    verdict.usd,
-                    response_id,
-                ),
+                f"UPDATE requests SET {Verdict.SET.format(p='?')} "
+                "WHERE response_id = ? AND response_id != ''",
+                (*verdict.values(), response_id),
             )
         return cursor.rowcount > 0
 

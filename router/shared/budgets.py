@@ -85,7 +85,8 @@ class RedisBudgetStore(BudgetStore):
         return bool(self._write(lambda c: c.hdel(self._link.key("budget_limits"), scope)))
 
     def _write(self, call: Callable[[Any], Any]) -> Any:
-        """A command-line write: Redis must answer (the error says where it was looked for)."""
+        """A command's call (budget set, rm, show): Redis must answer, or UnavailableError says
+        where it was looked for."""
         try:
             result = call(self._link.client)
         except errors() as exc:
@@ -243,14 +244,7 @@ class RedisBudgetStore(BudgetStore):
     def usage(self, scope: str, now: float | None = None) -> dict[str, float]:
         now = time.time() if now is None else now
         budget = Budget.model_validate({**_scope_fields(scope), "daily_tokens": 0})
-        try:
-            usage, _ = self._usage([budget], now)
-        except errors() as exc:
-            self._link.failed(exc)
-            raise UnavailableError(
-                f"cannot reach Redis at {self._link.safe_url} ([shared] redis_url): {exc}"
-            ) from None
-        self._link.ok()
+        usage, _ = self._write(lambda c: self._usage([budget], now))
         out: dict[str, float] = {}
         for kind, name in (("day", "daily"), ("month", "monthly")):
             tokens, usd, _, _ = usage[scope][kind]

@@ -296,16 +296,9 @@ class PostgresLedger:
     def judged(self, response_id: str, verdict: Verdict) -> bool:
         self._synced()
         count = self._run(
-            "UPDATE requests SET verdict = %s, judge = %s, shadow_model = %s, votes = %s, "
-            "shadow_usd = shadow_usd + %s WHERE response_id = %s AND response_id <> ''",
-            (
-                verdict.verdict,
-                verdict.judge,
-                verdict.shadow_model,
-                verdict.votes,
-                verdict.usd,
-                response_id,
-            ),
+            f"UPDATE requests SET {Verdict.SET.format(p='%s')} "
+            "WHERE response_id = %s AND response_id <> ''",
+            (*verdict.values(), response_id),
             rows=False,
         )
         return int(count) > 0

@@ -27,7 +27,15 @@ from tests.fakecloud import FakeCloud, longer_wins
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 os.environ["HF_HUB_OFFLINE"] = "1"
-for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ROUTER_CONFIG"):
+# A developer's keys, config and shared stores must not leak into a test (tests/shared starts
+# its own Redis and PostgreSQL).
+for _var in (
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "ROUTER_CONFIG",
+    "ROUTER_REDIS_URL",
+    "ROUTER_DATABASE_URL",
+):
     os.environ.pop(_var, None)
 
 _real_connect = socket.socket.connect

@@ -30,11 +30,11 @@ class Link:
     """One Redis connection pool and whether Redis answered last time."""
 
     def __init__(self, url: str, prefix: str, timeout: float) -> None:
-        import redis
+        library = client_module("redis", "[shared] redis_url")
 
         self.url = url
         self.prefix = prefix
-        self.client: redis.Redis = redis.Redis.from_url(
+        self.client: redis.Redis = library.Redis.from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
@@ -95,6 +95,21 @@ class Link:
 
     def close(self) -> None:
         self.client.close()
+
+
+def client_module(name: str, setting: str) -> Any:
+    """The client package a shared store needs, or ConfigError saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        from router.errors import ConfigError
+
+        raise ConfigError(
+            f"{setting} needs the {name} package: pip install 'router[shared]' "
+            "(or pip install -c requirements.lock '.[shared]' in a checkout)"
+        ) from None
 
 
 def errors() -> tuple[type[BaseException], ...]:

@@ -45,8 +45,10 @@ def open_ledger(config: Config) -> Ledger:
     url = config.ledger.resolved_url()
     if url is None:
         return SQLiteLedger(config.ledger_path())
+    from router.shared import client_module
     from router.shared.postgres import PostgresLedger
 
+    client_module("psycopg", "[ledger] url")
     return PostgresLedger(url, config.ledger_path().with_name("ledger-queue.sqlite3"))
 
 

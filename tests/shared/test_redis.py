@@ -106,7 +106,7 @@ def test_one_budget_holds_across_two_replicas_under_100_concurrent_requests(
         answered = [sum(e.tier == "cloud" for e in r.ledger.entries()) for r in (a, b)]
     assert outcomes.count("cloud") == len(fake_cloud.requests)
     assert outcomes.count("cloud") >= 5 and outcomes.count("refused") >= 50
-    assert all(n > 0 for n in answered)  # both replicas spent from the one budget
+    assert sum(answered) == outcomes.count("cloud")  # whichever replica won each race
     assert used["daily_tokens"] == spent <= 1000  # no overrun; the ledgers equal the store
 
 
@@ -226,3 +226,23 @@ def test_while_redis_is_down_and_when_it_comes_back(
         with pytest.raises(UnavailableError, match=r"budget store .* cannot be reached"):
             ask(b, HARD_PROMPT + " Refused?", user="ann")
         assert ask(b, "Hello!", user="ann").routing.tier == "local"  # local answers go on
+
+
+def test_a_missing_client_package_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from router.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if redis-py were not installed
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    config = write_config(tmp_path, None, '\n[shared]\nredis_url = "redis://127.0.0.1:9/0"\n')
+    with pytest.raises(ConfigError, match=r"redis_url needs the redis package: pip install"):
+        Router(config)
+    config = write_config(tmp_path, None, "")
+    config.write_text(
+        config.read_text().replace(
+            "[ledger]\n", '[ledger]\nurl = "postgresql://x@127.0.0.1:9/db"\n'
+        )
+    )
+    with pytest.raises(ConfigError, match=r"\[ledger\] url needs the psycopg package"):
+        Router(config)

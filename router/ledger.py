@@ -263,11 +263,16 @@ class SQLiteLedger(Store):
 
     def totals(self, since: float | None = None) -> dict[str, Any]:
         """Sums over everything since `since`, with request counts by tier."""
-        rows = self.summary(since)
-        total = rows[0] if rows else dict.fromkeys(SUMMARY_COLUMNS, 0)
-        total.pop("group")
-        by_tier = {r["group"]: r["requests"] for r in self.summary(since, "tier")}
-        return {**total, "by_tier": by_tier}
+        return totals_of(self, since)
+
+
+def totals_of(ledger: Ledger, since: float | None) -> dict[str, Any]:
+    """A ledger's `totals`, from its `summary`: one row of sums and the requests per tier."""
+    rows = ledger.summary(since)
+    total = rows[0] if rows else dict.fromkeys(SUMMARY_COLUMNS, 0)
+    total.pop("group")
+    by_tier = {r["group"]: r["requests"] for r in ledger.summary(since, "tier")}
+    return {**total, "by_tier": by_tier}
 
 
 _SINCE = re.compile(r"^(\d+)\s*([mhdw])$")

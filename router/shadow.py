@@ -37,7 +37,7 @@ from router.config import Config, Price
 from router.errors import BackendError, RouterError
 from router.ledger import Ledger, Verdict
 from router.policy import ModelView, estimate_prompt_tokens, worst_prompt_tokens
-from router.types import ChatRequest, Routing, message_text, sample
+from router.types import ChatRequest, Routing, sample
 
 log = logging.getLogger("router.shadow")
 
@@ -196,24 +196,24 @@ class Shadow:
                 with self._lock:
                     self._busy = False
 
-    def _other(self, job: Job) -> str | None:
-        """The other tier's model for this request, or None (none usable, or the local one is
-        busy with users)."""
+    def _other(self, job: Job) -> tuple[str | None, str]:
+        """The other tier's model for this request, or None and why not (no usable model, or
+        the local one is busy with users)."""
         views = [v for v in self._views().values() if v.unusable is None]
         need = estimate_prompt_tokens(job.request) + self.settings.max_tokens
         if job.routing.tier == "local":
-            cloud = [v for v in views if v.tier == "cloud"]
-            return cloud[0].name if cloud else None
+            cloud = [v.name for v in views if v.tier == "cloud"]
+            return (cloud[0], "") if cloud else (None, "no-other-model")
         local = sorted(
             (v for v in views if v.tier == "local" and (v.n_ctx is None or need <= v.n_ctx)),
             key=lambda v: -v.max_score,
         )
         if not local:
-            return None
+            return None, "no-other-model"
         health = getattr(self._backend(local[0].name), "health", None)
         if callable(health) and health().get("in_flight", 0) > 0:
-            return "busy"
-        return local[0].name
+            return None, "local-busy"
+        return local[0].name, ""
 
     def _worst_usd(self, job: Job, other: str, judge: str) -> float:
         prompt = worst_prompt_tokens(job.request)
@@ -256,12 +256,11 @@ class Shadow:
     def _judge(self, job: Job) -> str:
         judge = self.settings.judge
         assert judge is not None
-        other = self._other(job)
+        other, why_not = self._other(job)
         if other is None:
-            return "no-other-model"
-        if other == "busy":
-            return "local-busy"
-        day = time.time() - time.time() % 86400  # UTC midnight
+            return why_not
+        now = time.time()
+        day = now - now % 86400  # UTC midnight
         cap = self.settings.max_usd_per_day
         if self._ledger.shadow_spend(day) + self._worst_usd(job, other, judge) > cap:
             return "capped"
@@ -278,9 +277,7 @@ class Shadow:
                 if job.routing.tier == "local"
                 else (other_answer, job.answer)
             )
-            question = message_text(
-                next((m for m in reversed(job.request.messages) if m["role"] == "user"), {})
-            )
+            question = job.request.last_user_text
             outcomes = []
             for local_is_a in (True, False):
                 a, b = (local_answer, cloud_answer) if local_is_a else (cloud_answer, local_answer)

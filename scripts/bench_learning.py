@@ -97,7 +97,8 @@ def topic_bound(p: Paired, subjects: list[str], share: float, seed: int) -> floa
 
 
 def learn_time(sets: list[Paired], count: int = 10_000) -> float:
-    """Seconds `router learn --paired FILE --out PATH` takes on `count` labelled prompts."""
+    """Seconds `router learn --paired FILE --dry-run` (which fits, and writes nothing) takes on
+    `count` labelled prompts."""
     rows = [
         {"prompt": x, "weak": w, "strong": s}
         for p in sets

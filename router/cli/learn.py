@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from router.cli.common import ConfigOption, JsonOption, parse_since
+from router.complexity.evaluation import truth
 from router.errors import RequestError
 
 if TYPE_CHECKING:
@@ -65,16 +66,6 @@ def _request(row: dict[str, Any]) -> ChatRequest:
     return ChatRequest(messages)
 
 
-def _truth(value: Any, key: str) -> float:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
-        return 1.0 if value.strip().lower() in ("true", "1") else 0.0
-    if isinstance(value, (int, float)) and 0 <= value <= 1:
-        return float(value)
-    raise ValueError(f"{key} must be true/false or a number in [0, 1], got {value!r}")
-
-
 def _lines(path: Path, option: str) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -116,7 +107,7 @@ def read_paired(path: Path) -> Labels:
     for number, (row, weak, strong) in numbered:
         try:
             request = _request(row)
-            w, s = _truth(weak, "weak"), _truth(strong, "strong")
+            w, s = truth(weak, "weak"), truth(strong, "strong")
         except (KeyError, TypeError, ValueError, RequestError) as exc:
             raise RequestError(
                 f'--paired {path} line {number}: expected {{"prompt": "...", "weak": true, '
@@ -135,7 +126,7 @@ def read_labelled(path: Path) -> Labels:
     for number, row in _lines(path, "--labelled"):
         try:
             request = _request(row)
-            label = _truth(row["label"], "label")
+            label = truth(row["label"], "label")
         except (KeyError, TypeError, ValueError, RequestError) as exc:
             raise RequestError(
                 f'--labelled {path} line {number}: expected {{"prompt": "...", "label": 1}} '

@@ -35,10 +35,10 @@ def quality(
     if as_json:
         typer.echo(json.dumps({"since": since, **figures}, indent=2))
         return
-    _show(figures, since, by, figures["local_ceilings"])
+    _show(figures, since, by)
 
 
-def _show(report: dict[str, Any], since: str, by: str, current: dict[str, float]) -> None:
+def _show(report: dict[str, Any], since: str, by: str) -> None:
     fb = report["feedback"]
     if not report["assessed"]:
         typer.echo(
@@ -67,7 +67,7 @@ def _show(report: dict[str, Any], since: str, by: str, current: dict[str, float]
         )
     judged_any = any(c["judged"] for c in report["ceilings"])
     if judged_any:
-        marks = {round(v, 1): n for n, v in current.items()}
+        marks = {round(v, 1): n for n, v in report["local_ceilings"].items()}
         typer.echo("what each ceiling would do (requests scoring at most it go local):")
         typer.echo(
             f"{'ceiling':>8} {'local share':>12} {'judged':>7} {'acceptable':>11} {'≥ (95%)':>9}"

@@ -118,15 +118,23 @@ def read_paired(path: Path, name: str | None = None, skip: set[str] | None = Non
         if prompt in skip:
             continue
         prompts.append(prompt)
-        weak.append(_truth(w))
-        strong.append(_truth(s))
+        weak.append(truth(w, "weak"))
+        strong.append(truth(s, "strong"))
     return Paired(name or path.stem, prompts, weak, strong)
 
 
-def _truth(value: Any) -> float:
+def truth(value: Any, key: str = "value") -> float:
+    """A correctness or label: true/false (or "True", "1", "yes"...) or a number in [0, 1];
+    ValueError naming `key` for anything else (a typo is not silently "wrong")."""
+    if isinstance(value, bool):
+        return float(value)
     if isinstance(value, str):
-        return 1.0 if value.strip().lower() in ("true", "1", "yes") else 0.0
-    return float(value)
+        word = value.strip().lower()
+        if word in ("true", "1", "yes", "false", "0", "no"):
+            return 1.0 if word in ("true", "1", "yes") else 0.0
+    elif isinstance(value, (int, float)) and 0 <= value <= 1:
+        return float(value)
+    raise ValueError(f"{key} must be true/false or a number in [0, 1], got {value!r}")
 
 
 def read_labelled(path: Path, name: str | None = None) -> Labelled:

@@ -22,6 +22,7 @@ random on held-out labels, and its speed.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import json
@@ -29,7 +30,7 @@ import math
 import random
 import re
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,10 +115,14 @@ def word_effects(examples: Sequence[Example], labels: Sequence[float]) -> dict[i
     return {t: total[t] / (n + SHRINK) for t, n in count.items() if n > 1}
 
 
-def folds(n: int, k: int, seed: int) -> list[list[int]]:
+def folds(n: int, k: int, seed: int) -> Iterator[tuple[list[int], list[int]]]:
+    """k (held-out, rest) splits of positions 0..n-1, shuffled by `seed`."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    return [order[i::k] for i in range(k)]
+    for i in range(k):
+        held = order[i::k]
+        chosen = set(held)
+        yield held, [j for j in range(n) if j not in chosen]
 
 
 def fit(
@@ -131,9 +136,7 @@ def fit(
     n = len(examples)
     words_out = [0.0] * n
     if n >= 2 * INNER_FOLDS:
-        for held in folds(n, INNER_FOLDS, seed):
-            held_set = set(held)
-            rest = [i for i in range(n) if i not in held_set]
+        for held, rest in folds(n, INNER_FOLDS, seed):
             part = Model(word_effects([examples[i] for i in rest], [labels[i] for i in rest]), 1.0)
             for i in held:
                 words_out[i] = part.words(examples[i])
@@ -182,13 +185,8 @@ def _interpolate(x: float, xs: list[float], ys: list[float]) -> float:
         return ys[0]
     if x >= xs[-1]:
         return ys[-1]
-    lo, hi = 0, len(xs) - 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if xs[mid] <= x:
-            lo = mid
-        else:
-            hi = mid
+    lo = bisect.bisect_right(xs, x) - 1
+    hi = lo + 1
     frac = (x - xs[lo]) / (xs[hi] - xs[lo])
     return ys[lo] + (ys[hi] - ys[lo]) * frac
 
@@ -325,9 +323,7 @@ def cross_validate(
     """k-fold: learn on k-1 folds (choosing the mix inside them), rank the held-out fold;
     v1 ranks the same fold. Means of `metric` over the folds."""
     results: list[tuple[float, float]] = []
-    for held in folds(len(examples), k, seed):
-        held_set = set(held)
-        rest = [i for i in range(len(examples)) if i not in held_set]
+    for held, rest in folds(len(examples), k, seed):
         model = fit(
             [examples[i] for i in rest], [labels[i] for i in rest], metric_on(metric, rest), seed
         )

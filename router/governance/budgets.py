@@ -20,7 +20,7 @@ import datetime as dt
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,31 +177,54 @@ class BudgetStore(Store):
         if not budgets:
             return None
         now = time.time() if now is None else now
-        rid = uuid.uuid4().hex
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                usage = {b.scope: self._used(b.scope, now) for b in budgets}
-                cut = self._cut(budgets, usage, tokens, usd, usd_per_token)
-                if cut > flexible_tokens:
-                    raise self._refusal(budgets, usage, tokens, usd, now)
-                tokens, usd = tokens - cut, max(0.0, usd - cut * usd_per_token)
-                # One row per (scope, period) that has a limit.
-                rows = {
+        # One row per (scope, period) that has a limit.
+        rows = tuple(
+            sorted(
+                {
                     (b.scope, period(kind, now)[0])
                     for b in budgets
                     for field, kind, _ in LIMITS
                     if getattr(b, field) is not None
                 }
+            )
+        )
+
+        def decide(usage: Usage) -> tuple[int, int, float]:
+            """(tokens cut, tokens and usd to hold) on these figures, or the refusal."""
+            cut = self._cut(budgets, usage, tokens, usd, usd_per_token)
+            if cut > flexible_tokens:
+                raise self._refusal(budgets, usage, tokens, usd, now)
+            return cut, tokens - cut, max(0.0, usd - cut * usd_per_token)
+
+        rid = uuid.uuid4().hex
+        cut = self._hold(budgets, rows, rid, now, decide)
+        return Reservation(rid, tuple(b.scope for b in budgets), cut, rows)
+
+    def _hold(
+        self,
+        budgets: list[Budget],
+        rows: tuple[tuple[str, str], ...],
+        rid: str,
+        now: float,
+        decide: Callable[[Usage], tuple[int, int, float]],
+    ) -> int:
+        """Read the usage, `decide`, and hold the result on every row, atomically; the tokens
+        cut. Here: one SQLite BEGIN IMMEDIATE transaction (atomic across threads and
+        processes sharing the file)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                usage = {b.scope: self._used(b.scope, now) for b in budgets}
+                cut, tokens, usd = decide(usage)
                 self._db.executemany(
                     "INSERT INTO budget_usage VALUES (?, ?, ?, ?, ?, 0, ?)",
-                    [(rid, scope, key, tokens, usd, now) for scope, key in sorted(rows)],
+                    [(rid, scope, key, tokens, usd, now) for scope, key in rows],
                 )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return Reservation(rid, tuple(b.scope for b in budgets), cut)
+        return cut
 
     def _used(self, scope: str, now: float) -> dict[str, tuple[float, float, float, float]]:
         """Per period kind: (tokens, usd) used in all, and (tokens, usd) of settled calls."""

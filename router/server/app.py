@@ -89,7 +89,10 @@ def create_app(
         # fine, but anything shaped like one of our keys has to be valid.
         if not require_keys and not token.startswith(PREFIX):
             return None
-        owner = keys.owner(token) if keys is not None and token else None
+        try:
+            owner = keys.owner(token) if keys is not None and token else None
+        except RouterError as exc:  # a shared key store that cannot be reached: 503
+            raise http_error(exc) from None
         if owner is None:
             raise HTTPError(
                 401,

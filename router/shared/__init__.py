@@ -26,13 +26,62 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.shared")
 
 
-class Link:
+def safe_url(url: str) -> str:
+    """A URL without its credentials."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+class Reachability:
+    """Whether a shared service answered its last call, since when not, and how often it
+    failed; logs the moment it goes away and the moment it is back."""
+
+    def __init__(self, what: str, url: str) -> None:
+        self.what = what  # "Redis", "the ledger database"
+        self.url = url
+        self._lock = threading.Lock()
+        self.up = True
+        self.errors = 0
+        self.last_error = ""
+        self.down_since: float | None = None
+
+    @property
+    def safe_url(self) -> str:
+        return safe_url(self.url)
+
+    def ok(self) -> None:
+        if self.up:
+            return
+        with self._lock:
+            if not self.up:
+                log.warning("%s at %s answers again", self.what, self.safe_url)
+                self.up, self.down_since = True, None
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}".strip()[:300]
+            if self.up:
+                log.error("%s at %s failed: %s", self.what, self.safe_url, self.last_error)
+                self.up, self.down_since = False, time.time()
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "up": self.up,
+            "down_since": self.down_since,
+            "errors": self.errors,
+            "last_error": self.last_error or None,
+        }
+
+
+class Link(Reachability):
     """One Redis connection pool and whether Redis answered last time."""
 
     def __init__(self, url: str, prefix: str, timeout: float) -> None:
         library = client_module("redis", "[shared] redis_url")
-
-        self.url = url
+        super().__init__("Redis", url)
         self.prefix = prefix
         self.client: redis.Redis = library.Redis.from_url(
             url,
@@ -41,38 +90,9 @@ class Link:
             decode_responses=True,
             health_check_interval=30,
         )
-        self._lock = threading.Lock()
-        self.up = True
-        self.errors = 0
-        self.last_error = ""
-        self.down_since: float | None = None
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
-
-    def ok(self) -> None:
-        if self.up:
-            return
-        with self._lock:
-            if not self.up:
-                log.warning("Redis at %s answers again", self.safe_url)
-                self.up, self.down_since = True, None
-
-    def failed(self, exc: BaseException) -> None:
-        with self._lock:
-            self.errors += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-            if self.up:
-                log.error("Redis at %s failed: %s", self.safe_url, self.last_error)
-                self.up, self.down_since = False, time.time()
-
-    @property
-    def safe_url(self) -> str:
-        """The URL without its password."""
-        if "@" not in self.url:
-            return self.url
-        scheme, rest = self.url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
     def ping(self) -> bool:
         """Ask Redis now (health checks): a replica idle since Redis failed learns it is back."""
@@ -85,13 +105,7 @@ class Link:
         return True
 
     def health(self) -> dict[str, Any]:
-        return {
-            "redis": self.safe_url,
-            "up": self.up,
-            "down_since": self.down_since,
-            "errors": self.errors,
-            "last_error": self.last_error or None,
-        }
+        return {"redis": self.safe_url, **self.state()}
 
     def close(self) -> None:
         self.client.close()

@@ -25,13 +25,12 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from router.config import Budget, Config
 from router.errors import BudgetStoreDownError, UnavailableError
-from router.governance.budgets import LIMITS, BudgetStore, Reservation, period
+from router.governance.budgets import BudgetStore, Reservation, Usage, period
 from router.shared import Link, errors
 
 KEEP_SECONDS = 40 * 86400
@@ -104,34 +103,19 @@ class RedisBudgetStore(BudgetStore):
             "budget", scope, key, "settled"
         )
 
-    def reserve(
+    def _hold(
         self,
-        user: str | None,
-        tokens: int,
-        usd: float,
-        now: float | None = None,
-        *,
-        flexible_tokens: int = 0,
-        usd_per_token: float = 0.0,
-    ) -> Reservation | None:
-        budgets = self.applicable(user)
-        if not budgets:
-            return None
-        now = time.time() if now is None else now
-        rows = tuple(
-            sorted(
-                {
-                    (b.scope, period(kind, now)[0])
-                    for b in budgets
-                    for field, kind, _ in LIMITS
-                    if getattr(b, field) is not None
-                }
-            )
-        )
-        watched = [k for scope, key in rows for k in self._keys(scope, key)]
-        rid = uuid.uuid4().hex
+        budgets: list[Budget],
+        rows: tuple[tuple[str, str], ...],
+        rid: str,
+        now: float,
+        decide: Callable[[Usage], tuple[int, int, float]],
+    ) -> int:
+        """Here: WATCH the rows' keys, read, decide, MULTI/EXEC the holds; a replica that
+        changed a watched key in between makes EXEC fail, and it is decided again."""
         import redis
 
+        watched = [k for scope, key in rows for k in self._keys(scope, key)]
         try:
             self._flush()
             for _ in range(ATTEMPTS):
@@ -139,23 +123,20 @@ class RedisBudgetStore(BudgetStore):
                     try:
                         pipe.watch(*watched)  # type: ignore[no-untyped-call]
                         usage, expired = self._usage(budgets, now)
-                        cut = self._cut(budgets, usage, tokens, usd, usd_per_token)
-                        if cut > flexible_tokens:
-                            raise self._refusal(budgets, usage, tokens, usd, now)
-                        kept = tokens - cut, max(0.0, usd - cut * usd_per_token)
+                        cut, tokens, usd = decide(usage)
                         pipe.multi()
                         for scope, key in rows:
                             held, _ = self._keys(scope, key)
-                            pipe.hset(held, rid, f"{kept[0]} {kept[1]!r} {now + self._ttl!r}")
+                            pipe.hset(held, rid, f"{tokens} {usd!r} {now + self._ttl!r}")
                             pipe.expire(held, KEEP_SECONDS)
-                        for held, rid_ in expired:
-                            pipe.hdel(held, rid_)
+                        for held, old in expired:
+                            pipe.hdel(held, old)
                         pipe.execute()
                     except redis.WatchError:
                         time.sleep(random.uniform(0, 0.002))
                         continue
                 self._link.ok()
-                return Reservation(rid, tuple(b.scope for b in budgets), cut, rows)
+                return cut
         except errors() as exc:
             self._link.failed(exc)
             raise BudgetStoreDownError(
@@ -164,9 +145,7 @@ class RedisBudgetStore(BudgetStore):
             ) from None
         raise UnavailableError("the budget store is too busy to reserve; retry", retry_after=1)
 
-    def _usage(
-        self, budgets: list[Budget], now: float
-    ) -> tuple[dict[str, dict[str, tuple[float, float, float, float]]], list[tuple[str, str]]]:
+    def _usage(self, budgets: list[Budget], now: float) -> tuple[Usage, list[tuple[str, str]]]:
         """Per scope and period kind: (tokens, usd) used (settled + live reservations) and
         settled; and the expired reservations to drop. One round trip (a pipeline: reads from
         another connection do not disturb the reserving connection's WATCH)."""
@@ -180,7 +159,7 @@ class RedisBudgetStore(BudgetStore):
             reader.hgetall(settled_key)
             reader.hgetall(held_key)
         values = reader.execute()
-        usage: dict[str, dict[str, tuple[float, float, float, float]]] = {}
+        usage: Usage = {}
         expired: list[tuple[str, str]] = []
         for i, (scope, kind, held_key, _) in enumerate(keys):
             settled, held = values[2 * i], values[2 * i + 1]

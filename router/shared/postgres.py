@@ -24,12 +24,14 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from router.errors import UnavailableError
-from router.ledger import SUMMARY_COLUMNS, Entry, Verdict
+from router.ledger import SUMMARY_COLUMNS, Entry, Verdict, totals_of
+from router.shared import Reachability
 from router.sqlite import migrate, open_db
 
 log = logging.getLogger("router.ledger")
@@ -98,13 +100,6 @@ _QUEUE = [
 ]
 
 
-def safe_url(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
-
-
 class PostgresLedger:
     """router.ledger.Ledger on PostgreSQL, with a durable local queue (see the module)."""
 
@@ -117,9 +112,7 @@ class PostgresLedger:
         self._queue_lock = threading.Lock()
         self._db_lock = threading.Lock()
         self._conn: Any = None
-        self.up = True
-        self.errors = 0
-        self.last_error = ""
+        self.reach = Reachability("the ledger database", url)
         self._wake = threading.Event()
         self._stop = False
         try:
@@ -143,7 +136,7 @@ class PostgresLedger:
         except psycopg.Error as exc:
             raise self._down(exc) from None
         self._conn = conn
-        self._ok()
+        self.reach.ok()
         return conn
 
     @staticmethod
@@ -166,36 +159,41 @@ class PostgresLedger:
                 conn.execute("UPDATE router_schema SET version = %s", (number,))
 
     def _run(self, sql: str, args: Any = (), *, rows: bool = True) -> Any:
-        """One statement in its own transaction; UnavailableError when PostgreSQL is away."""
+        """One statement in its own transaction: its rows, or with rows=False its row count."""
+
+        def statement(conn: Any) -> Any:
+            cursor = conn.execute(sql, args)
+            return cursor.fetchall() if rows else cursor.rowcount
+
+        return self._transaction(statement)
+
+    def _transaction(self, work: Callable[[Any], Any]) -> Any:
+        """`work(connection)` in one transaction; UnavailableError when PostgreSQL is away
+        (the connection is dropped and made again next time)."""
         import psycopg
 
         with self._db_lock:
             conn = self._connection()
             try:
                 with conn.transaction():
-                    cursor = conn.execute(sql, args)
-                    result = cursor.fetchall() if rows else cursor.rowcount
+                    result = work(conn)
             except psycopg.OperationalError as exc:
                 conn.close()
                 raise self._down(exc) from None
-        self._ok()
+        self.reach.ok()
         return result
 
     def _down(self, exc: BaseException) -> UnavailableError:
-        self.errors += 1
-        self.last_error = f"{type(exc).__name__}: {exc}".strip()[:300]
-        if self.up:
-            log.error("ledger database %s unreachable: %s", safe_url(self.url), self.last_error)
-        self.up = False
+        self.reach.failed(exc)
         return UnavailableError(
-            f"the ledger database ({safe_url(self.url)}) cannot be reached: {self.last_error}",
+            f"the ledger database ({self.reach.safe_url}) cannot be reached: "
+            f"{self.reach.last_error}",
             retry_after=5,
         )
 
-    def _ok(self) -> None:
-        if not self.up:
-            log.warning("ledger database %s answers again", safe_url(self.url))
-        self.up = True
+    @property
+    def up(self) -> bool:
+        return self.reach.up
 
     # ---------------------------------------------------------------- the queue
 
@@ -232,22 +230,17 @@ class PostgresLedger:
             moved += len(batch)
 
     def _insert(self, values: list[list[Any]]) -> None:
-        import psycopg
-
         placeholders = ", ".join("%s" for _ in _COLUMNS)
         sql = (
             f"INSERT INTO requests ({_QUOTED}) VALUES ({placeholders}) "
             "ON CONFLICT (response_id) WHERE response_id <> '' DO NOTHING"
         )
-        with self._db_lock:
-            conn = self._connection()
-            try:
-                with conn.transaction(), conn.cursor() as cursor:
-                    cursor.executemany(sql, values)
-            except psycopg.OperationalError as exc:
-                conn.close()
-                raise self._down(exc) from None
-        self._ok()
+
+        def insert(conn: Any) -> None:
+            with conn.cursor() as cursor:
+                cursor.executemany(sql, values)
+
+        self._transaction(insert)
 
     def _drain_forever(self) -> None:
         pause = 0.5
@@ -330,20 +323,10 @@ class PostgresLedger:
         ]
 
     def totals(self, since: float | None = None) -> dict[str, Any]:
-        rows = self.summary(since)
-        total = rows[0] if rows else dict.fromkeys(SUMMARY_COLUMNS, 0)
-        total.pop("group")
-        by_tier = {r["group"]: r["requests"] for r in self.summary(since, "tier")}
-        return {**total, "by_tier": by_tier}
+        return totals_of(self, since)
 
     def health(self) -> dict[str, Any]:
-        return {
-            "database": safe_url(self.url),
-            "up": self.up,
-            "queued": self.queued(),
-            "errors": self.errors,
-            "last_error": self.last_error or None,
-        }
+        return {"database": self.reach.safe_url, "queued": self.queued(), **self.reach.state()}
 
     def close(self, timeout: float = 5.0) -> None:
         """Drain what can be drained within `timeout`; the rest waits on disk for next time."""

@@ -117,6 +117,25 @@ def test_learns_a_topic_that_always_needs_the_cloud_and_routes_with_it(
         rows = router.ledger.entries()
         assert {e.estimator for e in rows} == {report["name"]}
 
+    # calibrate and eval use it too: the configured one, or the one given with --estimator.
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(lines)
+    cal = run("calibrate", "--prompts", str(prompts), "--local-share", "0.8", "--dry-run",
+              "--json", "--config", str(config))  # fmt: skip
+    assert cal.returncode == 0, cal.stderr
+    assert json.loads(cal.stdout)["estimator"] == report["name"]
+    paired = write_jsonl(
+        tmp_path / "paired.jsonl",
+        [{"prompt": r["prompt"], "weak": not r["label"], "strong": True} for r in fresh],
+    )
+    measured = run("eval", "--paired", str(paired), "--estimator", str(path), "--json")
+    assert measured.returncode == 0, measured.stderr
+    routers = {r["router"]: r for r in json.loads(measured.stdout)}
+    assert (
+        routers[f"router ({report['name']})"]["paired apgr"]
+        > routers["prompt length"]["paired apgr"]
+    )
+
 
 def test_refuses_an_estimator_no_better_than_the_shipped_one(tmp_path: Path) -> None:
     config = write_config(tmp_path, None)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -246,3 +247,41 @@ def test_a_missing_client_package_says_what_to_install(
     )
     with pytest.raises(ConfigError, match=r"\[ledger\] url needs the psycopg package"):
         Router(config)
+
+
+def test_keys_on_redis_across_replicas_and_503_while_redis_is_down(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A key made once works on every replica; without Redis it cannot be checked: 503, never
+    a 500 and never let through."""
+    with (
+        replica(tmp_path, "a", redis_server, None) as a,
+        replica(tmp_path, "b", redis_server, None) as b,
+    ):
+        store = key_store(a.config)
+        key, _ = store.create("ana")
+        body = {"model": "local", "messages": [{"role": "user", "content": "Hi"}]}
+        statuses = []
+        for router in (a, b):
+            app = create_app(
+                router, keys=key_store(router.config), require_keys=True, loopback=False
+            )
+            with ServerThread(app) as server:
+                request = urllib.request.Request(
+                    f"{server.url}/v1/chat/completions",
+                    data=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+                )
+                with urllib.request.urlopen(request, timeout=30) as r:
+                    statuses.append(r.status)
+                if router is b:
+                    redis_server.stop()
+                    models = urllib.request.Request(
+                        f"{server.url}/v1/models", headers={"Authorization": f"Bearer {key}"}
+                    )
+                    for down in (request, models):
+                        try:
+                            urllib.request.urlopen(down, timeout=30)
+                        except urllib.error.HTTPError as exc:
+                            statuses.append(exc.code)
+    assert statuses == [200, 200, 503, 503]

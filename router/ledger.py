@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+from router import rollups
 from router.errors import NotFoundError, RequestError
 from router.sqlite import Store, migrate, open_db
 from router.types import Routing
@@ -81,7 +83,37 @@ class Entry:
         return cls(ts=time.time(), **data, **rest)
 
 
-class Ledger(Protocol):
+class Sums(Protocol):
+    """What the figures read of a ledger (router.rollups): sums in SQL, never rows."""
+
+    def rollup(
+        self,
+        since: float,
+        keys: Sequence[str] = (),
+        *,
+        sums: Sequence[str] = tuple(rollups.SUMS),
+        user: str | None = None,
+        ceilings: Sequence[float] = (),
+    ) -> list[dict[str, Any]]: ...
+
+    def days(
+        self,
+        since: float,
+        end: float,
+        account: str,
+        *,
+        user: str | None = None,
+        teams: Mapping[str, Sequence[str]] | None = None,
+    ) -> dict[str, dict[str, int]]: ...
+
+    def summary(
+        self, since: float | None = None, by: str | None = None, *, user: str | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    def totals(self, since: float | None = None, *, user: str | None = None) -> dict[str, Any]: ...
+
+
+class Ledger(Sums, Protocol):
     def record(self, entry: Entry) -> None: ...
 
     def entries(self, since: float | None = None) -> list[Entry]: ...
@@ -93,12 +125,6 @@ class Ledger(Protocol):
     def judged(self, response_id: str, verdict: Verdict) -> bool: ...
 
     def shadow_spend(self, since: float) -> float: ...
-
-    def summary(
-        self, since: float | None = None, by: str | None = None
-    ) -> list[dict[str, Any]]: ...
-
-    def totals(self, since: float | None = None) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
 
@@ -164,13 +190,7 @@ SUMMARY_COLUMNS = (
     "usd_saved",
     "cache_hits",
 )
-GROUPS = {
-    "day": "date(ts, 'unixepoch', 'localtime')",
-    "user": "COALESCE(user, '(anonymous)')",
-    "tier": "tier",
-    "model": "model",
-    "category": "category",
-}
+GROUPS = ("day", "user", "tier", "model", "category")  # `router stats --by`
 
 
 def _entry(row: dict[str, Any]) -> Entry:
@@ -244,47 +264,107 @@ class SQLiteLedger(Store):
             ).fetchall()
         return [_entry(dict(zip(_COLUMNS, r, strict=True))) for r in reversed(rows)]
 
-    def summary(self, since: float | None = None, by: str | None = None) -> list[dict[str, Any]]:
-        """Sums per group (`by`: day, user, tier or model; None: one row for everything)."""
-        if by is not None and by not in GROUPS:
-            raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
-        key = GROUPS[by] if by else "'all'"
+    def rollup(
+        self,
+        since: float,
+        keys: Sequence[str] = (),
+        *,
+        sums: Sequence[str] = tuple(rollups.SUMS),
+        user: str | None = None,
+        ceilings: Sequence[float] = (),
+    ) -> list[dict[str, Any]]:
+        """Sums per group of `keys` over the rows since `since` (router.rollups.select)."""
         with self._lock:
-            rows = self._db.execute(
-                f"""SELECT {key} AS grp, COUNT(*),
-                           COALESCE(SUM(prompt_tokens + completion_tokens), 0),
-                           COALESCE(SUM(cost_usd), 0), COALESCE(SUM(baseline_usd), 0),
-                           COALESCE(SUM(tokens_saved), 0), COALESCE(SUM(usd_saved), 0),
-                           COALESCE(SUM(cache_hit), 0)
-                    FROM requests WHERE ts >= ? GROUP BY grp ORDER BY grp""",
-                (since or 0.0,),
-            ).fetchall()
-        return [dict(zip(SUMMARY_COLUMNS, r, strict=True)) for r in rows]
+            sql, args = rollups.select(
+                rollups.SQLITE,
+                since,
+                keys,
+                sums=sums,
+                user=user,
+                ceilings=ceilings,
+                scan=self._scan(since),
+            )
+            found = self._db.execute(sql, args).fetchall()
+        return rollups.rows(keys, sums, ceilings, found)
 
-    def totals(self, since: float | None = None) -> dict[str, Any]:
+    def days(
+        self,
+        since: float,
+        end: float,
+        account: str,
+        *,
+        user: str | None = None,
+        teams: Mapping[str, Sequence[str]] | None = None,
+    ) -> dict[str, dict[str, int]]:
+        """Each account's tokens per day before `end` (router.rollups.select_days)."""
+        with self._lock:
+            sql, args = rollups.select_days(
+                rollups.SQLITE, since, end, account, user=user, teams=teams, scan=self._scan(since)
+            )
+            found = self._db.execute(sql, args).fetchall()
+        return rollups.day_rows(found)
+
+    def _scan(self, since: float) -> bool:
+        """Whether a window starting at `since` covers a quarter or more of the ledger's
+        span, where reading the table through beats looking every row up by the ts index."""
+        oldest = self._db.execute("SELECT MIN(ts) FROM requests").fetchone()[0]
+        now = time.time()
+        return oldest is not None and now - since >= 0.25 * (now - oldest)
+
+    def summary(
+        self, since: float | None = None, by: str | None = None, *, user: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Sums per group (`by`: day, user, tier, model or category; None: one row)."""
+        return summary_of(self, since, by, user)
+
+    def totals(self, since: float | None = None, *, user: str | None = None) -> dict[str, Any]:
         """Sums over everything since `since`, with request counts by tier."""
-        return totals_of(self, since)
+        return totals_of(self, since, user)
 
 
-def totals_of(ledger: Ledger, since: float | None) -> dict[str, Any]:
+def summary_of(
+    ledger: Sums, since: float | None, by: str | None, user: str | None = None
+) -> list[dict[str, Any]]:
+    """A ledger's `summary`, from its `rollup`: SUMMARY_COLUMNS per group."""
+    if by is not None and by not in GROUPS:
+        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
+    keys = [by] if by else []
+    found = ledger.rollup(since or 0.0, keys, sums=(*rollups.MONEY, "cache_hits"), user=user)
+    return [
+        {"group": r[by] if by else "all", **{c: r[c] for c in SUMMARY_COLUMNS[1:]}} for r in found
+    ]
+
+
+def totals_of(ledger: Sums, since: float | None, user: str | None = None) -> dict[str, Any]:
     """A ledger's `totals`, from its `summary`: one row of sums and the requests per tier."""
-    rows = ledger.summary(since)
+    rows = ledger.summary(since, user=user)
     total = rows[0] if rows else dict.fromkeys(SUMMARY_COLUMNS, 0)
     total.pop("group")
-    by_tier = {r["group"]: r["requests"] for r in ledger.summary(since, "tier")}
+    by_tier = {r["group"]: r["requests"] for r in ledger.summary(since, "tier", user=user)}
     return {**total, "by_tier": by_tier}
 
 
-_SINCE = re.compile(r"^(\d+)\s*([mhdw])$")
+_SINCE = re.compile(r"^(\d{1,9})\s*([mhdw])$")
+MAX_WINDOW_DAYS = 400  # the longest window any read takes: a year and a bit
 
 
-def parse_since(value: str) -> float:
-    """A ledger window, '30m', '24h', '7d' or '2w', as the Unix time that long ago."""
-    match = _SINCE.match(value.strip().lower())
+def parse_since(value: str, name: str = "--since") -> float:
+    """A ledger window, '30m', '24h', '7d' or '2w', as the Unix time that long ago; at most
+    MAX_WINDOW_DAYS. RequestError (naming `name`, the option or parameter) otherwise."""
+    match = _SINCE.match(value.strip().lower()) if len(value) <= 40 else None
     if not match:
-        raise RequestError(f"--since {value!r}: expected a number and m, h, d or w (e.g. 7d)")
-    unit = {"m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
-    return time.time() - int(match.group(1)) * unit
+        raise RequestError(
+            f"{name} {value[:40]!r}: expected a number and m, h, d or w (e.g. 24h, 7d, 30d)",
+            param=name.lstrip("-"),
+        )
+    seconds = int(match.group(1)) * {"m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+    if seconds > MAX_WINDOW_DAYS * 86400:
+        raise RequestError(
+            f"{name} {value[:40]!r}: the longest window is {MAX_WINDOW_DAYS} days "
+            f"({MAX_WINDOW_DAYS}d)",
+            param=name.lstrip("-"),
+        )
+    return time.time() - seconds
 
 
 MAX_COMMENT = 2000

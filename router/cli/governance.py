@@ -136,10 +136,10 @@ def audit(
         raise RequestError(f"--by {by!r}: choose user or team")
     if fmt not in ("table", "markdown", "json", "csv"):
         raise RequestError(f"--format {fmt!r}: choose table, markdown, json or csv")
+    start = parse_since(since)
     cfg = load_config(config)
     with open_ledger(cfg) as ledger:
-        entries = ledger.entries(parse_since(since))
-    accounts = audit_mod.audit(entries, cfg, by)
+        accounts = audit_mod.audit(ledger, cfg, by, since=start)
     if fmt != "table":
         typer.echo(audit_mod.render(accounts, fmt))
     else:

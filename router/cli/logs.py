@@ -13,6 +13,8 @@ from router.cli.common import ConfigOption, JsonOption, money, parse_since
 from router.errors import RequestError
 from router.ledger import GROUPS, Entry
 
+MAX_LOGS = 10_000  # rows read into memory at once; `sqlite3` on the file reads the rest
+
 
 def stats(
     since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d, 2w.")] = "7d",
@@ -78,7 +80,12 @@ def stats(
 
 
 def logs(
-    count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many requests.")] = 10,
+    count: Annotated[
+        int,
+        typer.Option(
+            "--count", "-n", min=1, max=MAX_LOGS, help=f"How many (at most {MAX_LOGS:,})."
+        ),
+    ] = 10,
     user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user's.")] = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,

@@ -31,7 +31,7 @@ def quality(
     start = parse_since(since)
     cfg = load_config(config)
     with open_ledger(cfg) as ledger:
-        figures = report(ledger.entries(start), cfg, by)
+        figures = report(ledger, cfg, by, since=start)
     if as_json:
         typer.echo(json.dumps({"since": since, **figures}, indent=2))
         return

@@ -13,27 +13,39 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 from router.config import Config, LocalModel
 from router.governance import audit as audit_mod
-from router.governance.budgets import BudgetStore, budget_rows
+from router.governance.budgets import BudgetStore, budget_rows, scopes_of
 from router.governance.quality import report as quality_report
-from router.ledger import Entry, Ledger, parse_since
+from router.ledger import Sums, parse_since, summary_of, totals_of
+from router.rollups import slot, total
 
 WINDOWS = ("24h", "7d", "30d")
 _EMBED = "/*SUMMARY*/null"
 
 
+MAX_BUCKETS = 500  # hourly up to two days, else daily: at most MAX_WINDOW_DAYS + 1 bars
+
+
 def summary(
-    config: Config, ledger: Ledger, budgets: BudgetStore, since: str = "7d"
+    config: Config,
+    ledger: Sums,
+    budgets: BudgetStore,
+    since: str = "7d",
+    *,
+    user: str | None = None,
 ) -> dict[str, Any]:
-    """Every figure of the dashboard for the window `since` (24h, 7d, 30d...)."""
-    start = parse_since(since)  # RequestError names a bad window
-    totals = ledger.totals(start)
+    """Every figure of the dashboard for the window `since` (24h, 7d, 30d...); with `user`,
+    only that user's own (a user's key sees nothing of anyone else). Each figure is a SQL
+    rollup: the cost is a scan of the window's rows, never an object per row."""
+    start = parse_since(since, "since")  # RequestError names a bad window
+    ledger = _Once(ledger)  # the audits by user and by team read the same rollup, ...
+    totals = ledger.totals(start, user=user)
     rate = totals["cache_hits"] / totals["requests"] if totals["requests"] else 0.0
-    entries = ledger.entries(start)
     local = totals["by_tier"].get("local", 0)
     return {
         "since": since,
@@ -54,58 +66,98 @@ def summary(
             **totals,
             "cache_hit_rate": rate,
             "by": "tier",
-            "groups": ledger.summary(start, "tier"),
+            "groups": ledger.summary(start, "tier", user=user),
         },
         "audit": {
-            "user": [a.to_dict() for a in audit_mod.audit(entries, config, "user")],
-            "team": [a.to_dict() for a in audit_mod.audit(entries, config, "team")],
+            by: [a.to_dict() for a in audit_mod.audit(ledger, config, by, since=start, user=user)]
+            for by in ("user", "team")
         },
-        "budgets": budget_rows(budgets),
-        "categories": ledger.summary(start, "category"),
-        "over_time": over_time(entries, start),
-        "ceilings": ceilings(config, entries),
-        "quality": quality_report(entries, config),  # `router quality --json` for the window
+        "budgets": budget_rows(budgets, scopes=None if user is None else scopes_of(config, user)),
+        "categories": ledger.summary(start, "category", user=user),
+        "over_time": over_time(ledger, start, user),
+        "ceilings": ceilings(config, ledger, start, user),
+        # `router quality --json` for the window.
+        "quality": quality_report(ledger, config, since=start, user=user),
     }
 
 
-def over_time(entries: list[Entry], start: float) -> dict[str, Any]:
+class _Once:
+    """A ledger whose rollups are each read once (for one summary)."""
+
+    def __init__(self, ledger: Sums) -> None:
+        self._ledger = ledger
+        self._seen: dict[str, Any] = {}
+
+    def rollup(self, since: float, keys: Sequence[str] = (), **kwargs: Any) -> Any:
+        return self._once("rollup", since, tuple(keys), **kwargs)
+
+    def days(self, *args: Any, **kwargs: Any) -> Any:
+        return self._once("days", *args, **kwargs)
+
+    def summary(self, since: float | None = None, by: str | None = None, **kwargs: Any) -> Any:
+        return summary_of(self, since, by, kwargs.get("user"))
+
+    def totals(self, since: float | None = None, **kwargs: Any) -> Any:
+        return totals_of(self, since, kwargs.get("user"))
+
+    def _once(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        key = repr((method, args, sorted(kwargs.items())))
+        if key not in self._seen:
+            self._seen[key] = getattr(self._ledger, method)(*args, **kwargs)
+        return self._seen[key]
+
+
+def over_time(ledger: Sums, start: float, user: str | None = None) -> dict[str, Any]:
     """Requests, tokens and dollars saved by tier per hour (windows up to two days) or per
-    day, oldest first, every bucket of the window present."""
+    day, oldest first, every bucket of the window present (at most MAX_BUCKETS)."""
     now = time.time()
     step = 3600 if now - start <= 2 * 86400 else 86400
-    first = int(start // step) * step
+    last = int(now // step) * step
+    first = max(int(start // step) * step, last - (MAX_BUCKETS - 1) * step)
+    slots = range(first, last + step, step)
+    key = slot(step)
     buckets: dict[int, dict[str, dict[str, float]]] = defaultdict(dict)
-    for e in entries:
-        slot = int(e.ts // step) * step
-        tier = buckets[slot].setdefault(
-            e.tier, {"requests": 0, "tokens_saved": 0, "usd_saved": 0.0}
-        )
-        tier["requests"] += 1
-        tier["tokens_saved"] += e.tokens_saved
-        tier["usd_saved"] += e.usd_saved
-    slots = range(first, int(now // step) * step + step, step)
+    sums = ("tokens_saved", "usd_saved")
+    for r in ledger.rollup(start, [key, "tier"], sums=sums, user=user):
+        buckets[int(r[key])][r["tier"]] = {
+            "requests": r["requests"],
+            "tokens_saved": r["tokens_saved"],
+            "usd_saved": r["usd_saved"],
+        }
     return {
         "step_seconds": step,
-        "buckets": [{"start": slot, "tiers": buckets.get(slot, {})} for slot in slots],
+        "buckets": [{"start": s, "tiers": buckets.get(s, {})} for s in slots],
     }
 
 
-def ceilings(config: Config, entries: list[Entry]) -> list[dict[str, Any]]:
+def ceilings(
+    config: Config, ledger: Sums, start: float, user: str | None = None
+) -> list[dict[str, Any]]:
     """Each enabled local model's ceiling, the share of the window's requests scored at or
-    under it, and the share it actually answered."""
-    scored = [e for e in entries if not e.cache_hit]
+    under it, and the share it actually answered (cache hits left out)."""
+    local = [(n, m) for n, m in config.enabled().items() if isinstance(m, LocalModel)]
+    found = [
+        r
+        for r in ledger.rollup(
+            start,
+            ["model", "cache_hit"],
+            sums=(),
+            user=user,
+            ceilings=[m.max_score for _, m in local],
+        )
+        if not r["cache_hit"]
+    ]
+    scored = total(found, "requests")
     out = []
-    for name, m in config.enabled().items():
-        if not isinstance(m, LocalModel):
-            continue
-        under = sum(e.score <= m.max_score for e in scored)
-        answered = sum(e.model == name for e in scored)
+    for i, (name, m) in enumerate(local):
+        under = total(found, f"under_{i}")
+        answered = sum(r["requests"] for r in found if r["model"] == name)
         out.append(
             {
                 "model": name,
                 "ceiling": m.max_score,
-                "share_under_ceiling": under / len(scored) if scored else 0.0,
-                "share_answered": answered / len(scored) if scored else 0.0,
+                "share_under_ceiling": under / scored if scored else 0.0,
+                "share_answered": answered / scored if scored else 0.0,
             }
         )
     return out

@@ -13,21 +13,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from router.config import Config
-from router.ledger import Entry
+from router.ledger import Sums
+from router.rollups import NO_TEAM
 from router.units import money
 
 USAGE_FACTOR = 4.0
 SPIKE_FACTOR = 4.0
 LOW_VALUE_SHARE = 0.25
 LOW_VALUE_MIN = 3
-DAY = 86400.0
-ANONYMOUS = "(anonymous)"
-NO_TEAM = "(no team)"
 
 
 @dataclass
@@ -50,59 +47,77 @@ class Account:
         return {**asdict(self), "low_value_share": round(self.low_value_share, 4)}
 
 
-def _accounts_of(entry: Entry, by: str, config: Config) -> list[str]:
-    user = entry.user or ANONYMOUS
-    if by == "user":
-        return [user]
-    return config.teams_of(entry.user) or [NO_TEAM]
+def memberships(config: Config) -> dict[str, list[str]]:
+    """Each user named in a team, and their teams."""
+    users = {u for team in config.teams.values() for u in team.users}
+    return {u: config.teams_of(u) for u in sorted(users)}
 
 
 def audit(
-    entries: list[Entry], config: Config, by: str = "user", now: float | None = None
+    ledger: Sums,
+    config: Config,
+    by: str = "user",
+    *,
+    since: float = 0.0,
+    now: float | None = None,
+    user: str | None = None,
 ) -> list[Account]:
+    """Every account's figures and flags over the ledger's rows since `since` (of `user` only,
+    when given), from two SQL rollups: per user and category, and per account and day."""
     if by not in ("user", "team"):
         raise ValueError(f"audit by {by!r}: choose user or team")
+    found = ledger.rollup(since, ["user", "category"], sums=_SUMS, user=user)
+    if not found:
+        return []
+    teams = memberships(config)
     accounts: dict[str, Account] = {}
-    categories: dict[str, Counter[str]] = defaultdict(Counter)
-    daily: dict[str, Counter[int]] = defaultdict(Counter)
-    end = now if now is not None else max((e.ts for e in entries), default=0.0)
-    for e in entries:
-        tokens = e.prompt_tokens + e.completion_tokens
-        for name in _accounts_of(e, by, config):
+    for r in found:
+        names = [r["user"]] if by == "user" else teams.get(r["user"], [NO_TEAM])
+        for name in names:
             a = accounts.setdefault(name, Account(name))
-            a.requests += 1
-            a.tokens += tokens
-            a.cost_usd += e.cost_usd
-            a.usd_saved += e.usd_saved
-            a.tokens_saved += e.tokens_saved
-            a.low_value += bool(e.flags)
-            categories[name][e.category] += 1
-            daily[name][int((end - e.ts) // DAY)] += tokens  # 0 = the last 24 hours
+            a.requests += r["requests"]
+            a.tokens += r["tokens"]
+            a.cost_usd += r["cost_usd"]
+            a.usd_saved += r["usd_saved"]
+            a.tokens_saved += r["tokens_saved"]
+            a.low_value += r["low_value"]
+            a.categories[r["category"]] = a.categories.get(r["category"], 0) + r["requests"]
+    end = now if now is not None else max(r["last_ts"] for r in found)
+    days = ledger.days(since, end, by, user=user, teams=teams if by == "team" else None)
     for name, a in accounts.items():
-        a.categories = dict(categories[name].most_common())
+        # By count, then name: the same order whatever order the rows came in.
+        a.categories = dict(sorted(a.categories.items(), key=lambda c: (-c[1], c[0])))
         peers = [p.tokens for p in accounts.values() if p.name != name]
-        if peers:
-            average = sum(peers) / len(peers)
-            if average > 0 and a.tokens >= USAGE_FACTOR * average:
-                a.flags.append(
-                    f"usage: {a.tokens:,} tokens is {a.tokens / average:.1f}× the peer "
-                    f"average of {average:,.0f}"
-                )
-        days = daily[name]
-        earlier = [days[d] for d in range(1, max(days) + 1)] if days else []
-        if len([d for d in earlier if d]) >= 2:
-            baseline = sum(earlier) / len(earlier)
-            if baseline > 0 and days[0] >= SPIKE_FACTOR * baseline:
-                a.flags.append(
-                    f"spike: {days[0]:,} tokens in the last day is "
-                    f"{days[0] / baseline:.1f}× its own daily average of {baseline:,.0f}"
-                )
-        if a.low_value >= LOW_VALUE_MIN and a.low_value_share >= LOW_VALUE_SHARE:
-            a.flags.append(
-                f"low-value: {a.low_value} of {a.requests} requests "
-                f"({a.low_value_share:.0%}) were low-value"
-            )
+        _flag(a, peers, days.get(name))
     return sorted(accounts.values(), key=lambda a: (-a.tokens, a.name))
+
+
+_SUMS = ("requests", "tokens", "cost_usd", "usd_saved", "tokens_saved", "low_value", "last_ts")
+
+
+def _flag(a: Account, peers: list[int], days: dict[str, int] | None) -> None:
+    """Add the usage, spike and low-value flags that `a` earns; `days`: its tokens per day
+    (router.rollups.select_days)."""
+    if peers:
+        average = sum(peers) / len(peers)
+        if average > 0 and a.tokens >= USAGE_FACTOR * average:
+            a.flags.append(
+                f"usage: {a.tokens:,} tokens is {a.tokens / average:.1f}× the peer "
+                f"average of {average:,.0f}"
+            )
+    if days is not None and days["active"] >= 2 and days["span"] >= 1:
+        # The average over every day from the oldest to yesterday, quiet days included.
+        baseline = days["earlier"] / days["span"]
+        if baseline > 0 and days["today"] >= SPIKE_FACTOR * baseline:
+            a.flags.append(
+                f"spike: {days['today']:,} tokens in the last day is "
+                f"{days['today'] / baseline:.1f}× its own daily average of {baseline:,.0f}"
+            )
+    if a.low_value >= LOW_VALUE_MIN and a.low_value_share >= LOW_VALUE_SHARE:
+        a.flags.append(
+            f"low-value: {a.low_value} of {a.requests} requests "
+            f"({a.low_value_share:.0%}) were low-value"
+        )
 
 
 COLUMNS = (

@@ -152,8 +152,7 @@ class BudgetStore(Store):
         if user is None:
             return []
         all_budgets = self.budgets()
-        scopes = [f"user:{user}"] + [f"team:{t}" for t in self._config.teams_of(user)]
-        return [all_budgets[s] for s in scopes if s in all_budgets]
+        return [all_budgets[s] for s in scopes_of(self._config, user) if s in all_budgets]
 
     # ------------------------------------------------------------ reserve / settle / release
 
@@ -322,10 +321,18 @@ class BudgetStore(Store):
         return out
 
 
-def budget_rows(store: BudgetStore) -> list[dict[str, Any]]:
-    """Each budget's limits and this day's and month's use (`router budget show --json`)."""
+def scopes_of(config: Config, user: str) -> list[str]:
+    """The budget scopes that apply to `user`: their own, then their teams'."""
+    return [f"user:{user}"] + [f"team:{t}" for t in config.teams_of(user)]
+
+
+def budget_rows(store: BudgetStore, scopes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Each budget's limits and this day's and month's use (`router budget show --json`);
+    with `scopes`, only those budgets."""
     rows = []
     for scope, budget in sorted(store.budgets().items()):
+        if scopes is not None and scope not in scopes:
+            continue
         used = store.usage(scope)
         limits = {n: getattr(budget, n) for n, _, _ in LIMITS if getattr(budget, n) is not None}
         rows.append(

@@ -17,12 +17,11 @@ moving a local ceiling would do to the local share and to quality.
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
 from typing import Any
 
+from router import rollups
 from router.config import Config
-from router.ledger import Entry
+from router.ledger import Sums
 
 Z95 = 1.959964  # the two-sided 95% normal quantile
 GROUPINGS = ("category", "model", "score")
@@ -39,114 +38,100 @@ def wilson_lower(good: int, total: int, z: float = Z95) -> float:
     return max(0.0, (centre - spread) / (1 + z * z / total))
 
 
-def served_ok(entry: Entry) -> bool | None:
-    """Was this locally served answer acceptable: the person's rating, else the judge's."""
-    if entry.tier != "local":
-        return None
-    if entry.rating in ("good", "bad"):
-        return entry.rating == "good"
-    return local_ok(entry)
+def _tally(group: str, row: dict[str, Any]) -> dict[str, Any]:
+    """A group's assessed local answers, from its rollup row."""
+    assessed, acceptable = row["assessed"], row["acceptable"]
+    return {
+        "group": group,
+        "assessed": assessed,
+        "acceptable": acceptable,
+        "rated": row["assessed_rated"],  # of the assessed, by a person
+        "judged": row["assessed_judged"],  # with a judge's verdict
+        "acceptable_rate": round(acceptable / assessed, 4) if assessed else 0.0,
+        "lower_bound": round(wilson_lower(acceptable, assessed), 4),
+    }
 
 
-def local_ok(entry: Entry) -> bool | None:
-    """The judge's verdict on the local answer (served, or shadowed for a cloud answer)."""
-    if entry.verdict in ("acceptable", "unacceptable"):
-        return entry.verdict == "acceptable"
-    return None
-
-
-@dataclass
-class Tally:
-    group: str
-    assessed: int = 0
-    acceptable: int = 0
-    rated: int = 0  # of the assessed, by a person
-    judged: int = 0  # with a judge's verdict
-
-    def add(self, entry: Entry, ok: bool) -> None:
-        self.assessed += 1
-        self.acceptable += ok
-        self.rated += entry.rating in ("good", "bad")
-        self.judged += local_ok(entry) is not None
-
-    @property
-    def acceptable_rate(self) -> float:
-        return self.acceptable / self.assessed if self.assessed else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "acceptable_rate": round(self.acceptable_rate, 4),
-            "lower_bound": round(wilson_lower(self.acceptable, self.assessed), 4),
-        }
-
-
-def _group(entry: Entry, by: str) -> str:
-    if by == "score":
-        low = min(int(entry.score * 10), 9) / 10
+def _group_name(key: str, value: Any) -> str:
+    if key == "score_tenth":
+        low = int(value) / 10
         return f"{low:.1f}-{low + 0.1:.1f}"
-    return str(getattr(entry, by))
+    return str(value)
 
 
-def ceilings(entries: list[Entry], points: tuple[float, ...] = CEILINGS) -> list[dict[str, Any]]:
+def ceilings(
+    ledger: Sums,
+    since: float,
+    points: tuple[float, ...] = CEILINGS,
+    user: str | None = None,
+) -> list[dict[str, Any]]:
     """For each ceiling: the local share of the requests, and the judged acceptable rate of
     the local answers (served or shadowed) below it. Only rows scored by the estimator of the
     latest row count: another estimator's scores mean something else."""
-    if not entries:
+    found = ledger.rollup(
+        since, ["estimator", "cache_hit"], sums=("last_id",), user=user, ceilings=points
+    )
+    if not found:
         return []
-    current = entries[-1].estimator
-    rows = [e for e in entries if e.estimator == current and not e.cache_hit]
-    judged = [(e.score, ok) for e in rows if (ok := local_ok(e)) is not None]
+    current = max(found, key=lambda r: r["last_id"])["estimator"]
+    rows = next(
+        (r for r in found if r["estimator"] == current and not r["cache_hit"]),
+        {"requests": 0} | {f"{k}_{i}": 0 for i in range(len(points)) for k in rollups.UNDER},
+    )
     out = []
-    for c in points:
-        below = [ok for score, ok in judged if score <= c]
-        good = sum(below)
+    for i, c in enumerate(points):
+        judged, good = rows[f"judged_under_{i}"], rows[f"good_under_{i}"]
         out.append(
             {
                 "ceiling": c,
-                "local_share": round(sum(e.score <= c for e in rows) / len(rows), 4)
-                if rows
+                "local_share": round(rows[f"under_{i}"] / rows["requests"], 4)
+                if rows["requests"]
                 else 0.0,
-                "judged": len(below),
-                "acceptable_rate": round(good / len(below), 4) if below else None,
-                "lower_bound": round(wilson_lower(good, len(below)), 4) if below else None,
+                "judged": judged,
+                "acceptable_rate": round(good / judged, 4) if judged else None,
+                "lower_bound": round(wilson_lower(good, judged), 4) if judged else None,
             }
         )
     return out
 
 
-def report(entries: list[Entry], config: Config, by: str = "category") -> dict[str, Any]:
+def report(
+    ledger: Sums,
+    config: Config,
+    by: str = "category",
+    *,
+    since: float = 0.0,
+    user: str | None = None,
+) -> dict[str, Any]:
     """`router quality --json` (without its window): `quality` and the local ceilings now."""
     current = {n: m.max_score for n, m in config.enabled().items() if m.tier == "local"}
-    return {"local_ceilings": current, **quality(entries, by)}
+    return {"local_ceilings": current, **quality(ledger, by, since=since, user=user)}
 
 
-def quality(entries: list[Entry], by: str = "category") -> dict[str, Any]:
+def quality(
+    ledger: Sums, by: str = "category", *, since: float = 0.0, user: str | None = None
+) -> dict[str, Any]:
     """Local answers assessed acceptable, overall and per group; ratings, verdicts, the judge's
-    spend and the ceiling what-ifs."""
+    spend and the ceiling what-ifs, over the rows since `since` (of `user` only, when given)."""
     if by not in GROUPINGS:
         raise ValueError(f"group by {by!r}: choose one of {', '.join(GROUPINGS)}")
-    total = Tally("all")
-    groups: dict[str, Tally] = defaultdict(lambda: Tally(""))
-    for e in entries:
-        ok = served_ok(e)
-        if ok is None:
-            continue
-        total.add(e, ok)
-        tally = groups[name := _group(e, by)]
-        tally.group = name
-        tally.add(e, ok)
-    rated = [e for e in entries if e.rating in ("good", "bad")]
-    feedback = {
-        tier: {
-            "good": sum(e.rating == "good" and e.tier == tier for e in rated),
-            "bad": sum(e.rating == "bad" and e.tier == tier for e in rated),
-        }
-        for tier in ("local", "cloud")
-    }
-    shadowed = [ok for e in entries if e.tier == "cloud" and (ok := local_ok(e)) is not None]
-    outcomes = Counter(e.verdict for e in entries if e.judge)
-    head = total.to_dict()
+    key = "score_tenth" if by == "score" else by
+    found = ledger.rollup(since, ["tier", key], sums=rollups.QUALITY, user=user)
+
+    def summed(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {name: rollups.total(rows, name) for name in rollups.QUALITY}
+
+    everything = summed(found)
+    head = _tally("all", everything)
+    names = sorted({r[key] for r in found})
+    groups = [
+        _tally(_group_name(key, name), summed([r for r in found if r[key] == name]))
+        for name in names
+    ]
+    tiers = {t: summed([r for r in found if r["tier"] == t]) for t in ("local", "cloud")}
+    feedback = {t: {"good": tiers[t]["rated_good"], "bad": tiers[t]["rated_bad"]} for t in tiers}
+    # Requests the cloud answered, judged against what the local model said to them.
+    cloud = tiers["cloud"]
     return {
         "source": "judge+feedback",
         "assessed": head["assessed"],
@@ -155,13 +140,12 @@ def quality(entries: list[Entry], by: str = "category") -> dict[str, Any]:
         "acceptable": head["acceptable"],
         "acceptable_rate": head["acceptable_rate"],
         "lower_bound": head["lower_bound"],
-        # Requests the cloud answered, judged against what the local model said to them.
-        "cloud_answered_judged": len(shadowed),
-        "local_would_have_done": sum(shadowed),
-        "judge_failures": outcomes.get("", 0),
-        "judge_usd": round(sum(e.shadow_usd for e in entries), 6),
+        "cloud_answered_judged": cloud["verdict_ok"] + cloud["verdict_bad"],
+        "local_would_have_done": cloud["verdict_ok"],
+        "judge_failures": everything["judge_failures"],
+        "judge_usd": round(everything["shadow_usd"], 6),
         "feedback": feedback,
         "by": by,
-        "groups": [t.to_dict() for t in sorted(groups.values(), key=lambda t: -t.assessed)],
-        "ceilings": ceilings(entries),
+        "groups": sorted((g for g in groups if g["assessed"]), key=lambda g: -g["assessed"]),
+        "ceilings": ceilings(ledger, since, user=user),
     }

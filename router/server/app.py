@@ -235,12 +235,8 @@ def create_app(
                 body = await anyio.to_thread.run_sync(
                     dashboard.summary, router.config, router.ledger, router.budgets, since
                 )
-            except RouterError as exc:
-                raise HTTPError(
-                    400,
-                    f"since={since[:20]!r}: give a window such as 24h, 7d or 30d",
-                    param="since",
-                ) from exc
+            except RouterError as exc:  # a bad or too long window: the 400 says which
+                raise http_error(exc) from None
         except HTTPError as err:
             return _error_response(err)
         return JSONResponse(body)

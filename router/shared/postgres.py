@@ -24,13 +24,14 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from router import rollups
 from router.errors import UnavailableError
-from router.ledger import SUMMARY_COLUMNS, Entry, Verdict, totals_of
+from router.ledger import Entry, Verdict, summary_of, totals_of
 from router.shared import Reachability
 from router.sqlite import migrate, open_db
 
@@ -86,13 +87,6 @@ _MIGRATIONS = [
     ALTER TABLE requests ADD COLUMN shadow_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
     """,
 ]
-_GROUPS = {
-    "day": "to_char(to_timestamp(ts), 'YYYY-MM-DD')",
-    "user": "COALESCE(\"user\", '(anonymous)')",
-    "tier": "tier",
-    "model": "model",
-    "category": "category",
-}
 _QUEUE = [
     """
     CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY, row TEXT NOT NULL);
@@ -303,27 +297,43 @@ class PostgresLedger:
         )
         return float(rows[0][0])
 
-    def summary(self, since: float | None = None, by: str | None = None) -> list[dict[str, Any]]:
-        if by is not None and by not in _GROUPS:
-            raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(_GROUPS)}")
+    def rollup(
+        self,
+        since: float,
+        keys: Sequence[str] = (),
+        *,
+        sums: Sequence[str] = tuple(rollups.SUMS),
+        user: str | None = None,
+        ceilings: Sequence[float] = (),
+    ) -> list[dict[str, Any]]:
         self._synced()
-        key = _GROUPS[by] if by else "'all'"
-        rows = self._run(
-            f"""SELECT {key} AS grp, COUNT(*),
-                       COALESCE(SUM(prompt_tokens + completion_tokens), 0),
-                       COALESCE(SUM(cost_usd), 0), COALESCE(SUM(baseline_usd), 0),
-                       COALESCE(SUM(tokens_saved), 0), COALESCE(SUM(usd_saved), 0),
-                       COALESCE(SUM(cache_hit::int), 0)
-                FROM requests WHERE ts >= %s GROUP BY grp ORDER BY grp""",
-            (since or 0.0,),
+        sql, args = rollups.select(
+            rollups.POSTGRES, since, keys, sums=sums, user=user, ceilings=ceilings
         )
-        return [
-            dict(zip(SUMMARY_COLUMNS, (r[0], *(_number(v) for v in r[1:])), strict=True))
-            for r in rows
-        ]
+        return rollups.rows(keys, sums, ceilings, self._run(sql, args))
 
-    def totals(self, since: float | None = None) -> dict[str, Any]:
-        return totals_of(self, since)
+    def days(
+        self,
+        since: float,
+        end: float,
+        account: str,
+        *,
+        user: str | None = None,
+        teams: Mapping[str, Sequence[str]] | None = None,
+    ) -> dict[str, dict[str, int]]:
+        self._synced()
+        sql, args = rollups.select_days(
+            rollups.POSTGRES, since, end, account, user=user, teams=teams
+        )
+        return rollups.day_rows(self._run(sql, args))
+
+    def summary(
+        self, since: float | None = None, by: str | None = None, *, user: str | None = None
+    ) -> list[dict[str, Any]]:
+        return summary_of(self, since, by, user)
+
+    def totals(self, since: float | None = None, *, user: str | None = None) -> dict[str, Any]:
+        return totals_of(self, since, user)
 
     def health(self) -> dict[str, Any]:
         return {"database": self.reach.safe_url, "queued": self.queued(), **self.reach.state()}
@@ -350,12 +360,3 @@ class PostgresLedger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _number(value: Any) -> Any:
-    """PostgreSQL's SUM of integers is a Decimal: back to int or float."""
-    from decimal import Decimal
-
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    return value

@@ -114,8 +114,14 @@ def test_since_parsing() -> None:
     now = time.time()
     assert parse_since("7d") == pytest.approx(now - 7 * 86400, abs=5)
     assert parse_since("30m") == pytest.approx(now - 1800, abs=5)
-    with pytest.raises(RequestError, match=r"e\.g\. 7d"):
+    with pytest.raises(RequestError, match=r"e\.g\. 24h, 7d, 30d"):
         parse_since("last week")
+    # Every window has a maximum (a window sizes the work of every read over the ledger).
+    assert parse_since("400d") == pytest.approx(now - 400 * 86400, abs=5)
+    for too_long in ("401d", "100000000d", "58w", "9" * 30 + "d"):
+        with pytest.raises(RequestError, match=r"400 days|expected a number") as refused:
+            parse_since(too_long, "since")
+        assert refused.value.param == "since"
 
 
 def test_exit_codes_are_meaningful(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

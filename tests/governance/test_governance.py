@@ -20,7 +20,7 @@ from router.errors import BudgetExceededError
 from router.governance.audit import audit, render
 from router.governance.budgets import BudgetStore, period
 from router.governance.categories import classify
-from router.ledger import Entry
+from router.ledger import Entry, SQLiteLedger
 from router.policy import worst_prompt_tokens
 from router.server import create_app
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
@@ -342,16 +342,15 @@ def test_audit_flags_heavy_users_and_blank_document_summaries(
         for i in range(3):
             router.complete(ask(f"Summarize this document:{' ' * i}"), max_tokens=4, user="eve")
         router.complete(ask(f"{question} (eve)"), model="cloud", max_tokens=20, user="eve")
-        entries = router.ledger.entries()
         config = router.config
-    accounts = {a.name: a for a in audit(entries, config, "user")}
+        accounts = {a.name: a for a in audit(router.ledger, config, "user")}
+        teams = {a.name: a for a in audit(router.ledger, config, "team")}
     kinds = {name: sorted(f.split(":")[0] for f in a.flags) for name, a in accounts.items()}
     assert kinds == {"ana": [], "ben": [], "cal": [], "dan": ["usage"], "eve": ["low-value"]}
     assert "× the peer average" in accounts["dan"].flags[0]
     assert accounts["eve"].low_value == 3 and accounts["eve"].low_value_share == 0.75
     assert accounts["eve"].categories == {"summarise": 3, "question-answering": 1}
     assert accounts["dan"].requests == 20
-    teams = {a.name: a for a in audit(entries, config, "team")}
     assert set(teams) == {"red", "blue"} and teams["red"].requests == 22
 
     runner = CliRunner()
@@ -398,7 +397,10 @@ def test_audit_spike_against_own_history(tmp_path: Path) -> None:
 
     history = [entry(u, d + 0.5, 100) for u in ("fay", "gus") for d in range(1, 6)]
     today = [entry("fay", 0.1, 1000), entry("gus", 0.1, 100)]
-    accounts = {a.name: a for a in audit(history + today, config, "user", now=now)}
+    with SQLiteLedger(tmp_path / "ledger.sqlite3") as ledger:
+        for e in history + today:
+            ledger.record(e)
+        accounts = {a.name: a for a in audit(ledger, config, "user", now=now)}
     assert [f.split(":")[0] for f in accounts["fay"].flags] == ["spike"]
     assert accounts["gus"].flags == []
     assert "1,000 tokens in the last day" in accounts["fay"].flags[0]

@@ -7,6 +7,9 @@ page the owner visits can reach it:
   `Content-Type: text/plain`): the browser sends it and only hides the answer. So a request
   whose `Origin` is not allowed is refused before it runs, and a POST must say
   `Content-Type: application/json` (which no simple request can).
+- A GET carries no `Origin`, so a page can make the router do work with `<img src=...>`: a
+  request that the browser marks as another site's and not CORS (`Sec-Fetch-Site`,
+  `Sec-Fetch-Mode`) is refused, except a navigation to the dashboard's page.
 - DNS rebinding points a name the attacker controls at 127.0.0.1, making the page same-origin
   with the router so that it can also read the answers. On loopback, only loopback host names
   are answered (`localhost`, `*.localhost`, 127.0.0.1, [::1]).
@@ -62,6 +65,20 @@ def origin_allowed(origin: str, allowed: Iterable[str], host: str | None) -> boo
         return True
     parts = urlsplit(origin)
     return host is not None and parts.scheme in ("http", "https") and parts.netloc == host.lower()
+
+
+def cross_site_without_cors(method: str, path: str, headers: Headers) -> bool:
+    """A request another site's page made without CORS: an `<img src>`, a script, a
+    `fetch(..., {mode: "no-cors"})`, a link. Such a GET carries no `Origin`, so only the
+    browser's `Sec-Fetch-Site` tells (every current browser sends it). A navigation to the
+    dashboard's page is fine: the page holds no figures and asks for them same-origin."""
+    site = headers.get("sec-fetch-site", "").lower()
+    if site not in ("cross-site", "same-site"):  # same-origin, none (typed, bookmarked), absent
+        return False
+    mode = headers.get("sec-fetch-mode", "").lower()
+    if mode == "cors":
+        return False  # the Origin check above decided
+    return not (mode == "navigate" and method == "GET" and path == "/dashboard")
 
 
 def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
@@ -132,6 +149,14 @@ class BrowserGuard:
                 f"cross-origin request from {origin[:100]!r} refused: add that origin to "
                 "[server] allowed_origins in models.toml to let its web pages use this router",
                 "origin_not_allowed",
+            )
+        if cross_site_without_cors(method, path, headers):
+            return _error(
+                403,
+                f"{path} refused: a request another site's page made (an image, a script, a "
+                "link) may not run here; call it from a program, or from this router's own "
+                "/dashboard",
+                "cross_site_refused",
             )
         if method == "POST":
             media = headers.get("content-type", "").split(";")[0].strip().lower()

@@ -21,6 +21,8 @@ class Supervised(Protocol):
 
     def unusable(self) -> str | None: ...
 
+    def unusable_public(self) -> str | None: ...
+
     def seconds_until_usable(self) -> float: ...
 
 
@@ -43,17 +45,20 @@ class Availability:
 
     def view(self, name: str, model: LocalModel | CloudModel) -> ModelView:
         unusable: str | None = None
+        shown: str | None = None  # in words a client may read (RouterError.public)
         retry_after: float | None = None
         if isinstance(model, CloudModel):
             n_ctx = model.n_ctx or context_window(model.litellm_model)
             if model.api_key_env and not os.environ.get(model.api_key_env):
-                unusable = f"{model.api_key_env} is not set"
+                unusable = shown = f"{model.api_key_env} is not set"  # a setting's name
         else:
             n_ctx = model.n_ctx
             backend = self._backends.get(name)
             unusable = self.file_problem(name, model)
+            shown = "its model file is missing"
             if unusable is None and isinstance(backend, Supervised):
                 unusable, retry_after = backend.unusable(), backend.seconds_until_usable()
+                shown = backend.unusable_public()
         return ModelView(
             name=name,
             tier=model.tier,
@@ -64,6 +69,7 @@ class Availability:
             supports_vision=model.supports_vision,
             unusable=unusable,
             retry_after=retry_after if unusable else None,
+            unusable_public=shown if unusable else None,
         )
 
     def file_problem(self, name: str, model: LocalModel) -> str | None:

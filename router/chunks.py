@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -40,6 +40,47 @@ def assemble(
             "total_tokens": int(usage.get("prompt_tokens") or 0)
             + int(usage.get("completion_tokens") or 0),
         },
+    }
+
+
+def collect(chunks: Iterable[Mapping[str, Any]], model: str) -> dict[str, Any]:
+    """Streamed chunks (the router's shape) as the `chat.completion` they add up to: the text,
+    tool calls merged by index (OpenAI sends a call's name once, its arguments in pieces),
+    the finish reason, and the usage of the last chunk that had one (None without)."""
+    text: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    finish: str | None = None
+    usage: Mapping[str, Any] | None = None
+    first: Mapping[str, Any] = {}
+    for chunk in chunks:
+        first = first or chunk
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            text.append(delta.get("content") or "")
+            for piece in delta.get("tool_calls") or []:
+                call = calls.setdefault(
+                    int(piece.get("index") or 0),
+                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                call["id"] = piece.get("id") or call["id"]
+                call["type"] = piece.get("type") or call["type"]
+                function = piece.get("function") or {}
+                call["function"]["name"] += function.get("name") or ""
+                call["function"]["arguments"] += function.get("arguments") or ""
+            finish = choice.get("finish_reason") or finish
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+    elif message["content"] is None:
+        message["content"] = ""
+    return {
+        "id": first.get("id") or new_id(),
+        "object": "chat.completion",
+        "created": first.get("created") or int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": dict(usage) if usage else None,
     }
 
 

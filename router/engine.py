@@ -7,7 +7,6 @@ them together and keeps no state of its own beyond the lazily created backends.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import threading
 import time
@@ -17,9 +16,13 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from router import policy
+from router.attempts import Attempts
 from router.availability import Availability
-from router.backends import Backend, deadline
+from router.backends import Backend
+from router.backends import hangup as hangups
 from router.backends.factory import create_backend
+from router.backends.hangup import Hangup
+from router.bookkeeping import Books
 from router.cache import (
     CachePolicy,
     ResponseCache,
@@ -33,17 +36,12 @@ from router.complexity.followups import conversation_score
 from router.config import Config, load_config
 from router.errors import (
     BackendError,
-    BudgetExceededError,
-    BudgetStoreDownError,
-    CloudError,
-    CloudRefusedError,
-    UnavailableError,
     UnknownModelError,
 )
 from router.governance import waste
-from router.governance.budgets import BudgetStore, Reservation, shortened
+from router.governance.budgets import BudgetStore, Reservation
 from router.governance.categories import classify
-from router.ledger import Entry, Ledger, rate_answer
+from router.ledger import Ledger, rate_answer
 from router.pricing import account, baseline_price, price_table
 from router.shadow import Shadow
 from router.shared.stores import (
@@ -110,6 +108,10 @@ class Router:
         self._fingerprint = routing_fingerprint(
             self.config, self._availability.local_paths, estimator_name(self.estimator)
         )
+        self._books = Books(
+            self.config, self._ledger, self._repeats, self._prices, estimator_name(self.estimator)
+        )
+        self._attempts = Attempts(self.config, self._budgets, self._books, self._prices)
 
     # ------------------------------------------------------------------ public API
 
@@ -178,7 +180,9 @@ class Router:
         (router.complexity.followups)."""
         return conversation_score(self.estimator, request)
 
-    def complete_request(self, request: ChatRequest) -> Completion:
+    def complete_request(self, request: ChatRequest, hangup: Hangup | None = None) -> Completion:
+        """Answer `request`. `hangup` (the server's): fired when the client disconnects, it
+        stops the generation, and the row says the answer was cut."""
         started = time.perf_counter()
         params = self._params(request)
         key = cache_key(request, params, self._fingerprint)
@@ -188,93 +192,40 @@ class Router:
             response, routing = self._cache.replay(hit, decision)
             routing.response_id = response["id"]
             self._account(routing, response.get("usage") or {})
-            self._record(request, key, routing, started, stream=False)
+            self._books.record(request, key, routing, started, stream=False)
             return Completion(response, routing)
 
         def call(name: str, params: dict[str, Any]) -> dict[str, Any]:
             return self._backend(name).complete(request, params)
 
-        name, response, reservation, failures = self._first_answer(request, decision, params, call)
-        routing = self._routing(decision, name, failures, reservation)
+        with hangups.watching(hangup):
+            response, routing, reservation = self._attempts.first_answer(
+                request, decision, params, call, new_id(), stream=False
+            )
         # The router's own id for every answer: unique (providers and test servers repeat
         # theirs) and the key the client gives back with feedback.
         response = {**response, "id": routing.response_id}
-        self._account(routing, response.get("usage") or {})
-        self._settle(reservation, routing)
-        self._record(request, key, routing, started, stream=False)  # the row first: paid calls
-        self._cache.set(request, key, response, routing)  # are never unrecorded
+        usage = response.get("usage")
+        if hangup is not None and hangup.fired:
+            routing.reason += (
+                "; answer cut: client disconnected" + (" (tokens estimated)" * hangup.estimated)
+                if hangup.cut
+                else "; client disconnected before the answer was sent"
+            )
+            usage = usage or {"prompt_tokens": policy.estimate_prompt_tokens(request)}
+        self._account(routing, usage or {})
+        self._attempts.settle(reservation, routing)
+        self._books.record(request, key, routing, started, stream=False)  # the row first: paid
         done = Completion(response, routing)
-        self.shadow.offer(request, routing, done.text)  # judged later, if sampled
+        if hangup is None or not hangup.fired:  # calls are never unrecorded; a cut answer is
+            self._cache.set(request, key, response, routing)  # no answer to give again
+            self.shadow.offer(request, routing, done.text)  # judged later, if sampled
         return done
 
-    def _first_answer(
-        self,
-        request: ChatRequest,
-        decision: Decision,
-        params: dict[str, Any],
-        call: Callable[[str, dict[str, Any]], T],
-    ) -> tuple[str, T, Reservation | None, list[str]]:
-        """Try the candidates in order: reserve budget, call, fall back on failure."""
-        failures: list[str] = []
-        refused: list[CloudError] = []  # cloud calls refused as configured, or as written
-        spent: BudgetExceededError | BudgetStoreDownError | None = None
-        retry_after: float | None = None
-        ends = time.monotonic() + self.config.retry.deadline_seconds
-        for name in decision.candidates:
-            if refused and self.config.models[name].tier == "local":
-                break  # only a transient cloud failure is answered locally instead
-            try:
-                reservation = self._reserve(request, name, params)
-            except (BudgetExceededError, BudgetStoreDownError) as exc:
-                if exc.policy != "local-only":
-                    raise
-                spent = exc
-                failures.append(f"{name} skipped: {exc}")
-                continue
-            try:
-                with deadline.until(ends):
-                    result = call(name, shortened(params, reservation))
-            except BackendError as exc:
-                self._budgets.release(reservation)
-                failures.append(str(exc))
-                if isinstance(exc, CloudError) and exc.status and not exc.retryable:
-                    refused.append(exc)
-                if exc.retry_after is not None:
-                    retry_after = max(retry_after or 0.0, exc.retry_after)
-                continue
-            except BaseException:
-                self._budgets.release(reservation)
-                raise
-            return name, result, reservation, failures
-        if spent is not None:
-            raise spent
-        if refused:
-            raise CloudRefusedError(failures, refused)
-        raise UnavailableError(
-            f"every model failed: {'; '.join(failures)}", retry_after=retry_after
-        )
-
-    def _reserve(
-        self, request: ChatRequest, name: str, params: dict[str, Any]
-    ) -> Reservation | None:
-        """Reserve a cloud call's worst case on the user's budgets (local calls are free)."""
-        if self.config.models[name].tier != "cloud" or request.user is None:
-            return None
-        prompt, completion = policy.worst_prompt_tokens(request), int(params["max_tokens"])
-        return self._budgets.reserve_call(
-            request.user,
-            prompt,
-            completion,
-            self._prices[name],
-            shorten="max_tokens" not in request.params,
-        )
-
-    def _settle(self, reservation: Reservation | None, routing: Routing) -> None:
-        self._budgets.settle(
-            reservation, routing.prompt_tokens + routing.completion_tokens, routing.cost_usd
-        )
-
-    def stream_request(self, request: ChatRequest) -> CompletionStream:
+    def stream_request(
+        self, request: ChatRequest, hangup: Hangup | None = None
+    ) -> CompletionStream:
+        """Like `complete_request`, streamed: returns once the chosen model has started."""
         started = time.perf_counter()
         params = self._params(request)
         key = cache_key(request, params, self._fingerprint)
@@ -284,7 +235,7 @@ class Router:
             response, routing = self._cache.replay(hit, decision)
             routing.response_id = response["id"]
             self._account(routing, response.get("usage") or {})
-            self._record(request, key, routing, started, stream=True)
+            self._books.record(request, key, routing, started, stream=True)
             return CompletionStream(iter(replay(response)), routing)
 
         def call(
@@ -293,11 +244,13 @@ class Router:
             chunks = self._backend(name).stream(request, params)
             return next(chunks, None), chunks  # the first chunk: failures surface here
 
-        name, (first, chunks), reservation, failures = self._first_answer(
-            request, decision, params, call
+        with hangups.watching(hangup):
+            (first, chunks), routing, reservation = self._attempts.first_answer(
+                request, decision, params, call, new_id(), stream=True
+            )
+        body = self._finish_stream(
+            request, key, chunks, first, routing, started, reservation, hangup
         )
-        routing = self._routing(decision, name, failures, reservation)
-        body = self._finish_stream(request, key, chunks, first, routing, started, reservation)
         return CompletionStream(body, routing)
 
     def feedback(
@@ -373,33 +326,6 @@ class Router:
                 self._owned.append(name)
             return backend
 
-    def _routing(
-        self,
-        decision: Decision,
-        name: str,
-        failures: list[str],
-        reservation: Reservation | None = None,
-    ) -> Routing:
-        tier = self.config.models[name].tier
-        reason = decision.reason
-        if failures:
-            how = "answered locally" if tier == "local" else "fell back"
-            reason = f"{reason}; {'; '.join(failures)}: {how} by {name}"
-        if reservation is not None and reservation.cut:
-            # Noted as an attempt too, so that the shortened answer is not cached for others.
-            failures = [*failures, f"max_tokens lowered by {reservation.cut} to fit the budget"]
-            reason = f"{reason}; {failures[-1]}"
-        return Routing(
-            response_id=new_id(),
-            tier=tier,
-            model=name,
-            score=decision.score,
-            reason=reason,
-            attempts=list(failures),
-            category=decision.category,
-            flags=list(decision.flags),
-        )
-
     def _account(self, routing: Routing, usage: Mapping[str, Any]) -> None:
         account(routing, usage, self._prices[routing.model], self._baseline)
 
@@ -412,6 +338,7 @@ class Router:
         routing: Routing,
         started: float,
         reservation: Reservation | None = None,
+        hangup: Hangup | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Pass chunks through; at the end account, cache and record the whole answer."""
         text: list[str] = []
@@ -445,35 +372,16 @@ class Router:
                     "prompt_tokens": policy.estimate_prompt_tokens(request),
                     "completion_tokens": sum(1 for t in text if t),
                 }
-                routing.reason += (
-                    " (tokens estimated)"
-                    if complete
-                    else " (stream stopped before the end; tokens estimated)"
-                )
+                if complete:
+                    routing.reason += " (tokens estimated)"
+                elif hangup is not None and hangup.fired:
+                    routing.reason += "; answer cut: client disconnected (tokens estimated)"
+                else:
+                    routing.reason += " (stream stopped before the end; tokens estimated)"
             self._account(routing, usage)
-            self._settle(reservation, routing)
-            self._record(request, key, routing, started, stream=True)
+            self._attempts.settle(reservation, routing)
+            self._books.record(request, key, routing, started, stream=True)
             if complete and not tool_calls:
                 response = assemble(first, routing.model, "".join(text), finish_reason, usage)
                 self._cache.set(request, key, response, routing)
                 self.shadow.offer(request, routing, "".join(text))
-
-    def _record(
-        self, request: ChatRequest, key: str, routing: Routing, started: float, stream: bool
-    ) -> None:
-        """Write the ledger row of an answered request and count it for repeat detection."""
-        routing.latency_ms = (time.perf_counter() - started) * 1000
-        if not sampled(request.params):
-            self._repeats.answered(request.user, key)
-        prompt = None
-        if self.config.router.store_prompts:
-            prompt = json.dumps(request.messages, ensure_ascii=False)
-        self._ledger.record(
-            Entry.from_routing(
-                routing,
-                user=request.user,
-                stream=stream,
-                estimator=estimator_name(self.estimator),
-                prompt=prompt,
-            )
-        )

@@ -8,9 +8,11 @@ RouterError
  │    └── NoRouteError      no configured model could serve it (too long, needs tools, ...)
  ├── UnavailableError       models that could serve it are unusable now or failed (HTTP 503)
  │    ├── BusyError         the local model's queue is full: retry after `retry_after` seconds
+ │    ├── LedgerUnavailableError  the ledger cannot be written: no paid call is made
  │    └── CloudRefusedError a cloud model refused the call (a wrong key, no such model;
  │                          HTTP 502): not answered locally instead
  ├── BudgetExceededError    a user's or team's budget cannot take the request (HTTP 429)
+ ├── ClientGoneError        the client hung up before an answer was under way
  └── BackendError           a model was called and failed
       ├── ModelLoadError    a local GGUF file could not be found, downloaded or loaded
       └── CloudError        a cloud call failed (status, retryable, retry_after)
@@ -19,15 +21,35 @@ RouterError
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, TypeVar
 
 from router.units import money
 
 IN_FLIGHT_RETRY_SECONDS = 2.0
+E = TypeVar("E", bound="RouterError")
 
 
 class RouterError(Exception):
-    """Base of every error the router raises on purpose."""
+    """Base of every error the router raises on purpose.
+
+    `str(error)` is the whole story, for the operator (the CLI, the server's log). `public` is
+    what a client of the server may read: the router's own words, never a provider's message,
+    a URL, a host name, a file path or a pid. An error about the request itself is public as
+    it is; the others say what kind of failure it was, and the log keeps the rest."""
+
+    _public: str | None = None
+
+    @property
+    def public(self) -> str:
+        return self._public if self._public is not None else self._default_public()
+
+    def _default_public(self) -> str:
+        return "the router failed on this request (the server's log has the details)"
+
+    def publicly(self: E, text: str) -> E:
+        """This error, with `text` as what clients read."""
+        self._public = text
+        return self
 
 
 class ConfigError(RouterError):
@@ -40,6 +62,9 @@ class RequestError(RouterError):
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+    def _default_public(self) -> str:
+        return str(self)  # about the request: the client's own input
 
 
 class UnknownModelError(RequestError):
@@ -71,6 +96,9 @@ class UnavailableError(RouterError):
         super().__init__(message)
         self.retry_after = retry_after
 
+    def _default_public(self) -> str:
+        return "no model can answer now (the server's log has the details)"
+
 
 class BudgetStoreDownError(UnavailableError):
     """The shared budget store cannot be reached; `policy` ([shared] on_redis_down) says what
@@ -84,6 +112,20 @@ class BudgetStoreDownError(UnavailableError):
 class BusyError(UnavailableError):
     """A local model has as many requests queued as it accepts."""
 
+    def _default_public(self) -> str:
+        return str(self)  # how many wait, and when to retry
+
+
+class LedgerUnavailableError(UnavailableError):
+    """The ledger cannot be written (a full or read-only disk, a lost database): a paid call is
+    not made, since it could not be recorded. Free answers go on."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=5)
+
+    def _default_public(self) -> str:
+        return str(self)  # written for clients: no path, no cause
+
 
 class CloudRefusedError(UnavailableError):
     """A cloud model refused the call as configured or as written (401, 403, 404, 400...).
@@ -92,18 +134,23 @@ class CloudRefusedError(UnavailableError):
     answered by a local model instead: a wrong key or model name would otherwise go unnoticed
     while a weaker model quietly answered every hard request."""
 
-    def __init__(self, failures: list[str], refused: list[Any]) -> None:
+    def __init__(self, failures: list[str], refused: list[Any], shown: list[str]) -> None:
         config = any(getattr(e, "configuration", False) for e in refused)
         hint = (
             "check the model's api_key_env and litellm_model in models.toml"
             if config
             else "the provider refused the request as written"
         )
-        super().__init__(
-            f"the cloud refused the call: {'; '.join(failures)} ({hint}); it was not answered "
-            "locally instead, since this is not a transient failure"
-        )
+        tail = "; it was not answered locally instead, since this is not a transient failure"
+        super().__init__(f"the cloud refused the call: {'; '.join(failures)} ({hint}){tail}")
         self.status = next((e.status for e in refused if getattr(e, "status", None)), None)
+        # `shown`: each failure as clients may read it (no provider message).
+        public_hint = (
+            "the router's configuration for it needs fixing"
+            if config
+            else "the provider refused the request as written"
+        )
+        self.publicly(f"the cloud refused the call: {'; '.join(shown)} ({public_hint}){tail}")
 
 
 class BudgetExceededError(RouterError):
@@ -141,6 +188,9 @@ class BudgetExceededError(RouterError):
             f"{resets.strftime('%Y-%m-%dT%H:%M:%SZ')}"
         )
 
+    def _default_public(self) -> str:
+        return str(self)  # the user's own budget
+
     @property
     def policy(self) -> str:
         return str(self.budget.on_exceed)
@@ -154,6 +204,10 @@ class BudgetExceededError(RouterError):
         return IN_FLIGHT_RETRY_SECONDS if self.in_flight else self.seconds_to_reset()
 
 
+class ClientGoneError(RouterError):
+    """The client hung up before its answer was under way: nothing more is done for it."""
+
+
 class BackendError(RouterError):
     """A model backend failed to produce an answer.
 
@@ -162,15 +216,26 @@ class BackendError(RouterError):
     """
 
     def __init__(
-        self, message: str, *, retryable: bool = False, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        public: str | None = None,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
         self.attempts = 1
+        self._public = public
 
     def __str__(self) -> str:
         text = super().__str__()
+        return f"{text} (after {self.attempts} attempts)" if self.attempts > 1 else text
+
+    @property
+    def public(self) -> str:
+        text = self._public or "a model failed on this request (the server's log has the details)"
         return f"{text} (after {self.attempts} attempts)" if self.attempts > 1 else text
 
 
@@ -192,7 +257,8 @@ class CloudError(BackendError):
         retryable: bool = False,
         retry_after: float | None = None,
         configuration: bool = False,
+        public: str | None = None,
     ) -> None:
-        super().__init__(message, retryable=retryable, retry_after=retry_after)
+        super().__init__(message, retryable=retryable, retry_after=retry_after, public=public)
         self.status = status
         self.configuration = configuration

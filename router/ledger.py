@@ -8,17 +8,21 @@ the same schema on PostgreSQL for several replicas.
 from __future__ import annotations
 
 import re
+import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from router import rollups
-from router.errors import NotFoundError, RequestError
+from router.errors import LedgerUnavailableError, NotFoundError, RequestError
+from router.shared import Reachability
 from router.sqlite import Store, migrate, open_db
 from router.types import Routing
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class Entry:
     shadow_model: str = ""
     votes: str = ""
     shadow_usd: float = 0.0
+    # Written ahead of a paid call with the call's worst case (router.bookkeeping); the final
+    # row replaces it. One that stays pending is a call the router did not see finish.
+    pending: bool = False
 
     @classmethod
     def from_routing(cls, routing: Routing, **rest: Any) -> Entry:
@@ -114,7 +121,20 @@ class Sums(Protocol):
 
 
 class Ledger(Sums, Protocol):
-    def record(self, entry: Entry) -> None: ...
+    def record(self, entry: Entry) -> None:
+        """Write a row; LedgerUnavailableError when it cannot be written."""
+
+    def begin(self, entry: Entry) -> None:
+        """Write a pending row ahead of a paid call (`entry.pending`)."""
+
+    def finish(self, entry: Entry) -> None:
+        """Write the final row of an answer, in place of its pending row if there is one."""
+
+    def abandon(self, response_id: str) -> None:
+        """Remove the pending row of a call that failed (nothing was answered)."""
+
+    def health(self) -> dict[str, Any]:
+        """`up` (the last write went in), `write_failures` and the details."""
 
     def entries(self, since: float | None = None) -> list[Entry]: ...
 
@@ -177,6 +197,9 @@ _MIGRATIONS = [
     ALTER TABLE requests ADD COLUMN votes TEXT NOT NULL DEFAULT '';
     ALTER TABLE requests ADD COLUMN shadow_usd REAL NOT NULL DEFAULT 0;
     """,
+    """
+    ALTER TABLE requests ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 _COLUMNS = [f.name for f in fields(Entry)]
@@ -195,7 +218,17 @@ GROUPS = ("day", "user", "tier", "model", "category")  # `router stats --by`
 
 def _entry(row: dict[str, Any]) -> Entry:
     # SQLite has no boolean type: the flags come back as 0/1.
-    return Entry(**{**row, "cache_hit": bool(row["cache_hit"]), "stream": bool(row["stream"])})
+    flags = {name: bool(row[name]) for name in ("cache_hit", "stream", "pending")}
+    return Entry(**{**row, **flags})
+
+
+_INSERT = (
+    f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+_REPLACE = (
+    f"UPDATE requests SET {', '.join(f'{c} = ?' for c in _COLUMNS)} "
+    "WHERE response_id = ? AND response_id != '' AND pending = 1"
+)
 
 
 class SQLiteLedger(Store):
@@ -204,15 +237,49 @@ class SQLiteLedger(Store):
         self._lock = threading.Lock()
         self._db = open_db(path)
         migrate(self._db, _MIGRATIONS, path)
+        self.reach = Reachability("the ledger", str(path))
 
     def record(self, entry: Entry) -> None:
-        row = asdict(entry)
-        placeholders = ", ".join("?" for _ in _COLUMNS)
-        with self._lock, self._db:
-            self._db.execute(
-                f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
-                [row[c] for c in _COLUMNS],
-            )
+        values = [getattr(entry, c) for c in _COLUMNS]
+        self._write(lambda db: db.execute(_INSERT, values))
+
+    def begin(self, entry: Entry) -> None:
+        self.record(entry)
+
+    def finish(self, entry: Entry) -> None:
+        values = [getattr(entry, c) for c in _COLUMNS]
+
+        def replace_or_insert(db: sqlite3.Connection) -> None:
+            if db.execute(_REPLACE, [*values, entry.response_id]).rowcount == 0:
+                db.execute(_INSERT, values)
+
+        self._write(replace_or_insert)
+
+    def abandon(self, response_id: str) -> None:
+        sql = "DELETE FROM requests WHERE response_id = ? AND pending = 1"
+        # Deleting (often nothing) says nothing of whether the disk takes rows again.
+        self._write(lambda db: db.execute(sql, (response_id,)), proves=False)
+
+    def health(self) -> dict[str, Any]:
+        """Whether the last write went in (`up`), and the failures since the start."""
+        return {"path": str(self.path), **self.reach.state(), "write_failures": self.reach.errors}
+
+    def _write(self, work: Callable[[sqlite3.Connection], T], *, proves: bool = True) -> T:
+        """`work` in one transaction; LedgerUnavailableError (the cause in the server's log
+        and /health) when the disk will not take it. `proves`: success shows the ledger takes
+        rows again."""
+        try:
+            with self._lock, self._db:
+                done = work(self._db)
+        except sqlite3.Error as exc:
+            self.reach.failed(exc)
+            raise LedgerUnavailableError(
+                "the ledger cannot be written now (the server's log says why); paid calls are "
+                "refused until it can"
+            ) from None
+        if proves:
+            self.reach.ok()
+        return done
 
     def entries(self, since: float | None = None) -> list[Entry]:
         with self._lock:
@@ -229,22 +296,18 @@ class SQLiteLedger(Store):
         where, args = "response_id = ? AND response_id != ''", [response_id]
         if user is not None:
             where, args = where + " AND user = ?", [*args, user]
-        with self._lock, self._db:
-            cursor = self._db.execute(
-                f"UPDATE requests SET rating = ?, feedback = ? WHERE {where}",
-                (rating, comment, *args),
-            )
-        return cursor.rowcount > 0
+        sql = f"UPDATE requests SET rating = ?, feedback = ? WHERE {where}"
+        return self._write(lambda db: db.execute(sql, (rating, comment, *args)).rowcount > 0)
 
     def judged(self, response_id: str, verdict: Verdict) -> bool:
         """Record shadow judging's outcome on the answer `response_id`."""
-        with self._lock, self._db:
-            cursor = self._db.execute(
-                f"UPDATE requests SET {Verdict.SET.format(p='?')} "
-                "WHERE response_id = ? AND response_id != ''",
-                (*verdict.values(), response_id),
-            )
-        return cursor.rowcount > 0
+        sql = (
+            f"UPDATE requests SET {Verdict.SET.format(p='?')} "
+            "WHERE response_id = ? AND response_id != ''"
+        )
+        return self._write(
+            lambda db: db.execute(sql, (*verdict.values(), response_id)).rowcount > 0
+        )
 
     def shadow_spend(self, since: float) -> float:
         """Dollars spent on shadow judging since `since` (the cap's measure)."""

@@ -36,6 +36,7 @@ class ModelView:
     supports_vision: bool = False
     unusable: str | None = None  # why it cannot be called now (no key, no file), else None
     retry_after: float | None = None  # when an unusable model expects to work again
+    unusable_public: str | None = None  # the same in words a client may read (no path, pid)
 
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:
@@ -48,11 +49,14 @@ def worst_prompt_tokens(request: ChatRequest) -> int:
     return -(-len(request.text.encode()) // 2) + 8 * len(request.messages)
 
 
-def blockers(model: ModelView, request: ChatRequest, needed_tokens: int) -> list[str]:
-    """Why `model` cannot serve `request`; empty when it can."""
+def blockers(
+    model: ModelView, request: ChatRequest, needed_tokens: int, *, public: bool = False
+) -> list[str]:
+    """Why `model` cannot serve `request`; empty when it can. `public`: in words a client may
+    read (RouterError.public)."""
     found = []
     if model.unusable:
-        found.append(model.unusable)
+        found.append(model.unusable_public or "not usable now" if public else model.unusable)
     if model.n_ctx is not None and needed_tokens > model.n_ctx:
         found.append(f"needs ~{needed_tokens} tokens of context, has {model.n_ctx}")
     if request.needs_tools and not model.supports_tools:
@@ -82,32 +86,41 @@ def decide(
             raise UnknownModelError(mode, [*ROUTING_MODES, *models])
         problems = blockers(model, request, needed)
         if problems:
+            public = blockers(model, request, needed, public=True)
             raise _no_route(
                 f"model {mode!r} cannot serve this request: {'; '.join(problems)}",
                 [model],
                 request,
                 needed,
+                f"model {mode!r} cannot serve this request: {'; '.join(public)}",
             )
         return Decision(score, (mode,), f"model {mode!r} requested by name")
 
     excluded: list[str] = []
+    shown: list[str] = []  # the same, in public words
     fit: list[ModelView] = []
     for m in models.values():
         problems = blockers(m, request, needed)
         if problems:
             excluded.append(f"{m.name}: {'; '.join(problems)}")
+            shown.append(f"{m.name}: {'; '.join(blockers(m, request, needed, public=True))}")
         else:
             fit.append(m)
 
     local = [m for m in fit if m.tier == "local"]
     cloud = [m for m in fit if m.tier == "cloud"]
     why_not = f" ({'; '.join(excluded)})" if excluded else ""
+    why_not_shown = f" ({'; '.join(shown)})" if shown else ""
 
     if mode == "local":
         if not local:
             local_models = [m for m in models.values() if m.tier == "local"]
             raise _no_route(
-                f"no local model can serve this request{why_not}", local_models, request, needed
+                f"no local model can serve this request{why_not}",
+                local_models,
+                request,
+                needed,
+                f"no local model can serve this request{why_not_shown}",
             )
         chosen = _first_within(local, score)
         return Decision(score, _order(chosen, local), f"local tier requested; {chosen.name}")
@@ -115,13 +128,18 @@ def decide(
     if mode == "cloud":  # the cloud tier and nothing else, or a clear refusal
         if not cloud:
             cloud_models = [m for m in models.values() if m.tier == "cloud"]
+            no_cloud = " (none is configured in models.toml)"
+            tail = "; it is not answered locally (use -m auto or model 'auto' to allow that)"
             raise _no_route(
                 "cloud tier requested but no cloud model can serve this request"
-                + (why_not if cloud_models else " (none is configured in models.toml)")
-                + "; it is not answered locally (use -m auto or model 'auto' to allow that)",
+                + (why_not if cloud_models else no_cloud)
+                + tail,
                 cloud_models,
                 request,
                 needed,
+                "cloud tier requested but no cloud model can serve this request"
+                + (why_not_shown if cloud_models else no_cloud)
+                + tail,
             )
         chosen = _first_within(cloud, score)
         return Decision(score, _order(chosen, cloud), f"cloud tier requested; {chosen.name}")
@@ -132,6 +150,7 @@ def decide(
             list(models.values()),
             request,
             needed,
+            f"no configured model can serve this request{why_not_shown}",
         )
     chosen = _first_within(fit, score)
     if chosen.max_score >= score:
@@ -147,18 +166,19 @@ def decide(
 
 
 def _no_route(
-    message: str, considered: list[ModelView], request: ChatRequest, needed: int
+    message: str, considered: list[ModelView], request: ChatRequest, needed: int, shown: str
 ) -> RequestError | UnavailableError:
-    """503 when a model that is down (no key, no file) could have served it, else 400."""
+    """503 when a model that is down (no key, no file) could have served it, else 400;
+    `shown` is the message in public words."""
     down = [
         m
         for m in considered
         if m.unusable and not blockers(replace(m, unusable=None), request, needed)
     ]
     if not down:
-        return NoRouteError(message)
+        return NoRouteError(message).publicly(shown)
     waits = [m.retry_after for m in down if m.retry_after is not None]
-    return UnavailableError(message, retry_after=min(waits) if waits else None)
+    return UnavailableError(message, retry_after=min(waits) if waits else None).publicly(shown)
 
 
 def _first_within(pool: list[ModelView], score: float) -> ModelView:

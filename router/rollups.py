@@ -28,10 +28,13 @@ class Dialect:
     placeholder: str
     day: str  # the local calendar day of `ts`, YYYY-MM-DD
     floor: str  # "{}" → the integer floor of a non-negative number
+    finished: str  # a row that is not a pending call's (router.ledger.Entry.pending)
 
 
-SQLITE = Dialect("?", "date(ts, 'unixepoch', 'localtime')", "CAST({} AS INTEGER)")
-POSTGRES = Dialect("%s", "to_char(to_timestamp(ts), 'YYYY-MM-DD')", "CAST(FLOOR({}) AS BIGINT)")
+SQLITE = Dialect("?", "date(ts, 'unixepoch', 'localtime')", "CAST({} AS INTEGER)", "pending = 0")
+POSTGRES = Dialect(
+    "%s", "to_char(to_timestamp(ts), 'YYYY-MM-DD')", "CAST(FLOOR({}) AS BIGINT)", "NOT pending"
+)
 
 
 def slot(step: int) -> str:
@@ -132,7 +135,8 @@ def _source(
         with_ = f"WITH members (member, team) AS ({members}) "
         args = [v for pair in pairs for v in pair]
         source = 'requests LEFT JOIN members ON members.member = requests."user"'
-    where = f"{'+' if scan else ''}ts >= {p}"
+    # Answers only: a pending row is a call still under way, or one the router did not see end.
+    where = f"{'+' if scan else ''}ts >= {p} AND {dialect.finished}"
     args.append(float(since))
     if user is not None:
         where += f' AND "user" = {p}'

@@ -21,15 +21,22 @@ from router.errors import ConfigError
 def open_db(path: Path, *, autocommit: bool = False) -> sqlite3.Connection:
     """A connection shared by threads (the stores lock around it), in WAL mode. With
     `autocommit`, transactions are the caller's (`BEGIN IMMEDIATE` ... `COMMIT`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(
-        str(path),
-        check_same_thread=False,
-        timeout=30,
-        isolation_level=None if autocommit else "DEFERRED",
-    )
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(
+            str(path),
+            check_same_thread=False,
+            timeout=30,
+            isolation_level=None if autocommit else "DEFERRED",
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+    except (sqlite3.Error, OSError) as exc:  # a read-only or full disk, a bad path
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            f"cannot open {path} for writing ({why}): its directory must be writable and "
+            "have free space; fix that, or point the setting that names it elsewhere"
+        ) from None
     return db
 
 
@@ -44,10 +51,13 @@ def migrate(db: sqlite3.Connection, steps: Sequence[str], path: Path) -> int:
     for number, script in enumerate(steps[version:], start=version + 1):
         try:
             db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            raise
+            raise ConfigError(
+                f"cannot bring {path} to schema version {number} ({exc}); is its directory "
+                "writable, with free space?"
+            ) from None
     return len(steps)
 
 

@@ -95,6 +95,7 @@ def _reset_cloud(request: pytest.FixtureRequest) -> None:
         cloud.faults.clear()
         cloud.requests.clear()
         cloud.headers.clear()
+        cloud.hangups = 0
         cloud.judge = longer_wins
 
 

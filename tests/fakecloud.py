@@ -25,6 +25,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds to wait before answering (for timeouts)
     message: str = "injected fault"
+    chunk_delay: float = 0.0  # status 200, streamed: seconds between chunks (a slow model)
 
 
 def answer_for(messages: list[dict[str, Any]]) -> str:
@@ -65,6 +66,7 @@ class FakeCloud:
         self.faults: deque[Fault] = deque()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.hangups = 0  # streams whose client went away before the end
         # How it judges (requests with response_format named "verdict"): "A", "B" or "tie".
         self.judge: Callable[[str, str], str] = longer_wins
         self._lock = threading.Lock()
@@ -128,8 +130,10 @@ class FakeCloud:
                     self._json(404, {"error": {"message": "not found"}}, {})
                     return
                 fault = cloud._next_fault()
+                chunk_delay = 0.0
                 if fault is not None and fault.status == 200:
                     time.sleep(fault.delay)
+                    chunk_delay = fault.chunk_delay
                     fault = None
                 if fault is not None:
                     if fault.delay:
@@ -189,13 +193,20 @@ class FakeCloud:
                     {"content": w if i == 0 else " " + w} for i, w in enumerate(words)
                 ]
                 for delta in pieces:
-                    self._event(
-                        {
-                            **base,
-                            "object": "chat.completion.chunk",
-                            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
-                        }
-                    )
+                    time.sleep(chunk_delay)
+                    try:
+                        self._event(
+                            {
+                                **base,
+                                "object": "chat.completion.chunk",
+                                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+                            }
+                        )
+                    except OSError:  # the client closed the stream: stop generating
+                        with cloud._lock:
+                            cloud.hangups += 1
+                        self.close_connection = True
+                        return
                 self._event(
                     {
                         **base,

@@ -237,7 +237,7 @@ def test_audit_flags_heavy_users_on_engine_rows(build: Any) -> None:
     for user, n in (("ana", 2), ("ben", 2), ("cal", 2), ("dan", 20)):
         for i in range(n):
             b.router.complete(ask(f"{HARD_PROMPT} ({user} {i})"), model="cloud", user=user)
-    accounts = {a.name: a for a in audit(b.router.ledger.entries(), b.router.config, "user")}
+    accounts = {a.name: a for a in audit(b.router.ledger, b.router.config, "user")}
     assert accounts["dan"].flags and "× the peer average" in accounts["dan"].flags[0]
     assert not accounts["ana"].flags
 

@@ -12,10 +12,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 from router.backends import deadline
+from router.backends import hangup as hangups
+from router.backends.hangup import Hangup
+from router.chunks import collect
 from router.config import CloudModel
 from router.errors import CloudError
 from router.types import SAMPLING_PARAMS, ChatRequest
@@ -109,14 +112,19 @@ def to_cloud_error(name: str, exc: Exception, api_base: str | None = None) -> Cl
     litellm = litellm_module()
     if not isinstance(exc, (openai.OpenAIError, litellm.exceptions.OpenAIError)):
         log.error("%s: unexpected error in the cloud call", name, exc_info=exc)
-        return CloudError(f"{name}: the cloud call failed (the server log has the details)")
+        return CloudError(
+            f"{name}: the cloud call failed (the server log has the details)",
+            public=f"{name}: the cloud call failed",
+        )
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
     message = str(getattr(exc, "message", exc)).splitlines()[0][:300]
     unreachable = _unreachable(exc)
     if unreachable is not None:  # LiteLLM reports a refused connection as HTTP 500
         return CloudError(
-            f"{name}: cannot reach {api_base or 'the provider'} ({unreachable})", retryable=True
+            f"{name}: cannot reach {api_base or 'the provider'} ({unreachable})",
+            retryable=True,
+            public=f"{name}: the provider cannot be reached",
         )
     transient = isinstance(exc, (litellm.Timeout, litellm.APIConnectionError))
     retryable = transient or (status in _RETRYABLE_STATUS)
@@ -125,12 +133,16 @@ def to_cloud_error(name: str, exc: Exception, api_base: str | None = None) -> Cl
         if isinstance(exc, litellm.Timeout)
         else (f"HTTP {status}" if status else type(exc).__name__)
     )
+    # The provider's message (which may quote the key, the organisation, a host) and
+    # LiteLLM's class names are the operator's: a client reads the status alone.
+    shown = "timed out" if isinstance(exc, litellm.Timeout) else f"HTTP {status or 'error'}"
     return CloudError(
         f"{name}: {label}: {message}",
         status=status,
         retryable=retryable,
         retry_after=parse_retry_after(_headers_of(exc)),
         configuration=status in CONFIGURATION_STATUS,
+        public=f"{name}: the provider answered {shown}" if status else f"{name}: {shown}",
     )
 
 
@@ -200,6 +212,9 @@ class CloudBackend:
         )
 
     def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:
+        hangup = hangups.current()
+        if hangup is not None:
+            return self._complete_streamed(request, params, hangup)
         try:
             raw = self._call(request, params).model_dump()
         except Exception as exc:
@@ -222,7 +237,31 @@ class CloudBackend:
             or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         }
 
-    def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _complete_streamed(
+        self, request: ChatRequest, params: dict[str, Any], hangup: Hangup
+    ) -> dict[str, Any]:
+        """A non-streamed answer for a client that may hang up, asked for as a stream: a
+        blocking call cannot be stopped, and a provider stops generating (and charging) when
+        its stream is closed, which happens at the next token after the hang-up."""
+        chunks = self.stream(request, params)
+        taken: list[dict[str, Any]] = []
+        try:
+            for chunk in chunks:
+                taken.append(chunk)
+                if hangup.fired:
+                    break
+        finally:
+            chunks.close()  # closes the connection when the answer was cut
+        done = collect(taken, self.name)
+        if hangup.fired and not (taken and "usage" in taken[-1]):
+            hangup.cut_short(estimated=True)  # what arrived, counted by LiteLLM's tokenizer
+            done["usage"] = self._count(request, done["choices"][0]["message"]["content"] or "")
+        return done
+
+    def stream(
+        self, request: ChatRequest, params: dict[str, Any]
+    ) -> Generator[dict[str, Any], None, None]:
+        response = None
         try:
             response = self._call(
                 request, params, stream=True, stream_options={"include_usage": True}
@@ -255,6 +294,8 @@ class CloudBackend:
                     }
         except Exception as exc:
             raise to_cloud_error(self.name, exc, self._model.resolved_api_base()) from exc
+        finally:
+            _close(response)  # a consumer that stops early closes the provider's stream
         yield {
             "id": chunk_id,
             "object": "chat.completion.chunk",
@@ -271,6 +312,15 @@ class CloudBackend:
         prompt = int(litellm.token_counter(model=model, messages=request.messages))
         done = int(litellm.token_counter(model=model, text=completion)) if completion else 0
         return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+
+
+def _close(response: Any) -> None:
+    """Close a LiteLLM stream's HTTP response (the OpenAI SDK's Stream has `close`; other
+    providers' streams are generators, which close too)."""
+    inner = getattr(response, "completion_stream", None)
+    close = getattr(inner, "close", None)
+    if callable(close):
+        close()
 
 
 def complexity_peer() -> Callable[[str], float]:

@@ -19,7 +19,8 @@ prints cannot corrupt the protocol).
                         "system_info", "load_seconds"}
                        {"ev": "chunk", "id", "chunk"}            a chat.completion.chunk
                        {"ev": "end", "id", "usage", "cancelled"} after the last chunk
-                       {"ev": "result", "id", "response"}        a whole chat.completion
+                       {"ev": "result", "id", "response", "cancelled"}  a whole chat.completion
+                                                   (cut short when cancelled)
                        {"ev": "error", "id", "kind", "message"}  kind: load | request | internal
 
 One generation runs at a time; the parent never sends a second `chat` before the first has
@@ -38,7 +39,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any, Literal
 
 ExtraBuffers = bool | Literal["auto"]
@@ -93,6 +94,9 @@ def _counting_llama() -> type:
     class CountingLlama(llama_cpp.Llama):
         last_prompt_tokens = 0
         last_completion_tokens = 0
+        # Checked at every token: True ends the generation there (a non-streamed answer
+        # whose client hung up: llama-cpp-python has no other way in).
+        stop_when: Callable[[], bool] | None = None
 
         def generate(  # type: ignore[override]
             self, tokens: Any, *args: Any, **kwargs: Any
@@ -101,6 +105,8 @@ def _counting_llama() -> type:
             self.last_completion_tokens = 0
             vocab = self._model.vocab
             for token in super().generate(tokens, *args, **kwargs):
+                if self.stop_when is not None and self.stop_when():
+                    return
                 if not llama_cpp.llama_vocab_is_eog(vocab, token):
                     self.last_completion_tokens += 1
                 yield token
@@ -238,8 +244,13 @@ def _chat(llm: Any, op: dict[str, Any], channel: _Channel, cancels: _Cancels) ->
     if crash is not None and crash[1] == 0:
         _crash(crash[0])
     if not op.get("stream"):
-        response = llm.create_chat_completion(messages=op["messages"], **op["kwargs"])
-        channel.send({"ev": "result", "id": rid, "response": response})
+        llm.stop_when = lambda: cancels.cancelled(rid)
+        try:
+            response = llm.create_chat_completion(messages=op["messages"], **op["kwargs"])
+        finally:
+            llm.stop_when = None
+        cut = cancels.cancelled(rid)
+        channel.send({"ev": "result", "id": rid, "response": response, "cancelled": cut})
         return
     chunks = llm.create_chat_completion(messages=op["messages"], stream=True, **op["kwargs"])
     sent = 0

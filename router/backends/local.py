@@ -26,11 +26,12 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from router.backends import hangup as hangups
 from router.backends.restarts import RestartPolicy
 from router.backends.transcript import for_local
 from router.backends.worker import Worker, WorkerFailure, WorkerLoadError, describe_exit
 from router.config import Config, LocalModel
-from router.errors import BackendError, BusyError, ModelLoadError
+from router.errors import BackendError, BusyError, ClientGoneError, ModelLoadError
 from router.model_files import hub_cached, local_path, local_problem
 from router.types import SAMPLING_PARAMS, ChatRequest
 
@@ -41,7 +42,10 @@ def resolve_gguf(config: Config, name: str, model: LocalModel) -> Path:
     """The GGUF file on disk (a hub model must have been downloaded: `router pull`)."""
     path = local_path(config, model) if model.hf_repo is None else hub_cached(model)
     if path is None or not path.is_file():
-        raise ModelLoadError(f"{name}: {local_problem(config, name, model)}")
+        raise ModelLoadError(
+            f"{name}: {local_problem(config, name, model)}",
+            public=f"{name}: the local model's file is missing",
+        )
     return path
 
 
@@ -78,11 +82,24 @@ class LocalBackend:
     # ---------------------------------------------------------------- the Backend seam
 
     def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:
+        hangup = hangups.current()
         with self._turn():
+            if hangup is not None and hangup.fired:  # gave up while queued: generate nothing
+                raise ClientGoneError(f"{self.name}: the client hung up while queued")
             worker = self._ready_worker()
             rid = self._send(worker, request, params, stream=False)
-            event = self._event(worker, rid)
-            self._finished("completed")
+            # A hang-up sends the worker the cancel a closed stream sends: it stops at the next
+            # token and answers with what it has, and the model is free for the next caller.
+            forget = hangup.on_fire(lambda: worker.request_cancel(rid)) if hangup else None
+            try:
+                event = self._event(worker, rid)
+            finally:
+                if forget is not None:
+                    forget()
+            cut = bool(event.get("cancelled"))
+            self._finished("cancelled" if cut else "completed")
+        if cut and hangup is not None:
+            hangup.cut_short()
         out: dict[str, Any] = event["response"]
         out["model"] = self.name
         return out
@@ -131,6 +148,11 @@ class LocalBackend:
         """Why the model cannot be used now (repeated worker failures), else None."""
         with self._state_lock:
             return self._restarts.unusable(self._clock())
+
+    def unusable_public(self) -> str | None:
+        """`unusable` in words a client may read (without the last failure's pid and output)."""
+        with self._state_lock:
+            return self._restarts.unusable(self._clock(), detail=False)
 
     def seconds_until_usable(self) -> float:
         """0 when the model may be used now, else the seconds left of its cool-down."""
@@ -228,7 +250,11 @@ class LocalBackend:
             now = self._clock()
             why, wait = self._restarts.unusable(now), self._restarts.wait(now)
         if why is not None:
-            raise BackendError(f"{self.name}: {why}", retry_after=wait)
+            raise BackendError(
+                f"{self.name}: {why}",
+                retry_after=wait,
+                public=f"{self.name}: {self.unusable_public()}",
+            )
         if wait > 0:  # the short backoff after a second failure: this request waits it out
             time.sleep(wait)
         return self._start()
@@ -257,17 +283,24 @@ class LocalBackend:
             try:
                 worker = Worker(self.name, load, timeout=self._model_config.timeout_seconds)
             except OSError as exc:
-                raise BackendError(f"{self.name}: cannot start a worker process: {exc}") from exc
+                raise BackendError(
+                    f"{self.name}: cannot start a worker process: {exc}",
+                    public=f"{self.name}: the local model cannot start",
+                ) from exc
             try:
                 info = worker.start()
             except WorkerLoadError as exc:
                 self._fail(worker, f"llama.cpp could not load {path}: {exc}")
                 raise ModelLoadError(
-                    f"models.{self.name}: llama.cpp could not load {path}: {exc}"
+                    f"models.{self.name}: llama.cpp could not load {path}: {exc}",
+                    public=f"{self.name}: the local model's file cannot be loaded",
                 ) from None
             except WorkerFailure as exc:
                 self._fail(worker, f"{exc} while loading {path.name}")
-                raise BackendError(f"{self.name}: {exc} while loading {path.name}") from None
+                raise BackendError(
+                    f"{self.name}: {exc} while loading {path.name}",
+                    public=f"{self.name}: {exc.public} while loading its model",
+                ) from None
             except BaseException:  # interrupted (Ctrl-C): leave nothing behind
                 worker.kill()
                 raise
@@ -305,9 +338,12 @@ class LocalBackend:
             return worker.chat(messages, _kwargs(params), stream)
         except WorkerFailure as exc:
             self._fail(worker, str(exc))
-            raise BackendError(f"{self.name}: {exc}") from None
+            raise BackendError(f"{self.name}: {exc}", public=self._failed(exc)) from None
         except (TypeError, ValueError) as exc:  # not JSON: nothing was sent
-            raise BackendError(f"{self.name}: the request cannot be sent as JSON: {exc}") from None
+            raise BackendError(
+                f"{self.name}: the request cannot be sent as JSON: {exc}",
+                public=f"{self.name}: the request cannot be sent to the local model",
+            ) from None
 
     def _event(self, worker: Worker, rid: int) -> dict[str, Any]:
         """The next event of generation `rid`; a death, a stall or an error → BackendError."""
@@ -315,11 +351,12 @@ class LocalBackend:
             event = worker.next_event(rid)
         except WorkerFailure as exc:
             self._fail(worker, str(exc))
-            raise BackendError(f"{self.name}: {exc}") from None
+            raise BackendError(f"{self.name}: {exc}", public=self._failed(exc)) from None
         if event["ev"] == "error":
             self._finished("failed")  # the worker lives: the request failed
             if event.get("kind") == "request":  # e.g. the prompt is longer than n_ctx
-                raise BackendError(f"{self.name}: {event['message']}")
+                text = f"{self.name}: {event['message']}"
+                raise BackendError(text, public=text[:300])  # about the request
             # An unexpected exception can leave llama-cpp-python's state broken for every
             # later request (a `seed` of the wrong type stays set): start afresh next time.
             # The exception's text is for the log, not for the client.
@@ -327,9 +364,14 @@ class LocalBackend:
             self._retire(worker)
             raise BackendError(
                 f"{self.name}: the local model failed on this request (the server log has "
-                "the details); its worker restarts"
+                "the details); its worker restarts",
+                public=f"{self.name}: the local model failed on this request; it restarts",
             )
         return event
+
+    def _failed(self, exc: WorkerFailure) -> str:
+        """What a client reads of a worker's death (its pid and last output: the log)."""
+        return f"{self.name}: {exc.public}; it restarts"
 
     def _retire(self, worker: Worker) -> None:
         """Stop a live worker whose state is suspect; the next request starts a new one."""

@@ -10,7 +10,9 @@ endpoint's fault: it is reported, nothing is ejected. Plain httpx: no SDK to imp
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -18,6 +20,7 @@ from typing import Any, TypeVar
 import httpx
 
 from router.backends import deadline
+from router.backends import hangup as hangups
 from router.backends.pool import Endpoint, Pool
 from router.backends.transcript import for_local
 from router.config import LocalModel
@@ -33,12 +36,23 @@ class _Transient(Exception):
     """The endpoint failed: eject it and try another."""
 
 
+class _HungUp(Exception):
+    """The client hung up, and the connection to the server was shut for it."""
+
+
 class RemoteBackend:
     def __init__(self, name: str, model: LocalModel) -> None:
         assert model.remote and model.remote_model is not None
         self.name = name
         self._model = model
         self._client = httpx.Client(headers=self._headers(), follow_redirects=True)
+        # For answers a hang-up must be able to stop: a connection of their own (a pooled one
+        # is not known to the request), which the hang-up shuts (see _post).
+        self._own = httpx.Client(
+            headers=self._headers(),
+            follow_redirects=True,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
         self.pool = Pool(model.endpoints(), eject_seconds=model.eject_seconds, probe=self._probe)
 
     # ------------------------------------------------------------------ Backend seam
@@ -55,7 +69,13 @@ class RemoteBackend:
             finally:
                 response.close()
 
-        endpoint, raw = self._on_some_endpoint(attempt)
+        try:
+            endpoint, raw = self._on_some_endpoint(attempt)
+        except _HungUp:
+            hangup = hangups.current()
+            if hangup is not None:
+                hangup.cut_short(estimated=True)  # the server stopped; it said nothing
+            return {**self._completion({"choices": [{"message": {"content": ""}}]}), "usage": None}
         self.pool.succeeded(endpoint)
         return self._completion(raw)
 
@@ -100,6 +120,12 @@ class RemoteBackend:
             f"{e['url']} ({e['last_error']})" for e in self.pool.health()
         )
 
+    def unusable_public(self) -> str | None:
+        """`unusable` in words a client may read (no endpoint URL, no server's message)."""
+        if self.pool.seconds_until_usable() == 0.0:
+            return None
+        return f"every server of {self.name} is down after failing"
+
     def seconds_until_usable(self) -> float:
         return self.pool.seconds_until_usable() or 0.0
 
@@ -119,6 +145,7 @@ class RemoteBackend:
 
     def close(self) -> None:
         self._client.close()
+        self._own.close()
 
     # ------------------------------------------------------------------ HTTP
 
@@ -148,19 +175,36 @@ class RemoteBackend:
         """The server's response with status 200, or _Transient / BackendError."""
         wait = deadline.timeout(self._model.timeout_seconds)
         timeout = httpx.Timeout(wait, connect=min(CONNECT_SECONDS, wait))
-        request = self._client.build_request(
+        hangup = None if stream else hangups.current()  # a stream is stopped by closing it
+        client = self._client if hangup is None else self._own
+        forget: list[Callable[[], None]] = []
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            """httpcore's trace hook: the new connection, to shut when the client hangs up
+            (shutdown, unlike close, wakes the thread blocked reading the answer)."""
+            if event == "connection.connect_tcp.complete" and hangup is not None:
+                sock = info["return_value"].get_extra_info("socket")
+                forget.append(hangup.on_fire(lambda: _shut(sock)))
+
+        request = client.build_request(
             "POST",
             f"{endpoint.url}/chat/completions",
             content=body,
             headers={"Content-Type": "application/json"},
             timeout=timeout,
+            extensions={"trace": trace} if hangup is not None else None,
         )
         try:
-            response = self._client.send(request, stream=stream)
-        except httpx.TimeoutException:
-            raise _Transient(f"timed out after {wait:.0f} s") from None
+            response = client.send(request, stream=stream)
         except httpx.HTTPError as exc:
+            if hangup is not None and hangup.fired:
+                raise _HungUp from None
+            if isinstance(exc, httpx.TimeoutException):
+                raise _Transient(f"timed out after {wait:.0f} s") from None
             raise _Transient(f"cannot reach it ({_reason(exc)})") from None
+        finally:
+            for done in forget:
+                done()
         if response.status_code == 200:
             return response
         try:
@@ -179,7 +223,8 @@ class RemoteBackend:
                 "'router models --probe' lists what it serves)"
                 if status == 404
                 else ""
-            )
+            ),
+            public=f"{self.name}: its server refused the request (HTTP {status})",
         )
 
     def _probe(self, url: str) -> None:
@@ -239,7 +284,10 @@ class RemoteBackend:
         except _Transient as exc:
             outcome = "failed"
             self.pool.failed(endpoint, str(exc))
-            raise BackendError(f"{self.name}: {endpoint.url}: {exc}") from None
+            raise BackendError(
+                f"{self.name}: {endpoint.url}: {exc}",
+                public=f"{self.name}: its server failed mid-answer",
+            ) from None
         finally:
             response.close()
             if outcome == "succeeded":
@@ -259,7 +307,8 @@ class RemoteBackend:
 
     def _completion(self, raw: Any) -> dict[str, Any]:
         if not isinstance(raw, dict):
-            raise BackendError(f"{self.name}: the server's answer is not a chat completion")
+            text = f"{self.name}: the server's answer is not a chat completion"
+            raise BackendError(text, public=text)
         choices = []
         for c in raw.get("choices") or []:
             message = c.get("message") or {}
@@ -288,13 +337,22 @@ class RemoteBackend:
         wait = self.pool.seconds_until_usable()
         if not errors:
             return BackendError(
-                f"{self.unusable() or self.name + ': no endpoint available'}", retry_after=wait
+                f"{self.unusable() or self.name + ': no endpoint available'}",
+                retry_after=wait,
+                public=f"{self.name}: every server is down for now",
             )
         return BackendError(
             f"{self.name}: every endpoint failed: {'; '.join(errors)}",
             retryable=True,
             retry_after=wait or None,
+            public=f"{self.name}: every server failed",
         )
+
+
+def _shut(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _chain(first: list[dict[str, Any]], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:

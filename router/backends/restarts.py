@@ -50,14 +50,15 @@ class RestartPolicy:
         """Seconds before a new worker may start (0: now)."""
         return max(0.0, self.not_before - now)
 
-    def unusable(self, now: float) -> str | None:
-        """Why the model is disabled now, or None."""
+    def unusable(self, now: float, *, detail: bool = True) -> str | None:
+        """Why the model is disabled now, or None; `detail`: with the last failure."""
         if not self.tripped or now >= self.not_before:
             return None
         last = self.recent[-1][1] if self.recent else "unknown"
         return (
-            f"disabled after {len(self.recent)} worker failures in {self.window:.0f} s "
-            f"(last: {last}); next try in {self.not_before - now:.0f} s"
+            f"disabled after {len(self.recent)} worker failures in {self.window:.0f} s"
+            + (f" (last: {last})" if detail else "")
+            + f"; next try in {self.not_before - now:.0f} s"
         )
 
     @property

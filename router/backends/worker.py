@@ -54,7 +54,12 @@ def describe_exit(code: int | None) -> str:
 
 
 class WorkerFailure(Exception):
-    """The worker process died or went silent; the message says how."""
+    """The worker process died or went silent; the message says how (its pid, its last
+    output), `public` in words a client may read (how, without pid or output)."""
+
+    def __init__(self, message: str, public: str) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class WorkerLoadError(Exception):
@@ -127,13 +132,20 @@ class Worker:
                 self.kill()
                 raise WorkerFailure(
                     f"worker (pid {self.pid}) sent nothing for {self._timeout:g} s "
-                    "(timeout_seconds in models.toml); stopped it"
+                    "(timeout_seconds in models.toml); stopped it",
+                    f"the worker sent nothing for {self._timeout:g} s; it was stopped",
                 ) from None
             if event is None:
                 self._events.put(None)  # the end of the pipe stays the end for later calls
-                raise WorkerFailure(self._death())
+                raise self._death()
             if rid is None or event.get("id") in (rid, None):
                 return event
+
+    def request_cancel(self, rid: int) -> None:
+        """Ask the worker to stop generation `rid` at its next token, without waiting (from any
+        thread: the generation's own thread gets its last event as usual)."""
+        with contextlib.suppress(WorkerFailure):  # a dead worker: its reader reports it
+            self._send({"op": "cancel", "id": rid})
 
     def cancel(self, rid: int) -> dict[str, Any]:
         """Stop generation `rid` and wait until the worker has (at the next token); returns
@@ -191,9 +203,9 @@ class Worker:
                 stdin.write(data)
                 stdin.flush()
         except (BrokenPipeError, ValueError, OSError):  # ValueError: the pipe was closed
-            raise WorkerFailure(self._death()) from None
+            raise self._death() from None
 
-    def _death(self) -> str:
+    def _death(self) -> WorkerFailure:
         try:
             code = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # closed its pipe but lives on: end it
@@ -202,7 +214,10 @@ class Worker:
         self._readers[1].join(timeout=1)  # let the last words arrive
         tail = " | ".join(list(self._stderr)[-3:])[-300:]
         said = f"; its last output: {tail}" if tail else ""
-        return f"worker process (pid {self.pid}) died: {describe_exit(code)}{said}"
+        how = describe_exit(code)
+        return WorkerFailure(
+            f"worker process (pid {self.pid}) died: {how}{said}", f"the worker died: {how}"
+        )
 
     def _read_events(self) -> None:
         stdout = self.proc.stdout

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -26,18 +27,27 @@ from starlette.responses import (
     StreamingResponse,
 )
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router import dashboard
+from router.backends.hangup import Hangup
 from router.config import LocalModel
 from router.engine import Router
-from router.errors import RouterError
+from router.errors import ClientGoneError, RouterError
 from router.server.keys import PREFIX, Keys
-from router.server.metrics import Metrics, endpoint_gauges, redis_gauges, shadow_counters
+from router.server.metrics import (
+    Metrics,
+    endpoint_gauges,
+    ledger_gauges,
+    redis_gauges,
+    shadow_counters,
+)
 from router.server.origins import BrowserGuard
 from router.types import ROUTING_MODES, CompletionStream, Routing
 from router.wire.http import HTTPError, http_error, parse_chat, parse_feedback
 
 log = logging.getLogger("router.server")
+T = TypeVar("T")
 
 
 def routing_headers(routing: Routing) -> dict[str, str]:
@@ -62,6 +72,75 @@ def _error_response(err: HTTPError) -> JSONResponse:
 
 def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+
+
+CLIENT_GONE = 499  # nginx's "client closed request": in the metrics, never sent
+
+
+class RequestIds:
+    """ASGI middleware: every request gets an id (`x-request-id` on its response, as OpenAI's
+    API sends it and its SDKs read it); the server's log keys what it writes by it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = f"req_{secrets.token_hex(12)}"
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def failure(request: Request, exc: RouterError) -> HTTPError:
+    """The error response for `exc`: its public words, and for a failure of the router's (5xx)
+    the request id, under which the server's log has the whole story (a provider's message,
+    a URL, a pid)."""
+    err = http_error(exc)
+    if err.status >= 500:
+        rid = request.state.request_id
+        log.warning("%s %s: %s", rid, request.url.path, exc)
+        err.message = f"{err.message} (request {rid})"
+    return err
+
+
+def crashed(request: Request) -> HTTPError:
+    """The error response for a bug (its traceback goes to the log, under the request id)."""
+    rid = request.state.request_id
+    log.exception("%s %s: unexpected error", rid, request.url.path)
+    return HTTPError(500, f"internal error (request {rid})", "server_error")
+
+
+async def watched(request: Request, hangup: Hangup, work: Callable[..., T], *args: Any) -> T:
+    """`work(*args, hangup)` in a worker thread while the client is watched: when it hangs up
+    (the ASGI `http.disconnect` message, which comes once the body was read), `hangup` fires
+    and what generates for the request stops."""
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        hangup.fire()
+
+    done: list[T] = []
+    failed: list[Exception] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            done.append(await anyio.to_thread.run_sync(lambda: work(*args, hangup)))
+        except Exception as exc:  # raised here, not as the task group's ExceptionGroup
+            failed.append(exc)
+        group.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+    return done[0]
 
 
 def create_app(
@@ -92,7 +171,7 @@ def create_app(
         try:
             owner = keys.owner(token) if keys is not None and token else None
         except RouterError as exc:  # a shared key store that cannot be reached: 503
-            raise http_error(exc) from None
+            raise failure(request, exc) from None
         if owner is None:
             raise HTTPError(
                 401,
@@ -135,21 +214,27 @@ def create_app(
                 cache=not no_cache,
                 category=request.headers.get("x-router-category"),
             )
+            hangup = Hangup()
             if call.stream:
-                stream = await anyio.to_thread.run_sync(router.stream_request, call.request)
+                stream = await watched(request, hangup, router.stream_request, call.request)
                 return StreamingResponse(
-                    stream_events(stream, call.include_usage, started),
+                    stream_events(request, stream, call.include_usage, started, hangup),
                     media_type="text/event-stream",
                     headers={**routing_headers(stream.routing), "Cache-Control": "no-cache"},
                 )
-            done = await anyio.to_thread.run_sync(router.complete_request, call.request)
+            done = await watched(request, hangup, router.complete_request, call.request)
+            if hangup.fired:  # nobody to answer: the row says what was done
+                metrics.observe(CLIENT_GONE, time.perf_counter() - started, done.routing)
+                return Response(status_code=CLIENT_GONE)
         except HTTPError as exc:
             err = exc
+        except ClientGoneError:
+            log.info("client hung up before its answer was under way")
+            err = HTTPError(CLIENT_GONE, "the client hung up", "client_closed_request")
         except RouterError as exc:
-            err = http_error(exc)
+            err = failure(request, exc)
         except Exception:
-            log.exception("unexpected error in /v1/chat/completions")
-            err = HTTPError(500, "internal error; the server log has the details", "server_error")
+            err = crashed(request)
         else:
             metrics.observe(200, time.perf_counter() - started, done.routing)
             return JSONResponse(done.response, headers=routing_headers(done.routing))
@@ -157,9 +242,14 @@ def create_app(
         return _error_response(err)
 
     async def stream_events(
-        stream: CompletionStream, include_usage: bool, started: float
+        request: Request,
+        stream: CompletionStream,
+        include_usage: bool,
+        started: float,
+        hangup: Hangup,
     ) -> AsyncIterator[bytes]:
         status = 200
+        ended = False
         try:
             while True:
                 chunk = await anyio.to_thread.run_sync(next, stream, None)
@@ -168,24 +258,25 @@ def create_app(
                 if not chunk["choices"] and not include_usage:
                     continue  # the usage chunk is opt-in, as with OpenAI
                 yield _sse(chunk)
+            ended = True
             yield b"data: [DONE]\n\n"
         except RouterError as exc:  # the model failed after the answer had started
-            err = http_error(exc)
+            ended = True
+            err = failure(request, exc)
             status = err.status
             yield _sse(err.body())
             yield b"data: [DONE]\n\n"
         except Exception:  # a bug: the client still gets a proper end, the log the details
-            log.exception("unexpected error in a /v1/chat/completions stream")
+            ended = True
             status = 500
-            yield _sse(
-                HTTPError(
-                    500, "internal error; the server log has the details", "server_error"
-                ).body()
-            )
+            yield _sse(crashed(request).body())
             yield b"data: [DONE]\n\n"
         finally:
             # Runs on normal end and when the client hangs up (cancellation): closing the
             # stream stops the generation and frees a local model for the next request.
+            if not ended:
+                hangup.fire()
+                status = CLIENT_GONE
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(stream.close)
             metrics.observe(status, time.perf_counter() - started, stream.routing)
@@ -215,7 +306,7 @@ def create_app(
                     lambda: router.feedback(ident, rating, comment, user=owner)
                 )
             except RouterError as exc:
-                raise http_error(exc) from None
+                raise failure(request, exc) from None
         except HTTPError as err:
             return _error_response(err)
         return JSONResponse({"id": ident, "rating": rating, "recorded": True})
@@ -236,7 +327,7 @@ def create_app(
                     dashboard.summary, router.config, router.ledger, router.budgets, since
                 )
             except RouterError as exc:  # a bad or too long window: the 400 says which
-                raise http_error(exc) from None
+                raise failure(request, exc) from None
         except HTTPError as err:
             return _error_response(err)
         return JSONResponse(body)
@@ -276,11 +367,10 @@ def create_app(
             body["shared"] = router.shared_health()
             if not router.link.up:
                 body["status"] = "degraded"
-        ledger_health = getattr(router.ledger, "health", None)
-        if callable(ledger_health):  # the ledger on PostgreSQL, and its queue on disk
-            body["ledger"] = await anyio.to_thread.run_sync(ledger_health)
-            if not body["ledger"]["up"]:
-                body["status"] = "degraded"
+        # The ledger (SQLite, or PostgreSQL and its queue on disk): paid calls stop without it.
+        body["ledger"] = await anyio.to_thread.run_sync(router.ledger.health)
+        if not body["ledger"]["up"]:
+            body["status"] = "degraded"
         return JSONResponse(body)
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -295,6 +385,7 @@ def create_app(
             if isinstance(m, LocalModel) and m.remote
         }
         text = metrics.render() + endpoint_gauges(remote) + shadow_counters(router.shadow.counts)
+        text += ledger_gauges(await anyio.to_thread.run_sync(router.ledger.health))
         if router.link is not None:
             text += redis_gauges(router.link.up, router.link.errors)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
@@ -306,8 +397,9 @@ def create_app(
         )
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error on %s", request.url.path, exc_info=exc)
-        return _error_response(HTTPError(500, "internal error", "server_error"))
+        rid = request.state.request_id
+        log.error("%s %s: unhandled error", rid, request.url.path, exc_info=exc)
+        return _error_response(HTTPError(500, f"internal error (request {rid})", "server_error"))
 
     return Starlette(
         routes=[
@@ -322,10 +414,11 @@ def create_app(
         ],
         exception_handlers={HTTPException: http_exception, Exception: server_error},
         middleware=[
+            Middleware(RequestIds),
             Middleware(
                 BrowserGuard,
                 allowed_origins=router.config.server.allowed_origins,
                 loopback=not require_keys if loopback is None else loopback,
-            )
+            ),
         ],
     )

@@ -151,7 +151,7 @@ class RedisKeyStore:
         return UnavailableError(
             f"the key store (Redis at {self._link.safe_url}) cannot be reached: {exc}",
             retry_after=5,
-        )
+        ).publicly("the key store cannot be reached now, so no key can be checked")
 
     def close(self) -> None:
         pass

@@ -122,5 +122,18 @@ def redis_gauges(up: bool, errors: int) -> str:
     )
 
 
+def ledger_gauges(health: dict[str, Any]) -> str:
+    """The ledger: taking rows at the last write (1) or not (0), and writes that failed (each
+    a paid call refused, or a free answer served without its row)."""
+    return (
+        "# HELP router_ledger_up The ledger took the last row written: 1 yes, 0 no.\n"
+        "# TYPE router_ledger_up gauge\n"
+        f"router_ledger_up {int(bool(health.get('up')))}\n"
+        "# HELP router_ledger_write_failures_total Ledger writes that failed.\n"
+        "# TYPE router_ledger_write_failures_total counter\n"
+        f"router_ledger_write_failures_total {int(health.get('write_failures') or 0)}\n"
+    )
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -92,7 +92,7 @@ class RedisBudgetStore(BudgetStore):
             self._link.failed(exc)
             raise UnavailableError(
                 f"cannot reach Redis at {self._link.safe_url} ([shared] redis_url): {exc}"
-            ) from None
+            ).publicly("the budget store cannot be reached now") from None
         self._link.ok()
         return result
 
@@ -142,8 +142,9 @@ class RedisBudgetStore(BudgetStore):
             raise BudgetStoreDownError(
                 f"the budget store (Redis at {self._link.safe_url}) cannot be reached: {exc}",
                 policy=self._on_down,
-            ) from None
-        raise UnavailableError("the budget store is too busy to reserve; retry", retry_after=1)
+            ).publicly("the budget store cannot be reached now") from None
+        busy = "the budget store is too busy to reserve; retry"
+        raise UnavailableError(busy, retry_after=1).publicly(busy)
 
     def _usage(self, budgets: list[Budget], now: float) -> tuple[Usage, list[tuple[str, str]]]:
         """Per scope and period kind: (tokens, usd) used (settled + live reservations) and

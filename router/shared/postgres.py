@@ -20,8 +20,10 @@ reads first drain this replica's own queue, so an answer can be rated right away
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from router import rollups
-from router.errors import UnavailableError
+from router.errors import LedgerUnavailableError, UnavailableError
 from router.ledger import Entry, Verdict, summary_of, totals_of
 from router.shared import Reachability
 from router.sqlite import migrate, open_db
@@ -86,6 +88,9 @@ _MIGRATIONS = [
     ALTER TABLE requests ADD COLUMN votes TEXT NOT NULL DEFAULT '';
     ALTER TABLE requests ADD COLUMN shadow_usd DOUBLE PRECISION NOT NULL DEFAULT 0;
     """,
+    """
+    ALTER TABLE requests ADD COLUMN pending BOOLEAN NOT NULL DEFAULT false;
+    """,
 ]
 _QUEUE = [
     """
@@ -107,6 +112,7 @@ class PostgresLedger:
         self._db_lock = threading.Lock()
         self._conn: Any = None
         self.reach = Reachability("the ledger database", url)
+        self.queue_reach = Reachability("the ledger's queue", str(queue_path))
         self._wake = threading.Event()
         self._stop = False
         try:
@@ -183,7 +189,7 @@ class PostgresLedger:
             f"the ledger database ({self.reach.safe_url}) cannot be reached: "
             f"{self.reach.last_error}",
             retry_after=5,
-        )
+        ).publicly("the ledger database cannot be reached now")
 
     @property
     def up(self) -> bool:
@@ -192,9 +198,31 @@ class PostgresLedger:
     # ---------------------------------------------------------------- the queue
 
     def record(self, entry: Entry) -> None:
-        row = json.dumps(asdict(entry), ensure_ascii=False)
-        with self._queue_lock, self._queue:
-            self._queue.execute("INSERT INTO pending (row) VALUES (?)", (row,))
+        self._queue_row(asdict(entry))
+
+    def begin(self, entry: Entry) -> None:
+        self._queue_row(asdict(entry))
+
+    def finish(self, entry: Entry) -> None:
+        self._queue_row(asdict(entry))  # the drain's upsert replaces the pending row
+
+    def abandon(self, response_id: str) -> None:
+        self._queue_row({"abandon": response_id})
+
+    def _queue_row(self, row: dict[str, Any]) -> None:
+        """Commit `row` to the queue on local disk (LedgerUnavailableError when the disk will
+        not take it: then nothing paid may be answered) and wake the drain."""
+        text = json.dumps(row, ensure_ascii=False)
+        try:
+            with self._queue_lock, self._queue:
+                self._queue.execute("INSERT INTO pending (row) VALUES (?)", (text,))
+        except sqlite3.Error as exc:
+            self.queue_reach.failed(exc)
+            raise LedgerUnavailableError(
+                "the ledger's queue cannot be written now (the server's log says why); paid "
+                "calls are refused until it can"
+            ) from None
+        self.queue_reach.ok()
         self._wake.set()
 
     def queued(self) -> int:
@@ -212,29 +240,41 @@ class PostgresLedger:
                 ).fetchall()
             if not batch:
                 return moved
-            values = []
-            for _, text in batch:
-                data = json.loads(text)
-                values.append([data[c] for c in _COLUMNS])
-            self._insert(values)
+            self._transaction(
+                functools.partial(self._apply, rows=[json.loads(t) for _, t in batch])
+            )
             with self._queue_lock, self._queue:
                 self._queue.executemany(
                     "DELETE FROM pending WHERE id = ?", [(i,) for i, _ in batch]
                 )
             moved += len(batch)
 
-    def _insert(self, values: list[list[Any]]) -> None:
+    @staticmethod
+    def _apply(conn: Any, *, rows: list[dict[str, Any]]) -> None:
+        """Queued rows into PostgreSQL, in order, in the caller's transaction. A row replaces
+        the pending row of its answer (and only a pending one: a batch sent twice inserts
+        nothing twice); an `abandon` removes the pending row of a call that failed."""
         placeholders = ", ".join("%s" for _ in _COLUMNS)
-        sql = (
+        updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in _COLUMNS)
+        upsert = (
             f"INSERT INTO requests ({_QUOTED}) VALUES ({placeholders}) "
-            "ON CONFLICT (response_id) WHERE response_id <> '' DO NOTHING"
+            f"ON CONFLICT (response_id) WHERE response_id <> '' DO UPDATE SET {updates} "
+            "WHERE requests.pending"
         )
-
-        def insert(conn: Any) -> None:
-            with conn.cursor() as cursor:
-                cursor.executemany(sql, values)
-
-        self._transaction(insert)
+        with conn.cursor() as cursor:
+            values: list[list[Any]] = []
+            for row in rows:
+                if "abandon" not in row:
+                    values.append([row.get(c, False) for c in _COLUMNS])  # (pending: new)
+                    continue
+                if values:
+                    cursor.executemany(upsert, values)
+                    values = []
+                cursor.execute(
+                    "DELETE FROM requests WHERE response_id = %s AND pending", (row["abandon"],)
+                )
+            if values:
+                cursor.executemany(upsert, values)
 
     def _drain_forever(self) -> None:
         pause = 0.5
@@ -247,6 +287,9 @@ class PostgresLedger:
             except UnavailableError:
                 pause = min(pause * 2, 5.0)  # PostgreSQL is away: try again, less often
                 time.sleep(pause)
+            except sqlite3.Error as exc:  # the queue's disk (full): the rows wait, re-sent
+                self.queue_reach.failed(exc)  # later at no harm (the inserts are idempotent)
+                time.sleep(1)
             except Exception:  # a bug must not stop the drain for good
                 log.exception("draining the ledger queue failed")
                 time.sleep(1)
@@ -336,7 +379,11 @@ class PostgresLedger:
         return totals_of(self, since, user)
 
     def health(self) -> dict[str, Any]:
-        return {"database": self.reach.safe_url, "queued": self.queued(), **self.reach.state()}
+        """The database's state, and the queue's: `up` only when both take rows."""
+        state = {"database": self.reach.safe_url, "queued": self.queued(), **self.reach.state()}
+        queue = self.queue_reach.state()
+        up = state["up"] and queue["up"]
+        return {**state, "up": up, "queue": queue, "write_failures": queue["errors"]}
 
     def close(self, timeout: float = 5.0) -> None:
         """Drain what can be drained within `timeout`; the rest waits on disk for next time."""

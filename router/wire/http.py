@@ -13,6 +13,7 @@ from router.errors import (
     BudgetExceededError,
     BusyError,
     CloudRefusedError,
+    LedgerUnavailableError,
     NoRouteError,
     NotFoundError,
     RequestError,
@@ -47,19 +48,20 @@ class HTTPError(Exception):
 
 
 def http_error(exc: RouterError) -> HTTPError:
-    """The HTTP status and OpenAI error body for a router error."""
+    """The HTTP status and OpenAI error body for a router error, in its public words (never a
+    provider's message, a URL, a path or a pid: RouterError.public)."""
     if isinstance(exc, UnknownModelError):
-        return HTTPError(404, str(exc), param="model", code="model_not_found")
+        return HTTPError(404, exc.public, param="model", code="model_not_found")
     if isinstance(exc, NotFoundError):
-        return HTTPError(404, str(exc), param=exc.param, code="not_found")
+        return HTTPError(404, exc.public, param=exc.param, code="not_found")
     if isinstance(exc, NoRouteError):
-        return HTTPError(400, str(exc), param=exc.param, code="no_model_can_serve")
+        return HTTPError(400, exc.public, param=exc.param, code="no_model_can_serve")
     if isinstance(exc, RequestError):
-        return HTTPError(400, str(exc), param=exc.param)
+        return HTTPError(400, exc.public, param=exc.param)
     if isinstance(exc, BudgetExceededError):
         return HTTPError(
             429,
-            str(exc),
+            exc.public,
             "budget_exceeded_error",
             code="budget_in_use" if exc.in_flight else "budget_exceeded",
             headers={"Retry-After": str(max(1, round(exc.retry_after())))},
@@ -68,23 +70,31 @@ def http_error(exc: RouterError) -> HTTPError:
         retry = str(max(1, round(exc.retry_after or 1)))
         return HTTPError(
             503,
-            str(exc),
+            exc.public,
             "service_unavailable_error",
             code="queue_full",
             headers={"Retry-After": retry},
         )
+    if isinstance(exc, LedgerUnavailableError):  # no paid call that could not be recorded
+        return HTTPError(
+            503,
+            exc.public,
+            "service_unavailable_error",
+            code="ledger_unavailable",
+            headers={"Retry-After": str(max(1, round(exc.retry_after or 5)))},
+        )
     if isinstance(exc, CloudRefusedError):  # the provider said no: retrying will not help
-        return HTTPError(502, str(exc), "upstream_error", code="cloud_refused")
+        return HTTPError(502, exc.public, "upstream_error", code="cloud_refused")
     if isinstance(exc, UnavailableError):
         headers = {}
         if exc.retry_after is not None:
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
         return HTTPError(
-            503, str(exc), "service_unavailable_error", code="no_tier_available", headers=headers
+            503, exc.public, "service_unavailable_error", code="no_tier_available", headers=headers
         )
     if isinstance(exc, BackendError):  # a model failed mid-answer: a stream's error event
-        return HTTPError(503, str(exc), "service_unavailable_error", code="model_failed")
-    return HTTPError(500, str(exc), "server_error")
+        return HTTPError(503, exc.public, "service_unavailable_error", code="model_failed")
+    return HTTPError(500, exc.public, "server_error")
 
 
 @dataclass(frozen=True)

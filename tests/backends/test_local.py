@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,7 @@ from router import Router
 from router.backends.local import LocalBackend
 from router.ledger import SQLiteLedger
 from router.pricing import lookup
-from tests.conftest import EASY_PROMPT
+from tests.conftest import EASY_PROMPT, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -167,14 +168,13 @@ def test_ledger_has_one_row_per_request_with_savings_arithmetic(
 
 
 def test_prompts_are_stored_only_when_the_config_asks(
-    make_router: Callable[..., Router],
+    tmp_path: Path, smollm2: LocalBackend
 ) -> None:
-    router = make_router(extra="")
-    router.config = router.config.model_copy(
-        update={"router": router.config.router.model_copy(update={"store_prompts": True})}
-    )
-    router.complete(ask("Remember me."), max_tokens=4)
-    assert "Remember me." in (router.ledger.entries()[-1].prompt or "")
+    path = write_config(tmp_path, None)
+    path.write_text(path.read_text().replace("default_max_tokens = 24", "store_prompts = true"))
+    with Router(path, backends={"smollm2": smollm2}) as router:
+        router.complete(ask("Remember me."), max_tokens=4)
+        assert "Remember me." in (router.ledger.entries()[-1].prompt or "")
 
 
 def test_closing_a_stream_early_frees_the_model_and_records_an_estimate(

@@ -16,18 +16,26 @@ per finding, each failing on the code before the fix.
 from __future__ import annotations
 
 import http.server
+import re
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from router import Router, dashboard
 from router.backends import FunctionBackend
+from router.errors import ConfigError
 from router.server.app import create_app
-from tests.conftest import write_config
+from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
+from tests.disks import fill_up, read_only, small_disk
+from tests.fakecloud import FakeCloud, Fault
 from tests.server_harness import ServerThread
 
 
@@ -121,3 +129,288 @@ def test_an_image_tag_in_a_real_browser_does_not_run_the_summary(
             assert calls == ["x"]  # a typed address is the owner's own doing
     finally:
         browser.close()
+
+
+# ---------------------------------------------------------------- 2. hang-ups
+
+
+def post_and_hang_up(url: str, body: dict[str, Any], after: float = 0.5) -> None:
+    """What `curl -m 0.5` does: send, wait `after` seconds, close the connection."""
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/v1/chat/completions", json=body, timeout=after)
+
+
+def wait_for(check: Any, seconds: float) -> Any:
+    deadline = time.monotonic() + seconds
+    while not (found := check()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+@pytest.mark.slow
+def test_clients_that_hang_up_free_the_local_model_at_once(make_router: Any) -> None:
+    """Four clients that asked for 900 tokens and hung up after 0.5 s used to keep the model
+    busy for a minute (a 4-token request waited 63 s); now the one generating is cancelled at
+    its next token and the queued ones never start."""
+    router = make_router(None)
+    count = [{"role": "user", "content": "Count from 1 to 1000, one number per line."}]
+    with ServerThread(create_app(router)) as server:
+        before = router.local_runtime("smollm2")["generations"]["cancelled"]
+        body = {"model": "local", "messages": count, "max_tokens": 900}
+        clients = [
+            threading.Thread(target=post_and_hang_up, args=(server.url, body)) for _ in range(4)
+        ]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join(timeout=30)
+        started = time.monotonic()
+        r = httpx.post(
+            server.url + "/v1/chat/completions",
+            json={
+                "model": "local",
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 4,
+            },
+            timeout=60,
+        )
+        took = time.monotonic() - started
+        health = httpx.get(server.url + "/health").json()
+    assert r.status_code == 200 and took < 5, f"{took:.1f} s"
+    worker = health["models"]["smollm2"]["worker"]
+    assert worker["generations"]["cancelled"] > before and worker["in_flight"] == 0
+    cut = [e for e in router.ledger.entries() if "answer cut: client disconnected" in e.reason]
+    assert 1 <= len(cut) <= 4  # those that had started; the queued ones cost nothing
+    # Each the tokens it had generated (0 for one cancelled before its first token).
+    assert sum(e.completion_tokens for e in cut) < 900 and all(e.prompt_tokens for e in cut)
+
+
+def test_a_hang_up_closes_the_cloud_call(make_router: Any, fake_cloud: FakeCloud) -> None:
+    """A non-streamed cloud answer for a client that hung up used to be generated (and paid)
+    to the end; now the provider's stream is closed at its next token."""
+    router = make_router(fake_cloud)
+    question = [{"role": "user", "content": "Tell me about the history of the Roman empire"}]
+    body = {"model": "cloud", "messages": question, "max_tokens": 50}
+    with (
+        ServerThread(create_app(router)) as server,
+        openai.OpenAI(base_url=server.url + "/v1", api_key="none") as client,
+    ):
+        # Asked for as a stream upstream, the answer is the one a plain call gets.
+        whole = client.chat.completions.create(**body)  # (LiteLLM's import is paid here)
+        assert whole.choices[0].message.content == f"cloud answer to: {question[0]['content']}"
+        assert whole.usage is not None and whole.usage.completion_tokens == 12
+        assert fake_cloud.requests[-1]["stream"] is True
+        fake_cloud.inject(Fault(status=200, chunk_delay=0.3))  # 13 chunks: about 4 s
+        post_and_hang_up(
+            server.url, {**body, "messages": [*question, {"role": "user", "content": "More"}]}
+        )
+        assert wait_for(lambda: fake_cloud.hangups, 3.0) == 1  # long before the answer's end
+        rows = wait_for(lambda: router.ledger.entries()[1:], 3.0)
+    assert len(rows) == 1 and rows[0].tier == "cloud"
+    assert "answer cut: client disconnected (tokens estimated)" in rows[0].reason
+    assert 0 < rows[0].completion_tokens < 13 and rows[0].cost_usd > 0
+
+
+def test_a_hang_up_shuts_the_connection_to_a_local_server(
+    make_router: Any, fake_cloud: FakeCloud
+) -> None:
+    """A local model on a server (Ollama, llama-server): the connection is shut, so the server
+    stops, and the endpoint is not blamed for it."""
+    box = f"""
+    [models.box]
+    tier = "local"
+    api_base = "{fake_cloud.base_url}"
+    remote_model = "gpt-4o-mini"
+    max_score = 0.35
+    """
+    router = make_router(fake_cloud, extra=box)
+    fake_cloud.inject(Fault(status=200, delay=3.0))  # answers after 3 s
+    with ServerThread(create_app(router)) as server:
+        started = time.monotonic()
+        post_and_hang_up(
+            server.url, {"model": "box", "messages": [{"role": "user", "content": "Hi"}]}
+        )
+        rows = wait_for(router.ledger.entries, 5.0)
+        took = time.monotonic() - started
+        health = httpx.get(server.url + "/health").json()
+    assert rows and took < 2.5, f"{took:.1f} s"  # not the server's 3 s
+    assert "answer cut: client disconnected (tokens estimated)" in rows[0].reason
+    (endpoint,) = health["models"]["box"]["worker"]["endpoints"]
+    assert endpoint["state"] == "up" and endpoint["failures"] == 0
+
+
+# ---------------------------------------------------------------- 3. no paid call unrecorded
+
+
+def on_disk(tmp_path: Path, disk: Path, cloud: FakeCloud) -> Path:
+    config = write_config(tmp_path, cloud.base_url)
+    text = config.read_text().replace(
+        'path = "ledger.sqlite3"', f'path = "{disk / "ledger.sqlite3"}"'
+    )
+    config.write_text(text)
+    return config
+
+
+def test_a_full_disk_refuses_paid_calls_and_serves_free_ones(
+    tmp_path: Path, fake_cloud: FakeCloud, smollm2: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a full disk every cloud request used to be paid upstream, write no row and get a
+    500, while /health said ok."""
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+    cloud = {"model": "cloud", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+    with (
+        small_disk(tmp_path / "disk") as disk,
+        Router(on_disk(tmp_path, disk, fake_cloud), backends={"smollm2": smollm2}) as router,
+        ServerThread(create_app(router)) as server,
+        httpx.Client(base_url=server.url, timeout=60) as http,
+    ):
+        assert http.post("/v1/chat/completions", json=cloud).status_code == 200
+        paid, rows = len(fake_cloud.requests), len(router.ledger.entries())
+        filler = fill_up(disk)
+
+        refused = http.post("/v1/chat/completions", json={**cloud, "max_tokens": 9})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "ledger_unavailable"
+        assert refused.headers["retry-after"]
+        streamed = http.post(
+            "/v1/chat/completions", json={**cloud, "max_tokens": 7, "stream": True}
+        )
+        assert streamed.status_code == 503
+        # Free answers go on: a local model, and `auto` for a hard prompt, said so.
+        local = {**cloud, "model": "local", "max_tokens": 4}
+        assert http.post("/v1/chat/completions", json=local).status_code == 200
+        hard = {"model": "auto", "messages": [{"role": "user", "content": HARD_PROMPT}]}
+        answered = http.post("/v1/chat/completions", json={**hard, "max_tokens": 4})
+        assert answered.status_code == 200 and answered.headers["x-router-tier"] == "local"
+        assert len(fake_cloud.requests) == paid  # not one paid call
+        assert len(router.ledger.entries()) == rows  # (the disk took nothing)
+
+        health = http.get("/health").json()
+        assert health["status"] == "degraded" and not health["ledger"]["up"]
+        assert "full" in health["ledger"]["last_error"]
+        metrics = http.get("/metrics").text
+        assert "router_ledger_up 0" in metrics
+        (failures,) = re.findall(r"^router_ledger_write_failures_total (\d+)$", metrics, re.M)
+        assert int(failures) >= 4
+
+        filler.unlink()  # space again: paid calls resume, with their rows
+        again = http.post("/v1/chat/completions", json={**cloud, "max_tokens": 10})
+        assert again.status_code == 200
+        assert http.get("/health").json()["status"] == "ok"
+        finished = [e.pending for e in router.ledger.entries()]
+        assert finished == [False] * (rows + 1)
+
+
+def test_a_read_only_data_directory_is_refused_at_start(
+    tmp_path: Path, fake_cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restarted on a read-only directory, the server used to start, answer cloud requests
+    with a generic 500 after paying for them, and say ok on /health."""
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+    with read_only(tmp_path / "readonly") as disk:
+        config = on_disk(tmp_path, disk, fake_cloud)
+        with pytest.raises(ConfigError, match=r"must be writable"):
+            Router(config)
+        serve = subprocess.run(
+            [sys.executable, "-m", "router", "serve", "--port", "0", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert serve.returncode != 0 and "Traceback" not in serve.stderr
+    assert f"cannot open {disk / 'ledger.sqlite3'} for writing" in serve.stderr
+    assert fake_cloud.requests == []
+
+
+# ---------------------------------------------------------------- 4. provider errors stay private
+
+
+SECRETS = ("sk-proj-", "org-7Qx", "proj_Zz9", "upstream-7.internal", "litellm", "Error:")
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [
+        (
+            Fault(401, message="Incorrect API key provided: sk-proj-****ABCD (org-7QxK)"),
+            502,
+            "cloud_refused",
+        ),
+        (
+            Fault(400, message="Invalid request for org-7QxK and project proj_Zz9"),
+            502,
+            "cloud_refused",
+        ),
+        (
+            Fault(500, message="upstream-7.internal:8443 overloaded (pid 4021)"),
+            503,
+            "no_tier_available",
+        ),
+    ],
+)
+def test_a_providers_error_reaches_the_log_not_the_client(
+    make_router: Any,
+    fake_cloud: FakeCloud,
+    fault: Fault,
+    status: int,
+    code: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A cloud 401 used to come back as `litellm.AuthenticationError: ... sk-proj-****ABCD`;
+    a 400 carried the organisation and project, a 500 the upstream's host name."""
+    router = make_router(fake_cloud)
+    fake_cloud.inject(*[fault] * 3)  # and its retries
+    body = {"model": "cloud", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+    with ServerThread(create_app(router)) as server, caplog.at_level("WARNING"):
+        r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+        streamed = (
+            httpx.post(
+                server.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60
+            )
+            if fault.status == 401
+            else None
+        )
+    assert r.status_code == status and r.json()["error"]["code"] == code
+    message = r.json()["error"]["message"]
+    rid = r.headers["x-request-id"]
+    assert f"HTTP {fault.status}" in message and f"(request {rid})" in message
+    assert not [s for s in SECRETS if s in message], message
+    assert not re.search(r"https?://|pid \d", message)
+    # The whole story is in the server's log, under the same id.
+    logged = [rec.getMessage() for rec in caplog.records if rid in rec.getMessage()]
+    assert logged and fault.message.split()[0] in logged[0]
+    if streamed is not None:
+        assert streamed.status_code == 502 and "sk-proj" not in streamed.text
+
+
+def test_what_the_cli_shows_the_operator_keeps_the_providers_words(
+    tmp_path: Path, fake_cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+    config = write_config(tmp_path, fake_cloud.base_url)
+    fake_cloud.inject(Fault(401, message="Incorrect API key provided: sk-proj-****ABCD"))
+    out = subprocess.run(
+        [sys.executable, "-m", "router", "chat", "-m", "cloud", "Hi", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0 and "Incorrect API key provided" in out.stderr
+
+
+@pytest.mark.slow
+def test_a_local_workers_crash_tells_the_client_how_not_its_pid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from router.backends.llama_process import CRASH_FILE_ENV
+
+    crash = tmp_path / "crash-next"
+    monkeypatch.setenv(CRASH_FILE_ENV, str(crash))
+    crash.write_text("segv")
+    with Router(write_config(tmp_path, None)) as router, ServerThread(create_app(router)) as s:
+        body = {"model": "local", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+        r = httpx.post(s.url + "/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 503
+    message = r.json()["error"]["message"]
+    (pid,) = set(re.findall(r"pid (\d+)", caplog.text))  # the log has it
+    assert "SIGSEGV" in message and "pid" not in message and pid not in message

@@ -17,9 +17,12 @@ import pytest
 
 from router import Router
 from router.backends import FunctionBackend
+from router.errors import LedgerUnavailableError
+from router.ledger import _MIGRATIONS as sqlite_migrations
 from router.server.app import create_app
 from router.shared.postgres import PostgresLedger
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
+from tests.disks import fill_up, small_disk
 from tests.fakecloud import FakeCloud
 from tests.postgres_server import PostgresServer
 from tests.server_harness import ServerThread
@@ -108,7 +111,8 @@ def test_migrations_run_once_when_replicas_start_together(database: str, tmp_pat
     import psycopg
 
     with psycopg.connect(database) as conn:
-        assert conn.execute("SELECT version FROM router_schema").fetchall() == [(5,)]
+        version = conn.execute("SELECT version FROM router_schema").fetchall()
+    assert version == [(len(sqlite_migrations),)]  # the SQLite ledger's, one for one
 
 
 def test_rows_wait_on_disk_while_the_database_is_down(
@@ -180,3 +184,33 @@ def test_a_killed_replica_loses_no_row(
         )
     finally:
         ledger.close()
+
+
+def test_a_full_disk_under_the_queue_refuses_paid_calls(
+    tmp_path: Path, database: str, fake_cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue on local disk is where a row is first written: when that disk is full, no
+    paid call is made; free answers go on; nothing queued before is lost."""
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+    with small_disk(tmp_path / "disk") as disk:
+        config = tmp_path / "a" / "models.toml"
+        replica(tmp_path, "a", database, fake_cloud).close()  # writes the config
+        config.write_text(
+            config.read_text().replace('path = "ledger.sqlite3"', f'path = "{disk / "l.db"}"')
+        )
+        local = FunctionBackend("smollm2", lambda r, p: "local answer")
+        with Router(config, backends={"smollm2": local}) as a:
+            a.complete([{"role": "user", "content": "Before"}], model="cloud")
+            paid = len(fake_cloud.requests)
+            filler = fill_up(disk)
+            with pytest.raises(LedgerUnavailableError):
+                a.complete([{"role": "user", "content": "During"}], model="cloud")
+            assert len(fake_cloud.requests) == paid
+            assert a.complete([{"role": "user", "content": "Hi"}]).routing.tier == "local"
+            health = a.ledger.health()
+            assert not health["up"] and not health["queue"]["up"] and health["write_failures"]
+            filler.unlink()
+            a.complete([{"role": "user", "content": "After"}], model="cloud")
+            assert len(fake_cloud.requests) == paid + 1
+            finished = [e.pending for e in a.ledger.entries()]
+    assert finished == [False, False]  # Before and After (the local answer's row was lost)

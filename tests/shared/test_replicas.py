@@ -79,7 +79,9 @@ def ask(replica: Replica, text: str, user: str) -> tuple[int, Any]:
     return raw.status_code, raw
 
 
-def ledger_rows(url: str, user: str) -> list[tuple[str, str, int]]:
+def ledger_rows(url: str, user: str, *, pending: bool = False) -> list[tuple[str, str, int]]:
+    """The user's answered rows (with `pending`: the rows written ahead of paid calls that
+    were never seen to finish)."""
     import psycopg
 
     with psycopg.connect(url) as conn:
@@ -87,7 +89,7 @@ def ledger_rows(url: str, user: str) -> list[tuple[str, str, int]]:
             (str(a), str(b), int(c))
             for a, b, c in conn.execute(
                 'SELECT response_id, tier, prompt_tokens + completion_tokens FROM requests '
-                'WHERE "user" = %s', (user,),
+                'WHERE "user" = %s AND pending = %s', (user, pending),
             )
         ]  # fmt: skip
 
@@ -171,6 +173,14 @@ def test_two_served_replicas_behave_as_one_router(tmp_path: Path, fake_cloud: Fa
         assert {r for r, _, _ in crash_rows} >= set(ok)
         time.sleep(3.2)  # the dead replica's reservations expire
         assert store.usage("user:crash")["daily_tokens"] == sum(t for _, _, t in crash_rows)
+        # The calls the killed replica had under way were written ahead: their rows stay,
+        # pending, with each call's worst case (the provider may have charged for them).
+        died = sum(status == 0 for status, _ in answered)
+        unfinished = ledger_rows(database, "crash", pending=True)
+        assert 1 <= len(unfinished) <= died and all(t > 0 for _, _, t in unfinished)
+        # Every paid call has its row, finished or pending.
+        paid = [r for r in fake_cloud.requests if "[crash" in str(r.get("messages"))]
+        assert len(paid) == len(crash_rows) - 2 + len(unfinished)  # (2: replica b's)
     finally:
         for r in replicas:
             r.stop()

@@ -1,0 +1,186 @@
+"""The candidates of a decision, tried in order until one answers.
+
+For each model the decision names: a paid call is written ahead to the ledger (the first one
+only: router.bookkeeping), its worst case is reserved on the user's budgets, the call is made
+within the request's deadline, and a failure moves on to the next model. A cloud model that
+refused the call as configured or as written (401, 404, 400) is not answered locally instead.
+When every model failed, the request's pending row goes and the error says why.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from router import policy
+from router.backends import deadline
+from router.backends import hangup as hangups
+from router.bookkeeping import Books
+from router.config import Config, Price
+from router.errors import (
+    BackendError,
+    BudgetExceededError,
+    BudgetStoreDownError,
+    ClientGoneError,
+    CloudError,
+    CloudRefusedError,
+    LedgerUnavailableError,
+    UnavailableError,
+)
+from router.governance.budgets import BudgetStore, Reservation, shortened
+from router.types import ChatRequest, Decision, Routing
+
+T = TypeVar("T")
+
+
+class Attempts:
+    def __init__(
+        self, config: Config, budgets: BudgetStore, books: Books, prices: dict[str, Price]
+    ) -> None:
+        self._config = config
+        self._budgets = budgets
+        self._books = books
+        self._prices = prices
+
+    def first_answer(
+        self,
+        request: ChatRequest,
+        decision: Decision,
+        params: dict[str, Any],
+        call: Callable[[str, dict[str, Any]], T],
+        response_id: str,
+        *,
+        stream: bool,
+    ) -> tuple[T, Routing, Reservation | None]:
+        """`call(model, params)` on the candidates in order: the first result, the routing
+        that says how it came (attempts, fallbacks, a budget cut) and the budget held for it
+        (settle it with `settle` once the answer's usage is known)."""
+        try:
+            name, result, reservation, failures = self._try(
+                request, decision, params, call, response_id, stream
+            )
+        except BaseException:
+            self._books.abandon(response_id)
+            raise
+        return (
+            result,
+            self._routing(decision, name, failures, reservation, response_id),
+            reservation,
+        )
+
+    def settle(self, reservation: Reservation | None, routing: Routing) -> None:
+        self._budgets.settle(
+            reservation, routing.prompt_tokens + routing.completion_tokens, routing.cost_usd
+        )
+
+    def _try(
+        self,
+        request: ChatRequest,
+        decision: Decision,
+        params: dict[str, Any],
+        call: Callable[[str, dict[str, Any]], T],
+        response_id: str,
+        stream: bool,
+    ) -> tuple[str, T, Reservation | None, list[str]]:
+        failures: list[str] = []
+        shown: list[str] = []  # the same, as clients may read them (RouterError.public)
+        unrecorded: LedgerUnavailableError | None = None
+        written_ahead = False
+        refused: list[CloudError] = []  # cloud calls refused as configured, or as written
+        spent: BudgetExceededError | BudgetStoreDownError | None = None
+        retry_after: float | None = None
+        ends = time.monotonic() + self._config.retry.deadline_seconds
+        hangup = hangups.current()
+        for name in decision.candidates:
+            paid = self._config.models[name].tier == "cloud"
+            if refused and not paid:
+                break  # only a transient cloud failure is answered locally instead
+            if hangup is not None and hangup.fired:
+                raise ClientGoneError("the client hung up; no other model is tried")
+            if paid and not written_ahead:
+                try:
+                    self._books.begin(request, decision, name, params, response_id, stream=stream)
+                except LedgerUnavailableError as exc:
+                    unrecorded = exc  # no paid call that could not be recorded
+                    failures.append(f"{name} skipped: {exc}")
+                    shown.append(f"{name} skipped: {exc.public}")
+                    continue
+                written_ahead = True
+            try:
+                reservation = self._reserve(request, name, params) if paid else None
+            except (BudgetExceededError, BudgetStoreDownError) as exc:
+                if exc.policy != "local-only":
+                    raise
+                spent = exc
+                failures.append(f"{name} skipped: {exc}")
+                shown.append(f"{name} skipped: {exc.public}")
+                continue
+            try:
+                with deadline.until(ends):
+                    result = call(name, shortened(params, reservation))
+            except BackendError as exc:
+                self._budgets.release(reservation)
+                failures.append(str(exc))
+                shown.append(exc.public)
+                if isinstance(exc, CloudError) and exc.status and not exc.retryable:
+                    refused.append(exc)
+                if exc.retry_after is not None:
+                    retry_after = max(retry_after or 0.0, exc.retry_after)
+                continue
+            except BaseException:
+                self._budgets.release(reservation)
+                raise
+            return name, result, reservation, failures
+        if unrecorded is not None:
+            raise unrecorded
+        if spent is not None:
+            raise spent
+        if refused:
+            raise CloudRefusedError(failures, refused, shown)
+        raise UnavailableError(
+            f"every model failed: {'; '.join(failures)}", retry_after=retry_after
+        ).publicly(f"every model failed: {'; '.join(shown)}")
+
+    def _reserve(
+        self, request: ChatRequest, name: str, params: dict[str, Any]
+    ) -> Reservation | None:
+        """Reserve a cloud call's worst case on the user's budgets."""
+        if request.user is None:
+            return None
+        prompt, completion = policy.worst_prompt_tokens(request), int(params["max_tokens"])
+        return self._budgets.reserve_call(
+            request.user,
+            prompt,
+            completion,
+            self._prices[name],
+            shorten="max_tokens" not in request.params,
+        )
+
+    def _routing(
+        self,
+        decision: Decision,
+        name: str,
+        failures: list[str],
+        reservation: Reservation | None,
+        response_id: str,
+    ) -> Routing:
+        tier = self._config.models[name].tier
+        reason = decision.reason
+        if failures:
+            how = "answered locally" if tier == "local" else "fell back"
+            reason = f"{reason}; {'; '.join(failures)}: {how} by {name}"
+        if reservation is not None and reservation.cut:
+            # Noted as an attempt too, so that the shortened answer is not cached for others.
+            failures = [*failures, f"max_tokens lowered by {reservation.cut} to fit the budget"]
+            reason = f"{reason}; {failures[-1]}"
+        return Routing(
+            response_id=response_id,
+            tier=tier,
+            model=name,
+            score=decision.score,
+            reason=reason,
+            attempts=list(failures),
+            category=decision.category,
+            flags=list(decision.flags),
+        )

@@ -1,0 +1,126 @@
+"""The ledger rows of a router's requests, and what happens when the ledger cannot take one.
+
+- A paid call is written ahead: before the call, a pending row with its worst case (the
+  tokens and dollars it may use); the answer's row then replaces it. So the router never pays
+  for an answer it cannot record: when the pending row cannot be written, the call is not made
+  (LedgerUnavailableError: in `auto` a local model answers instead, else the client gets 503
+  `ledger_unavailable`). A router that dies mid-call leaves the pending row, which says so.
+- A free answer (a local model, a cache hit) is recorded once made; when the ledger cannot
+  take its row the answer is served all the same, and the failure is logged and counted
+  (`/health` says `degraded`, `/metrics` counts `router_ledger_write_failures_total`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from router import policy
+from router.cache import sampled
+from router.config import Config, Price
+from router.errors import LedgerUnavailableError
+from router.governance.waste import RepeatDetector
+from router.ledger import Entry, Ledger
+from router.types import ChatRequest, Decision, Routing
+
+log = logging.getLogger("router.ledger")
+
+UNFINISHED = (
+    "paid call not seen to finish: the router stopped before its answer came; the tokens and "
+    "cost are the most it could have used"
+)
+
+
+class Books:
+    """Writes the rows of one router's requests to its ledger."""
+
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        repeats: RepeatDetector,
+        prices: dict[str, Price],
+        estimator: str,
+    ) -> None:
+        self._config = config
+        self._ledger = ledger
+        self._repeats = repeats
+        self._prices = prices
+        self._estimator = estimator
+
+    def begin(
+        self,
+        request: ChatRequest,
+        decision: Decision,
+        name: str,
+        params: dict[str, Any],
+        response_id: str,
+        *,
+        stream: bool,
+    ) -> None:
+        """Write the pending row of a paid call to `name`, with its worst case; raises
+        LedgerUnavailableError when it cannot be written (then the call must not be made)."""
+        prompt, completion = policy.worst_prompt_tokens(request), int(params["max_tokens"])
+        routing = Routing(
+            tier="cloud",
+            model=name,
+            score=decision.score,
+            reason=UNFINISHED,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=self._prices[name].cost(prompt, completion),
+            category=decision.category,
+            flags=list(decision.flags),
+            response_id=response_id,
+        )
+        self._ledger.begin(self._entry(request, routing, stream, pending=True))
+
+    def abandon(self, response_id: str) -> None:
+        """Every model failed: remove the request's pending row, if it has one."""
+        try:
+            self._ledger.abandon(response_id)
+        except LedgerUnavailableError:
+            log.error("request %s failed; its pending row stays (the ledger is down)", response_id)
+
+    def record(
+        self, request: ChatRequest, key: str, routing: Routing, started: float, *, stream: bool
+    ) -> None:
+        """Write the row of an answered request (in place of its pending row, if it had one)
+        and count it for repeat detection."""
+        routing.latency_ms = (time.perf_counter() - started) * 1000
+        if not sampled(request.params):
+            self._repeats.answered(request.user, key)
+        entry = self._entry(request, routing, stream)
+        try:
+            if routing.cache_hit:  # never written ahead
+                self._ledger.record(entry)
+            else:
+                self._ledger.finish(entry)
+        except LedgerUnavailableError:
+            paid = routing.tier == "cloud" and not routing.cache_hit
+            log.error(
+                "the ledger did not take the row of %s (%s, %s): %s",
+                routing.response_id,
+                routing.tier,
+                routing.model,
+                "its pending row stays, with the call's worst case"
+                if paid
+                else "a free answer, served all the same",
+            )
+
+    def _entry(
+        self, request: ChatRequest, routing: Routing, stream: bool, *, pending: bool = False
+    ) -> Entry:
+        prompt = None
+        if self._config.router.store_prompts:
+            prompt = json.dumps(request.messages, ensure_ascii=False)
+        return Entry.from_routing(
+            routing,
+            user=request.user,
+            stream=stream,
+            estimator=self._estimator,
+            prompt=prompt,
+            pending=pending,
+        )

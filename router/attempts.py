@@ -9,6 +9,7 @@ When every model failed, the request's pending row goes and the error says why.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 from router import policy
 from router.backends import deadline
 from router.backends import hangup as hangups
+from router.backends import retry as retries
 from router.bookkeeping import Books
 from router.config import Config, Price
 from router.errors import (
@@ -42,6 +44,7 @@ class Attempts:
         self._budgets = budgets
         self._books = books
         self._prices = prices
+        self._settled = threading.Condition()  # notified when a reservation settles
 
     def first_answer(
         self,
@@ -73,6 +76,16 @@ class Attempts:
         self._budgets.settle(
             reservation, routing.prompt_tokens + routing.completion_tokens, routing.cost_usd
         )
+        self._wake_waiters(reservation)
+
+    def _release(self, reservation: Reservation | None) -> None:
+        self._budgets.release(reservation)
+        self._wake_waiters(reservation)
+
+    def _wake_waiters(self, reservation: Reservation | None) -> None:
+        if reservation is not None:
+            with self._settled:
+                self._settled.notify_all()
 
     def _try(
         self,
@@ -108,7 +121,7 @@ class Attempts:
                     continue
                 written_ahead = True
             try:
-                reservation = self._reserve(request, name, params) if paid else None
+                reservation = self._reserve(request, name, params, ends) if paid else None
             except (BudgetExceededError, BudgetStoreDownError) as exc:
                 if exc.policy != "local-only":
                     raise
@@ -117,10 +130,10 @@ class Attempts:
                 shown.append(f"{name} skipped: {exc.public}")
                 continue
             try:
-                with deadline.until(ends):
+                with deadline.until(ends), retries.at_most(0 if request.client_retries else None):
                     result = call(name, shortened(params, reservation))
             except BackendError as exc:
-                self._budgets.release(reservation)
+                self._release(reservation)
                 failures.append(str(exc))
                 shown.append(exc.public)
                 if isinstance(exc, CloudError) and exc.status and not exc.retryable:
@@ -129,7 +142,7 @@ class Attempts:
                     retry_after = max(retry_after or 0.0, exc.retry_after)
                 continue
             except BaseException:
-                self._budgets.release(reservation)
+                self._release(reservation)
                 raise
             return name, result, reservation, failures
         if unrecorded is not None:
@@ -143,19 +156,31 @@ class Attempts:
         ).publicly(f"every model failed: {'; '.join(shown)}")
 
     def _reserve(
-        self, request: ChatRequest, name: str, params: dict[str, Any]
+        self, request: ChatRequest, name: str, params: dict[str, Any], ends: float
     ) -> Reservation | None:
-        """Reserve a cloud call's worst case on the user's budgets."""
+        """Reserve a cloud call's worst case on the user's budgets. When only calls still
+        running stand in the way, wait for them (at most `budget_wait_seconds`, within the
+        deadline): each settles to what it used, mostly far below the worst case it held,
+        so a burst of small requests is served instead of refused."""
         if request.user is None:
             return None
         prompt, completion = policy.worst_prompt_tokens(request), int(params["max_tokens"])
-        return self._budgets.reserve_call(
-            request.user,
-            prompt,
-            completion,
-            self._prices[name],
-            shorten="max_tokens" not in request.params,
-        )
+        until = min(time.monotonic() + self._config.retry.budget_wait_seconds, ends)
+        while True:
+            try:
+                return self._budgets.reserve_call(
+                    request.user,
+                    prompt,
+                    completion,
+                    self._prices[name],
+                    shorten="max_tokens" not in request.params,
+                )
+            except BudgetExceededError as exc:
+                left = until - time.monotonic()
+                if not exc.in_flight or left <= 0:
+                    raise
+                with self._settled:  # woken by a settlement here; another replica's: polled
+                    self._settled.wait(min(0.25, left))
 
     def _routing(
         self,

@@ -36,17 +36,27 @@ class ResponseCache(Protocol):
     def close(self) -> None: ...
 
 
-def cache_key(request: ChatRequest, params: dict[str, Any], routing_fingerprint: str) -> str:
+def cache_key(
+    request: ChatRequest,
+    params: dict[str, Any],
+    routing_fingerprint: str,
+    *,
+    per_user: bool = False,
+) -> str:
     """sha256 over messages, requested model, sampling params and the routing configuration
-    (a changed models.toml must not serve answers chosen under the old one)."""
+    (a changed models.toml must not serve answers chosen under the old one); `per_user`: and
+    the user ([cache] scope = "user")."""
+    fields: dict[str, Any] = {
+        "v": KEY_VERSION,
+        "model": request.model,
+        "messages": request.messages,
+        "params": params,
+        "routing": routing_fingerprint,
+    }
+    if per_user:
+        fields["user"] = request.user
     payload = json.dumps(
-        {
-            "v": KEY_VERSION,
-            "model": request.model,
-            "messages": request.messages,
-            "params": params,
-            "routing": routing_fingerprint,
-        },
+        fields,
         sort_keys=True,
         ensure_ascii=False,
         separators=(",", ":"),
@@ -113,10 +123,15 @@ class CachePolicy:
     """What the pipeline reads from and writes to the response cache."""
 
     def __init__(
-        self, cache: ResponseCache | None, on_sampled: Literal["skip", "reuse"] = "skip"
+        self,
+        cache: ResponseCache | None,
+        on_sampled: Literal["skip", "reuse"] = "skip",
+        *,
+        per_user: bool = False,
     ) -> None:
         self.cache = cache
         self.on_sampled = on_sampled
+        self.per_user = per_user  # [cache] scope = "user": each user their own answers
 
     def applies(self, request: ChatRequest) -> bool:
         if self.cache is None or not request.cache:

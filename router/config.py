@@ -289,6 +289,14 @@ class Config(_Strict):
                 )
         return self
 
+    def for_serving(self, exposed: bool) -> Config:
+        """This configuration as `router serve` runs it: an unset [cache] scope is per user
+        when the server is exposed (API keys required), shared on loopback."""
+        if self.cache.scope is not None:
+            return self
+        scope = "user" if exposed else "shared"
+        return self.model_copy(update={"cache": self.cache.model_copy(update={"scope": scope})})
+
     def teams_of(self, user: str | None) -> list[str]:
         return [
             name for name, team in self.teams.items() if user is not None and user in team.users

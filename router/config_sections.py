@@ -47,6 +47,10 @@ class CacheSettings(_Strict):
     # Requests asking for randomness (temperature or top_p above 0, no seed): "skip" answers
     # them fresh every time; "reuse" serves them from the cache like any other.
     sampled: Literal["skip", "reuse"] = "skip"
+    # Who shares cached answers: "shared" (everyone: a hit tells a user that someone asked the
+    # same before) or "user" (each user their own). Unset: shared on loopback, per user when
+    # `router serve` requires API keys (Config.for_serving).
+    scope: Literal["shared", "user"] | None = None
 
 
 class LedgerSettings(_Strict):
@@ -74,6 +78,13 @@ class ServerSettings(_Strict):
     # Web pages (origins such as "http://localhost:3000") allowed to call the router from a
     # browser; "*" allows any. Requests from other origins are refused (router.server.origins).
     allowed_origins: list[str] = []
+    # Connections (router.server.connections): a request's headers must arrive within
+    # header_timeout_seconds, its body within body_timeout_seconds (408); at most
+    # max_connections at once (503 past that); the access log can be turned off.
+    header_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    body_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_connections: Annotated[int, Field(ge=1, le=100_000)] = 1024
+    access_log: bool = True
 
     @field_validator("allowed_origins")
     @classmethod
@@ -94,6 +105,9 @@ class RetrySettings(_Strict):
     # The most time spent on one request's attempts before the next model is tried at once
     # (retries, backoff and cloud calls in progress included).
     deadline_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # How long a request waits for running requests to settle their budget reservations (to
+    # what they used, mostly far below their worst case) before a 429 budget_in_use.
+    budget_wait_seconds: Annotated[float, Field(ge=0, le=600)] = 10.0
 
 
 class GuardrailSettings(_Strict):

@@ -92,7 +92,9 @@ class Router:
         self.link = link_for(self.config)
         if cache is None and self.config.cache.enabled:
             cache = shared_cache(self.config, self.link)
-        self._cache = CachePolicy(cache, self.config.cache.sampled)
+        self._cache = CachePolicy(
+            cache, self.config.cache.sampled, per_user=self.config.cache.scope == "user"
+        )
         self._ledger = ledger or open_ledger(self.config)
         self._budgets = budgets or budget_store(self.config, self.link)
         self._repeats = repeat_detector(self.config, self.link)
@@ -185,7 +187,7 @@ class Router:
         stops the generation, and the row says the answer was cut."""
         started = time.perf_counter()
         params = self._params(request)
-        key = cache_key(request, params, self._fingerprint)
+        key = cache_key(request, params, self._fingerprint, per_user=self._cache.per_user)
         hit = self._cache.get(request, key)
         decision = self.decide(request, repeat_key=key, guard=hit is None)
         if hit is not None:
@@ -228,7 +230,7 @@ class Router:
         """Like `complete_request`, streamed: returns once the chosen model has started."""
         started = time.perf_counter()
         params = self._params(request)
-        key = cache_key(request, params, self._fingerprint)
+        key = cache_key(request, params, self._fingerprint, per_user=self._cache.per_user)
         hit = self._cache.get(request, key)
         decision = self.decide(request, repeat_key=key, guard=hit is None)
         if hit is not None:

@@ -91,6 +91,9 @@ class ChatRequest:
     user: str | None = None
     cache: bool = True
     category: str | None = None  # overrides the classifier (CATEGORIES)
+    # The client retries failed calls itself (an OpenAI or Anthropic SDK: x-stainless-retry-
+    # count): the router does not retry on top (router.backends.retry.at_most).
+    client_retries: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "messages", validate_messages(self.messages))

@@ -9,16 +9,27 @@ from typing import Any
 
 import uvicorn
 
+from router.config_sections import ServerSettings
+from router.server.connections import server_config
+
 
 class ServerThread:
-    def __init__(self, app: Any) -> None:
+    """`app` served as `router serve` serves it (router.server.connections), on a free port.
+    `settings`: the [server] section (default: the app's router's, else the defaults)."""
+
+    def __init__(self, app: Any, settings: ServerSettings | None = None) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=5)
+        config = server_config(
+            app,
+            settings or getattr(getattr(app, "state", None), "server_settings", ServerSettings()),
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=5,
         )
+        self.server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True
         )
@@ -40,3 +51,17 @@ class ServerThread:
         self.server.should_exit = True
         self._thread.join(timeout=15)
         self._sock.close()
+
+
+def health(base_url: str, key: str = "owner") -> dict[str, Any]:
+    """GET /health with its details: on loopback any key shows them (a placeholder here),
+    off loopback an admin key; without one it says only ok or degraded."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{base_url}/health", headers={"Authorization": f"Bearer {key}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body: dict[str, Any] = json.loads(response.read())
+    return body

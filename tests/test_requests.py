@@ -79,3 +79,11 @@ def test_cache_key_covers_messages_model_params_and_config() -> None:
     assert key != cache_key(ChatRequest(base.messages, "cloud"), {"max_tokens": 5}, "cfg")
     assert key != cache_key(base, {"max_tokens": 6}, "cfg")
     assert key != cache_key(base, {"max_tokens": 5}, "other")
+    # [cache] scope = "user": each user their own answers (a hit would tell Bob what Ana asked).
+    ana = ChatRequest(base.messages, user="ana")
+    bob = ChatRequest(base.messages, user="bob")
+    assert cache_key(ana, {}, "cfg") == cache_key(bob, {}, "cfg")  # shared
+    assert cache_key(ana, {}, "cfg", per_user=True) != cache_key(bob, {}, "cfg", per_user=True)
+    assert cache_key(ana, {}, "cfg", per_user=True) == cache_key(
+        ChatRequest(base.messages, user="ana"), {}, "cfg", per_user=True
+    )

@@ -13,7 +13,7 @@ from router.config import Budget
 from router.governance.budgets import BudgetStore
 from router.ledger import _MIGRATIONS as ledger_migrations
 from router.ledger import SQLiteLedger
-from router.server.keys import KeyStore
+from router.server.keys import KeyOwner, KeyStore
 from router.sqlite import migrate, open_db
 from tests.conftest import write_config
 
@@ -27,13 +27,19 @@ def test_every_store_is_a_context_manager_and_migrates_once(tmp_path: Path) -> N
     config = load_config(write_config(tmp_path, None))
     with KeyStore(tmp_path / "keys.sqlite3") as keys:
         key, _ = keys.create("ana")
+        boss, _ = keys.create("bo", role="admin")
+        with pytest.raises(ValueError, match="role 'root'"):
+            keys.create("eve", role="root")
     with KeyStore(tmp_path / "keys.sqlite3") as keys:  # reopened: the same data, no new step
-        assert keys.owner(key) == "ana"
+        assert keys.owner(key) == KeyOwner("ana", "user")
+        owner = keys.owner(boss)
+        assert owner is not None and owner.admin
+        assert [(u, r) for _, u, r, _ in keys.list()] == [("ana", "user"), ("bo", "admin")]
     with BudgetStore(tmp_path / "gov.sqlite3", config) as budgets:
         budgets.set(Budget(user="ana", daily_tokens=10))
     with SQLiteLedger(tmp_path / "ledger.sqlite3") as ledger:
         assert ledger.entries() == []
-    assert version(tmp_path / "keys.sqlite3") == 1 and version(tmp_path / "gov.sqlite3") == 1
+    assert version(tmp_path / "keys.sqlite3") == 2 and version(tmp_path / "gov.sqlite3") == 1
     assert version(tmp_path / "ledger.sqlite3") == len(ledger_migrations)
     with pytest.raises(sqlite3.ProgrammingError):  # closed at the end of the block
         keys.list()

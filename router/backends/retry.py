@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from router.backends import Backend, deadline
 from router.config_sections import RetrySettings
 from router.errors import BackendError
 from router.types import ChatRequest
+
+_AT_MOST: ContextVar[int | None] = ContextVar("router_retries", default=None)
+
+
+@contextmanager
+def at_most(retries: int | None) -> Iterator[None]:
+    """Calls inside this block retry at most `retries` times (None: as configured). A client
+    that retries on its own (an OpenAI or Anthropic SDK) gets 0: its retries times the
+    router's would multiply the calls to a failing provider."""
+    token = _AT_MOST.set(retries)
+    try:
+        yield
+    finally:
+        _AT_MOST.reset(token)
 
 
 class Retrying:
@@ -43,7 +59,11 @@ class Retrying:
         attempt that could not start before the request's deadline (the engine then tries the
         next model at once)."""
         error.attempts = attempt + 1
-        if not error.retryable or attempt >= self._settings.max_retries:
+        limit = _AT_MOST.get()
+        retries = (
+            self._settings.max_retries if limit is None else min(limit, self._settings.max_retries)
+        )
+        if not error.retryable or attempt >= retries:
             return False
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None and retry_after > self._settings.max_backoff_seconds:

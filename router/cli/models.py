@@ -216,6 +216,14 @@ def ps(
         str | None,
         typer.Option(help="The router server (default: http://<server.host>:<server.port>)."),
     ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ROUTER_API_KEY",
+            help="An admin key, for a server off loopback ($ROUTER_API_KEY); on loopback "
+            "none is needed.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
@@ -231,8 +239,12 @@ def ps(
         cfg = load_config(config)
         url = f"http://{cfg.server.host}:{cfg.server.port}"
     url = url.rstrip("/").removesuffix("/v1")
+    # /health shows its details to a key: any on loopback, an admin's elsewhere.
+    asked = urllib.request.Request(
+        f"{url}/health", headers={"Authorization": f"Bearer {key or 'local'}"}
+    )
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+        with urllib.request.urlopen(asked, timeout=5) as response:
             health: dict[str, Any] = json.load(response)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         why = getattr(exc, "reason", exc)
@@ -240,6 +252,11 @@ def ps(
             f"no router server answers at {url} ({why}): start one with 'router serve', or "
             "give --url"
         ) from None
+    if "models" not in health:
+        raise UnavailableError(
+            f"the router at {url} says {health.get('status')!r} and shows its details only to "
+            "an admin key: give --key or set $ROUTER_API_KEY ('router keys create --role admin')"
+        )
     rows = [
         {"name": name, **(info.get("worker") or {}), "usable": info.get("usable")}
         for name, info in health.get("models", {}).items()

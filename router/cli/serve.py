@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 
 from router.cli.common import ConfigOption
-from router.errors import RouterError
-from router.server.keys import KeyStore, RedisKeyStore, key_store
+from router.errors import RequestError, RouterError
+from router.server.keys import ROLES, KeyStore, RedisKeyStore, key_store
 
 keys_app = typer.Typer(help="API keys for 'router serve' (required off loopback).")
 
@@ -37,13 +37,16 @@ def serve(
     logger = logging.getLogger("router")
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
+    from router.config import load_config
     from router.server.app import create_app
+    from router.server.connections import server_config
     from router.server.origins import is_loopback_name
 
-    with Router(config) as router, key_store(router.config) as keys:
-        host = host or router.config.server.host
+    loaded = load_config(config)
+    host = host or loaded.server.host
+    exposed = not is_loopback_name(host)
+    with Router(loaded.for_serving(exposed)) as router, key_store(router.config) as keys:
         port = router.config.server.port if port is None else port
-        exposed = not is_loopback_name(host)
         if exposed and not keys.list():
             raise RouterError(
                 f"--host {host} exposes the router beyond this machine, which requires API "
@@ -57,7 +60,9 @@ def serve(
             f"({'API keys required' if exposed else 'loopback only'})",
             err=True,
         )
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+        server = uvicorn.Server(
+            server_config(app, router.config.server, host=host, port=port, log_level="info")
+        )
         with sock:
             server.run(sockets=[sock])
 
@@ -96,25 +101,34 @@ def _store(config: Path | None) -> KeyStore | RedisKeyStore:
 @keys_app.command("create")
 def keys_create(
     user: Annotated[str, typer.Option("--user", "-u", help="Who the key belongs to.")],
+    role: Annotated[
+        str,
+        typer.Option(
+            help="user: sees only its own figures and answers; admin: everyone's, /metrics "
+            "and /health's details."
+        ),
+    ] = "user",
     config: ConfigOption = None,
 ) -> None:
     """Create a key for USER and print it once (only its hash is stored)."""
+    if role not in ROLES:
+        raise RequestError(f"--role {role!r}: choose {' or '.join(ROLES)}")
     with _store(config) as store:
-        key, key_id = store.create(user)
+        key, key_id = store.create(user, role)
     typer.echo(key)
-    typer.echo(f"created {key_id} for {user}; it will not be shown again", err=True)
+    typer.echo(f"created {key_id} ({role}) for {user}; it will not be shown again", err=True)
 
 
 @keys_app.command("list")
 def keys_list(config: ConfigOption = None) -> None:
-    """List key ids and their users (never the keys)."""
+    """List key ids, their users and roles (never the keys)."""
     with _store(config) as store:
         rows = store.list()
     if not rows:
         typer.echo("no keys yet: create one with 'router keys create --user NAME'", err=True)
-    for key_id, user, created in rows:
+    for key_id, user, role, created in rows:
         when = datetime.datetime.fromtimestamp(created).isoformat(timespec="seconds")
-        typer.echo(f"{key_id}\t{user}\t{when}")
+        typer.echo(f"{key_id}\t{user}\t{role}\t{when}")
 
 
 @keys_app.command("revoke")

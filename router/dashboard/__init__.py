@@ -168,6 +168,17 @@ def page(embedded: dict[str, Any] | None = None) -> str:
     html = resources.files("router.dashboard").joinpath("page.html").read_text(encoding="utf-8")
     if embedded is None:
         return html
-    # Inside <script>: "</" must not end the element early.
-    data = json.dumps(embedded, ensure_ascii=False).replace("</", "<\\/")
-    return html.replace(_EMBED, data, 1)
+    return html.replace(_EMBED, script_json(embedded), 1)
+
+
+# Inside <script>, text such as "</script>" ends the element and "<!--" switches the HTML
+# parser's state; U+2028 and U+2029 end a line in old JavaScript. JSON may write any of them
+# as \u escapes, which mean the same characters to JSON.parse and to JavaScript.
+_SCRIPT_SAFE = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+def script_json(value: Any) -> str:
+    """`value` as JSON that is safe to place inside a <script> element."""
+    return json.dumps(value, ensure_ascii=False).translate(_SCRIPT_SAFE)

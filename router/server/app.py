@@ -18,7 +18,7 @@ import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (
     HTMLResponse,
     JSONResponse,
@@ -34,7 +34,7 @@ from router.backends.hangup import Hangup
 from router.config import LocalModel
 from router.engine import Router
 from router.errors import ClientGoneError, RouterError
-from router.server.keys import PREFIX, Keys
+from router.server.keys import PREFIX, KeyOwner, Keys
 from router.server.metrics import (
     Metrics,
     endpoint_gauges,
@@ -160,8 +160,8 @@ def create_app(
     if require_keys and keys is None:
         raise ValueError("require_keys needs a KeyStore")
 
-    def authenticate(request: Request) -> str | None:
-        """The key owner's name; None for anonymous loopback use."""
+    def authenticate(request: Request) -> KeyOwner | None:
+        """The key's owner; None for anonymous loopback use (the machine's owner)."""
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
         # On loopback, clients must send *some* key; placeholders ("sk-none", "EMPTY") are
@@ -182,6 +182,19 @@ def create_app(
             )
         return owner
 
+    def own_only(viewer: KeyOwner | None) -> str | None:
+        """The user whose figures and answers a caller sees (None: everyone's): a user key
+        its own; an admin key, or the machine's owner on loopback without one, all."""
+        return viewer.name if viewer is not None and not viewer.admin else None
+
+    def admin(request: Request) -> bool:
+        """Whether the caller may read operator details (/health's, /metrics): an admin key;
+        on loopback, any key (a placeholder included), as a program of the owner's sends."""
+        viewer = authenticate(request)
+        if viewer is not None:
+            return viewer.admin
+        return not require_keys and "authorization" in request.headers
+
     async def read_body(request: Request) -> bytes:
         too_big = HTTPError(
             413,
@@ -193,11 +206,24 @@ def create_app(
             raise too_big
         parts: list[bytes] = []
         size = 0
-        async for part in request.stream():
-            size += len(part)
-            if size > body_limit:
-                raise too_big
-            parts.append(part)
+        wait = router.config.server.body_timeout_seconds
+        try:
+            with anyio.fail_after(wait):
+                async for part in request.stream():
+                    size += len(part)
+                    if size > body_limit:
+                        raise too_big
+                    parts.append(part)
+        except TimeoutError:
+            raise HTTPError(
+                408,
+                f"the request body did not arrive within {wait:g} s "
+                "(server.body_timeout_seconds in models.toml)",
+                code="request_timeout",
+            ) from None
+        except ClientDisconnect:  # a client that hangs up mid-body: one quiet line
+            log.info("%s: the client hung up before its body was sent", request.state.request_id)
+            raise HTTPError(CLIENT_GONE, "client disconnected", "client_closed_request") from None
         return b"".join(parts)
 
     async def chat_completions(request: Request) -> Response:
@@ -210,9 +236,11 @@ def create_app(
             }
             call = parse_chat(
                 raw,
-                user=user,
+                user=user.name if user is not None else None,
                 cache=not no_cache,
                 category=request.headers.get("x-router-category"),
+                # OpenAI's and Anthropic's SDKs say so: they retry 5xx and 429 themselves.
+                client_retries="x-stainless-retry-count" in request.headers,
             )
             hangup = Hangup()
             if call.stream:
@@ -299,11 +327,11 @@ def create_app(
 
     async def feedback(request: Request) -> Response:
         try:
-            owner = authenticate(request)
+            whose = own_only(authenticate(request))  # a user key rates its own answers
             ident, rating, comment = parse_feedback(await read_body(request))
             try:
                 await anyio.to_thread.run_sync(
-                    lambda: router.feedback(ident, rating, comment, user=owner)
+                    lambda: router.feedback(ident, rating, comment, user=whose)
                 )
             except RouterError as exc:
                 raise failure(request, exc) from None
@@ -313,7 +341,7 @@ def create_app(
 
     async def router_summary(request: Request) -> Response:
         try:
-            authenticate(request)
+            whose = own_only(authenticate(request))
             unknown = sorted(set(request.query_params) - {"since"})
             if unknown:
                 raise HTTPError(
@@ -324,7 +352,9 @@ def create_app(
             since = request.query_params.get("since", "7d")
             try:
                 body = await anyio.to_thread.run_sync(
-                    dashboard.summary, router.config, router.ledger, router.budgets, since
+                    lambda: dashboard.summary(
+                        router.config, router.ledger, router.budgets, since, user=whose
+                    )
                 )
             except RouterError as exc:  # a bad or too long window: the 400 says which
                 raise failure(request, exc) from None
@@ -353,6 +383,12 @@ def create_app(
         )
 
     async def health(request: Request) -> Response:
+        """`{"status": "ok" | "degraded"}` for anyone (a load balancer's check); the details
+        (workers' pids, endpoints' URLs, failures) for an admin only: operator matters."""
+        try:
+            details = admin(request)
+        except HTTPError:  # a bad key still learns whether the router is up
+            details = False
         views = router.model_views()
         models: dict[str, dict[str, Any]] = {}
         for name, view in views.items():
@@ -371,12 +407,17 @@ def create_app(
         body["ledger"] = await anyio.to_thread.run_sync(router.ledger.health)
         if not body["ledger"]["up"]:
             body["status"] = "degraded"
-        return JSONResponse(body)
+        return JSONResponse(body if details else {"status": body["status"]})
 
     async def metrics_endpoint(request: Request) -> Response:
         try:
-            if require_keys:
-                authenticate(request)
+            if require_keys and not admin(request):  # everyone's figures: an admin key
+                raise HTTPError(
+                    403,
+                    "/metrics needs an admin key ('router keys create --role admin')",
+                    "permission_error",
+                    code="admin_key_required",
+                )
         except HTTPError as err:
             return _error_response(err)
         remote = {
@@ -401,7 +442,7 @@ def create_app(
         log.error("%s %s: unhandled error", rid, request.url.path, exc_info=exc)
         return _error_response(HTTPError(500, f"internal error (request {rid})", "server_error"))
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
@@ -422,3 +463,5 @@ def create_app(
             ),
         ],
     )
+    app.state.server_settings = router.config.server  # what `router serve` runs it with
+    return app

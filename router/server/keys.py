@@ -12,6 +12,7 @@ import json
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +22,26 @@ from router.shared import Link, errors
 from router.sqlite import Store, migrate, open_db
 
 PREFIX = "rk-"
+ROLES = ("user", "admin")
+
+
+@dataclass(frozen=True)
+class KeyOwner:
+    """Whom a key belongs to, and what it may see: a `user` key only that user's own figures
+    and answers; an `admin` key everyone's, /metrics and /health's details."""
+
+    name: str
+    role: str = "user"
+
+    @property
+    def admin(self) -> bool:
+        return self.role == "admin"
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise ValueError(f"role {role!r}: choose {' or '.join(ROLES)}")
+    return role
 
 
 def digest(key: str) -> str:
@@ -36,17 +57,20 @@ _MIGRATIONS = [
         created REAL NOT NULL
     );
     """,
+    """
+    ALTER TABLE api_keys ADD COLUMN role TEXT NOT NULL DEFAULT 'user';
+    """,
 ]
 
 
 class Keys(Protocol):
     """What the server and `router keys` need of a key store (SQLite here, or Redis)."""
 
-    def create(self, user: str) -> tuple[str, str]: ...
+    def create(self, user: str, role: str = "user") -> tuple[str, str]: ...
 
-    def owner(self, key: str) -> str | None: ...
+    def owner(self, key: str) -> KeyOwner | None: ...
 
-    def list(self) -> list[tuple[str, str, float]]: ...
+    def list(self) -> list[tuple[str, str, str, float]]: ...
 
     def revoke(self, key_id: str) -> bool: ...
 
@@ -58,33 +82,37 @@ class KeyStore(Store):
         self._db = open_db(path)
         migrate(self._db, _MIGRATIONS, path)
 
-    def create(self, user: str) -> tuple[str, str]:
-        """A new key for `user`: (key, key_id). The key is not kept; show it once."""
+    def create(self, user: str, role: str = "user") -> tuple[str, str]:
+        """A new key for `user` (`role` user or admin): (key, key_id). The key is not kept;
+        show it once."""
         if not user.strip():
             raise ValueError("a key needs a user name")
+        check_role(role)
         key = PREFIX + secrets.token_urlsafe(32)
         key_id = key[: len(PREFIX) + 6]
         with self._lock, self._db:
             self._db.execute(
-                "INSERT INTO api_keys VALUES (?, ?, ?, ?)", (digest(key), key_id, user, time.time())
+                "INSERT INTO api_keys (key_hash, key_id, user, created, role) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (digest(key), key_id, user, time.time(), role),
             )
         return key, key_id
 
-    def owner(self, key: str) -> str | None:
-        """The user a key belongs to, or None for an unknown or revoked key."""
+    def owner(self, key: str) -> KeyOwner | None:
+        """Whom a key belongs to, or None for an unknown or revoked key."""
         with self._lock:
             row = self._db.execute(
-                "SELECT user FROM api_keys WHERE key_hash = ?", (digest(key),)
+                "SELECT user, role FROM api_keys WHERE key_hash = ?", (digest(key),)
             ).fetchone()
-        return str(row[0]) if row else None
+        return KeyOwner(str(row[0]), str(row[1])) if row else None
 
-    def list(self) -> list[tuple[str, str, float]]:
-        """(key_id, user, created) for every key; never the key itself."""
+    def list(self) -> list[tuple[str, str, str, float]]:
+        """(key_id, user, role, created) for every key; never the key itself."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT key_id, user, created FROM api_keys ORDER BY created"
+                "SELECT key_id, user, role, created FROM api_keys ORDER BY created"
             ).fetchall()
-        return [(str(a), str(b), float(c)) for a, b, c in rows]
+        return [(str(a), str(b), str(c), float(d)) for a, b, c, d in rows]
 
     def revoke(self, key_id: str) -> bool:
         with self._lock, self._db:
@@ -102,12 +130,13 @@ class RedisKeyStore:
         self._by_hash = link.key("keys", "by_hash")
         self._by_id = link.key("keys", "by_id")
 
-    def create(self, user: str) -> tuple[str, str]:
+    def create(self, user: str, role: str = "user") -> tuple[str, str]:
         if not user.strip():
             raise ValueError("a key needs a user name")
+        check_role(role)
         key = PREFIX + secrets.token_urlsafe(32)
         key_id = key[: len(PREFIX) + 6]
-        record = json.dumps({"id": key_id, "user": user, "created": time.time()})
+        record = json.dumps({"id": key_id, "user": user, "role": role, "created": time.time()})
         try:
             pipe = self._link.client.pipeline()
             pipe.hset(self._by_hash, digest(key), record)
@@ -117,21 +146,27 @@ class RedisKeyStore:
             raise self._down(exc) from None
         return key, key_id
 
-    def owner(self, key: str) -> str | None:
+    def owner(self, key: str) -> KeyOwner | None:
         try:
             record = self._link.client.hget(self._by_hash, digest(key))
         except errors() as exc:
             raise self._down(exc) from None
         self._link.ok()
-        return str(json.loads(record)["user"]) if isinstance(record, str) else None
+        if not isinstance(record, str):
+            return None
+        data = json.loads(record)
+        return KeyOwner(str(data["user"]), str(data.get("role", "user")))
 
-    def list(self) -> list[tuple[str, str, float]]:
+    def list(self) -> list[tuple[str, str, str, float]]:
         try:
             records = self._link.client.hgetall(self._by_hash)
         except errors() as exc:
             raise self._down(exc) from None
         rows = [json.loads(r) for r in records.values()]
-        return sorted(((r["id"], r["user"], float(r["created"])) for r in rows), key=lambda r: r[2])
+        return sorted(
+            ((r["id"], r["user"], r.get("role", "user"), float(r["created"])) for r in rows),
+            key=lambda r: r[3],
+        )
 
     def revoke(self, key_id: str) -> bool:
         try:

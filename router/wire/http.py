@@ -130,7 +130,12 @@ def parse_feedback(raw: bytes) -> tuple[str, str, str]:
 
 
 def parse_chat(
-    raw: bytes, *, user: str | None, cache: bool, category: str | None = None
+    raw: bytes,
+    *,
+    user: str | None,
+    cache: bool,
+    category: str | None = None,
+    client_retries: bool = False,
 ) -> ChatCall:
     """A /v1/chat/completions body → a validated ChatCall, or HTTPError(400) saying what to fix.
 
@@ -152,6 +157,7 @@ def parse_chat(
             user=user or checked.user,
             cache=cache,
             category=category or metadata.get("category"),
+            client_retries=client_retries,
         )
     except RequestError as exc:
         raise http_error(exc) from None

@@ -40,6 +40,7 @@ from tests.cli.test_cli import Terminal
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, Sleeps, write_config
 from tests.fakecloud import FakeCloud, answer_for
 from tests.server_harness import ServerThread
+from tests.server_harness import health as details
 
 slow = pytest.mark.slow
 
@@ -341,7 +342,7 @@ def test_the_server_survives_a_crash_mid_stream_and_the_client_sees_an_error(
         for chunk in stream:
             pieces.append(chunk.choices[0].delta.content or "")
     assert len(pieces) == 2  # the partial answer arrived, then the error, not a silent end
-    health = httpx.get(server.url + "/health").json()
+    health = details(server.url)
     assert health["status"] == "ok"
     worker = health["models"]["smollm2"]["worker"]
     assert worker["failures"] == 1 and "SIGSEGV" in worker["last_failure"]
@@ -350,7 +351,7 @@ def test_the_server_survives_a_crash_mid_stream_and_the_client_sees_an_error(
         model="auto", messages=ask("Hello!"), max_tokens=8
     )
     assert raw.headers["x-router-tier"] == "local" and raw.parse().choices[0].message.content
-    worker = httpx.get(server.url + "/health").json()["models"]["smollm2"]["worker"]
+    worker = details(server.url)["models"]["smollm2"]["worker"]
     assert worker["state"] == "ready" and worker["starts"] == 2
     assert worker["pid"] == backend.worker_pid
     assert isinstance(worker["extra_buffers"], bool) and worker["extra_buffers_why"]
@@ -379,7 +380,7 @@ def test_a_crash_with_no_fallback_is_a_503_with_an_openai_error(
             timeout=60,
         )
         assert r.status_code == 503
-    health = httpx.get(server.url + "/health").json()["models"]["smollm2"]
+    health = details(server.url)["models"]["smollm2"]
     assert health["usable"] is False and health["why_not"].startswith("disabled after 3")
     assert health["worker"]["state"] == "unusable"
     r = httpx.post(

@@ -6,7 +6,6 @@ and /metrics, `router models --probe`, and the cloud taking over when both are d
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from router.server.app import create_app
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, write_config
 from tests.fakecloud import FakeCloud
 from tests.server_harness import ServerThread
+from tests.server_harness import health as details
 from tests.test_packaging import SMOLLM2
 
 pytestmark = pytest.mark.slow
@@ -136,7 +136,7 @@ def test_a_pool_of_two_balances_survives_losing_one_and_falls_back_when_both_are
             runner.join(timeout=180)
             assert len(answers) == 6 and all(answers)
             ask("One more, please.")  # the next request finds b down and leaves it out
-            health = json.loads(get(server.url + "/health"))["models"]["team"]["worker"]
+            health = details(server.url)["models"]["team"]["worker"]
             states = {e["url"]: e["state"] for e in health["endpoints"]}
             assert states == {a.url: "up", b.url: "ejected"}, health
             metrics = get(server.url + "/metrics")

@@ -284,6 +284,7 @@ def test_the_server_answers_first_and_reports_shadow_jobs(
 
     from router.server.app import create_app
     from tests.server_harness import ServerThread
+    from tests.server_harness import health as details
 
     quality = 'shadow_rate = 1.0\njudge = "cloud-mini"'
     router = make(tmp_path, fake_cloud, monkeypatch, quality)
@@ -306,8 +307,7 @@ def test_the_server_answers_first_and_reports_shadow_jobs(
             assert row(router, rid).verdict == "unacceptable"
         with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as r:
             metrics = r.read().decode()
-        with urllib.request.urlopen(f"{server.url}/health", timeout=10) as r:
-            health = json.loads(r.read())
+        health = details(server.url)
     assert 'router_shadow_jobs_total{outcome="judged"} 2' in metrics
     assert health["shadow"] == {"rate": 1.0, "sampled": 2, "judged": 2}
 

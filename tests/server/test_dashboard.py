@@ -152,7 +152,7 @@ def test_bad_parameters_are_a_400_naming_them(
 def test_off_loopback_the_figures_need_a_key(doubles: tuple[Router, Path], tmp_path: Path) -> None:
     router, _ = doubles
     with KeyStore(tmp_path / "keys.sqlite3") as keys:
-        key, _ = keys.create("lead")
+        key, _ = keys.create("lead", role="admin")
         app = create_app(router, keys=keys, require_keys=True, loopback=False)
         with ServerThread(app) as server:
             assert get(server.url + "/v1/router/summary")[0] == 401
@@ -191,7 +191,7 @@ def test_the_dashboard_in_a_real_browser_shows_the_same_figures(
             KeyStore(tmp_path / "keys.sqlite3") as keys,
         ):
             fill(router)  # the real model, and LiteLLM against the loopback cloud
-            key, _ = keys.create("lead")
+            key, _ = keys.create("lead", role="admin")  # everyone's figures
             app = create_app(router, keys=keys, require_keys=True, loopback=False)
             with ServerThread(app) as server:
                 # Without a key the page says what it needs and shows no figure.

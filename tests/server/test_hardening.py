@@ -16,12 +16,15 @@ per finding, each failing on the code before the fix.
 from __future__ import annotations
 
 import http.server
+import json
 import re
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +32,16 @@ import httpx
 import openai
 import pytest
 
-from router import Router, dashboard
+from router import Router, dashboard, load_config
 from router.backends import FunctionBackend
-from router.errors import ConfigError
+from router.errors import BudgetExceededError, ConfigError
 from router.server.app import create_app
+from router.server.keys import KeyStore
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
 from tests.disks import fill_up, read_only, small_disk
 from tests.fakecloud import FakeCloud, Fault
 from tests.server_harness import ServerThread
+from tests.server_harness import health as details
 
 
 @pytest.fixture
@@ -175,7 +180,7 @@ def test_clients_that_hang_up_free_the_local_model_at_once(make_router: Any) -> 
             timeout=60,
         )
         took = time.monotonic() - started
-        health = httpx.get(server.url + "/health").json()
+        health = details(server.url)
     assert r.status_code == 200 and took < 5, f"{took:.1f} s"
     worker = health["models"]["smollm2"]["worker"]
     assert worker["generations"]["cancelled"] > before and worker["in_flight"] == 0
@@ -232,7 +237,7 @@ def test_a_hang_up_shuts_the_connection_to_a_local_server(
         )
         rows = wait_for(router.ledger.entries, 5.0)
         took = time.monotonic() - started
-        health = httpx.get(server.url + "/health").json()
+        health = details(server.url)
     assert rows and took < 2.5, f"{took:.1f} s"  # not the server's 3 s
     assert "answer cut: client disconnected (tokens estimated)" in rows[0].reason
     (endpoint,) = health["models"]["box"]["worker"]["endpoints"]
@@ -285,7 +290,7 @@ def test_a_full_disk_refuses_paid_calls_and_serves_free_ones(
         assert len(fake_cloud.requests) == paid  # not one paid call
         assert len(router.ledger.entries()) == rows  # (the disk took nothing)
 
-        health = http.get("/health").json()
+        health = details(server.url)
         assert health["status"] == "degraded" and not health["ledger"]["up"]
         assert "full" in health["ledger"]["last_error"]
         metrics = http.get("/metrics").text
@@ -414,3 +419,289 @@ def test_a_local_workers_crash_tells_the_client_how_not_its_pid(
     message = r.json()["error"]["message"]
     (pid,) = set(re.findall(r"pid (\d+)", caplog.text))  # the log has it
     assert "SIGSEGV" in message and "pid" not in message and pid not in message
+
+
+# ---------------------------------------------------------------- 5. each key its own figures
+
+
+def test_a_user_key_sees_its_own_figures_and_an_admin_key_everyones(tmp_path: Path) -> None:
+    """With keys required, any user's key used to read /v1/router/summary and /dashboard:
+    every user's name, requests, cost, budgets and flags. /health told anyone the workers'
+    pids and the pools' URLs; the shared cache told Bob that someone asked Ana's question."""
+    extra = '\n[[budgets]]\nuser = "ben"\ndaily_tokens = 100000\n'
+    config = load_config(write_config(tmp_path, None, extra)).for_serving(exposed=True)
+    assert config.cache.scope == "user"  # unset: per user once keys are required
+    local = FunctionBackend("smollm2", lambda r, p: f"answer to {r.last_user_text}")
+    with (
+        Router(config, backends={"smollm2": local}) as router,
+        KeyStore(tmp_path / "keys.sqlite3") as keys,
+    ):
+        ana, _ = keys.create("ana")
+        ben, _ = keys.create("ben")
+        boss, _ = keys.create("boss", role="admin")
+        app = create_app(router, keys=keys, require_keys=True, loopback=False)
+        with ServerThread(app) as server, httpx.Client(base_url=server.url) as http:
+
+            def ask(key: str, text: str) -> httpx.Response:
+                body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
+                auth = {"Authorization": f"Bearer {key}"}
+                return http.post("/v1/chat/completions", json=body, headers=auth)
+
+            def summary(key: str) -> dict[str, Any]:
+                r = http.get("/v1/router/summary", headers={"Authorization": f"Bearer {key}"})
+                assert r.status_code == 200
+                return dict(r.json())
+
+            first = ask(ana, "What is the capital of France?")
+            assert first.headers["x-router-cache"] == "miss"
+            assert ask(ben, "What is the capital of France?").headers["x-router-cache"] == "miss"
+            assert ask(ana, "What is the capital of France?").headers["x-router-cache"] == "hit"
+            ask(ana, "Thanks!")
+
+            mine = summary(ana)
+            assert mine["headline"]["requests"] == 3
+            assert [a["name"] for a in mine["audit"]["user"]] == ["ana"]
+            assert mine["budgets"] == [] and "ben" not in json.dumps(mine)
+            everyone = summary(boss)
+            assert everyone["headline"]["requests"] == 4
+            assert {a["name"] for a in everyone["audit"]["user"]} == {"ana", "ben"}
+            assert [b["scope"] for b in everyone["budgets"]] == ["user:ben"]
+            # An admin rates anyone's answer; a user only their own (tests/server/test_dashboard).
+            rate = {"id": first.json()["id"], "rating": "good"}
+            auth = {"Authorization": f"Bearer {boss}"}
+            assert http.post("/v1/feedback", json=rate, headers=auth).status_code == 200
+
+            assert http.get("/health").json() == {"status": "ok"}
+            as_ana = http.get("/health", headers={"Authorization": f"Bearer {ana}"}).json()
+            assert as_ana == {"status": "ok"}
+            assert "models" in details(server.url, boss)
+            metrics = http.get("/metrics", headers={"Authorization": f"Bearer {ana}"})
+            assert metrics.status_code == 403
+            assert metrics.json()["error"]["code"] == "admin_key_required"
+            auth = {"Authorization": f"Bearer {boss}"}
+            assert http.get("/metrics", headers=auth).status_code == 200
+
+
+def test_keys_have_roles_on_the_command_line(tmp_path: Path) -> None:
+    config = str(write_config(tmp_path, None))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "router", "keys", *args, "--config", config]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    assert run("create", "--user", "ana").returncode == 0
+    made = run("create", "--user", "boss", "--role", "admin")
+    assert made.returncode == 0 and "(admin)" in made.stderr
+    bad = run("create", "--user", "eve", "--role", "root")
+    assert bad.returncode == 2 and "--role 'root': choose user or admin" in bad.stderr
+    listed = [line.split("\t")[1:3] for line in run("list").stdout.splitlines()]
+    assert listed == [["ana", "user"], ["boss", "admin"]]
+
+
+# ---------------------------------------------------------------- 6. the report's embedded data
+
+HOSTILE_NAMES = ("<!--<script>", "</script>", "<!--", "a\u2028b&c")
+
+
+def test_hostile_user_names_cannot_break_the_report(tmp_path: Path) -> None:
+    config = write_config(tmp_path, None)
+    local = FunctionBackend("smollm2", lambda r, p: "hi")
+    with Router(config, backends={"smollm2": local}) as router:
+        for name in HOSTILE_NAMES:
+            router.complete([{"role": "user", "content": f"Hello from {name}"}], user=name)
+    report = tmp_path / "report.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "router", "report", "--html", str(report), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    html, template = report.read_text(), dashboard.page()
+    for raw in ("<!--", "<script", "</script>", "\u2028"):  # the page's own, none of the data's
+        assert html.count(raw) == template.count(raw), raw
+    assert "\\u003c!--\\u003cscript\\u003e" in html
+
+
+@pytest.mark.slow
+def test_the_report_with_hostile_names_loads_in_a_real_browser(tmp_path: Path) -> None:
+    """A user named `<!--<script>` switched the HTML parser's state in the report's embedded
+    JSON: the page's script failed and it stayed at "loading…"."""
+    from tests.browser import Browser
+
+    config = write_config(tmp_path, None)
+    local = FunctionBackend("smollm2", lambda r, p: "hi")
+    with Router(config, backends={"smollm2": local}) as router:
+        for name in HOSTILE_NAMES:
+            router.complete([{"role": "user", "content": f"Hello from {name}"}], user=name)
+    report = tmp_path / "report.html"
+    subprocess.run(
+        [sys.executable, "-m", "router", "report", "--html", str(report), "--config", str(config)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    browser = Browser(tmp_path / "chromium")
+    try:
+        assert browser.open(report.as_uri(), "document.body.dataset.loaded") == "7d"
+        text = browser.evaluate("document.body.innerText")
+    finally:
+        browser.close()
+    for name in ("<!--<script>", "</script>", "<!--"):
+        assert name in text  # shown as text, in the users table
+
+
+# ---------------------------------------------------------------- 7. connections and logs
+
+
+def served_with(tmp_path: Path, section: str) -> tuple[Router, Any]:
+    """A router on FunctionBackends whose models.toml has `section` under [server]."""
+    config = write_config(tmp_path, None, f"\n[server]\n{section}\n")
+    router = Router(config, backends={"smollm2": FunctionBackend("smollm2", lambda r, p: "ok")})
+    return router, create_app(router)
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1024) == b""
+    except (TimeoutError, BlockingIOError):
+        return False
+    except OSError:  # reset
+        return True
+
+
+def test_connections_that_send_no_complete_headers_are_closed(tmp_path: Path) -> None:
+    """200 connections that sent half their headers, or nothing, were all still open after
+    31 s, before any key check."""
+    router, app = served_with(tmp_path, "header_timeout_seconds = 1")
+    with router, ServerThread(app) as server:
+        socks = []
+        for i in range(40):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            if i % 2:
+                sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # half
+            socks.append(sock)
+        # A kept-alive connection that starts a second request and stalls.
+        kept = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+        kept.sendall(b"GET /health HTTP/1.1\r\n")
+        socks.append(kept)
+        time.sleep(2.5)
+        for sock in socks:
+            sock.settimeout(2)
+        assert all(closed_by_server(s) for s in socks)
+        # Whoever sends a whole request in time is served as before.
+        assert httpx.get(server.url + "/health").status_code == 200
+        for sock in socks:
+            sock.close()
+
+
+def test_a_body_that_does_not_arrive_is_a_408(tmp_path: Path) -> None:
+    router, app = served_with(tmp_path, "body_timeout_seconds = 1")
+    with router, ServerThread(app) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"model"'
+        )
+        started = time.monotonic()
+        answer = sock.recv(4096)
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
+    assert time.monotonic() - started < 5
+
+
+def test_past_max_connections_the_server_answers_503(tmp_path: Path) -> None:
+    router, app = served_with(tmp_path, "max_connections = 4")
+    with router, ServerThread(app) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+        time.sleep(0.3)
+        assert httpx.get(server.url + "/health").status_code == 503
+        for sock in idle:
+            sock.close()
+        time.sleep(0.3)
+        assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_keys_in_a_query_string_are_not_logged_and_a_hang_up_mid_body_is_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`GET /v1/models?api_key=rk-...` wrote the whole key to the access log; a client hanging
+    up mid-body logged `ERROR ... unexpected error` with a traceback."""
+    router, app = served_with(tmp_path, "")
+    secret = "rk-" + "S3cretKeyMaterial" * 2
+    with router, ServerThread(app) as server:
+        caplog.set_level("INFO", logger="uvicorn.access")
+        caplog.set_level("INFO", logger="router.server")
+        httpx.get(f"{server.url}/v1/models?api_key={secret}&x=1")
+        httpx.get(f"{server.url}/v1/models?token=abc123&access_key={secret}")
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"mo'
+        )
+        time.sleep(0.3)
+        sock.close()
+        time.sleep(0.5)
+    printed = capsys.readouterr()  # uvicorn's access log writes to stdout
+    access = [line for line in printed.out.splitlines() if "GET /v1/models" in line]
+    assert len(access) == 2 and "api_key=***" in access[0] and "token=***" in access[1]
+    everything = printed.out + printed.err + caplog.text
+    assert "S3cret" not in everything and "abc123" not in everything
+    mid_body = [r for r in caplog.records if "before its body was sent" in r.getMessage()]
+    assert len(mid_body) == 1 and mid_body[0].levelname == "INFO"
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert "Traceback" not in caplog.text
+
+
+# ---------------------------------------------------------------- 8. retries and bursts
+
+
+def test_the_router_does_not_retry_on_top_of_an_sdk_that_retries(
+    make_router: Any, fake_cloud: FakeCloud
+) -> None:
+    """The router's retries times the SDK's made 7 upstream calls for one failing request."""
+    router = make_router(fake_cloud)  # [retry] max_retries = 2
+    fake_cloud.inject(*[Fault(500, message="down")] * 20)
+    body = {"model": "cloud", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+    with ServerThread(create_app(router)) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=2)
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(**body)
+        assert len(fake_cloud.requests) == 3  # the SDK's three attempts, one call each
+        fake_cloud.requests.clear()
+        plain = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+        assert plain.status_code == 503
+        assert len(fake_cloud.requests) == 3  # curl retries nothing: the router does
+
+
+def test_a_burst_of_small_requests_against_a_budget_with_room_is_served(
+    make_router: Any, fake_cloud: FakeCloud
+) -> None:
+    """Each request held its worst case (max_tokens) until it ended, so 87 of 100 small
+    requests were refused with a quarter of the budget spent. Now a request that only
+    running requests stand in the way of waits for them to settle."""
+    requests, budget = 100, 2600  # about twice what the burst uses, a sixth of its worst case
+    extra = f'\n[[budgets]]\nuser = "burst"\ndaily_tokens = {budget}\n'
+    router = make_router(fake_cloud, extra="\n[guardrails]\nrepeat_window_seconds = 0\n" + extra)
+    fake_cloud.inject(*[Fault(status=200, delay=0.3)] * requests)
+
+    def ask(i: int) -> str:
+        try:
+            router.complete(
+                [{"role": "user", "content": f"Question {i}: what is two and two?"}],
+                model="cloud",
+                user="burst",
+                max_tokens=128,
+            )
+        except BudgetExceededError as exc:
+            return "in use" if exc.in_flight else "spent"
+        return "served"
+
+    with ThreadPoolExecutor(requests) as pool:
+        outcomes = list(pool.map(ask, range(requests)))
+    used = router.budgets.usage("user:burst")["daily_tokens"]
+    ledger = sum(e.prompt_tokens + e.completion_tokens for e in router.ledger.entries())
+    assert outcomes.count("served") >= 0.9 * requests, outcomes.count("served")
+    assert used == ledger <= budget  # never overrun

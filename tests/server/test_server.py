@@ -24,6 +24,7 @@ from router.types import ChatRequest
 from tests.conftest import EASY_PROMPT, HARD_PROMPT, write_config
 from tests.fakecloud import FakeCloud, answer_for
 from tests.server_harness import ServerThread
+from tests.server_harness import health as details
 
 pytestmark = pytest.mark.slow
 
@@ -156,7 +157,8 @@ def test_models_health_and_metrics(serve: Serve) -> None:
     c.chat.completions.create(model="auto", messages=ask("Hi"), max_tokens=4)
     c.chat.completions.create(model="auto", messages=ask("Hi"), max_tokens=4)
     httpx.post(server.url + "/v1/chat/completions", content=b"{", headers=JSON)
-    health = httpx.get(server.url + "/health").json()
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}  # no details
+    health = details(server.url)
     assert health["status"] == "ok" and health["models"]["smollm2"]["usable"] is True
     text = httpx.get(server.url + "/metrics").text
     assert 'router_requests_total{tier="local",status="200"} 2' in text

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +25,7 @@ from tests.disks import fill_up, small_disk
 from tests.fakecloud import FakeCloud
 from tests.postgres_server import PostgresServer
 from tests.server_harness import ServerThread
+from tests.server_harness import health as details
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +133,8 @@ def test_rows_wait_on_disk_while_the_database_is_down(
             while ledger.up and time.monotonic() < ends:
                 time.sleep(0.05)  # the drain thread finds the database gone
             assert ledger.queued() == 5 and not ledger.up
-            with (
-                ServerThread(create_app(a)) as server,  # what an operator sees meanwhile
-                urllib.request.urlopen(f"{server.url}/health", timeout=10) as r,
-            ):
-                health = json.loads(r.read())
+            with ServerThread(create_app(a)) as server:  # what an operator sees meanwhile
+                health = details(server.url)
             assert health["status"] == "degraded"
             assert health["ledger"]["queued"] == 5 and health["ledger"]["up"] is False
         finally:

@@ -20,13 +20,14 @@ from router import Router
 from router.backends import FunctionBackend
 from router.errors import BudgetExceededError, UnavailableError
 from router.server.app import create_app
-from router.server.keys import key_store
+from router.server.keys import KeyOwner, key_store
 from router.shared.budgets import RedisBudgetStore
 from router.shared.stores import budget_store
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
 from tests.fakecloud import FakeCloud
 from tests.redis_server import RedisServer
 from tests.server_harness import ServerThread
+from tests.server_harness import health as details
 
 
 @pytest.fixture
@@ -181,13 +182,13 @@ def test_commands_act_on_the_shared_stores(tmp_path: Path, redis_server: RedisSe
     from router.config import load_config
 
     cfg = load_config(config)
-    assert key_store(cfg).owner(key) == "ana"  # another process sees it
+    assert key_store(cfg).owner(key) == KeyOwner("ana", "user")  # another process sees it
     set_ = run("budget", "set", "ana", "--daily-tokens", "5000")
     assert set_.returncode == 0, set_.stderr
     assert budget_store(cfg).budgets()["user:ana"].daily_tokens == 5000
     shown = json.loads(run("budget", "show", "--json").stdout)
     assert [b["scope"] for b in shown] == ["user:ana"]
-    key_id = next(k for k, u, _ in key_store(cfg).list() if u == "ana")
+    key_id = next(k for k, u, _, _ in key_store(cfg).list() if u == "ana")
     assert run("keys", "revoke", key_id).returncode == 0
     assert key_store(cfg).owner(key) is None
     assert not (tmp_path / "keys.sqlite3").exists()  # nothing went to the local files
@@ -210,8 +211,7 @@ def test_while_redis_is_down_and_when_it_comes_back(
         health = a.shared_health()
         assert health["up"] is False and health["errors"] >= 2
         with ServerThread(create_app(a)) as server:
-            with urllib.request.urlopen(f"{server.url}/health", timeout=10) as r:
-                body = json.loads(r.read())
+            body = details(server.url)
             with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as r:
                 metrics = r.read().decode()
         assert body["status"] == "degraded" and body["shared"]["up"] is False

@@ -95,4 +95,4 @@ def test_heavy_dependencies_have_one_home_each() -> None:
     assert homes["llama_cpp"] == {"router.backends.llama_process"}
     assert homes["litellm"] == {"router.backends.cloud"}
     assert homes["starlette"] <= {"router.server.app", "router.server.origins"}
-    assert homes["uvicorn"] == {"router.cli.serve"}
+    assert homes["uvicorn"] == {"router.server.connections"}

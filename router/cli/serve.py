@@ -29,8 +29,6 @@ def serve(
     """Serve the OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, ...)."""
     import logging
 
-    import uvicorn
-
     from router.engine import Router
 
     # Worker starts (pid, extra buffers), crashes and restarts belong in the server's log.
@@ -39,7 +37,7 @@ def serve(
         logger.setLevel(logging.INFO)
     from router.config import load_config
     from router.server.app import create_app
-    from router.server.connections import server_config
+    from router.server.connections import run
     from router.server.origins import is_loopback_name
 
     loaded = load_config(config)
@@ -60,11 +58,8 @@ def serve(
             f"({'API keys required' if exposed else 'loopback only'})",
             err=True,
         )
-        server = uvicorn.Server(
-            server_config(app, router.config.server, host=host, port=port, log_level="info")
-        )
         with sock:
-            server.run(sockets=[sock])
+            run(app, router.config.server, sock, log_level="info")
 
 
 def listen(host: str, port: int) -> socket.socket:

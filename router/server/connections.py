@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 from typing import Any
 
 import uvicorn
@@ -101,3 +102,8 @@ def server_config(app: Any, settings: ServerSettings, **options: Any) -> uvicorn
 
 
 _REDACT = RedactKeys()
+
+
+def run(app: Any, settings: ServerSettings, sock: socket.socket, **options: Any) -> None:
+    """Serve `app` on the listening socket `sock` until interrupted."""
+    uvicorn.Server(server_config(app, settings, **options)).run(sockets=[sock])

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -503,7 +504,8 @@ def test_keys_have_roles_on_the_command_line(tmp_path: Path) -> None:
 HOSTILE_NAMES = ("<!--<script>", "</script>", "<!--", "a\u2028b&c")
 
 
-def test_hostile_user_names_cannot_break_the_report(tmp_path: Path) -> None:
+def hostile_report(tmp_path: Path) -> Path:
+    """`router report --html` of a ledger whose users have HOSTILE_NAMES."""
     config = write_config(tmp_path, None)
     local = FunctionBackend("smollm2", lambda r, p: "hi")
     with Router(config, backends={"smollm2": local}) as router:
@@ -517,7 +519,11 @@ def test_hostile_user_names_cannot_break_the_report(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    html, template = report.read_text(), dashboard.page()
+    return report
+
+
+def test_hostile_user_names_cannot_break_the_report(tmp_path: Path) -> None:
+    html, template = hostile_report(tmp_path).read_text(), dashboard.page()
     for raw in ("<!--", "<script", "</script>", "\u2028"):  # the page's own, none of the data's
         assert html.count(raw) == template.count(raw), raw
     assert "\\u003c!--\\u003cscript\\u003e" in html
@@ -529,18 +535,7 @@ def test_the_report_with_hostile_names_loads_in_a_real_browser(tmp_path: Path) -
     JSON: the page's script failed and it stayed at "loading…"."""
     from tests.browser import Browser
 
-    config = write_config(tmp_path, None)
-    local = FunctionBackend("smollm2", lambda r, p: "hi")
-    with Router(config, backends={"smollm2": local}) as router:
-        for name in HOSTILE_NAMES:
-            router.complete([{"role": "user", "content": f"Hello from {name}"}], user=name)
-    report = tmp_path / "report.html"
-    subprocess.run(
-        [sys.executable, "-m", "router", "report", "--html", str(report), "--config", str(config)],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    report = hostile_report(tmp_path)
     browser = Browser(tmp_path / "chromium")
     try:
         assert browser.open(report.as_uri(), "document.body.dataset.loaded") == "7d"
@@ -705,3 +700,136 @@ def test_a_burst_of_small_requests_against_a_budget_with_room_is_served(
     ledger = sum(e.prompt_tokens + e.completion_tokens for e in router.ledger.entries())
     assert outcomes.count("served") >= 0.9 * requests, outcomes.count("served")
     assert used == ledger <= budget  # never overrun
+
+
+# ---------------------------------------------------------------- the fuzz, with a memory limit
+
+MEMORY_LIMIT = 1 << 30  # RLIMIT_AS of the fuzzed server (idle it reserves ~200 MB)
+GET_EXAMPLES = 400
+GET_PATHS = [
+    "/v1/router/summary",
+    "/v1/models",
+    "/health",
+    "/metrics",
+    "/dashboard",
+    "/v1/feedback",
+    "/v1/chat/completions",
+    "/",
+    "/v1",
+    "/v1/router",
+]
+
+
+def _gets() -> Any:
+    from hypothesis import strategies as st
+
+    word = st.text(max_size=12)
+    segment = word.map(lambda w: urllib.parse.quote(w, safe=""))  # as a client would send it
+    paths = st.one_of(
+        st.just("/v1/router/summary"),  # the one with windows: half the cases
+        st.sampled_from(GET_PATHS),
+        segment.map(lambda w: "/v1/models/" + w),
+        segment.map(lambda w: "/" + w),
+    )
+    windows = st.one_of(
+        st.integers(min_value=0, max_value=10**15).map(str),
+        st.tuples(st.integers(min_value=-5, max_value=10**15), st.sampled_from("mhdwsy ")).map(
+            lambda t: f"{t[0]}{t[1]}"
+        ),
+        st.text(max_size=30),
+        st.sampled_from(["400d", "401d", "58w", "1000000d", "100000000d", "9" * 5000 + "d"]),
+    )
+    query = st.one_of(
+        st.fixed_dictionaries({"since": windows}),
+        st.dictionaries(
+            st.one_of(st.sampled_from(["since", "by", "api_key", "user", "limit"]), word),
+            st.one_of(windows, word),
+            max_size=3,
+        ),
+    )
+    headers = st.one_of(
+        st.just({}),
+        st.just({"authorization": "Bearer owner"}),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "authorization": st.sampled_from(
+                    ["Bearer x", "Bearer rk-forged", "Basic Zm9v", ""]
+                ),
+                "sec-fetch-site": st.sampled_from(
+                    ["cross-site", "same-site", "same-origin", "none"]
+                ),
+                "sec-fetch-mode": st.sampled_from(["cors", "no-cors", "navigate", "websocket"]),
+                "origin": st.sampled_from(["http://evil.example", "null", "http://127.0.0.1"]),
+            },
+        ),
+    )
+    return st.tuples(paths, query, headers)
+
+
+def _serve_limited(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "router", "serve", "--port", "0", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            preexec_fn=limit,
+        )
+    found = wait_for(lambda: re.search(r"http://127\.0\.0\.1:(\d+)/v1", log.read_text()), 60)
+    assert found, log.read_text()
+    return proc, f"http://127.0.0.1:{found.group(1)}"
+
+
+def test_fuzz_get_endpoints_and_query_strings_under_a_memory_limit(tmp_path: Path) -> None:
+    """Windows, query strings, GET endpoints and the dashboard's parameters, against `router
+    serve` in its own process with RLIMIT_AS: a GET that builds a bucket per day of
+    `since=100000000d` fails the test (a 500, or a dead server) instead of the machine."""
+    from hypothesis import HealthCheck, given, settings
+
+    config = write_config(tmp_path, None, '\n[teams.t]\nusers = ["ana"]\n')
+    local = FunctionBackend("smollm2", lambda r, p: "hi")
+    with Router(config, backends={"smollm2": local}) as router:  # some rows to read
+        for i in range(30):
+            router.complete([{"role": "user", "content": f"Hello {i}"}], user=f"u{i % 4}")
+    proc, url = _serve_limited(config, tmp_path / "serve.log")
+    seen: dict[int, int] = {}
+    try:
+        with httpx.Client(base_url=url, timeout=60) as http:
+
+            @settings(
+                max_examples=GET_EXAMPLES,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+            @given(case=_gets())
+            def one(case: tuple[str, dict[str, str], dict[str, str]]) -> None:
+                path, query, headers = case
+                r = http.get(path, params=query, headers=headers)
+                seen[r.status_code] = seen.get(r.status_code, 0) + 1
+                assert r.status_code < 500, (path, query, r.text[:300])
+                if r.status_code >= 400 and r.headers.get("content-type", "").startswith(
+                    "application/json"
+                ):
+                    error = r.json()["error"]
+                    assert error["message"] and "Traceback" not in error["message"]
+
+            one()
+            assert proc.poll() is None, "the server died"
+            peak = next(
+                int(line.split()[1])
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                if line.startswith("VmHWM:")
+            )
+            assert peak < 400 * 1024, f"peak RSS {peak} kB"
+            assert http.get("/v1/router/summary?since=400d").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert seen.get(200, 0) and seen.get(400, 0) and sum(seen.values()) >= GET_EXAMPLES
+    print("GET fuzz statuses:", dict(sorted(seen.items())))

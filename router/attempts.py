@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from router import policy
@@ -31,6 +31,7 @@ from router.errors import (
     UnavailableError,
 )
 from router.governance.budgets import BudgetStore, Reservation, shortened
+from router.policy import ModelView
 from router.types import ChatRequest, Decision, Routing
 
 T = TypeVar("T")
@@ -55,13 +56,14 @@ class Attempts:
         response_id: str,
         *,
         stream: bool,
+        views: Mapping[str, ModelView],
     ) -> tuple[T, Routing, Reservation | None]:
         """`call(model, params)` on the candidates in order: the first result, the routing
         that says how it came (attempts, fallbacks, a budget cut) and the budget held for it
         (settle it with `settle` once the answer's usage is known)."""
         try:
             name, result, reservation, failures = self._try(
-                request, decision, params, call, response_id, stream
+                request, decision, params, call, response_id, stream, views
             )
         except BaseException:
             self._books.abandon(response_id)
@@ -95,6 +97,7 @@ class Attempts:
         call: Callable[[str, dict[str, Any]], T],
         response_id: str,
         stream: bool,
+        views: Mapping[str, ModelView],
     ) -> tuple[str, T, Reservation | None, list[str]]:
         failures: list[str] = []
         shown: list[str] = []  # the same, as clients may read them (RouterError.public)
@@ -107,6 +110,9 @@ class Attempts:
         hangup = hangups.current()
         for name in decision.candidates:
             paid = self._config.models[name].tier == "cloud"
+            if name in views:  # max_tokens as this model may take it
+                room = policy.answer_room(views[name], request, int(params["max_tokens"]))
+                params = {**params, "max_tokens": room}
             if refused and not paid:
                 break  # only a transient cloud failure is answered locally instead
             if hangup is not None and hangup.fired:

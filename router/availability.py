@@ -12,7 +12,7 @@ from router.backends import Backend
 from router.config import CloudModel, Config, LocalModel
 from router.model_files import local_path, local_problem
 from router.policy import ModelView
-from router.pricing import context_window
+from router.pricing import context_window, output_limit
 
 
 @runtime_checkable
@@ -47,8 +47,10 @@ class Availability:
         unusable: str | None = None
         shown: str | None = None  # in words a client may read (RouterError.public)
         retry_after: float | None = None
+        max_output = None
         if isinstance(model, CloudModel):
             n_ctx = model.n_ctx or context_window(model.litellm_model)
+            max_output = output_limit(model.litellm_model)
             if model.api_key_env and not os.environ.get(model.api_key_env):
                 unusable = shown = f"{model.api_key_env} is not set"  # a setting's name
         else:
@@ -70,6 +72,7 @@ class Availability:
             unusable=unusable,
             retry_after=retry_after if unusable else None,
             unusable_public=shown if unusable else None,
+            max_output=max_output,
         )
 
     def file_problem(self, name: str, model: LocalModel) -> str | None:

@@ -123,4 +123,5 @@ class Books:
             estimator=self._estimator,
             prompt=prompt,
             pending=pending,
+            api=request.api,
         )

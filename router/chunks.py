@@ -13,6 +13,22 @@ def new_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
+ID_PREFIXES = ("msg_", "resp_", "cmpl-", "ollama-")  # how other APIs' answers show the id
+
+
+def public_id(response_id: str, prefix: str) -> str:
+    """The router's answer id (`chatcmpl-<hex>`) as another API writes ids (`msg_<hex>`)."""
+    return prefix + response_id.removeprefix("chatcmpl-")
+
+
+def canonical_id(ident: str) -> str:
+    """An id as any API showed it, back to the ledger's `chatcmpl-<hex>` (for feedback)."""
+    for prefix in ID_PREFIXES:
+        if ident.startswith(prefix):
+            return "chatcmpl-" + ident.removeprefix(prefix)
+    return ident
+
+
 def assemble(
     first: dict[str, Any] | None,
     model: str,

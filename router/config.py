@@ -6,6 +6,7 @@ the user's config dir (`router/models.toml` there), then the default shipped in 
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import os
 import re
@@ -255,6 +256,9 @@ class Config(_Strict):
     server: ServerSettings = ServerSettings()
     guardrails: GuardrailSettings = GuardrailSettings()
     teams: dict[str, Team] = Field(default_factory=dict)
+    # Names clients send (an agent's "claude-opus-5-5", "gpt-5-codex") → a mode or a model of
+    # this file. Keys are glob patterns ("claude-*"); the first that matches wins.
+    aliases: dict[str, str] = Field(default_factory=dict)
     budgets: list[Budget] = Field(default_factory=list)
     models: dict[str, ModelConfig]
     source: Path | None = Field(default=None, exclude=True)
@@ -288,6 +292,27 @@ class Config(_Strict):
                     f"users = [...] (known teams: {', '.join(self.teams) or 'none'})"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _aliases(self) -> Config:
+        for pattern, target in self.aliases.items():
+            if target not in ROUTING_MODES and target not in self.models:
+                raise ValueError(
+                    f"aliases.{pattern!r} = {target!r}: give auto, local, cloud or a model of "
+                    f"this file (models: {', '.join(self.models)})"
+                )
+        return self
+
+    def resolve(self, name: str) -> str:
+        """The mode or model a requested name means: itself when it is one, else the target
+        of the first alias whose pattern matches it, else itself (unknown: the policy says
+        so)."""
+        if name in ROUTING_MODES or name in self.models:
+            return name
+        for pattern, target in self.aliases.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return target
+        return name
 
     def for_serving(self, exposed: bool) -> Config:
         """This configuration as `router serve` runs it: an unset [cache] scope is per user

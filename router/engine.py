@@ -155,6 +155,9 @@ class Router:
         retry-storm detection (the pipeline does; a dry run such as `router explain` does not).
         `guard=False` flags low-value requests without acting on them (a cache hit is free)."""
         policy.check_request_fits(request)
+        resolved = self.config.resolve(request.model)  # [aliases]
+        if resolved != request.model:
+            request = request.with_model(resolved)
         model = self.config.models.get(request.model)
         if model is not None and not model.enabled:
             known = [*ROUTING_MODES, *self.config.enabled()]
@@ -174,7 +177,10 @@ class Router:
         decision = policy.decide(
             request, score, self.model_views(), self.config.router.default_max_tokens
         )
-        decision = replace(decision, category=category, flags=tuple(flags))
+        reason = decision.reason
+        if request.dropped:  # what the API's translation into a chat request could not carry
+            reason += f"; dropped {', '.join(request.dropped)} (not carried to a chat model)"
+        decision = replace(decision, reason=reason, category=category, flags=tuple(flags))
         return waste.guard(self.config, request, decision) if guard else decision
 
     def score(self, request: ChatRequest) -> float:
@@ -202,7 +208,7 @@ class Router:
 
         with hangups.watching(hangup):
             response, routing, reservation = self._attempts.first_answer(
-                request, decision, params, call, new_id(), stream=False
+                request, decision, params, call, new_id(), stream=False, views=self.model_views()
             )
         # The router's own id for every answer: unique (providers and test servers repeat
         # theirs) and the key the client gives back with feedback.
@@ -248,7 +254,7 @@ class Router:
 
         with hangups.watching(hangup):
             (first, chunks), routing, reservation = self._attempts.first_answer(
-                request, decision, params, call, new_id(), stream=True
+                request, decision, params, call, new_id(), stream=True, views=self.model_views()
             )
         body = self._finish_stream(
             request, key, chunks, first, routing, started, reservation, hangup

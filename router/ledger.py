@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from router import rollups
+from router.chunks import canonical_id
 from router.errors import LedgerUnavailableError, NotFoundError, RequestError
 from router.shared import Reachability
 from router.sqlite import Store, migrate, open_db
@@ -79,6 +80,7 @@ class Entry:
     # Written ahead of a paid call with the call's worst case (router.bookkeeping); the final
     # row replaces it. One that stays pending is a call the router did not see finish.
     pending: bool = False
+    api: str = "chat"  # the API the request came through (router.types.APIS)
 
     @classmethod
     def from_routing(cls, routing: Routing, **rest: Any) -> Entry:
@@ -200,6 +202,9 @@ _MIGRATIONS = [
     """
     ALTER TABLE requests ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    ALTER TABLE requests ADD COLUMN api TEXT NOT NULL DEFAULT 'chat';
+    """,
 ]
 
 _COLUMNS = [f.name for f in fields(Entry)]
@@ -213,7 +218,7 @@ SUMMARY_COLUMNS = (
     "usd_saved",
     "cache_hits",
 )
-GROUPS = ("day", "user", "tier", "model", "category")  # `router stats --by`
+GROUPS = ("day", "user", "tier", "model", "category", "api")  # `router stats --by`
 
 
 def _entry(row: dict[str, Any]) -> Entry:
@@ -442,5 +447,5 @@ def rate_answer(
         raise RequestError(f"rating {rating[:20]!r}: give 'good' or 'bad'", param="rating")
     if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
         raise RequestError(f"comment: at most {MAX_COMMENT} characters", param="comment")
-    if not ledger.rate(response_id, rating, comment, user):
+    if not ledger.rate(canonical_id(response_id), rating, comment, user):
         raise NotFoundError(f"no answer with id {response_id[:80]!r} in the ledger", param="id")

@@ -37,6 +37,7 @@ class ModelView:
     unusable: str | None = None  # why it cannot be called now (no key, no file), else None
     retry_after: float | None = None  # when an unusable model expects to work again
     unusable_public: str | None = None  # the same in words a client may read (no path, pid)
+    max_output: int | None = None  # the most tokens one answer may have (a cloud model's)
 
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:
@@ -49,11 +50,33 @@ def worst_prompt_tokens(request: ChatRequest) -> int:
     return -(-len(request.text.encode()) // 2) + 8 * len(request.messages)
 
 
+MIN_ROOM = 256  # a model must leave this much room for the answer of a max_tokens_cap request
+
+
+def answer_room(model: ModelView, request: ChatRequest, max_tokens: int) -> int:
+    """The max_tokens `model` gets: the request's, or, when that is a ceiling
+    (`max_tokens_cap`), no more than the model holds: its output limit and, for a local model,
+    its context less the prompt."""
+    if not request.max_tokens_cap:
+        return max_tokens
+    room = max_tokens
+    if model.max_output:
+        room = min(room, model.max_output)
+    elif model.n_ctx:  # no output limit known: no more than its context
+        room = min(room, model.n_ctx)
+    if model.tier == "local" and model.n_ctx:
+        room = min(room, model.n_ctx - estimate_prompt_tokens(request))
+    return max(1, room)
+
+
 def blockers(
     model: ModelView, request: ChatRequest, needed_tokens: int, *, public: bool = False
 ) -> list[str]:
     """Why `model` cannot serve `request`; empty when it can. `public`: in words a client may
     read (RouterError.public)."""
+    if request.max_tokens_cap:  # the ceiling is not a need: room for a short answer will do
+        prompt = estimate_prompt_tokens(request)
+        needed_tokens = prompt + min(needed_tokens - prompt, MIN_ROOM)
     found = []
     if model.unusable:
         found.append(model.unusable_public or "not usable now" if public else model.unusable)

@@ -49,6 +49,16 @@ def context_window(model_id: str) -> int | None:
     return None
 
 
+def output_limit(model_id: str) -> int | None:
+    """The most tokens one answer of `model_id` may have, from LiteLLM's cost map."""
+    table = cost_map()
+    for key in (model_id, model_id.split("/", 1)[-1]):
+        entry = table.get(key)
+        if entry and isinstance(entry.get("max_output_tokens"), int):
+            return int(entry["max_output_tokens"])
+    return None
+
+
 def model_price(name: str, model: LocalModel | CloudModel) -> Price:
     if model.price is not None:
         return model.price

@@ -22,6 +22,9 @@ Message = dict[str, Any]
 SAMPLING_PARAMS = frozenset(ChatParams.model_fields)
 
 
+# The APIs a request may come through (the ledger's `api` column).
+APIS = ("chat", "messages", "responses", "ollama", "completions", "embeddings")
+
 # Task categories (router.governance.categories classifies requests into them).
 CATEGORIES = (
     "chit-chat",
@@ -94,6 +97,13 @@ class ChatRequest:
     # The client retries failed calls itself (an OpenAI or Anthropic SDK: x-stainless-retry-
     # count): the router does not retry on top (router.backends.retry.at_most).
     client_retries: bool = False
+    # The API the request came through (router.wire), and what of it the translation into a
+    # chat request could not carry (the ledger's reason names them).
+    api: str = "chat"
+    dropped: tuple[str, ...] = ()
+    # `max_tokens` is a ceiling, not a need: each model gets at most what it can hold (an
+    # Anthropic client must send max_tokens, and agents send their model's largest).
+    max_tokens_cap: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "messages", validate_messages(self.messages))
@@ -106,6 +116,8 @@ class ChatRequest:
             _check_text("" if name == "params" else name, getattr(self, name))
         if self.category is not None:
             check_category(self.category)
+        if self.api not in APIS:
+            raise ValueError(f"api {self.api!r}: one of {', '.join(APIS)}")
 
     @cached_property
     def text(self) -> str:
@@ -125,6 +137,12 @@ class ChatRequest:
         for f in fields(self):
             object.__setattr__(clone, f.name, getattr(self, f.name))
         object.__setattr__(clone, "messages", messages)
+        return clone
+
+    def with_model(self, model: str) -> ChatRequest:
+        """This request for another model or mode (an alias resolved): nothing re-checked."""
+        clone = self.with_messages(self.messages)
+        object.__setattr__(clone, "model", model)
         return clone
 
     @property

@@ -94,5 +94,5 @@ def test_heavy_dependencies_have_one_home_each() -> None:
             homes[dep].add(name)
     assert homes["llama_cpp"] == {"router.backends.llama_process"}
     assert homes["litellm"] == {"router.backends.cloud"}
-    assert homes["starlette"] <= {"router.server.app", "router.server.origins"}
+    assert all(name.startswith("router.server.") for name in homes["starlette"])  # the package
     assert homes["uvicorn"] == {"router.server.connections"}

@@ -68,13 +68,16 @@ class FunctionBackend:
         return self._stream(request, params)
 
     def _stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        calls: list[dict[str, Any]] = []
         if self._stream_fn is not None:
             pieces: Iterable[str] = self._stream_fn(request, params)  # lazily, as a model would
         else:
             answer = self._fn(request, params)
-            if isinstance(answer, dict):
-                answer = answer["choices"][0]["message"].get("content") or ""
-            words = answer.split(" ")
+            if isinstance(answer, dict):  # a whole completion: its text, and its tool calls
+                message = answer["choices"][0]["message"]
+                calls = list(message.get("tool_calls") or [])
+                answer = message.get("content") or ""
+            words = answer.split(" ") if answer else []
             pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
         limit = params.get("max_tokens")
         rid, created = f"chatcmpl-fn{next(self._ids)}", int(time.time())
@@ -98,7 +101,13 @@ class FunctionBackend:
             delta = {"role": "assistant", "content": piece} if not sent else {"content": piece}
             sent.append(piece)
             yield chunk(delta, None)
-        yield chunk({}, finish)
+        for index, call in enumerate(calls):  # as OpenAI streams them: name, then arguments
+            function = call["function"]
+            head = {"index": index, "id": call["id"], "type": "function"}
+            yield chunk({"tool_calls": [{**head, "function": {"name": function["name"]}}]}, None)
+            arguments = {"arguments": function["arguments"]}
+            yield chunk({"tool_calls": [{"index": index, "function": arguments}]}, None)
+        yield chunk({}, "tool_calls" if calls else finish)
         yield {
             "id": rid,
             "object": "chat.completion.chunk",

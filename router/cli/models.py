@@ -67,8 +67,9 @@ def models(
                 "endpoints": m.endpoints() if isinstance(m, LocalModel) and m.remote else None,
             }
         )
+    aliases = [{"name": pattern, "alias_of": target} for pattern, target in cfg.aliases.items()]
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps(rows + aliases, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -102,6 +103,8 @@ def models(
             _runs(r),
         )
     Console(width=max(120, Console().width)).print(table)
+    for alias in aliases:  # names clients send ([aliases])
+        typer.echo(f"alias: {alias['name']} → {alias['alias_of']}")
     notes = {r["extra_buffers"]["why"] for r in rows if r["extra_buffers"]}
     for note in sorted(notes):
         typer.echo(f"extra buffers: {note}")

@@ -14,7 +14,7 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._requests: dict[tuple[str, str], int] = defaultdict(int)
+        self._requests: dict[tuple[str, str, str], int] = defaultdict(int)
         self._cache_hits = 0
         self._tokens_saved = 0
         self._usd_saved = 0.0
@@ -22,10 +22,12 @@ class Metrics:
         self._latency: dict[str, list[int]] = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
         self._latency_sum: dict[str, float] = defaultdict(float)
 
-    def observe(self, status: int, seconds: float, routing: Routing | None = None) -> None:
+    def observe(
+        self, status: int, seconds: float, routing: Routing | None = None, api: str = "chat"
+    ) -> None:
         tier = routing.tier if routing else "none"
         with self._lock:
-            self._requests[(tier, str(status))] += 1
+            self._requests[(api, tier, str(status))] += 1
             counts = self._latency[tier]
             for i, bound in enumerate(BUCKETS):
                 if seconds <= bound:
@@ -41,11 +43,12 @@ class Metrics:
     def render(self) -> str:
         with self._lock:
             out = [
-                "# HELP router_requests_total Chat completion requests by tier and HTTP status.",
+                "# HELP router_requests_total Requests by API, tier and HTTP status.",
                 "# TYPE router_requests_total counter",
             ]
-            for (tier, status), n in sorted(self._requests.items()):
-                out.append(f'router_requests_total{{tier="{tier}",status="{status}"}} {n}')
+            for (api, tier, status), n in sorted(self._requests.items()):
+                labels = f'api="{api}",tier="{tier}",status="{status}"'
+                out.append(f"router_requests_total{{{labels}}} {n}")
             for name, kind, value, help_text in (
                 ("router_cache_hits_total", "counter", self._cache_hits, "Answers from cache."),
                 (

@@ -30,6 +30,9 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from router.wire.http import HTTPError
+from router.wire.shapes import error_body
+
 EXPOSED = "x-router-tier, x-router-model, x-router-score, x-router-cache, x-router-category, " + (
     "retry-after"
 )
@@ -81,10 +84,10 @@ def cross_site_without_cors(method: str, path: str, headers: Headers) -> bool:
     return not (mode == "navigate" and method == "GET" and path == "/dashboard")
 
 
-def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": None}}
-    body["error"]["code"] = code
-    return JSONResponse(body, status_code=status, headers=headers)
+def _error(path: str, status: int, message: str, code: str) -> Response:
+    """The refusal in the shape of the API `path` belongs to (router.wire.shapes)."""
+    body = error_body(path, HTTPError(status, message, code=code))
+    return JSONResponse(body, status_code=status)
 
 
 class BrowserGuard:
@@ -136,6 +139,7 @@ class BrowserGuard:
         host = headers.get("host")
         if self.loopback and host is not None and not is_loopback_name(split_host(host)):
             return _error(
+                path,
                 403,
                 f"Host {host[:100]!r} refused: this router listens on loopback and answers "
                 "only localhost names (protection against DNS rebinding); call it as "
@@ -145,6 +149,7 @@ class BrowserGuard:
         origin = headers.get("origin")
         if origin is not None and not origin_allowed(origin, self.allowed, host):
             return _error(
+                path,
                 403,
                 f"cross-origin request from {origin[:100]!r} refused: add that origin to "
                 "[server] allowed_origins in models.toml to let its web pages use this router",
@@ -152,6 +157,7 @@ class BrowserGuard:
             )
         if cross_site_without_cors(method, path, headers):
             return _error(
+                path,
                 403,
                 f"{path} refused: a request another site's page made (an image, a script, a "
                 "link) may not run here; call it from a program, or from this router's own "
@@ -162,6 +168,7 @@ class BrowserGuard:
             media = headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json":
                 return _error(
+                    path,
                     415,
                     f"{path} takes a JSON body: send 'Content-Type: application/json' "
                     f"(got {media[:60] or 'none'!r})",

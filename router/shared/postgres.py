@@ -42,6 +42,7 @@ log = logging.getLogger("router.ledger")
 _COLUMNS = [f.name for f in fields(Entry)]
 _QUOTED = ", ".join(f'"{c}"' for c in _COLUMNS)
 BATCH = 500
+_NEW = {"pending": False, "api": "chat"}  # rows queued before these columns existed
 
 # The SQLite ledger's migrations, one for one, in PostgreSQL's dialect ("user" is reserved).
 _MIGRATIONS = [
@@ -90,6 +91,9 @@ _MIGRATIONS = [
     """,
     """
     ALTER TABLE requests ADD COLUMN pending BOOLEAN NOT NULL DEFAULT false;
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN api TEXT NOT NULL DEFAULT 'chat';
     """,
 ]
 _QUEUE = [
@@ -265,7 +269,7 @@ class PostgresLedger:
             values: list[list[Any]] = []
             for row in rows:
                 if "abandon" not in row:
-                    values.append([row.get(c, False) for c in _COLUMNS])  # (pending: new)
+                    values.append([row.get(c, _NEW.get(c)) for c in _COLUMNS])
                     continue
                 if values:
                     cursor.executemany(upsert, values)

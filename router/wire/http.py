@@ -1,4 +1,4 @@
-"""A /v1/chat/completions body → ChatCall, and router errors → OpenAI error bodies.
+"""Router errors → HTTP statuses and OpenAI error bodies; the feedback body.
 
 No HTTP framework here: the server moves bytes, this module decides what they mean.
 """
@@ -21,8 +21,7 @@ from router.errors import (
     UnavailableError,
     UnknownModelError,
 )
-from router.types import ChatRequest
-from router.wire import body, schema
+from router.wire import body
 
 
 @dataclass
@@ -97,13 +96,6 @@ def http_error(exc: RouterError) -> HTTPError:
     return HTTPError(500, exc.public, "server_error")
 
 
-@dataclass(frozen=True)
-class ChatCall:
-    request: ChatRequest
-    stream: bool
-    include_usage: bool
-
-
 FEEDBACK_FIELDS = {"id", "rating", "comment"}
 
 
@@ -127,39 +119,3 @@ def parse_feedback(raw: bytes) -> tuple[str, str, str]:
     if not isinstance(comment, str) or len(comment) > 2000:
         raise HTTPError(400, "'comment': a string of at most 2000 characters", param="comment")
     return ident, str(rating), comment
-
-
-def parse_chat(
-    raw: bytes,
-    *,
-    user: str | None,
-    cache: bool,
-    category: str | None = None,
-    client_retries: bool = False,
-) -> ChatCall:
-    """A /v1/chat/completions body → a validated ChatCall, or HTTPError(400) saying what to fix.
-
-    Nothing else runs before this: a refused request touches no model, cache, budget or ledger.
-    `user` (the API key's owner) wins over the body's `user` field when given; `category`
-    (the x-router-category header) over the body's `metadata.category`.
-    """
-    try:
-        data = body.parse(raw)
-    except body.BodyError as exc:
-        raise HTTPError(400, str(exc), param=exc.param) from None
-    try:
-        checked = schema.validate_body(data)
-        metadata = checked.metadata or {}
-        request = ChatRequest(
-            messages=checked.messages,
-            model=checked.model,
-            params=checked.params(),
-            user=user or checked.user,
-            cache=cache,
-            category=category or metadata.get("category"),
-            client_retries=client_retries,
-        )
-    except RequestError as exc:
-        raise http_error(exc) from None
-    include_usage = bool(checked.stream_options and checked.stream_options.include_usage)
-    return ChatCall(request, bool(checked.stream), include_usage)

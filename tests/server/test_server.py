@@ -161,8 +161,8 @@ def test_models_health_and_metrics(serve: Serve) -> None:
     health = details(server.url)
     assert health["status"] == "ok" and health["models"]["smollm2"]["usable"] is True
     text = httpx.get(server.url + "/metrics").text
-    assert 'router_requests_total{tier="local",status="200"} 2' in text
-    assert 'router_requests_total{tier="none",status="400"} 1' in text
+    assert 'router_requests_total{api="chat",tier="local",status="200"} 2' in text
+    assert 'router_requests_total{api="chat",tier="none",status="400"} 1' in text
     assert "router_cache_hits_total 1" in text
     assert 'router_request_duration_seconds_count{tier="local"} 2' in text
     saved = float(text.split("\nrouter_tokens_saved_total ")[1].split()[0])

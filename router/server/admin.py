@@ -1,0 +1,129 @@
+"""The router's own endpoints: feedback on answers, the savings summary and its page, health
+and metrics. Each key sees what its role allows (router.server.keys)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from router import dashboard
+from router.config import LocalModel
+from router.errors import RouterError
+from router.server.metrics import endpoint_gauges, ledger_gauges, redis_gauges, shadow_counters
+from router.server.service import Service
+from router.wire.chat import ChatApi
+from router.wire.http import HTTPError, parse_feedback
+
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'"
+)
+
+
+def routes(service: Service) -> list[Route]:
+    router = service.router
+    openai = ChatApi()
+
+    async def feedback(request: Request) -> Response:
+        try:
+            whose = service.own_only(service.authenticate(request))  # a user: their answers
+            ident, rating, comment = parse_feedback(await service.read_body(request))
+            try:
+                await anyio.to_thread.run_sync(
+                    lambda: router.feedback(ident, rating, comment, user=whose)
+                )
+            except RouterError as exc:
+                raise service.failure(request, exc) from None
+        except HTTPError as err:
+            return service.error_response(openai, err)
+        return JSONResponse({"id": ident, "rating": rating, "recorded": True})
+
+    async def router_summary(request: Request) -> Response:
+        try:
+            whose = service.own_only(service.authenticate(request))
+            unknown = sorted(set(request.query_params) - {"since"})
+            if unknown:
+                raise HTTPError(
+                    400,
+                    f"unknown parameter {unknown[0][:40]!r}: only 'since'",
+                    param=unknown[0][:40],
+                )
+            since = request.query_params.get("since", "7d")
+            try:
+                body = await anyio.to_thread.run_sync(
+                    lambda: dashboard.summary(
+                        router.config, router.ledger, router.budgets, since, user=whose
+                    )
+                )
+            except RouterError as exc:  # a bad or too long window: the 400 says which
+                raise service.failure(request, exc) from None
+        except HTTPError as err:
+            return service.error_response(openai, err)
+        return JSONResponse(body)
+
+    async def dashboard_page(request: Request) -> Response:
+        # The page holds no figures (they come from /v1/router/summary, behind the keys off
+        # loopback) and may load nothing from anywhere else.
+        return HTMLResponse(dashboard.page(), headers={"Content-Security-Policy": PAGE_POLICY})
+
+    async def health(request: Request) -> Response:
+        """`{"status": "ok" | "degraded"}` for anyone (a load balancer's check); the details
+        (workers' pids, endpoints' URLs, failures) for an admin only: operator matters."""
+        try:
+            details = service.admin(request)
+        except HTTPError:  # a bad key still learns whether the router is up
+            details = False
+        views = router.model_views()
+        models: dict[str, dict[str, Any]] = {}
+        for name, view in views.items():
+            models[name] = {"tier": view.tier, "usable": view.unusable is None}
+            models[name]["why_not"] = view.unusable
+            if view.tier == "local":  # its worker process: state, pid, memory, failures
+                models[name]["worker"] = router.local_runtime(name)
+        shadow = {"rate": router.shadow.settings.shadow_rate, **router.shadow.counts}
+        body: dict[str, Any] = {"status": "ok", "models": models, "shadow": shadow}
+        if router.link is not None:  # [shared]: Redis, and what waits for it
+            await anyio.to_thread.run_sync(router.link.ping)
+            body["shared"] = router.shared_health()
+            if not router.link.up:
+                body["status"] = "degraded"
+        # The ledger (SQLite, or PostgreSQL and its queue on disk): paid calls stop without it.
+        body["ledger"] = await anyio.to_thread.run_sync(router.ledger.health)
+        if not body["ledger"]["up"]:
+            body["status"] = "degraded"
+        return JSONResponse(body if details else {"status": body["status"]})
+
+    async def metrics(request: Request) -> Response:
+        try:
+            if service.require_keys and not service.admin(request):  # everyone's figures
+                raise HTTPError(
+                    403,
+                    "/metrics needs an admin key ('router keys create --role admin')",
+                    "permission_error",
+                    code="admin_key_required",
+                )
+        except HTTPError as err:
+            return service.error_response(openai, err)
+        remote = {
+            name: router.local_runtime(name)
+            for name, m in router.config.enabled().items()
+            if isinstance(m, LocalModel) and m.remote
+        }
+        text = service.metrics.render() + endpoint_gauges(remote)
+        text += shadow_counters(router.shadow.counts)
+        text += ledger_gauges(await anyio.to_thread.run_sync(router.ledger.health))
+        if router.link is not None:
+            text += redis_gauges(router.link.up, router.link.errors)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    return [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/router/summary", router_summary, methods=["GET"]),
+        Route("/v1/feedback", feedback, methods=["POST"]),
+        Route("/dashboard", dashboard_page, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

@@ -1,0 +1,267 @@
+"""What every endpoint of one app shares: the router, its keys and metrics, and the steps of
+serving a call in any API: authenticate, read the body (bounded in size and time), answer
+(watching for a hang-up), and write errors in the API's own shape with the request's id.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from router.backends.hangup import Hangup
+from router.engine import Router
+from router.errors import ClientGoneError, RouterError
+from router.server.keys import PREFIX, KeyOwner, Keys
+from router.server.metrics import Metrics
+from router.server.streams import relay
+from router.types import Routing
+from router.wire.api import Asked, Call, Renderer
+from router.wire.http import HTTPError, http_error
+
+log = logging.getLogger("router.server")
+T = TypeVar("T")
+CLIENT_GONE = 499  # nginx's "client closed request": in the metrics, never sent
+
+
+def routing_headers(routing: Routing) -> dict[str, str]:
+    return {
+        "x-router-tier": routing.tier,
+        "x-router-model": routing.model,
+        "x-router-score": f"{routing.score:.4f}",
+        "x-router-cache": "hit" if routing.cache_hit else "miss",
+        "x-router-category": routing.category,
+    }
+
+
+class RequestIds:
+    """ASGI middleware: every request gets an id (`x-request-id` on its response, as OpenAI's
+    API sends it and its SDKs read it); the server's log keys what it writes by it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = f"req_{secrets.token_hex(12)}"
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+async def watched(request: Request, hangup: Hangup, work: Callable[..., T], *args: Any) -> T:
+    """`work(*args, hangup)` in a worker thread while the client is watched: when it hangs up
+    (the ASGI `http.disconnect` message, which comes once the body was read), `hangup` fires
+    and what generates for the request stops."""
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        hangup.fire()
+
+    done: list[T] = []
+    failed: list[Exception] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            done.append(await anyio.to_thread.run_sync(lambda: work(*args, hangup)))
+        except Exception as exc:  # raised here, not as the task group's ExceptionGroup
+            failed.append(exc)
+        group.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+    return done[0]
+
+
+class Service:
+    def __init__(
+        self, router: Router, keys: Keys | None, *, require_keys: bool, body_limit: int
+    ) -> None:
+        if require_keys and keys is None:
+            raise ValueError("require_keys needs a KeyStore")
+        self.router = router
+        self.keys = keys
+        self.require_keys = require_keys
+        self.body_limit = body_limit
+        self.metrics = Metrics()
+
+    # ---------------------------------------------------------------- who asks
+
+    def authenticate(self, request: Request) -> KeyOwner | None:
+        """The key's owner; None for anonymous loopback use (the machine's owner). The key
+        comes as `Authorization: Bearer` (OpenAI, Ollama) or `x-api-key` (Anthropic)."""
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        token = token or request.headers.get("x-api-key", "").strip()
+        # On loopback, clients must send *some* key; placeholders ("sk-none", "EMPTY") are
+        # fine, but anything shaped like one of our keys has to be valid.
+        if not self.require_keys and not token.startswith(PREFIX):
+            return None
+        try:
+            owner = self.keys.owner(token) if self.keys is not None and token else None
+        except RouterError as exc:  # a shared key store that cannot be reached: 503
+            raise self.failure(request, exc) from None
+        if owner is None:
+            raise HTTPError(
+                401,
+                "missing or invalid API key: send 'Authorization: Bearer <key>' (or "
+                "'x-api-key') with a key from 'router keys create --user NAME'",
+                "authentication_error",
+                code="invalid_api_key",
+            )
+        return owner
+
+    @staticmethod
+    def own_only(viewer: KeyOwner | None) -> str | None:
+        """The user whose figures and answers a caller sees (None: everyone's): a user key
+        its own; an admin key, or the machine's owner on loopback without one, all."""
+        return viewer.name if viewer is not None and not viewer.admin else None
+
+    def admin(self, request: Request) -> bool:
+        """Whether the caller may read operator details (/health's, /metrics): an admin key;
+        on loopback, any key (a placeholder included), as a program of the owner's sends."""
+        viewer = self.authenticate(request)
+        if viewer is not None:
+            return viewer.admin
+        return not self.require_keys and (
+            "authorization" in request.headers or "x-api-key" in request.headers
+        )
+
+    def asked(self, request: Request, viewer: KeyOwner | None) -> Asked:
+        no_cache = {"no-cache", "no-store"} & {
+            v.strip() for v in request.headers.get("cache-control", "").lower().split(",")
+        }
+        return Asked(
+            user=viewer.name if viewer is not None else None,
+            cache=not no_cache,
+            category=request.headers.get("x-router-category"),
+            # OpenAI's and Anthropic's SDKs say so: they retry 5xx and 429 themselves.
+            client_retries="x-stainless-retry-count" in request.headers,
+        )
+
+    # ---------------------------------------------------------------- the body
+
+    async def read_body(self, request: Request) -> bytes:
+        too_big = HTTPError(
+            413,
+            f"request body is larger than {self.body_limit} bytes (server.max_body_kb in "
+            "models.toml)",
+            code="request_too_large",
+        )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.body_limit:
+            raise too_big
+        parts: list[bytes] = []
+        size = 0
+        wait = self.router.config.server.body_timeout_seconds
+        try:
+            with anyio.fail_after(wait):
+                async for part in request.stream():
+                    size += len(part)
+                    if size > self.body_limit:
+                        raise too_big
+                    parts.append(part)
+        except TimeoutError:
+            raise HTTPError(
+                408,
+                f"the request body did not arrive within {wait:g} s "
+                "(server.body_timeout_seconds in models.toml)",
+                code="request_timeout",
+            ) from None
+        except ClientDisconnect:  # a client that hangs up mid-body: one quiet line
+            log.info("%s: the client hung up before its body was sent", request.state.request_id)
+            raise HTTPError(CLIENT_GONE, "client disconnected", "client_closed_request") from None
+        return b"".join(parts)
+
+    # ---------------------------------------------------------------- errors
+
+    @staticmethod
+    def failure(request: Request, exc: RouterError) -> HTTPError:
+        """The error for `exc`: its public words, and for a failure of the router's (5xx) the
+        request id, under which the server's log has the whole story (a provider's message,
+        a URL, a pid)."""
+        err = http_error(exc)
+        if err.status >= 500:
+            rid = request.state.request_id
+            log.warning("%s %s: %s", rid, request.url.path, exc)
+            err.message = f"{err.message} (request {rid})"
+        return err
+
+    @staticmethod
+    def crashed(request: Request) -> HTTPError:
+        """The error for a bug (its traceback goes to the log, under the request id)."""
+        rid = request.state.request_id
+        log.exception("%s %s: unexpected error", rid, request.url.path)
+        return HTTPError(500, f"internal error (request {rid})", "server_error")
+
+    @staticmethod
+    def error_response(renderer: Renderer, err: HTTPError) -> Response:
+        return JSONResponse(renderer.error(err), status_code=err.status, headers=err.headers)
+
+    # ---------------------------------------------------------------- answers
+
+    async def serve(
+        self, request: Request, renderer: Renderer, parse: Callable[[bytes, Asked], Call]
+    ) -> Response:
+        """One completion in `renderer`'s API: authenticate, read and `parse` the body, answer
+        (streamed or not), errors in the API's shape; counted in the metrics by API."""
+        started = time.perf_counter()
+        api = renderer.api
+
+        def observe(status: int, routing: Routing | None = None) -> None:
+            self.metrics.observe(status, time.perf_counter() - started, routing, api)
+
+        try:
+            viewer = self.authenticate(request)
+            call = parse(await self.read_body(request), self.asked(request, viewer))
+            if call.ready is not None:
+                return JSONResponse(call.ready)
+            hangup = Hangup()
+            router = self.router
+            if call.stream:
+                stream = await watched(request, hangup, router.stream_request, call.request)
+                events = relay(
+                    stream,
+                    renderer.writer(call, stream.routing),
+                    hangup,
+                    lambda exc: self.failure(request, exc),
+                    lambda: self.crashed(request),
+                    lambda status: observe(status, stream.routing),
+                )
+                headers = {**routing_headers(stream.routing), "Cache-Control": "no-cache"}
+                return StreamingResponse(events, media_type=renderer.media_type, headers=headers)
+            done = await watched(request, hangup, router.complete_request, call.request)
+            if hangup.fired:  # nobody to answer: the row says what was done
+                observe(CLIENT_GONE, done.routing)
+                return Response(status_code=CLIENT_GONE)
+        except HTTPError as exc:
+            err = exc
+        except ClientGoneError:
+            log.info("%s: the client hung up before its answer was under way", api)
+            err = HTTPError(CLIENT_GONE, "the client hung up", "client_closed_request")
+        except RouterError as exc:
+            err = self.failure(request, exc)
+        except Exception:
+            err = self.crashed(request)
+        else:
+            observe(200, done.routing)
+            body = renderer.answer(call, done)
+            return JSONResponse(body, headers=routing_headers(done.routing))
+        observe(err.status)
+        return self.error_response(renderer, err)

@@ -1,0 +1,127 @@
+"""What every API the server speaks has in common: a parsed call, and how its answers, stream
+events and errors are written.
+
+Each API (OpenAI chat, Anthropic Messages, OpenAI Responses, Ollama, legacy completions) has a
+module here that turns its request body into a `Call` (the router's `ChatRequest`, plus what
+the answer must echo) and implements `Renderer`: the answer as the API's JSON, a `Writer` for
+its stream, and its error body. The engine never learns which API a request came through,
+except as `ChatRequest.api`, for the ledger. No HTTP framework here: bytes and dicts only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from router.types import ChatRequest, Completion, Routing
+from router.wire import body
+from router.wire.http import HTTPError
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What the HTTP layer knows of a request besides its body."""
+
+    user: str | None = None  # the API key's owner (wins over a user named in the body)
+    cache: bool = True  # False: `Cache-Control: no-cache` or `no-store`
+    category: str | None = None  # the x-router-category header
+    client_retries: bool = False  # the client's SDK retries itself (x-stainless-retry-count)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A parsed request: what to ask the engine, and what the answer must echo."""
+
+    request: ChatRequest
+    stream: bool
+    model: str  # the name the client sent (answers carry it back)
+    options: Mapping[str, Any] = field(default_factory=dict)  # the API's own switches
+    ready: dict[str, Any] | None = None  # an answer that needs no model (Ollama's load call)
+
+
+class Writer(Protocol):
+    """One stream's events, in order: `start`, `chunk` for each chat chunk, `end` (the routing
+    is final then), or `fail` when the model failed after the stream had started; `ping`
+    keeps a long wait alive (b"" when the API has no such thing)."""
+
+    def start(self) -> bytes: ...
+
+    def chunk(self, chunk: Mapping[str, Any]) -> bytes: ...
+
+    def end(self, routing: Routing) -> bytes: ...
+
+    def fail(self, err: HTTPError) -> bytes: ...
+
+    def ping(self) -> bytes: ...
+
+
+class Renderer(Protocol):
+    api: str  # the ledger's and the metrics' name for it (router.types.APIS)
+    media_type: str  # of its streams
+
+    def answer(self, call: Call, done: Completion) -> dict[str, Any]: ...
+
+    def writer(self, call: Call, routing: Routing) -> Writer: ...
+
+    def error(self, err: HTTPError) -> dict[str, Any]: ...
+
+
+def sse(payload: Mapping[str, Any], event: str | None = None) -> bytes:
+    """One server-sent event (with its `event:` line when named)."""
+    data = json.dumps(payload, ensure_ascii=False).encode()
+    return (f"event: {event}\n".encode() if event else b"") + b"data: " + data + b"\n\n"
+
+
+def ndjson(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False).encode() + b"\n"
+
+
+def parse_object(raw: bytes, what: str) -> dict[str, Any]:
+    """A body as a JSON object (bounded: router.wire.body), or a 400 saying what to send."""
+    try:
+        data = body.parse(raw)
+    except body.BodyError as exc:
+        raise HTTPError(400, str(exc), param=exc.param) from None
+    if not isinstance(data, dict):
+        raise HTTPError(400, f"the body must be a JSON object: {what}")
+    return data
+
+
+def unknown(data: Mapping[str, Any], known: Iterable[str]) -> tuple[str, ...]:
+    """The top-level fields of `data` this translation does not know, by name (at most 16,
+    each cut to 40 characters): agents add fields release by release, and refusing them
+    would break the agent, so they are dropped and the ledger says which."""
+    names = sorted(set(data) - set(known))
+    return tuple(n[:40] for n in names[:16])
+
+
+def bad(param: str, expected: str) -> HTTPError:
+    return HTTPError(400, f"'{param}' must be {expected}", param=param)
+
+
+def text_of(content: Any) -> str:
+    """The text of a content given as a string or as a list of {"type": "...text", "text"}
+    blocks (other blocks ignored)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(b.get("text", ""))
+            for b in content
+            if isinstance(b, dict) and isinstance(b.get("text"), str)
+        )
+    return ""
+
+
+def finish_of(done: Completion) -> tuple[str, list[dict[str, Any]]]:
+    """The first choice's finish reason and tool calls."""
+    choice = done.response["choices"][0]
+    calls = choice.get("message", {}).get("tool_calls") or []
+    return str(choice.get("finish_reason") or "stop"), list(calls)
+
+
+def usage_of(done: Completion) -> tuple[int, int]:
+    usage = done.response.get("usage") or {}
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)

@@ -73,6 +73,7 @@ class Availability:
             retry_after=retry_after if unusable else None,
             unusable_public=shown if unusable else None,
             max_output=max_output,
+            embeddings=model.embeddings,
         )
 
     def file_problem(self, name: str, model: LocalModel) -> str | None:

@@ -101,6 +101,9 @@ class LocalModel(_Strict):
     supports_tools: bool = False
     supports_json: bool = False
     supports_vision: bool = False
+    # An embedding model (POST /v1/embeddings, /api/embed): loaded in llama.cpp's embedding
+    # mode, one vector a text; it answers no chat.
+    embeddings: bool = False
     max_queue: Annotated[int, Field(ge=1, le=10_000)] = 16
     extra_buffers: Literal["auto"] | bool = "auto"
     timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
@@ -189,6 +192,7 @@ class CloudModel(_Strict):
     supports_tools: bool = True
     supports_json: bool = True
     supports_vision: bool = False  # image parts in messages (gpt-4o, claude-3 and later: true)
+    embeddings: bool = False  # an embedding model (text-embedding-3-small...): no chat
     timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     price: Price | None = None
 

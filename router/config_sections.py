@@ -37,6 +37,9 @@ class RouterSettings(_Strict):
     store_prompts: bool = False
     # A learned estimator file (`router learn` writes one); unset: the shipped estimator.
     estimator: str | None = None
+    # The embedding model (LiteLLM's id) embeddings' savings are measured against; unset: a
+    # local embedding saves tokens, not dollars, and a cloud one saves nothing.
+    embedding_baseline: str | None = None
 
 
 class CacheSettings(_Strict):

@@ -34,6 +34,7 @@ from router.chunks import assemble, new_id, replay
 from router.complexity import Estimator, estimator_name, load_estimator
 from router.complexity.followups import conversation_score
 from router.config import Config, load_config
+from router.embedding import Embedding, Embeddings, check_texts
 from router.errors import (
     BackendError,
     UnknownModelError,
@@ -114,6 +115,9 @@ class Router:
             self.config, self._ledger, self._repeats, self._prices, estimator_name(self.estimator)
         )
         self._attempts = Attempts(self.config, self._budgets, self._books, self._prices)
+        self._embedding = Embedding(
+            self.config, self._attempts, self._books, self._prices, self._backend
+        )
 
     # ------------------------------------------------------------------ public API
 
@@ -260,6 +264,27 @@ class Router:
             request, key, chunks, first, routing, started, reservation, hangup
         )
         return CompletionStream(body, routing)
+
+    def embed(
+        self,
+        texts: str | list[str],
+        model: str = "auto",
+        *,
+        user: str | None = None,
+        client_retries: bool = False,
+        hangup: Hangup | None = None,
+    ) -> Embeddings:
+        """One vector a text from an embedding model (router.embedding): `auto` picks the
+        first usable one, local first."""
+        checked = check_texts(texts)
+        return self._embedding.embed(
+            checked,
+            model,
+            self.model_views(),
+            user=user,
+            client_retries=client_retries,
+            hangup=hangup,
+        )
 
     def feedback(
         self, response_id: str, rating: str, comment: str = "", *, user: str | None = None

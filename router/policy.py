@@ -38,6 +38,7 @@ class ModelView:
     retry_after: float | None = None  # when an unusable model expects to work again
     unusable_public: str | None = None  # the same in words a client may read (no path, pid)
     max_output: int | None = None  # the most tokens one answer may have (a cloud model's)
+    embeddings: bool = False  # an embedding model: answers /v1/embeddings, never a chat
 
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:
@@ -78,6 +79,8 @@ def blockers(
         prompt = estimate_prompt_tokens(request)
         needed_tokens = prompt + min(needed_tokens - prompt, MIN_ROOM)
     found = []
+    if model.embeddings:
+        found.append("an embedding model (POST /v1/embeddings), not a chat model")
     if model.unusable:
         found.append(model.unusable_public or "not usable now" if public else model.unusable)
     if model.n_ctx is not None and needed_tokens > model.n_ctx:
@@ -119,6 +122,7 @@ def decide(
             )
         return Decision(score, (mode,), f"model {mode!r} requested by name")
 
+    models = {n: m for n, m in models.items() if not m.embeddings}  # chat models only
     excluded: list[str] = []
     shown: list[str] = []  # the same, in public words
     fit: list[ModelView] = []

@@ -202,10 +202,14 @@ class Shadow:
         views = [v for v in self._views().values() if v.unusable is None]
         need = estimate_prompt_tokens(job.request) + self.settings.max_tokens
         if job.routing.tier == "local":
-            cloud = [v.name for v in views if v.tier == "cloud"]
+            cloud = [v.name for v in views if v.tier == "cloud" and not v.embeddings]
             return (cloud[0], "") if cloud else (None, "no-other-model")
         local = sorted(
-            (v for v in views if v.tier == "local" and (v.n_ctx is None or need <= v.n_ctx)),
+            (
+                v
+                for v in views
+                if v.tier == "local" and not v.embeddings and (v.n_ctx is None or need <= v.n_ctx)
+            ),
             key=lambda v: -v.max_score,
         )
         if not local:

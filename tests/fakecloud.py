@@ -8,6 +8,7 @@ delay longer than the client's timeout), then normal answers resume.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -48,6 +49,12 @@ def judged(messages: list[dict[str, Any]], rule: Callable[[str, str], str]) -> s
     if match is None:
         return None
     return json.dumps({"better": rule(match.group(1), match.group(2))})
+
+
+def fake_vector(text: str, size: int = 8) -> list[float]:
+    """A vector that depends on the text only: the same text, the same vector."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round(b / 255 - 0.5, 4) for b in digest[:size]]
 
 
 def count_tokens(text: str) -> int:
@@ -126,6 +133,23 @@ class FakeCloud:
                 with cloud._lock:
                     cloud.requests.append(body)
                     cloud.headers.append({k.lower(): v for k, v in self.headers.items()})
+                if self.path.endswith("/embeddings"):
+                    texts = body.get("input") or []
+                    texts = [texts] if isinstance(texts, str) else texts
+                    data = [
+                        {"object": "embedding", "index": i, "embedding": fake_vector(t)}
+                        for i, t in enumerate(texts)
+                    ]
+                    tokens = sum(count_tokens(t) for t in texts)
+                    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+                    reply = {
+                        "object": "list",
+                        "data": data,
+                        "model": body.get("model"),
+                        "usage": usage,
+                    }
+                    self._json(200, reply, {})
+                    return
                 if not self.path.endswith("/chat/completions"):
                     self._json(404, {"error": {"message": "not found"}}, {})
                     return

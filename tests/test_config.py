@@ -32,7 +32,9 @@ def test_shipped_default_has_local_smollm2_and_openai_cloud(
     config = load_config()
     assert config.source == shipped_default_path()
     enabled = config.enabled()
-    assert list(enabled) == ["smollm2", "gpt-4o-mini"]  # cheapest first
+    assert list(enabled) == ["smollm2", "smollm2-embed", "gpt-4o-mini"]  # cheapest first
+    assert enabled["smollm2-embed"].embeddings and not enabled["smollm2"].embeddings
+    assert config.resolve("claude-opus-5-5") == "auto"  # the agents' names, aliased
     local = enabled["smollm2"]
     assert isinstance(local, LocalModel)
     assert local.n_ctx >= 2048 and local.n_gpu_layers == 0

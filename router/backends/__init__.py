@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from router.types import ChatRequest
 
@@ -27,6 +27,15 @@ class Backend(Protocol):
     def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]: ...
 
     def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """An embedding model (`embeddings = true`): one vector a text, and the tokens read."""
+
+    name: str
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]: ...
 
 
 from router.backends.function import FunctionBackend  # noqa: E402 (after Backend: it is one)

@@ -237,6 +237,24 @@ class CloudBackend:
             or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         }
 
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """LiteLLM's embedding() for an embedding model (`embeddings = true`)."""
+        litellm = litellm_module()
+        try:
+            done = litellm.embedding(
+                model=self._model.litellm_model,
+                input=texts,
+                api_key=self._model.api_key(),
+                api_base=self._model.resolved_api_base(),
+                timeout=deadline.timeout(self._model.timeout_seconds),
+                max_retries=0,
+            )
+        except Exception as exc:
+            raise to_cloud_error(self.name, exc, self._model.resolved_api_base()) from exc
+        data = sorted(done.data, key=lambda d: d["index"])
+        usage = getattr(done, "usage", None)
+        return [list(d["embedding"]) for d in data], int(getattr(usage, "prompt_tokens", 0) or 0)
+
     def _complete_streamed(
         self, request: ChatRequest, params: dict[str, Any], hangup: Hangup
     ) -> dict[str, Any]:

@@ -22,10 +22,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from router.errors import BackendError
 from router.types import ChatRequest, message_text
 
 AnswerFunction = Callable[[ChatRequest, dict[str, Any]], "str | dict[str, Any]"]
 StreamFunction = Callable[[ChatRequest, dict[str, Any]], Iterable[str]]
+EmbedFunction = Callable[[str], list[float]]
 
 
 class FunctionBackend:
@@ -34,10 +36,16 @@ class FunctionBackend:
     _ids = itertools.count(1)
 
     def __init__(
-        self, name: str, fn: AnswerFunction, *, stream_fn: StreamFunction | None = None
+        self,
+        name: str,
+        fn: AnswerFunction,
+        *,
+        stream_fn: StreamFunction | None = None,
+        embed_fn: EmbedFunction | None = None,
     ) -> None:
         self.name = name
         self._fn = fn
+        self._embed_fn = embed_fn
         self._stream_fn = stream_fn
         self.calls: list[tuple[ChatRequest, dict[str, Any]]] = []
 
@@ -62,6 +70,12 @@ class FunctionBackend:
             ],
             "usage": usage(request, text),
         }
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """`embed_fn`'s vector for each text; tokens counted as words."""
+        if self._embed_fn is None:
+            raise BackendError(f"{self.name}: this FunctionBackend has no embed_fn")
+        return [self._embed_fn(t) for t in texts], sum(len(t.split()) for t in texts)
 
     def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         self.calls.append((request, dict(params)))

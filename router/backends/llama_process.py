@@ -13,12 +13,14 @@ prints cannot corrupt the protocol).
     parent -> worker   {"op": "load", "path", "n_ctx", "n_threads", "n_gpu_layers",
                         "chat_format", "extra_buffers"}                  first line, once
                        {"op": "chat", "id", "messages", "kwargs", "stream"}
+                       {"op": "embed", "id", "texts"}  (a model loaded with "embedding": true)
                        {"op": "cancel", "id"}      stop generation `id` (and any older one)
                        {"op": "exit"}              or EOF on stdin: exit at once
     worker -> parent   {"ev": "ready", "pid", "extra_buffers", "extra_buffers_why",
                         "system_info", "load_seconds"}
                        {"ev": "chunk", "id", "chunk"}            a chat.completion.chunk
                        {"ev": "end", "id", "usage", "cancelled"} after the last chunk
+                       {"ev": "embedding", "id", "vectors", "tokens"}
                        {"ev": "result", "id", "response", "cancelled"}  a whole chat.completion
                                                    (cut short when cancelled)
                        {"ev": "error", "id", "kind", "message"}  kind: load | request | internal
@@ -122,6 +124,7 @@ def load_llama(
     n_gpu_layers: int,
     chat_format: str | None,
     extra_buffers: bool,
+    embedding: bool = False,
 ) -> Any:
     """A CountingLlama for `path`, with llama.cpp's extra buffer types on or off.
 
@@ -139,8 +142,12 @@ def load_llama(
         return p
 
     setattr(c_api, "llama_model_default_params", params)  # noqa: B010
+    # An embedding model: one vector a text, the mean of its tokens' (a decoder has no pooling
+    # of its own).
+    pooling = {"embedding": True, "pooling_type": c_api.LLAMA_POOLING_TYPE_MEAN}
     try:
         return _counting_llama()(
+            **(pooling if embedding else {}),
             model_path=path,
             n_ctx=n_ctx,
             n_threads=n_threads,
@@ -296,6 +303,7 @@ def main() -> None:
             n_gpu_layers=load["n_gpu_layers"],
             chat_format=load["chat_format"],
             extra_buffers=use,
+            embedding=bool(load.get("embedding")),
         )
     except Exception as exc:  # a bad file or parameter: say so, then stop
         channel.send({"ev": "error", "id": None, "kind": "load", "message": str(exc)})
@@ -317,7 +325,15 @@ def main() -> None:
     while True:
         op = ops.get()
         try:
-            _chat(llm, op, channel, cancels)
+            if op.get("op") == "embed":
+                done = llm.create_embedding(op["texts"])
+                vectors = [d["embedding"] for d in done["data"]]
+                tokens = int(done["usage"]["prompt_tokens"])
+                channel.send(
+                    {"ev": "embedding", "id": op["id"], "vectors": vectors, "tokens": tokens}
+                )
+            else:
+                _chat(llm, op, channel, cancels)
         except ValueError as exc:  # llama-cpp-python's way to reject a request (too long...)
             channel.send({"ev": "error", "id": op["id"], "kind": "request", "message": str(exc)})
         except Exception as exc:

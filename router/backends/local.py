@@ -137,6 +137,19 @@ class LocalBackend:
             "usage": usage,
         }
 
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """One vector a text from a model loaded in embedding mode (`embeddings = true`)."""
+        with self._turn():
+            worker = self._ready_worker()
+            try:
+                rid = worker.embed(texts)
+            except WorkerFailure as exc:
+                self._fail(worker, str(exc))
+                raise BackendError(f"{self.name}: {exc}", public=self._failed(exc)) from None
+            event = self._event(worker, rid)
+            self._finished("completed")
+        return event["vectors"], int(event["tokens"])
+
     # ---------------------------------------------------------------- supervision
 
     def load(self) -> dict[str, Any]:
@@ -269,6 +282,7 @@ class LocalBackend:
             "n_gpu_layers": cfg.n_gpu_layers,
             "chat_format": cfg.chat_format,
             "extra_buffers": cfg.extra_buffers,
+            "embedding": cfg.embeddings,
         }
         with self._state_lock:
             self._starting = True

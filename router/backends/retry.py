@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from router.backends import Backend, deadline
+from router.backends import Backend, Embedder, deadline
 from router.config_sections import RetrySettings
 from router.errors import BackendError
 from router.types import ChatRequest
@@ -80,6 +80,19 @@ class Retrying:
         while True:
             try:
                 return self.inner.complete(request, params)
+            except BackendError as error:
+                if not self._should_retry(attempt, error):
+                    raise
+                attempt += 1
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        inner = self.inner
+        if not isinstance(inner, Embedder):
+            raise BackendError(f"{self.name}: not an embedding model")
+        attempt = 0
+        while True:
+            try:
+                return inner.embed(texts)
             except BackendError as error:
                 if not self._should_retry(attempt, error):
                     raise

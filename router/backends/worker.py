@@ -141,6 +141,12 @@ class Worker:
             if rid is None or event.get("id") in (rid, None):
                 return event
 
+    def embed(self, texts: list[str]) -> int:
+        """Start embedding `texts`; returns the request's id for `next_event`."""
+        rid = next(self._ids)
+        self._send({"op": "embed", "id": rid, "texts": texts})
+        return rid
+
     def request_cancel(self, rid: int) -> None:
         """Ask the worker to stop generation `rid` at its next token, without waiting (from any
         thread: the generation's own thread gets its last event as usual)."""

@@ -198,7 +198,11 @@ def calibrate(
 
 
 def _widest_local(cfg: Config) -> str:
-    local = [(m.max_score, n) for n, m in cfg.enabled().items() if m.tier == "local"]
+    local = [
+        (m.max_score, n)
+        for n, m in cfg.enabled().items()
+        if m.tier == "local" and not m.embeddings  # chat models: embedding ones have no ceiling
+    ]
     if not local:
         raise RequestError("no enabled local model in the config: name one with --model")
     return max(local)[1]

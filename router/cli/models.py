@@ -61,6 +61,7 @@ def models(
                 "input_per_mtok": prices[0],
                 "output_per_mtok": prices[1],
                 "max_score": m.max_score,
+                "embeddings": m.embeddings,
                 "extra_buffers": _extra_buffers(m, build)
                 if isinstance(m, LocalModel) and not m.remote
                 else None,
@@ -99,7 +100,7 @@ def models(
             usable,
             str(r["n_ctx"] or "?"),
             *money,
-            f"{r['max_score']:.2f}",
+            "embeds" if r["embeddings"] else f"{r['max_score']:.2f}",
             _runs(r),
         )
     Console(width=max(120, Console().width)).print(table)

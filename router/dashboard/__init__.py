@@ -135,7 +135,11 @@ def ceilings(
 ) -> list[dict[str, Any]]:
     """Each enabled local model's ceiling, the share of the window's requests scored at or
     under it, and the share it actually answered (cache hits left out)."""
-    local = [(n, m) for n, m in config.enabled().items() if isinstance(m, LocalModel)]
+    local = [
+        (n, m)
+        for n, m in config.enabled().items()
+        if isinstance(m, LocalModel) and not m.embeddings
+    ]
     found = [
         r
         for r in ledger.rollup(

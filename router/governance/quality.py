@@ -104,7 +104,11 @@ def report(
     user: str | None = None,
 ) -> dict[str, Any]:
     """`router quality --json` (without its window): `quality` and the local ceilings now."""
-    current = {n: m.max_score for n, m in config.enabled().items() if m.tier == "local"}
+    current = {
+        n: m.max_score
+        for n, m in config.enabled().items()
+        if m.tier == "local" and not m.embeddings
+    }
     return {"local_ceilings": current, **quality(ledger, by, since=since, user=user)}
 
 

@@ -32,7 +32,9 @@ from router.server.keys import Keys
 from router.server.origins import BrowserGuard
 from router.server.service import RequestIds, Service
 from router.types import ROUTING_MODES
-from router.wire import chat, messages, responses, shapes
+from router.wire import chat, completions, messages, responses, shapes
+from router.wire import embeddings as vectors
+from router.wire.api import Asked
 from router.wire.http import HTTPError
 
 log = logging.getLogger("router.server")
@@ -57,13 +59,22 @@ def create_app(
         body_limit=max_body_bytes or router.config.server.max_body_kb * 1024,
     )
     chat_api, messages_api = chat.ChatApi(), messages.MessagesApi()
-    responses_api = responses.ResponsesApi()
+    responses_api, completions_api = responses.ResponsesApi(), completions.CompletionsApi()
 
     async def chat_completions(request: Request) -> Response:
         return await service.serve(request, chat_api, chat.parse)
 
     async def openai_responses(request: Request) -> Response:
         return await service.serve(request, responses_api, responses.parse)
+
+    async def legacy_completions(request: Request) -> Response:
+        return await service.serve(request, completions_api, completions.parse)
+
+    async def embeddings(request: Request) -> Response:
+        def job(raw: bytes, asked: Asked) -> Any:
+            return vectors.openai_job(router.embed, raw, asked)
+
+        return await service.run(request, "embeddings", chat_api.error, job)
 
     async def anthropic_messages(request: Request) -> Response:
         return await service.serve(request, messages_api, messages.parse)
@@ -130,6 +141,8 @@ def create_app(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/responses", openai_responses, methods=["POST"]),
+            Route("/v1/completions", legacy_completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/messages", anthropic_messages, methods=["POST"]),
             Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),

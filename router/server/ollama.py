@@ -13,8 +13,9 @@ from starlette.routing import Route
 
 from router.server.service import Service
 from router.types import ROUTING_MODES
+from router.wire import embeddings as vectors
 from router.wire import ollama
-from router.wire.api import parse_object
+from router.wire.api import Asked, parse_object
 from router.wire.http import HTTPError
 
 EPOCH = "1970-01-01T00:00:00Z"
@@ -60,6 +61,18 @@ def routes(service: Service) -> list[Route]:
 
     async def generate(request: Request) -> Response:
         return await service.serve(request, api, ollama.parse_generate)
+
+    async def embed(request: Request) -> Response:
+        def job(raw: bytes, asked: Asked) -> Any:
+            return vectors.ollama_job(router.embed, raw, asked, legacy=False)
+
+        return await service.run(request, "embeddings", api.error, job)
+
+    async def embeddings(request: Request) -> Response:
+        def job(raw: bytes, asked: Asked) -> Any:
+            return vectors.ollama_job(router.embed, raw, asked, legacy=True)
+
+        return await service.run(request, "embeddings", api.error, job)
 
     async def tags(request: Request) -> Response:
         try:
@@ -138,6 +151,8 @@ def routes(service: Service) -> list[Route]:
     return [
         Route("/api/chat", chat, methods=["POST"]),
         Route("/api/generate", generate, methods=["POST"]),
+        Route("/api/embed", embed, methods=["POST"]),
+        Route("/api/embeddings", embeddings, methods=["POST"]),
         Route("/api/tags", tags, methods=["GET"]),
         Route("/api/show", show, methods=["POST"]),
         Route("/api/ps", ps, methods=["GET"]),

@@ -265,3 +265,30 @@ class Service:
             return JSONResponse(body, headers=routing_headers(done.routing))
         observe(err.status)
         return self.error_response(renderer, err)
+
+    async def run(
+        self,
+        request: Request,
+        api: str,
+        error: Callable[[HTTPError], dict[str, Any]],
+        job: Callable[[bytes, Asked], Callable[[Hangup], tuple[dict[str, Any], Routing]]],
+    ) -> Response:
+        """A request that is not a completion (embeddings): `job(body, asked)` checks the body
+        and gives the work, which runs off the event loop and returns the answer's body and
+        routing; errors in the `error` shape, counted in the metrics under `api`."""
+        started = time.perf_counter()
+        try:
+            viewer = self.authenticate(request)
+            work = job(await self.read_body(request), self.asked(request, viewer))
+            body, routing = await watched(request, Hangup(), work)
+        except HTTPError as exc:
+            err = exc
+        except RouterError as exc:
+            err = self.failure(request, exc)
+        except Exception:
+            err = self.crashed(request)
+        else:
+            self.metrics.observe(200, time.perf_counter() - started, routing, api)
+            return JSONResponse(body, headers=routing_headers(routing))
+        self.metrics.observe(err.status, time.perf_counter() - started, None, api)
+        return JSONResponse(error(err), status_code=err.status, headers=err.headers)

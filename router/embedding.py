@@ -1,0 +1,158 @@
+"""Embeddings: one vector a text, from an embedding model (`embeddings = true` in models.toml).
+
+No complexity score picks the model: `auto` is the first usable embedding model, local ones
+first (they cost nothing); `local` and `cloud` keep to their tier; a name picks that model (an
+alias may give it). Otherwise an embedding request goes the way a chat request does, through
+router.attempts: a paid call written ahead to the ledger and reserved on the user's budgets,
+a failure falling back to the next model, a row with `api = "embeddings"`, the tokens read and
+their cost. Savings are measured against `[router] embedding_baseline` when it is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from router.attempts import Attempts
+from router.backends import Embedder
+from router.backends import hangup as hangups
+from router.backends.hangup import Hangup
+from router.bookkeeping import Books
+from router.chunks import new_id
+from router.config import FREE, Config, Price
+from router.errors import (
+    BackendError,
+    NoRouteError,
+    RequestError,
+    UnavailableError,
+    UnknownModelError,
+)
+from router.policy import ModelView
+from router.pricing import account, lookup
+from router.types import ROUTING_MODES, ChatRequest, Decision, Routing
+
+MAX_TEXTS = 2048  # inputs in one request (OpenAI's limit)
+
+
+@dataclass
+class Embeddings:
+    vectors: list[list[float]]
+    routing: Routing
+
+
+def check_texts(texts: object) -> list[str]:
+    """The inputs as a list of non-empty strings, or RequestError naming `input`."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if (
+        not isinstance(texts, list)
+        or not 0 < len(texts) <= MAX_TEXTS
+        or not all(isinstance(t, str) and t for t in texts)
+    ):
+        raise RequestError(
+            f"'input' must be a non-empty string or a list of 1 to {MAX_TEXTS} of them",
+            param="input",
+        )
+    return list(texts)
+
+
+def candidates(config: Config, views: Mapping[str, ModelView], model: str) -> tuple[str, ...]:
+    """The embedding models to try for `model`, in order; RequestError when none can be."""
+    embedders = [n for n, m in config.enabled().items() if m.embeddings]
+    target = config.resolve(model)
+    if target in ROUTING_MODES:
+        pool = [n for n in embedders if target == "auto" or config.models[n].tier == target]
+        pool.sort(key=lambda n: config.models[n].tier != "local")  # free ones first
+    elif target in config.models and config.models[target].enabled:
+        if not config.models[target].embeddings:
+            raise NoRouteError(
+                f"model {target!r} is not an embedding model (embedding models: "
+                f"{', '.join(embedders) or 'none'})",
+                param="model",
+            )
+        pool = [target]
+    else:
+        raise UnknownModelError(model, [*ROUTING_MODES, *embedders])
+    if not pool:
+        raise NoRouteError(
+            "no embedding model can serve this request: set embeddings = true on a model in "
+            "models.toml (a GGUF runs in llama.cpp's embedding mode; a cloud one through "
+            "LiteLLM, e.g. openai/text-embedding-3-small)",
+            param="model",
+        )
+    usable = [n for n in pool if views[n].unusable is None]
+    if not usable:
+        why = "; ".join(f"{n}: {views[n].unusable}" for n in pool)
+        shown = "; ".join(f"{n}: {views[n].unusable_public or 'not usable now'}" for n in pool)
+        raise UnavailableError(f"no embedding model is usable now ({why})").publicly(
+            f"no embedding model is usable now ({shown})"
+        )
+    return tuple(usable)
+
+
+class Embedding:
+    """The embedding pipeline of one router (its attempts, books and prices)."""
+
+    def __init__(
+        self,
+        config: Config,
+        attempts: Attempts,
+        books: Books,
+        prices: dict[str, Price],
+        backend: Callable[[str], object],
+    ) -> None:
+        self._config = config
+        self._attempts = attempts
+        self._books = books
+        self._prices = prices
+        self._backend = backend
+        wanted = config.router.embedding_baseline
+        self._baseline = (lookup(wanted) or FREE) if wanted else None
+
+    def embed(
+        self,
+        texts: list[str],
+        model: str,
+        views: Mapping[str, ModelView],
+        *,
+        user: str | None = None,
+        client_retries: bool = False,
+        hangup: Hangup | None = None,
+    ) -> Embeddings:
+        started = time.perf_counter()
+        names = candidates(self._config, views, model)
+        joined = "\n".join(texts)
+        request = ChatRequest(
+            [{"role": "user", "content": joined}],
+            model,
+            {"max_tokens": 1},  # nothing is generated: the reservation is the input's alone
+            user=user,
+            cache=False,
+            client_retries=client_retries,
+            api="embeddings",
+        )
+        decision = Decision(0.0, names, f"embeddings; {names[0]}")
+
+        def call(name: str, params: object) -> tuple[list[list[float]], int]:
+            backend = self._backend(name)
+            if not isinstance(backend, Embedder):
+                raise BackendError(f"{name}: cannot embed")
+            return backend.embed(texts)
+
+        with hangups.watching(hangup):
+            (vectors, tokens), routing, reservation = self._attempts.first_answer(
+                request, decision, {"max_tokens": 1}, call, new_id(), stream=False, views=views
+            )
+        price = self._prices[routing.model]
+        baseline = (
+            self._baseline
+            if self._baseline is not None
+            else (price if routing.tier == "cloud" else FREE)
+        )
+        account(routing, {"prompt_tokens": tokens}, price, baseline)
+        self._attempts.settle(reservation, routing)
+        key = "embed:" + hashlib.sha256(joined.encode()).hexdigest()
+        self._books.record(request, key, routing, started, stream=False)
+        return Embeddings(vectors, routing)

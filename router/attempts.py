@@ -19,7 +19,7 @@ from router.backends import deadline
 from router.backends import hangup as hangups
 from router.backends import retry as retries
 from router.bookkeeping import Books
-from router.config import Config, Price
+from router.config import CloudModel, Config, Price
 from router.errors import (
     BackendError,
     BudgetExceededError,
@@ -68,11 +68,19 @@ class Attempts:
         except BaseException:
             self._books.abandon(response_id)
             raise
-        return (
-            result,
-            self._routing(decision, name, failures, reservation, response_id),
-            reservation,
-        )
+        routing = self._routing(decision, name, failures, reservation, response_id)
+        model = self._config.models[name]
+        if (
+            request.native is not None
+            and isinstance(model, CloudModel)
+            and model.speaks(request.api)
+        ):
+            routing.reason += f"; passed to {name} as it came ({request.api} API)"
+        elif request.dropped:  # what the translation into a chat request could not carry
+            routing.reason += (
+                f"; dropped {', '.join(request.dropped)} (not carried to a chat model)"
+            )
+        return result, routing, reservation
 
     def settle(self, reservation: Reservation | None, routing: Routing) -> None:
         self._budgets.settle(

@@ -193,6 +193,9 @@ class CloudModel(_Strict):
     supports_json: bool = True
     supports_vision: bool = False  # image parts in messages (gpt-4o, claude-3 and later: true)
     embeddings: bool = False  # an embedding model (text-embedding-3-small...): no chat
+    # The client APIs this model takes as they come (router.backends.native): unset, Anthropic
+    # models take Anthropic's Messages; [] translates every request to chat.
+    native_apis: list[Literal["messages"]] | None = None
     timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     price: Price | None = None
 
@@ -208,6 +211,12 @@ class CloudModel(_Strict):
         if self.api_base_env and os.environ.get(self.api_base_env):
             return os.environ[self.api_base_env]
         return self.api_base
+
+    def speaks(self, api: str) -> bool:
+        """Whether a request of `api` goes to this model as it came (no translation)."""
+        if self.native_apis is not None:
+            return api in self.native_apis
+        return api == "messages" and self.litellm_model.startswith("anthropic/")
 
 
 ModelConfig = Annotated[LocalModel | CloudModel, Field(discriminator="tier")]

@@ -181,10 +181,7 @@ class Router:
         decision = policy.decide(
             request, score, self.model_views(), self.config.router.default_max_tokens
         )
-        reason = decision.reason
-        if request.dropped:  # what the API's translation into a chat request could not carry
-            reason += f"; dropped {', '.join(request.dropped)} (not carried to a chat model)"
-        decision = replace(decision, reason=reason, category=category, flags=tuple(flags))
+        decision = replace(decision, category=category, flags=tuple(flags))
         return waste.guard(self.config, request, decision) if guard else decision
 
     def score(self, request: ChatRequest) -> float:

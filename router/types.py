@@ -104,6 +104,9 @@ class ChatRequest:
     # `max_tokens` is a ceiling, not a need: each model gets at most what it can hold (an
     # Anthropic client must send max_tokens, and agents send their model's largest).
     max_tokens_cap: bool = False
+    # The request's own body, for a model that speaks its API (router.backends.native):
+    # Anthropic's `thinking`, `cache_control`... then reach it as they were sent.
+    native: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "messages", validate_messages(self.messages))

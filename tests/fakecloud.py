@@ -133,6 +133,13 @@ class FakeCloud:
                 with cloud._lock:
                     cloud.requests.append(body)
                     cloud.headers.append({k.lower(): v for k, v in self.headers.items()})
+                path = self.path.split("?")[0]
+                if path.endswith("/messages"):  # Anthropic's API, for native passthrough
+                    self._anthropic(body)
+                    return
+                if path.endswith("/responses"):  # OpenAI's Responses API
+                    self._responses(body)
+                    return
                 if self.path.endswith("/embeddings"):
                     texts = body.get("input") or []
                     texts = [texts] if isinstance(texts, str) else texts
@@ -246,8 +253,132 @@ class FakeCloud:
                 self.wfile.flush()
                 self.close_connection = True
 
-            def _event(self, payload: dict[str, Any]) -> None:
-                self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
+            def _event(self, payload: dict[str, Any], name: str | None = None) -> None:
+                head = f"event: {name}\n" if name else ""
+                self.wfile.write(f"{head}data: {json.dumps(payload)}\n\n".encode())
                 self.wfile.flush()
+
+            def _stream_head(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+
+            def _anthropic(self, body: dict[str, Any]) -> None:
+                """A Messages answer: 'native answer to: <the last user text>'."""
+                last = next(m for m in reversed(body.get("messages", [])) if m["role"] == "user")
+                content = last["content"]
+                asked = content if isinstance(content, str) else content[-1].get("text", "")
+                text = f"native answer to: {asked}"
+                usage = {"input_tokens": 11, "output_tokens": count_tokens(text)}
+                message = {
+                    "id": "msg_fake", "type": "message", "role": "assistant",
+                    "model": body.get("model"), "stop_reason": "end_turn",
+                    "stop_sequence": None, "usage": usage,
+                    "content": [{"type": "text", "text": text}],
+                }  # fmt: skip
+                if not body.get("stream"):
+                    self._json(200, message, {})
+                    return
+                self._stream_head()
+                start = {**message, "content": [], "stop_reason": None}
+                start["usage"] = {"input_tokens": 11, "output_tokens": 0}
+                self._event({"type": "message_start", "message": start}, "message_start")
+                block = {"type": "text", "text": ""}
+                self._event(
+                    {"type": "content_block_start", "index": 0, "content_block": block},
+                    "content_block_start",
+                )
+                for i, word in enumerate(text.split(" ")):
+                    delta = {"type": "text_delta", "text": word if i == 0 else " " + word}
+                    self._event(
+                        {"type": "content_block_delta", "index": 0, "delta": delta},
+                        "content_block_delta",
+                    )
+                self._event({"type": "content_block_stop", "index": 0}, "content_block_stop")
+                end = {"stop_reason": "end_turn", "stop_sequence": None}
+                self._event(
+                    {
+                        "type": "message_delta",
+                        "delta": end,
+                        "usage": {"output_tokens": usage["output_tokens"]},
+                    },
+                    "message_delta",
+                )
+                self._event({"type": "message_stop"}, "message_stop")
+
+            def _responses(self, body: dict[str, Any]) -> None:
+                """A Responses answer: 'native answer to: <the input>'."""
+                given = body.get("input")
+                asked = given if isinstance(given, str) else json.dumps(given)[-40:]
+                text = f"native answer to: {asked}"
+                item = {
+                    "type": "message", "id": "msg_fake", "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }  # fmt: skip
+                usage = {
+                    "input_tokens": 9, "output_tokens": count_tokens(text),
+                    "total_tokens": 9 + count_tokens(text),
+                    "input_tokens_details": {"cached_tokens": 0},
+                    "output_tokens_details": {"reasoning_tokens": 0},
+                }  # fmt: skip
+                response = {
+                    "id": "resp_fake", "object": "response", "created_at": int(time.time()),
+                    "status": "completed", "model": body.get("model"), "output": [item],
+                    "usage": usage, "parallel_tool_calls": True, "tool_choice": "auto",
+                    "tools": [], "error": None, "incomplete_details": None,
+                }  # fmt: skip
+                if not body.get("stream"):
+                    self._json(200, response, {})
+                    return
+                self._stream_head()
+                seq = iter(range(1, 1000))
+                head = {**response, "status": "in_progress", "output": [], "usage": None}
+                self._event(
+                    {"type": "response.created", "sequence_number": next(seq), "response": head},
+                    "response.created",
+                )
+                adding = {**item, "status": "in_progress", "content": []}
+                self._event(
+                    {
+                        "type": "response.output_item.added",
+                        "sequence_number": next(seq),
+                        "output_index": 0,
+                        "item": adding,
+                    },
+                    "response.output_item.added",
+                )
+                for i, word in enumerate(text.split(" ")):
+                    piece = word if i == 0 else " " + word
+                    self._event(
+                        {
+                            "type": "response.output_text.delta",
+                            "sequence_number": next(seq),
+                            "item_id": "msg_fake",
+                            "output_index": 0,
+                            "content_index": 0,
+                            "delta": piece,
+                        },
+                        "response.output_text.delta",
+                    )
+                self._event(
+                    {
+                        "type": "response.output_item.done",
+                        "sequence_number": next(seq),
+                        "output_index": 0,
+                        "item": item,
+                    },
+                    "response.output_item.done",
+                )
+                self._event(
+                    {
+                        "type": "response.completed",
+                        "sequence_number": next(seq),
+                        "response": response,
+                    },
+                    "response.completed",
+                )
 
         return Handler

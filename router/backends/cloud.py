@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
-from router.backends import deadline
+from router.backends import deadline, native
 from router.backends import hangup as hangups
 from router.backends.hangup import Hangup
 from router.chunks import collect
@@ -212,6 +212,13 @@ class CloudBackend:
         )
 
     def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:
+        if request.native is not None and self._model.speaks(request.api):
+            try:
+                return native.complete(
+                    litellm_module(), request, params, self._model, self.name, self._timeout()
+                )
+            except Exception as exc:
+                raise to_cloud_error(self.name, exc, self._model.resolved_api_base()) from exc
         hangup = hangups.current()
         if hangup is not None:
             return self._complete_streamed(request, params, hangup)
@@ -276,9 +283,23 @@ class CloudBackend:
             done["usage"] = self._count(request, done["choices"][0]["message"]["content"] or "")
         return done
 
+    def _timeout(self) -> float:
+        return deadline.timeout(self._model.timeout_seconds)
+
     def stream(
         self, request: ChatRequest, params: dict[str, Any]
     ) -> Generator[dict[str, Any], None, None]:
+        if request.native is not None and self._model.speaks(request.api):
+            yield from native.stream(
+                litellm_module(),
+                request,
+                params,
+                self._model,
+                self.name,
+                self._timeout(),
+                lambda exc: to_cloud_error(self.name, exc, self._model.resolved_api_base()),
+            )
+            return
         response = None
         try:
             response = self._call(

@@ -47,7 +47,8 @@ class ChatApi:
     media_type = "text/event-stream"
 
     def answer(self, call: Call, done: Completion) -> dict[str, Any]:
-        return done.response
+        # (a provider's own answer, kept for clients of its API, is not chat's)
+        return {k: v for k, v in done.response.items() if k != "native"}
 
     def writer(self, call: Call, routing: Routing) -> ChatWriter:
         return ChatWriter(bool(call.options.get("include_usage")))

@@ -124,6 +124,7 @@ def parse(raw: bytes, asked: Asked) -> Call:
             client_retries=asked.client_retries,
             api="messages",
             dropped=tuple(dropped.names),
+            native=data,
             max_tokens_cap=True,
         )
     except RequestError as exc:
@@ -295,6 +296,9 @@ class MessagesApi:
     media_type = "text/event-stream"
 
     def answer(self, call: Call, done: Completion) -> dict[str, Any]:
+        native = done.response.get("native")
+        if native:  # the provider's own answer, under the router's id
+            return {**native, "id": public_id(done.routing.response_id, "msg_")}
         finish, calls = finish_of(done)
         blocks: list[dict[str, Any]] = []
         if done.text:
@@ -355,8 +359,16 @@ class MessagesWriter:
         self._open: str | None = None  # "text", or the tool call's index as a string
         self._finish = "stop"
         self._tool = False
+        self._started = False
+        self._native = False  # the provider's own events, relayed (router.backends.native)
 
     def start(self) -> bytes:
+        return b""  # the first chunk tells whether the provider's events come as they are
+
+    def _head(self) -> bytes:
+        if self._started:
+            return b""
+        self._started = True
         message: dict[str, Any] = {
             "id": self._id,
             "type": "message",
@@ -370,7 +382,13 @@ class MessagesWriter:
         return sse({"type": "message_start", "message": message}, "message_start")
 
     def chunk(self, chunk: Mapping[str, Any]) -> bytes:
-        out = b""
+        native = chunk.get("native")
+        if native:  # a model that speaks Anthropic's API: its events as they came
+            self._native = self._started = True
+            return sse(native["data"], native["event"])
+        if self._native:
+            return b""  # (the usage chunk)
+        out = self._head()
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             text = delta.get("content")
@@ -396,6 +414,8 @@ class MessagesWriter:
         return out
 
     def end(self, routing: Routing) -> bytes:
+        if self._native:
+            return b""  # the provider's stream ended itself (message_stop)
         stop = "tool_use" if self._tool else STOP.get(self._finish, "end_turn")
         delta = {
             "type": "message_delta",
@@ -403,7 +423,8 @@ class MessagesWriter:
             "usage": _usage(routing.prompt_tokens, routing.completion_tokens),
         }
         return (
-            self._close()
+            self._head()
+            + self._close()
             + sse(delta, "message_delta")
             + sse({"type": "message_stop"}, "message_stop")
         )

@@ -14,6 +14,8 @@ import pytest
 from router import Router
 from router.server.app import create_app
 from router.server.keys import KeyStore
+from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, write_config
+from tests.fakecloud import FakeCloud
 from tests.server_harness import ServerThread
 
 
@@ -151,3 +153,52 @@ def test_errors_come_in_anthropics_shape(served: tuple[Router, str], tmp_path: P
                 model="claude-x", max_tokens=8, messages=[{"role": "user", "content": "Hi"}]
             )
             assert done.content and router.ledger.entries()[-1].user == "ana"
+
+
+# ---------------------------------------------------------------- passed as it came
+
+
+def test_an_anthropic_model_gets_the_request_as_it_came(
+    tmp_path: Path, fake_cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the chosen model speaks the request's API, nothing is translated: `thinking`,
+    `cache_control` and `context_management` reach it; the router still records the call."""
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+    extra = f"""
+    [models.haiku]
+    tier = "cloud"
+    litellm_model = "anthropic/claude-haiku-4-5"
+    api_key_env = "{CLOUD_KEY_ENV}"
+    api_base = "{fake_cloud.base_url.removesuffix("/v1")}"
+    """
+    config = write_config(tmp_path, fake_cloud.base_url, extra)
+    with Router(config) as router, ServerThread(create_app(router)) as server:
+        body: dict[str, Any] = {
+            "model": "haiku",
+            "max_tokens": 20_000,
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "system": [
+                {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}
+            ],
+            "messages": [{"role": "user", "content": "Hello there"}],
+        }
+        beta = {"context_management": {"edits": [{"type": "clear_thinking_20251015"}]}}
+        whole = client(server.url).messages.create(**body, extra_body=beta)  # a beta field
+        sent = fake_cloud.requests[-1]
+        assert sent["thinking"] == body["thinking"]
+        assert sent["context_management"] == beta["context_management"]
+        assert sent["system"][0]["cache_control"] == {"type": "ephemeral"}
+        assert sent["max_tokens"] == 20_000 and sent["model"] == "claude-haiku-4-5"
+        assert whole.content[0].text == "native answer to: Hello there"  # type: ignore[union-attr]
+        assert whole.id.startswith("msg_") and whole.id != "msg_fake"
+        with client(server.url).messages.stream(
+            **{**body, "messages": [{"role": "user", "content": "Hi again"}]}
+        ) as stream:
+            kinds = [e.type for e in stream]
+            final = stream.get_final_message()
+        assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+        assert final.content[0].text == "native answer to: Hi again"  # type: ignore[union-attr]
+        rows = router.ledger.entries()
+    assert [(r.api, r.tier, r.model) for r in rows] == [("messages", "cloud", "haiku")] * 2
+    assert all("as it came" in r.reason and "dropped" not in r.reason for r in rows)
+    assert rows[1].prompt_tokens == 11 and rows[1].completion_tokens == 5 and rows[1].cost_usd > 0

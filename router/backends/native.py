@@ -1,0 +1,220 @@
+"""Requests passed to a cloud model as they came, when it speaks their API: an Anthropic
+Messages request to an Anthropic model goes through LiteLLM's `anthropic_messages` with its own
+body, so `thinking`, `cache_control` and `context_management` reach the provider (a
+translation into chat would drop them). The router still routes, budgets, records and caches
+it: the answer is also given in chat's shape (text, tool calls, usage) for the engine, with the
+provider's own answer (`native`) for the client.
+
+LiteLLM 1.83 offers Anthropic's passthrough only as a coroutine: each call runs on an event
+loop of its own in the calling thread (a client hanging up cancels its task, which closes the
+connection). Streams come as Anthropic's server-sent events, relayed one by one (`native` in
+each chunk) beside their chat translation. Responses API passthrough is not offered: LiteLLM's
+stream drops the item events Codex reads, so Responses requests are translated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
+
+from router.backends import hangup as hangups
+from router.config import CloudModel
+from router.types import ChatRequest
+
+STOP = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+}
+
+
+def _body(request: ChatRequest, params: Mapping[str, Any], model: CloudModel) -> dict[str, Any]:
+    body = dict(request.native or {})
+    body.pop("stream", None)
+    body["model"] = model.litellm_model
+    body["max_tokens"] = int(params["max_tokens"])  # as this model may take it (the cap)
+    return body
+
+
+def _call(litellm: Any, model: CloudModel, timeout: float) -> dict[str, Any]:
+    # A client of its own: LiteLLM's cached ones belong to other event loops.
+    handler = litellm.llms.custom_httpx.http_handler.AsyncHTTPHandler
+    return {
+        "api_key": model.api_key(),
+        "api_base": model.resolved_api_base(),
+        "client": handler(timeout=timeout),
+    }
+
+
+def _run(loop: asyncio.AbstractEventLoop, work: Awaitable[Any]) -> Any:
+    """`work` on `loop`, cancelled when the request's client hangs up."""
+    task: asyncio.Future[Any] = asyncio.ensure_future(work, loop=loop)
+    hangup = hangups.current()
+
+    def cancel() -> None:
+        loop.call_soon_threadsafe(task.cancel)
+
+    forget = hangup.on_fire(cancel) if hangup else None
+    try:
+        return loop.run_until_complete(task)
+    finally:
+        if forget is not None:
+            forget()
+
+
+def complete(
+    litellm: Any, request: ChatRequest, params: Mapping[str, Any], model: CloudModel, name: str,
+    timeout: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The provider's answer, in chat's shape with the native one inside."""
+    loop = asyncio.new_event_loop()
+    try:
+        body = _body(request, params, model)
+        work = litellm.anthropic_messages(**body, **_call(litellm, model, timeout))
+        native = dict(_run(loop, work))
+    finally:
+        loop.close()
+    text = "".join(
+        b.get("text", "") for b in native.get("content") or [] if b.get("type") == "text"
+    )
+    calls = [
+        {
+            "id": b.get("id"),
+            "type": "function",
+            "function": {"name": b.get("name"), "arguments": json.dumps(b.get("input") or {})},
+        }
+        for b in native.get("content") or []
+        if b.get("type") == "tool_use"
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
+    if calls:
+        message["tool_calls"] = calls
+    return {
+        "id": native.get("id"),
+        "object": "chat.completion",
+        "created": 0,
+        "model": name,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": STOP.get(str(native.get("stop_reason")), "stop"),
+                "logprobs": None,
+            }
+        ],
+        "usage": _usage(native.get("usage") or {}),
+        "native": native,
+    }
+
+
+def _usage(usage: Mapping[str, Any]) -> dict[str, int]:
+    """Anthropic's usage as chat's: every input token read, cache reads and writes included."""
+    prompt = sum(
+        int(usage.get(k) or 0)
+        for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    )
+    completion = int(usage.get("output_tokens") or 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def stream(
+    litellm: Any, request: ChatRequest, params: Mapping[str, Any], model: CloudModel, name: str,
+    timeout: float, on_error: Callable[[Exception], Exception],
+) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """Each provider event as a chunk (`native`: the event, `choices`: its chat translation),
+    then a last chunk with the usage. Closing it closes the connection."""
+    loop = asyncio.new_event_loop()
+    events: Any = None
+    try:
+        try:
+            work = litellm.anthropic_messages(
+                **_body(request, params, model), stream=True, **_call(litellm, model, timeout)
+            )
+            events = _run(loop, work).__aiter__()
+        except Exception as exc:
+            raise on_error(exc) from exc
+        usage: dict[str, Any] = {}
+        buffer = b""
+        while True:
+            try:
+                piece = _run(loop, events.__anext__())
+            except StopAsyncIteration:
+                break
+            except Exception as exc:
+                raise on_error(exc) from exc
+            buffer += piece if isinstance(piece, bytes) else str(piece).encode()
+            while b"\n\n" in buffer:
+                raw, buffer = buffer.split(b"\n\n", 1)
+                event = _parse(raw)
+                if event is None:
+                    continue
+                kind, data = event
+                if kind == "message_start":
+                    usage.update((data.get("message") or {}).get("usage") or {})
+                if kind == "message_delta":
+                    usage.update(data.get("usage") or {})
+                yield {
+                    "id": None,
+                    "object": "chat.completion.chunk",
+                    "model": name,
+                    "choices": _translated(kind, data),
+                    "native": {"event": kind, "data": data},
+                }
+        yield {"id": None, "object": "chat.completion.chunk", "model": name, "choices": [],
+               "usage": _usage(usage)}  # fmt: skip
+    finally:
+        if events is not None and hasattr(events, "aclose"):
+            loop.run_until_complete(events.aclose())
+        loop.close()
+
+
+def _parse(raw: bytes) -> tuple[str, dict[str, Any]] | None:
+    kind, data = "", ""
+    for line in raw.decode(errors="replace").splitlines():
+        if line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
+    if not data:
+        return None
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return None
+    return (kind or str(parsed.get("type", ""))), parsed
+
+
+def _translated(kind: str, data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """An event's chat delta: its text, a tool call's start and arguments, the stop reason."""
+    delta: dict[str, Any] = {}
+    finish = None
+    if kind == "content_block_delta":
+        d = data.get("delta") or {}
+        if d.get("type") == "text_delta":
+            delta["content"] = d.get("text", "")
+        elif d.get("type") == "input_json_delta":
+            piece = {
+                "index": data.get("index", 0),
+                "function": {"arguments": d.get("partial_json", "")},
+            }
+            delta["tool_calls"] = [piece]
+    elif (
+        kind == "content_block_start"
+        and (data.get("content_block") or {}).get("type") == "tool_use"
+    ):
+        block = data["content_block"]
+        piece = {"index": data.get("index", 0), "id": block.get("id"), "type": "function",
+                 "function": {"name": block.get("name"), "arguments": ""}}  # fmt: skip
+        delta["tool_calls"] = [piece]
+    elif kind == "message_delta":
+        finish = STOP.get(str((data.get("delta") or {}).get("stop_reason")), "stop")
+    if not delta and finish is None:
+        return []
+    return [{"index": 0, "delta": delta, "finish_reason": finish}]

@@ -18,11 +18,25 @@ def modules() -> dict[str, Path]:
     return found
 
 
+def parse(path: Path) -> ast.Module:
+    """`ast.parse`, tried again on CPython 3.11's spurious "AST constructor recursion depth
+    mismatch" (gh-106905): the conversion's depth count lives in interpreter-wide state, and
+    another thread converting an AST at the same time (3.11's traceback formatting does, for an
+    exception logged by a server thread) upsets it. Each call starts its count afresh."""
+    for attempt in range(5):
+        try:
+            return ast.parse(path.read_text(encoding="utf-8"))
+        except SystemError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 def imports(path: Path, known: dict[str, Path]) -> dict[str, set[str]]:
     """Every module of the package that `path` imports, anywhere in the file (by top-level
     package name for third-party modules)."""
     out: dict[str, set[str]] = {"router": set(), "other": set()}
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(parse(path)):
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]

@@ -39,30 +39,43 @@ def _body(request: ChatRequest, params: Mapping[str, Any], model: CloudModel) ->
     return body
 
 
-def _call(litellm: Any, model: CloudModel, timeout: float) -> dict[str, Any]:
-    # A client of its own: LiteLLM's cached ones belong to other event loops.
-    handler = litellm.llms.custom_httpx.http_handler.AsyncHTTPHandler
-    return {
-        "api_key": model.api_key(),
-        "api_base": model.resolved_api_base(),
-        "client": handler(timeout=timeout),
-    }
+class _Session:
+    """An event loop of its own and an HTTP client on it, both closed after the call: LiteLLM's
+    cached clients belong to other event loops, and a client left open is closed later on a
+    loop that is gone ("Event loop is closed")."""
 
+    def __init__(self, litellm: Any, model: CloudModel, timeout: float) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._handler = litellm.llms.custom_httpx.http_handler.AsyncHTTPHandler(timeout=timeout)
+        self.kwargs = {
+            "api_key": model.api_key(),
+            "api_base": model.resolved_api_base(),
+            "client": self._handler,
+        }
 
-def _run(loop: asyncio.AbstractEventLoop, work: Awaitable[Any]) -> Any:
-    """`work` on `loop`, cancelled when the request's client hangs up."""
-    task: asyncio.Future[Any] = asyncio.ensure_future(work, loop=loop)
-    hangup = hangups.current()
+    def run(self, work: Awaitable[Any]) -> Any:
+        """`work` on the loop, cancelled when the request's client hangs up."""
+        loop = self.loop
+        task: asyncio.Future[Any] = asyncio.ensure_future(work, loop=loop)
+        hangup = hangups.current()
 
-    def cancel() -> None:
-        loop.call_soon_threadsafe(task.cancel)
+        def cancel() -> None:
+            loop.call_soon_threadsafe(task.cancel)
 
-    forget = hangup.on_fire(cancel) if hangup else None
-    try:
-        return loop.run_until_complete(task)
-    finally:
-        if forget is not None:
-            forget()
+        forget = hangup.on_fire(cancel) if hangup else None
+        try:
+            return loop.run_until_complete(task)
+        finally:
+            if forget is not None:
+                forget()
+
+    def close(self, events: Any = None) -> None:
+        try:
+            if events is not None and hasattr(events, "aclose"):
+                self.loop.run_until_complete(events.aclose())
+            self.loop.run_until_complete(self._handler.close())
+        finally:
+            self.loop.close()
 
 
 def complete(
@@ -70,13 +83,12 @@ def complete(
     timeout: float,
 ) -> dict[str, Any]:  # fmt: skip
     """The provider's answer, in chat's shape with the native one inside."""
-    loop = asyncio.new_event_loop()
+    session = _Session(litellm, model, timeout)
     try:
-        body = _body(request, params, model)
-        work = litellm.anthropic_messages(**body, **_call(litellm, model, timeout))
-        native = dict(_run(loop, work))
+        work = litellm.anthropic_messages(**_body(request, params, model), **session.kwargs)
+        native = dict(session.run(work))
     finally:
-        loop.close()
+        session.close()
     text = "".join(
         b.get("text", "") for b in native.get("content") or [] if b.get("type") == "text"
     )
@@ -130,21 +142,21 @@ def stream(
 ) -> Iterator[dict[str, Any]]:  # fmt: skip
     """Each provider event as a chunk (`native`: the event, `choices`: its chat translation),
     then a last chunk with the usage. Closing it closes the connection."""
-    loop = asyncio.new_event_loop()
+    session = _Session(litellm, model, timeout)
     events: Any = None
     try:
         try:
             work = litellm.anthropic_messages(
-                **_body(request, params, model), stream=True, **_call(litellm, model, timeout)
+                **_body(request, params, model), stream=True, **session.kwargs
             )
-            events = _run(loop, work).__aiter__()
+            events = session.run(work).__aiter__()
         except Exception as exc:
             raise on_error(exc) from exc
         usage: dict[str, Any] = {}
         buffer = b""
         while True:
             try:
-                piece = _run(loop, events.__anext__())
+                piece = session.run(events.__anext__())
             except StopAsyncIteration:
                 break
             except Exception as exc:
@@ -170,9 +182,7 @@ def stream(
         yield {"id": None, "object": "chat.completion.chunk", "model": name, "choices": [],
                "usage": _usage(usage)}  # fmt: skip
     finally:
-        if events is not None and hasattr(events, "aclose"):
-            loop.run_until_complete(events.aclose())
-        loop.close()
+        session.close(events)
 
 
 def _parse(raw: bytes) -> tuple[str, dict[str, Any]] | None:

@@ -34,6 +34,7 @@ from router.pricing import account, lookup
 from router.types import ROUTING_MODES, ChatRequest, Decision, Routing
 
 MAX_TEXTS = 2048  # inputs in one request (OpenAI's limit)
+MAX_DIMENSIONS = 65_536  # the largest vector size a request may ask for
 
 
 @dataclass
@@ -120,6 +121,7 @@ class Embedding:
         user: str | None = None,
         client_retries: bool = False,
         hangup: Hangup | None = None,
+        dimensions: int | None = None,
     ) -> Embeddings:
         started = time.perf_counter()
         names = candidates(self._config, views, model)
@@ -139,7 +141,7 @@ class Embedding:
             backend = self._backend(name)
             if not isinstance(backend, Embedder):
                 raise BackendError(f"{name}: cannot embed")
-            return backend.embed(texts)
+            return backend.embed(texts, dimensions)
 
         with hangups.watching(hangup):
             (vectors, tokens), routing, reservation = self._attempts.first_answer(

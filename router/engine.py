@@ -34,9 +34,10 @@ from router.chunks import assemble, new_id, replay
 from router.complexity import Estimator, estimator_name, load_estimator
 from router.complexity.followups import conversation_score
 from router.config import Config, load_config
-from router.embedding import Embedding, Embeddings, check_texts
+from router.embedding import MAX_DIMENSIONS, Embedding, Embeddings, check_texts
 from router.errors import (
     BackendError,
+    RequestError,
     UnknownModelError,
 )
 from router.governance import waste
@@ -270,10 +271,20 @@ class Router:
         user: str | None = None,
         client_retries: bool = False,
         hangup: Hangup | None = None,
+        dimensions: int | None = None,
     ) -> Embeddings:
         """One vector a text from an embedding model (router.embedding): `auto` picks the
-        first usable one, local first."""
+        first usable one, local first. `dimensions`: the size wanted (a cloud model's provider
+        shortens its vectors; a local model gives only its own size)."""
         checked = check_texts(texts)
+        if dimensions is not None and (
+            isinstance(dimensions, bool)
+            or not isinstance(dimensions, int)
+            or not 0 < dimensions <= MAX_DIMENSIONS
+        ):
+            raise RequestError(
+                f"'dimensions' must be an integer from 1 to {MAX_DIMENSIONS}", param="dimensions"
+            )
         return self._embedding.embed(
             checked,
             model,
@@ -281,6 +292,7 @@ class Router:
             user=user,
             client_retries=client_retries,
             hangup=hangup,
+            dimensions=dimensions,
         )
 
     def feedback(

@@ -53,7 +53,7 @@ def judged(messages: list[dict[str, Any]], rule: Callable[[str, str], str]) -> s
 
 def fake_vector(text: str, size: int = 8) -> list[float]:
     """A vector that depends on the text only: the same text, the same vector."""
-    digest = hashlib.sha256(text.encode()).digest()
+    digest = hashlib.sha256(text.encode()).digest() * (size // 32 + 1)
     return [round(b / 255 - 0.5, 4) for b in digest[:size]]
 
 
@@ -143,8 +143,9 @@ class FakeCloud:
                 if self.path.endswith("/embeddings"):
                     texts = body.get("input") or []
                     texts = [texts] if isinstance(texts, str) else texts
+                    size = body.get("dimensions") or 8  # as text-embedding-3 shortens its own
                     data = [
-                        {"object": "embedding", "index": i, "embedding": fake_vector(t)}
+                        {"object": "embedding", "index": i, "embedding": fake_vector(t, size)}
                         for i, t in enumerate(texts)
                     ]
                     tokens = sum(count_tokens(t) for t in texts)

@@ -31,11 +31,15 @@ class Backend(Protocol):
 
 @runtime_checkable
 class Embedder(Protocol):
-    """An embedding model (`embeddings = true`): one vector a text, and the tokens read."""
+    """An embedding model (`embeddings = true`): one vector a text, and the tokens read.
+    `dimensions`, when given, is the vectors' size the client wants: a model that cannot give
+    it raises RequestError before it does any work."""
 
     name: str
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]: ...
+    def embed(
+        self, texts: list[str], dimensions: int | None = None
+    ) -> tuple[list[list[float]], int]: ...
 
 
 from router.backends.function import FunctionBackend  # noqa: E402 (after Backend: it is one)

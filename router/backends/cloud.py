@@ -244,9 +244,13 @@ class CloudBackend:
             or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         }
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        """LiteLLM's embedding() for an embedding model (`embeddings = true`)."""
+    def embed(
+        self, texts: list[str], dimensions: int | None = None
+    ) -> tuple[list[list[float]], int]:
+        """LiteLLM's embedding() for an embedding model (`embeddings = true`); `dimensions`
+        goes to the provider, which shortens the vectors or refuses."""
         litellm = litellm_module()
+        sized = {} if dimensions is None else {"dimensions": dimensions}
         try:
             done = litellm.embedding(
                 model=self._model.litellm_model,
@@ -255,6 +259,7 @@ class CloudBackend:
                 api_base=self._model.resolved_api_base(),
                 timeout=deadline.timeout(self._model.timeout_seconds),
                 max_retries=0,
+                **sized,
             )
         except Exception as exc:
             raise to_cloud_error(self.name, exc, self._model.resolved_api_base()) from exc

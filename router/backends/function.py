@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from router.errors import BackendError
+from router.errors import BackendError, RequestError
 from router.types import ChatRequest, message_text
 
 AnswerFunction = Callable[[ChatRequest, dict[str, Any]], "str | dict[str, Any]"]
@@ -71,11 +71,17 @@ class FunctionBackend:
             "usage": usage(request, text),
         }
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        """`embed_fn`'s vector for each text; tokens counted as words."""
+    def embed(
+        self, texts: list[str], dimensions: int | None = None
+    ) -> tuple[list[list[float]], int]:
+        """`embed_fn`'s vector for each text; tokens counted as words. Another `dimensions`
+        than the vectors' own is refused, as a local model refuses it."""
         if self._embed_fn is None:
             raise BackendError(f"{self.name}: this FunctionBackend has no embed_fn")
-        return [self._embed_fn(t) for t in texts], sum(len(t.split()) for t in texts)
+        vectors = [self._embed_fn(t) for t in texts]
+        if dimensions is not None and vectors and dimensions != len(vectors[0]):
+            raise RequestError(f"'dimensions' must be {len(vectors[0])}", param="dimensions")
+        return vectors, sum(len(t.split()) for t in texts)
 
     def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         self.calls.append((request, dict(params)))

@@ -16,7 +16,7 @@ prints cannot corrupt the protocol).
                        {"op": "embed", "id", "texts"}  (a model loaded with "embedding": true)
                        {"op": "cancel", "id"}      stop generation `id` (and any older one)
                        {"op": "exit"}              or EOF on stdin: exit at once
-    worker -> parent   {"ev": "ready", "pid", "extra_buffers", "extra_buffers_why",
+    worker -> parent   {"ev": "ready", "pid", "extra_buffers", "extra_buffers_why", "n_embd",
                         "system_info", "load_seconds"}
                        {"ev": "chunk", "id", "chunk"}            a chat.completion.chunk
                        {"ev": "end", "id", "usage", "cancelled"} after the last chunk
@@ -316,6 +316,7 @@ def main() -> None:
             "extra_buffers_why": why,
             "system_info": info.strip(),
             "load_seconds": round(time.perf_counter() - started, 3),
+            "n_embd": llm.n_embd(),
         }
     )
 

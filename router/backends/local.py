@@ -31,7 +31,13 @@ from router.backends.restarts import RestartPolicy
 from router.backends.transcript import for_local
 from router.backends.worker import Worker, WorkerFailure, WorkerLoadError, describe_exit
 from router.config import Config, LocalModel
-from router.errors import BackendError, BusyError, ClientGoneError, ModelLoadError
+from router.errors import (
+    BackendError,
+    BusyError,
+    ClientGoneError,
+    ModelLoadError,
+    RequestError,
+)
 from router.model_files import hub_cached, local_path, local_problem
 from router.types import SAMPLING_PARAMS, ChatRequest
 
@@ -137,10 +143,20 @@ class LocalBackend:
             "usage": usage,
         }
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        """One vector a text from a model loaded in embedding mode (`embeddings = true`)."""
+    def embed(
+        self, texts: list[str], dimensions: int | None = None
+    ) -> tuple[list[list[float]], int]:
+        """One vector a text from a model loaded in embedding mode (`embeddings = true`), of
+        the model's own size: another `dimensions` is refused before any work."""
         with self._turn():
             worker = self._ready_worker()
+            size = worker.info.get("n_embd")
+            if dimensions is not None and size is not None and dimensions != size:
+                raise RequestError(
+                    f"'dimensions' must be {size}, the size of {self.name}'s vectors (a local "
+                    "model does not shorten them); leave it out to get that size",
+                    param="dimensions",
+                )
             try:
                 rid = worker.embed(texts)
             except WorkerFailure as exc:

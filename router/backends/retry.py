@@ -85,14 +85,16 @@ class Retrying:
                     raise
                 attempt += 1
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    def embed(
+        self, texts: list[str], dimensions: int | None = None
+    ) -> tuple[list[list[float]], int]:
         inner = self.inner
         if not isinstance(inner, Embedder):
             raise BackendError(f"{self.name}: not an embedding model")
         attempt = 0
         while True:
             try:
-                return inner.embed(texts)
+                return inner.embed(texts, dimensions)
             except BackendError as error:
                 if not self._should_retry(attempt, error):
                     raise

@@ -2,8 +2,9 @@
 `/api/embeddings`): the request's texts in, the vectors out (router.embedding does the work).
 
 OpenAI's `encoding_format: "base64"` (what the `openai` SDK asks for) is each vector's float32
-values, little-endian, in base64. Token-id inputs are refused: send text. `dimensions` is
-refused unless it is the model's own size (no model here shortens its vectors).
+values, little-endian, in base64. Token-id inputs are refused: send text. `dimensions` goes to
+a cloud model's provider, which shortens its vectors; a local model refuses any size but its
+own, before it does any work.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ def _texts(value: Any, param: str) -> list[str]:
     raise bad(param, "a non-empty string or a list of them")
 
 
-def _run(embed: Embed, texts: list[str], model: str, asked: Asked, hangup: Hangup) -> Embeddings:
-    return embed(texts, model, user=asked.user, client_retries=asked.client_retries, hangup=hangup)
+def _dimensions(data: dict[str, Any]) -> int | None:
+    wanted = data.get("dimensions")
+    if wanted is not None and (isinstance(wanted, bool) or not isinstance(wanted, int)):
+        raise bad("dimensions", "an integer")
+    return wanted
 
 
 def openai_job(embed: Embed, raw: bytes, asked: Asked) -> Job:
@@ -46,16 +50,10 @@ def openai_job(embed: Embed, raw: bytes, asked: Asked) -> Job:
     fmt = data.get("encoding_format", "float")
     if fmt not in ("float", "base64"):
         raise bad("encoding_format", '"float" or "base64"')
-    wanted = data.get("dimensions")
-    if wanted is not None and (isinstance(wanted, bool) or not isinstance(wanted, int)):
-        raise bad("dimensions", "an integer")
+    wanted = _dimensions(data)
 
     def work(hangup: Hangup) -> tuple[dict[str, Any], Routing]:
-        done = embed(
-            texts, model, user=asked.user, client_retries=asked.client_retries, hangup=hangup
-        )
-        if wanted is not None and done.vectors and wanted != len(done.vectors[0]):
-            raise bad("dimensions", f"{len(done.vectors[0])}, this model's own size")
+        done = _run(embed, texts, model, asked, hangup, wanted)
         data = [
             {"object": "embedding", "index": i, "embedding": _encoded(v, fmt)}
             for i, v in enumerate(done.vectors)
@@ -65,6 +63,13 @@ def openai_job(embed: Embed, raw: bytes, asked: Asked) -> Job:
         return {"object": "list", "data": data, "model": model, "usage": usage}, done.routing
 
     return work
+
+
+def _run(
+    embed: Embed, texts: list[str], model: str, asked: Asked, hangup: Hangup, wanted: int | None
+) -> Embeddings:
+    user, retries = asked.user, asked.client_retries
+    return embed(texts, model, user=user, client_retries=retries, hangup=hangup, dimensions=wanted)
 
 
 def _encoded(vector: list[float], fmt: str) -> Any:
@@ -79,11 +84,10 @@ def ollama_job(embed: Embed, raw: bytes, asked: Asked, *, legacy: bool) -> Job:
     data = parse_object(raw, '{"model": ..., "input": ...}')
     model = name_of(data.get("model"))
     texts = _texts(data.get("prompt" if legacy else "input"), "prompt" if legacy else "input")
+    wanted = None if legacy else _dimensions(data)
 
     def work(hangup: Hangup) -> tuple[dict[str, Any], Routing]:
-        done = embed(
-            texts, model, user=asked.user, client_retries=asked.client_retries, hangup=hangup
-        )
+        done = _run(embed, texts, model, asked, hangup, wanted)
         if legacy:
             return {"embedding": done.vectors[0]}, done.routing
         nanoseconds = int(done.routing.latency_ms * 1e6)

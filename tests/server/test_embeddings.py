@@ -88,6 +88,9 @@ def test_a_cloud_embedding_model_through_litellm(
     (row,) = router.ledger.entries()
     assert row.tier == "cloud" and row.prompt_tokens == 3 and row.cost_usd > 0
     assert row.usd_saved == 0.0  # no embedding_baseline: nothing to save against
+    shorter = client.embeddings.create(model="cloud-embed", input="one", dimensions=4)
+    assert len(shorter.data[0].embedding) == 4  # the provider shortened them
+    assert fake_cloud.requests[-1]["dimensions"] == 4
 
 
 def test_refusals(embedding: tuple[Router, str]) -> None:
@@ -104,6 +107,9 @@ def test_refusals(embedding: tuple[Router, str]) -> None:
             model="local-embed", messages=[{"role": "user", "content": "Hi"}]
         )
     assert "embedding model" in chat.value.message
+    with pytest.raises(openai.BadRequestError) as size:  # a local model has one size
+        client.embeddings.create(model="auto", input="x", dimensions=2)
+    assert size.value.param == "dimensions" and "must be 3" in size.value.message  # type: ignore[attr-defined]
     assert router.ledger.entries() == []
 
 
@@ -143,6 +149,10 @@ def test_the_embedded_model_in_embedding_mode(
             input=["The cat sat on the mat.", "A cat was sitting on a mat.", "Stocks fell."],
         )
         worker = router.local_runtime("local-embed")
+        with pytest.raises(openai.BadRequestError) as size:  # refused before any work
+            client.embeddings.create(model="local-embed", input="x", dimensions=64)
+        assert "must be 576" in size.value.message
+        assert len(router.ledger.entries()) == 1
     a, b, c = (d.embedding for d in done.data)
     assert len(a) == 576 and worker["state"] == "ready"
 

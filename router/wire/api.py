@@ -68,14 +68,25 @@ class Renderer(Protocol):
     def error(self, err: HTTPError) -> dict[str, Any]: ...
 
 
+# Characters that Python's str.splitlines() (and so httpx's iter_lines(), which the `ollama`
+# client reads NDJSON with) takes for line ends but JSON leaves unescaped: a model's U+2028 in
+# an answer would cut its line in two. JSON's own escapes keep each event on one line.
+_ONE_LINE = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def one_line_json(payload: Mapping[str, Any]) -> bytes:
+    """`payload` as JSON on one line for any line splitter (non-ASCII kept as UTF-8)."""
+    return json.dumps(payload, ensure_ascii=False).translate(_ONE_LINE).encode()
+
+
 def sse(payload: Mapping[str, Any], event: str | None = None) -> bytes:
     """One server-sent event (with its `event:` line when named)."""
-    data = json.dumps(payload, ensure_ascii=False).encode()
+    data = one_line_json(payload)
     return (f"event: {event}\n".encode() if event else b"") + b"data: " + data + b"\n\n"
 
 
 def ndjson(payload: Mapping[str, Any]) -> bytes:
-    return json.dumps(payload, ensure_ascii=False).encode() + b"\n"
+    return one_line_json(payload) + b"\n"
 
 
 def parse_object(raw: bytes, what: str) -> dict[str, Any]:

@@ -4,11 +4,17 @@ shape; the ledger's row says `ollama`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import ollama
 import pytest
 
 from router import Router
+from router.backends import FunctionBackend
+from router.server.app import create_app
+from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, write_config
+from tests.server_harness import ServerThread
 
 
 def client(url: str) -> ollama.Client:
@@ -77,6 +83,8 @@ def test_the_catalogue(served: tuple[Router, str]) -> None:
     _, url = served
     names = {m.model for m in client(url).list().models}
     assert {"auto", "local", "cloud", "smollm2", "cloud-mini"} <= names
+    assert {"claude-*", "gpt-5*"} <= names  # the aliases, as /v1/models lists them
+    assert client(url).show("claude-opus-5").details.family == "router"  # an alias's model
     shown = client(url).show("cloud-mini")
     assert "tools" in (shown.capabilities or [])
     assert shown.modelinfo and shown.modelinfo["general.architecture"] == "router"
@@ -96,3 +104,23 @@ def test_errors_come_in_ollamas_shape(served: tuple[Router, str]) -> None:
     r = httpx.get(url + "/api/nothing")
     assert r.status_code == 404 and set(r.json()) == {"error"}
     assert router.ledger.entries() == []
+
+
+def test_line_separators_in_an_answer_keep_each_line_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """U+2028, U+2029 and NEL end a line for httpx's iter_lines(), which the client reads
+    NDJSON with: inside JSON strings they go escaped, and the answer arrives as it was."""
+    said = "one\u2028two\u2029three\x85four"
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+    config = write_config(tmp_path, None)
+    local = FunctionBackend("smollm2", lambda r, p: said)
+    with (
+        Router(config, backends={"smollm2": local}) as router,
+        ServerThread(create_app(router)) as server,
+    ):
+        ask = [{"role": "user", "content": "Hi"}]
+        pieces = list(client(server.url).chat(model="local", messages=ask, stream=True))
+        generated = list(client(server.url).generate(model="local", prompt="Hi", stream=True))
+    assert "".join(p.message.content or "" for p in pieces) == said
+    assert "".join(p.response for p in generated) == said

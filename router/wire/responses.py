@@ -160,6 +160,8 @@ def _params(data: Mapping[str, Any], dropped: list[str]) -> dict[str, Any]:
     for name in ("temperature", "top_p"):
         if data.get(name) is not None:
             params[name] = data[name]
+    if data.get("tools") is not None and not isinstance(data["tools"], list):
+        raise bad("tools", "a list of tools")
     tools = []
     for i, tool in enumerate(data.get("tools") or []):
         if not isinstance(tool, dict):
@@ -169,8 +171,6 @@ def _params(data: Mapping[str, Any], dropped: list[str]) -> dict[str, Any]:
             continue
         function = {k: tool[k] for k in ("name", "description", "parameters") if k in tool}
         tools.append({"type": "function", "function": function})
-    if data.get("tools") is not None and not isinstance(data["tools"], list):
-        raise bad("tools", "a list of tools")
     if tools:
         params["tools"] = tools
         choice = data.get("tool_choice")

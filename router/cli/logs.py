@@ -115,7 +115,9 @@ def logs(
     for e in rows:
         when = datetime.datetime.fromtimestamp(e.ts).strftime("%Y-%m-%d %H:%M:%S")
         head = (
-            f"{when}  {e.user or '-'}  {e.tier} · {e.model}  score {e.score:.2f}  "
+            f"{when}  {e.user or '-'}  {e.tier} · {e.model}"
+            + (f" via {e.api}" if e.api != "chat" else "")
+            + f"  score {e.score:.2f}  "
             f"{e.prompt_tokens}+{e.completion_tokens} tokens  {money(e.cost_usd)}  "
             f"saved {money(e.usd_saved)}  {e.latency_ms:.0f} ms"
             + ("  cache hit" if e.cache_hit else "")

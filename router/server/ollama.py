@@ -90,6 +90,10 @@ def routes(service: Service) -> list[Route]:
             }
             for name, info in known().items()
         ]
+        for pattern, target in router.config.aliases.items():  # names clients send
+            family = known().get(target, {"family": "router"})["family"]
+            entry = {"name": pattern, "model": pattern, "modified_at": EPOCH, "size": 0}
+            models.append({**entry, "digest": "", "details": details(family)})
         return JSONResponse({"models": models})
 
     async def show(request: Request) -> Response:

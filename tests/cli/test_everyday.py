@@ -173,16 +173,19 @@ def test_logs_shows_the_latest_requests_and_prompts_when_stored(tmp_path: Path) 
                     score=0.5,
                     reason="r",
                     prompt=json.dumps([{"role": "user", "content": f"ask {i}"}]),
+                    api="messages" if i == 2 else "chat",
                 )
             )
     out = router("logs", "-n", "2", "--config", str(config), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert len(lines) == 4 and "cloud · cloud-mini" in lines[0] and "$0.000054" in lines[0]
+    assert len(lines) == 4 and "cloud · cloud-mini  score" in lines[0] and "$0.000054" in lines[0]
+    assert "cloud · cloud-mini via messages  score" in lines[2]  # the API, when not chat
     assert lines[1] == "    > ask 1" and lines[3] == "    > ask 2"  # newest last
     assert "store_prompts = true" in out.stderr  # this config does not store them
     data = json.loads(router("logs", "--json", "--config", str(config), cwd=tmp_path).stdout)
     assert [d["messages"][0]["content"] for d in data] == ["ask 0", "ask 1", "ask 2"]
+    assert [d["api"] for d in data] == ["chat", "chat", "messages"]
 
 
 def test_any_command_whose_reader_stops_early_exits_0(tmp_path: Path) -> None:

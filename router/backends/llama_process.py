@@ -242,10 +242,39 @@ def _crash(how: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif how == "hang":
         time.sleep(3600)
+    elif how == "decode":  # what llama.cpp reports when it finds no room in its KV cache
+        raise RuntimeError("llama_decode returned 1")
     os._exit(3)
 
 
+def _fresh_context(llm: Any) -> None:
+    """Forget every token the context holds (KV cache included): after a failed decode, what
+    llama-cpp-python believes is cached and what llama.cpp holds may differ."""
+    llm.reset()
+    llm._ctx.kv_cache_clear()
+
+
 def _chat(llm: Any, op: dict[str, Any], channel: _Channel, cancels: _Cancels) -> None:
+    """A generation; when llama.cpp fails to decode (`llama_decode returned 1`: no free slot in
+    its KV cache, seen once in a thousand fuzz cases), the context starts afresh and, when the
+    client has had nothing yet, the generation is tried once more from a clean cache."""
+    sent = [0]
+    try:
+        _generate(llm, op, channel, cancels, sent)
+    except RuntimeError as exc:
+        if "llama_decode" not in str(exc):
+            raise
+        _fresh_context(llm)
+        if sent[0]:
+            raise
+        sys.stderr.write(f"worker: {exc}; cache cleared, generation {op['id']} tried again\n")
+        sys.stderr.flush()
+        _generate(llm, op, channel, cancels, sent)
+
+
+def _generate(
+    llm: Any, op: dict[str, Any], channel: _Channel, cancels: _Cancels, sent: list[int]
+) -> None:
     rid = int(op["id"])
     crash = _armed_crash()
     if crash is not None and crash[1] == 0:
@@ -260,17 +289,16 @@ def _chat(llm: Any, op: dict[str, Any], channel: _Channel, cancels: _Cancels) ->
         channel.send({"ev": "result", "id": rid, "response": response, "cancelled": cut})
         return
     chunks = llm.create_chat_completion(messages=op["messages"], stream=True, **op["kwargs"])
-    sent = 0
     cancelled = False
     try:
         for chunk in chunks:
             if cancels.cancelled(rid):
                 cancelled = True
                 break
-            if crash is not None and sent == crash[1]:
+            if crash is not None and sent[0] == crash[1]:
                 _crash(crash[0])
             channel.send({"ev": "chunk", "id": rid, "chunk": chunk})
-            sent += 1
+            sent[0] += 1
     finally:
         chunks.close()  # stops llama.cpp before the next generation
     prompt, completion = llm.last_prompt_tokens, llm.last_completion_tokens

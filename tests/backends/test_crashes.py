@@ -487,3 +487,40 @@ def test_an_exception_inside_llama_cpp_python_cannot_poison_later_requests(build
     assert backend.worker_pid not in (None, first)  # a fresh worker, not a crash
     assert backend.health()["failures"] == 0
     assert backend.health()["generations"]["failed"] == 1
+
+
+@slow
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_failed_decode_before_the_first_token_is_tried_again_in_the_same_worker(
+    build: Build, crash: Callable[[str], None], streamed: bool
+) -> None:
+    """llama.cpp's `llama_decode returned 1` (no room found in its KV cache; once in a
+    thousand fuzz cases here): the worker clears its context and generates again, so the
+    client gets the answer a clean cache gives, and nothing restarts."""
+    router, backend = build()
+    clean = router.complete(ask(LONG), max_tokens=12, temperature=0, cache=False).text
+    pid = backend.worker_pid
+    crash("decode")
+    if streamed:
+        text = router.stream(ask(LONG), max_tokens=12, temperature=0, cache=False).text()
+    else:
+        text = router.complete(ask(LONG), max_tokens=12, temperature=0, cache=False).text
+    assert text == clean
+    assert backend.worker_pid == pid and backend.health()["failures"] == 0
+    assert [row.tier for row in router.ledger.entries()] == ["local", "local"]
+
+
+@slow
+def test_a_failed_decode_mid_stream_cuts_the_answer_and_the_next_request_is_answered(
+    build: Build, crash: Callable[[str], None]
+) -> None:
+    router, _ = build()
+    crash("decode after=2")
+    stream = router.stream(ask(LONG), max_tokens=32, cache=False)
+    got: list[dict[str, Any]] = []
+    with pytest.raises(BackendError, match="the local model failed on this request"):
+        for chunk in stream:
+            got.append(chunk)
+    assert len(got) == 2  # what the client had stays had; no second answer is spliced on
+    assert "answer cut" in router.ledger.entries()[-1].reason
+    assert router.complete(ask("Hi"), max_tokens=4, cache=False).routing.tier == "local"

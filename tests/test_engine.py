@@ -178,6 +178,25 @@ def test_low_value_requests_stay_local_or_are_refused(build: Any, policy: str) -
     assert b.cloud.calls == []
 
 
+def test_a_follow_up_about_an_earlier_answer_is_not_a_blank_document(build: Any) -> None:
+    """ "And in French?" after an answer translates that answer: it follows its score (here a
+    hard task's follow-up: the cloud), under low_value = "block" too. A blank document attached
+    explicitly after a conversation is still one."""
+    b = build('\n[guardrails]\nlow_value = "block"\n')
+    first = b.router.complete(ask(HARD_PROMPT))
+    assert first.routing.tier == "cloud"
+    talk = [*ask(HARD_PROMPT), {"role": "assistant", "content": first.text}]
+    for follow_up in ("And in French?", "Now translate that into German", "Rewrite that, shorter."):
+        done = b.router.complete([*talk, *ask(follow_up)], cache=False)
+        assert done.routing.flags == [] and done.routing.tier == "cloud", follow_up
+        assert done.routing.category in ("translate", "rewrite", "summarise"), follow_up
+    with pytest.raises(RequestError, match=r"low-value request \(trivial-document\) refused"):
+        b.router.complete([*talk, *ask("Summarise this document: ")])
+    alone = ask("Now translate that into German")  # nothing before it to translate
+    with pytest.raises(RequestError, match="trivial-document"):
+        b.router.complete(alone)
+
+
 def test_repeats_count_answers_not_failed_attempts(build: Any) -> None:
     calls = {"n": 0}
 

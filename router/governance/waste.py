@@ -1,6 +1,8 @@
 """Low-value requests: clear waste that should never reach a paid model.
 
 - `trivial-document`: summarise, rewrite or translate a document that is empty or a few words.
+  A follow-up without a document of its own ("And in French?", "Now shorten that") works on
+  the conversation before it, which is its document.
 - `repeat`: the same user sending the same request `repeat_threshold` times within
   `repeat_window_seconds` (a retry storm).
 
@@ -18,7 +20,7 @@ from dataclasses import replace
 
 from router.config import Config
 from router.errors import NoRouteError, RequestError
-from router.types import ChatRequest, Decision, sample
+from router.types import ChatRequest, Decision, message_text, sample
 
 DOCUMENT_TASKS = frozenset({"summarise", "rewrite", "translate"})
 _INSTRUCTION = re.compile(
@@ -31,22 +33,43 @@ _INSTRUCTION = re.compile(
 TRIVIAL_WORDS = 3
 
 
-def document_words(text: str) -> int:
-    """Words of the document a summarise/rewrite/translate request carries.
+def document_words(text: str) -> tuple[int, bool]:
+    """Words of the document a summarise/rewrite/translate request carries, and whether it
+    attaches one explicitly.
 
     The document is what follows the instruction (after a colon or a line break); without one,
     whatever is left once instruction words are removed."""
     for separator in (":", "\n"):
         _, found, tail = text.partition(separator)
         if found:
-            return len(re.findall(r"\w+", tail))
-    return len(re.findall(r"\w+", _INSTRUCTION.sub(" ", text)))
+            return len(re.findall(r"\w+", tail)), True
+    return len(re.findall(r"\w+", _INSTRUCTION.sub(" ", text))), False
+
+
+def _earlier_words(request: ChatRequest, enough: int) -> int:
+    """Words in the messages before the last user message, counted up to `enough`."""
+    users = [i for i, m in enumerate(request.messages) if m["role"] == "user"]
+    count = 0
+    for message in request.messages[: users[-1] if users else 0]:
+        if message["role"] in ("system", "developer"):
+            continue  # instructions to the model, not a document
+        count += len(re.findall(r"\w+", sample(message_text(message), 2_000)))
+        if message.get("tool_calls") or count >= enough:
+            return max(count, enough)
+    return count
 
 
 def trivial_document(request: ChatRequest, category: str) -> bool:
+    """A summarise/rewrite/translate request whose document is empty or a few words. A short
+    instruction with no document attached, after an exchange, is about that exchange (translate
+    the last answer, shorten it): not trivial. An explicitly attached blank ("Summarise this:")
+    is trivial wherever it comes."""
     if category not in DOCUMENT_TASKS:
         return False
-    return document_words(sample(request.last_user_text)) < TRIVIAL_WORDS
+    words, attached = document_words(sample(request.last_user_text))
+    if words >= TRIVIAL_WORDS:
+        return False
+    return attached or _earlier_words(request, TRIVIAL_WORDS) < TRIVIAL_WORDS
 
 
 class RepeatDetector:

@@ -93,6 +93,8 @@ class LocalModel(_Strict):
     # A pool endpoint that fails is left out this long (doubling each time it fails again, at
     # most 10 minutes), then probed (GET /v1/models) before it gets requests again.
     eject_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # 5xx/429 answers in a row that eject an endpoint (one that cannot be reached: at once).
+    eject_after: Annotated[int, Field(ge=1, le=100)] = 3
     n_ctx: Annotated[int, Field(ge=128, le=1_048_576)] = 2048
     n_threads: Annotated[int, Field(ge=1, le=512)] | None = None
     n_gpu_layers: Annotated[int, Field(ge=-1)] = 0

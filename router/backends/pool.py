@@ -1,11 +1,13 @@
 """Endpoints serving one model, and which one gets the next request.
 
 Least outstanding requests: the endpoint answering the fewest requests now gets the next one
-(ties go round the pool). An endpoint that fails (it cannot be reached, times out or answers
-5xx) is ejected: left out for `eject_seconds`, doubled each time it is ejected again in a row
-(at most 10 minutes), as Envoy's outlier detection does. When that time is up it is probed
-(`GET <api_base>/models`, a few seconds at most) before it gets requests again; a failed probe
-ejects it again. A request that succeeds on it resets the doubling.
+(ties go round the pool). An endpoint that cannot be reached or times out is ejected at once;
+one that answers 5xx or 429 is ejected after `eject_after` such answers in a row (one bad
+request is weak evidence: Envoy's outlier detection waits for 5). Ejected, it is left out for
+`eject_seconds`, doubled each time it is ejected again in a row (at most 10 minutes). When that
+time is up it is probed (`GET <api_base>/models`, a few seconds at most) before it gets
+requests again; a failed probe ejects it again. A request that succeeds on it resets both
+counts. Either way the failed request itself goes on to the next endpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Endpoint:
     served: int = 0
     failures: int = 0  # in all
     ejections: int = 0  # in a row, since the last success
+    strikes: int = 0  # 5xx/429 answers in a row, since the last success or ejection
     ejected_until: float = 0.0
     last_error: str | None = None
 
@@ -41,11 +44,13 @@ class Pool:
         urls: list[str],
         *,
         eject_seconds: float,
+        eject_after: int = 1,
         probe: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.endpoints = [Endpoint(url) for url in urls]
         self._eject_seconds = eject_seconds
+        self._eject_after = eject_after
         self._probe = probe  # raises when the endpoint does not answer
         self._clock = clock
         self._lock = threading.Lock()
@@ -98,6 +103,7 @@ class Pool:
             endpoint.in_flight = max(0, endpoint.in_flight - 1)
             endpoint.served += 1
             endpoint.ejections = 0
+            endpoint.strikes = 0
             endpoint.ejected_until = 0.0
 
     def released(self, endpoint: Endpoint) -> None:
@@ -105,16 +111,25 @@ class Pool:
         with self._lock:
             endpoint.in_flight = max(0, endpoint.in_flight - 1)
 
-    def failed(self, endpoint: Endpoint, error: str, *, counted: bool = True) -> None:
-        """Eject `endpoint` for a while; `counted`: a request was in flight on it."""
+    def failed(
+        self, endpoint: Endpoint, error: str, *, counted: bool = True, at_once: bool = True
+    ) -> None:
+        """Eject `endpoint` for a while: `at_once` (it could not be reached), or on the
+        `eject_after`th failure in a row (an error answer); `counted`: a request was in flight
+        on it."""
         with self._lock:
             if counted:
                 endpoint.in_flight = max(0, endpoint.in_flight - 1)
             endpoint.failures += 1
+            endpoint.last_error = error
+            if not at_once:
+                endpoint.strikes += 1
+                if endpoint.strikes < self._eject_after:
+                    return
+            endpoint.strikes = 0
             endpoint.ejections += 1
             wait = min(self._eject_seconds * 2 ** (endpoint.ejections - 1), MAX_EJECTION_SECONDS)
             endpoint.ejected_until = self._clock() + wait
-            endpoint.last_error = error
 
     def seconds_until_usable(self) -> float | None:
         """0 when an endpoint can take a request now, else when the first one is probed."""
@@ -134,6 +149,7 @@ class Pool:
                     "in_flight": e.in_flight,
                     "served": e.served,
                     "failures": e.failures,
+                    "failures_in_a_row": e.strikes,
                     "ejected_for_seconds": round(max(0.0, e.ejected_until - now), 1)
                     if e.state(now) == "ejected"
                     else 0.0,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +34,22 @@ CONNECT_SECONDS = 5.0
 
 
 class _Transient(Exception):
-    """The endpoint failed: eject it and try another."""
+    """The endpoint failed: try another; eject it `at_once` (it cannot be reached), or after
+    the pool's `eject_after` such failures in a row (an error answer)."""
+
+    def __init__(self, message: str, *, at_once: bool = False) -> None:
+        super().__init__(message)
+        self.at_once = at_once
+
+
+# A 5xx whose message is a validation error is the request's fault (llama_cpp.server answers
+# 500 "Input should be 'text' or 'json_object'" to a json_schema response_format): the endpoint
+# is fine and keeps its place; the request goes to the next model.
+_REQUEST_FAULT = re.compile(
+    r"validation error|input should be|field required|extra inputs are not permitted|"
+    r"unprocessable|not supported|unsupported",
+    re.I,
+)
 
 
 class _HungUp(Exception):
@@ -53,7 +69,12 @@ class RemoteBackend:
             follow_redirects=True,
             limits=httpx.Limits(max_keepalive_connections=0),
         )
-        self.pool = Pool(model.endpoints(), eject_seconds=model.eject_seconds, probe=self._probe)
+        self.pool = Pool(
+            model.endpoints(),
+            eject_seconds=model.eject_seconds,
+            eject_after=model.eject_after,
+            probe=self._probe,
+        )
 
     # ------------------------------------------------------------------ Backend seam
 
@@ -104,7 +125,7 @@ class RemoteBackend:
             try:
                 return endpoint, attempt(endpoint)
             except _Transient as exc:
-                self.pool.failed(endpoint, str(exc))
+                self.pool.failed(endpoint, str(exc), at_once=exc.at_once)
                 errors.append(f"{endpoint.url}: {exc}")
             except BaseException:
                 self.pool.released(endpoint)
@@ -200,8 +221,8 @@ class RemoteBackend:
             if hangup is not None and hangup.fired:
                 raise _HungUp from None
             if isinstance(exc, httpx.TimeoutException):
-                raise _Transient(f"timed out after {wait:.0f} s") from None
-            raise _Transient(f"cannot reach it ({_reason(exc)})") from None
+                raise _Transient(f"timed out after {wait:.0f} s", at_once=True) from None
+            raise _Transient(f"cannot reach it ({_reason(exc)})", at_once=True) from None
         finally:
             for done in forget:
                 done()
@@ -214,7 +235,7 @@ class RemoteBackend:
         finally:
             response.close()
         status = response.status_code
-        if status >= 500 or status == 429:
+        if (status >= 500 or status == 429) and not _REQUEST_FAULT.search(detail):
             raise _Transient(f"HTTP {status}{detail}")
         raise BackendError(
             f"{self.name}: {endpoint.url} refused the request: HTTP {status}{detail}"
@@ -253,7 +274,7 @@ class RemoteBackend:
                 f"went silent for {self._model.timeout_seconds:.0f} s in the answer"
             ) from None
         except httpx.HTTPError as exc:
-            raise _Transient(f"the connection broke ({_reason(exc)})") from None
+            raise _Transient(f"the connection broke ({_reason(exc)})", at_once=True) from None
 
     def _relay(
         self,
@@ -283,7 +304,7 @@ class RemoteBackend:
             outcome = "succeeded"
         except _Transient as exc:
             outcome = "failed"
-            self.pool.failed(endpoint, str(exc))
+            self.pool.failed(endpoint, str(exc), at_once=exc.at_once)
             raise BackendError(
                 f"{self.name}: {endpoint.url}: {exc}",
                 public=f"{self.name}: its server failed mid-answer",

@@ -110,8 +110,8 @@ def test_a_request_moves_to_another_endpoint_and_the_dead_one_is_ejected(
     backend.close()
 
 
-def test_a_5xx_ejects_a_4xx_does_not(fake_cloud: FakeCloud) -> None:
-    backend = remote(fake_cloud)
+def test_a_4xx_never_ejects_and_5xx_eject_only_eject_after_in_a_row(fake_cloud: FakeCloud) -> None:
+    backend = remote(fake_cloud)  # eject_after = 3 (the default)
     fake_cloud.inject(Fault(404, message="model 'team-model' not found"))
     with pytest.raises(BackendError, match=r"HTTP 404: model 'team-model' not found.*--probe"):
         backend.complete(ask("Hi"), {"max_tokens": 8})
@@ -119,8 +119,53 @@ def test_a_5xx_ejects_a_4xx_does_not(fake_cloud: FakeCloud) -> None:
     fake_cloud.inject(Fault(503))
     with pytest.raises(BackendError, match=r"every endpoint failed: .*HTTP 503"):
         backend.complete(ask("Hi"), {"max_tokens": 8})
-    assert backend.unusable() is not None and backend.seconds_until_usable() > 0
+    # One 5xx is weak evidence: the endpoint keeps serving everyone else.
+    assert backend.unusable() is None and backend.health()["endpoints"][0]["state"] == "up"
+    backend.complete(ask("Hi"), {"max_tokens": 8})  # a success: the count starts over
+    for n in (1, 2):
+        fake_cloud.inject(Fault(500))
+        with pytest.raises(BackendError):
+            backend.complete(ask("Hi"), {"max_tokens": 8})
+        assert backend.health()["endpoints"][0]["failures_in_a_row"] == n
+        assert backend.unusable() is None
+    fake_cloud.inject(Fault(502))
+    with pytest.raises(BackendError):
+        backend.complete(ask("Hi"), {"max_tokens": 8})
+    assert backend.unusable() is not None and 29 < backend.seconds_until_usable() <= 30
     backend.close()
+
+
+def test_a_5xx_that_is_a_validation_error_is_the_requests_fault(fake_cloud: FakeCloud) -> None:
+    """llama_cpp.server answers a json_schema response_format with HTTP 500 "Input should be
+    'text' or 'json_object'": that request fails (the engine moves it on), the server stays
+    in, however often it is asked."""
+    backend = remote(fake_cloud, eject_after=1)
+    for _ in range(3):
+        fake_cloud.inject(Fault(500, message="1 validation error: Input should be 'text'"))
+        with pytest.raises(BackendError, match=r"refused the request: HTTP 500: 1 validation"):
+            backend.complete(ask("Hi"), {"max_tokens": 8})
+    assert backend.unusable() is None and backend.health()["endpoints"][0]["failures"] == 0
+    assert backend.complete(ask("Hi"), {"max_tokens": 8})["choices"]
+    backend.close()
+
+
+def test_a_5xx_moves_the_request_to_another_endpoint_without_ejecting_it(
+    fake_cloud: FakeCloud,
+) -> None:
+    other = FakeCloud().start()
+    try:
+        backend = remote(fake_cloud, other.base_url)
+        other.inject(Fault(500))  # the first in the list: tried first
+        done = backend.complete(ask("Hi"), {"max_tokens": 8})
+        assert done["choices"][0]["message"]["content"] == answer_for(
+            [{"role": "user", "content": "Hi"}]
+        )
+        states = [e["state"] for e in backend.health()["endpoints"]]
+        assert states == ["up", "up"]
+        assert [e["failures"] for e in backend.health()["endpoints"]] == [1, 0]
+        backend.close()
+    finally:
+        other.stop()
 
 
 def test_a_stream_cut_by_a_dying_endpoint_is_a_backend_error(fake_cloud: FakeCloud) -> None:

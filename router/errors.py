@@ -86,7 +86,11 @@ class NotFoundError(RequestError):
 
 
 class NoRouteError(RequestError):
-    """No configured model can serve the request as written (context, tools, JSON output)."""
+    """No configured model can serve the request as written (context, tools, JSON output).
+    `models_down`: a model that could have served it cannot be used at all (its key is not
+    set, its file is missing): a setting to fix, not a wait (the CLI's exit 3)."""
+
+    models_down = False
 
 
 class UnavailableError(RouterError):

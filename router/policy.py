@@ -195,15 +195,20 @@ def decide(
 def _no_route(
     message: str, considered: list[ModelView], request: ChatRequest, needed: int, shown: str
 ) -> RequestError | UnavailableError:
-    """503 when a model that is down (no key, no file) could have served it, else 400;
-    `shown` is the message in public words."""
+    """503 when a model that is down for a while (a worker cooling down, ejected endpoints:
+    `retry_after` says when to try again) could have served it, else 400: a model down for
+    good (its key is not set, its file is missing) is not worth a retry, so a request only it
+    could serve gets the same `no_model_can_serve` as one no model can serve. `shown` is the
+    message in public words."""
     down = [
         m
         for m in considered
         if m.unusable and not blockers(replace(m, unusable=None), request, needed)
     ]
-    if not down:
-        return NoRouteError(message).publicly(shown)
+    if not any(m.retry_after is not None for m in down):
+        refused = NoRouteError(message).publicly(shown)
+        refused.models_down = bool(down)
+        return refused
     waits = [m.retry_after for m in down if m.retry_after is not None]
     return UnavailableError(message, retry_after=min(waits) if waits else None).publicly(shown)
 

@@ -12,6 +12,9 @@ LOCAL = ModelView("small", "local", 0.35, 2048, supports_tools=False, supports_j
 BIG_LOCAL = ModelView("phi", "local", 0.6, 4096, supports_tools=False, supports_json=True)
 CLOUD = ModelView("mini", "cloud", 1.0, 128_000, supports_tools=True, supports_json=True)
 NO_KEY = ModelView("mini", "cloud", 1.0, 128_000, True, True, unusable="OPENAI_API_KEY is not set")
+COOLING = ModelView(
+    "mini", "cloud", 1.0, 128_000, True, True, unusable="restarting after a crash", retry_after=4.0
+)
 
 
 def req(text: str = "hi", model: str = "auto", **params: object) -> ChatRequest:
@@ -65,17 +68,26 @@ def test_nothing_can_serve_explains_each_model() -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
     with pytest.raises(NoRouteError, match=r"small: does not support tools"):
         decide(req(tools=tools), 0.0, models(LOCAL, BIG_LOCAL), 64)
-    # A model that could serve it exists but has no key: unavailable (503), not a bad request.
-    with pytest.raises(UnavailableError, match=r"mini: OPENAI_API_KEY is not set"):
+    # The model that could serve it has no key: that is not a wait (a retry gets the same),
+    # so it is the same non-retryable refusal as tools, JSON, images or length nobody serves.
+    with pytest.raises(NoRouteError, match=r"mini: OPENAI_API_KEY is not set"):
         decide(req(tools=tools), 0.0, models(LOCAL, NO_KEY), 64)
+    with pytest.raises(NoRouteError, match=r"mini: OPENAI_API_KEY is not set"):
+        decide(req("word " * 2000), 0.0, models(LOCAL, NO_KEY), 64)  # too long for small
+    with pytest.raises(NoRouteError, match=r"mini: OPENAI_API_KEY is not set"):
+        decide(req(response_format={"type": "json_object"}), 0.0, models(LOCAL, NO_KEY), 64)
+    # Down for a while (retry_after known): a 503 worth retrying.
+    with pytest.raises(UnavailableError, match=r"restarting after a crash") as caught:
+        decide(req(tools=tools), 0.0, models(LOCAL, COOLING), 64)
+    assert caught.value.retry_after == 4.0
 
 
 def test_modes_force_a_tier() -> None:
     assert decide(req(model="local"), 0.9, models(LOCAL, CLOUD), 64).candidates == ("small",)
     # A forced tier never ends with the other tier: no local fallback after the cloud.
     assert decide(req(model="cloud"), 0.0, models(LOCAL, CLOUD), 64).candidates == ("mini",)
-    # No usable cloud model: refused with each cloud model's reason (503), never local.
-    with pytest.raises(UnavailableError, match=r"mini: OPENAI_API_KEY is not set.*not answered"):
+    # No usable cloud model: refused with each cloud model's reason, never local.
+    with pytest.raises(NoRouteError, match=r"mini: OPENAI_API_KEY is not set.*not answered"):
         decide(req(model="cloud"), 0.0, models(LOCAL, NO_KEY), 64)
     with pytest.raises(NoRouteError, match=r"none is configured in models.toml"):
         decide(req(model="cloud"), 0.0, models(LOCAL), 64)
@@ -88,8 +100,10 @@ def test_a_model_name_forces_that_model_or_fails_clearly() -> None:
     assert decide(req(model="mini"), 0.0, models(LOCAL, CLOUD), 64).candidates == ("mini",)
     with pytest.raises(UnknownModelError, match=r"'phi3' not found in models.toml.*small, mini"):
         decide(req(model="phi3"), 0.0, models(LOCAL, CLOUD), 64)
-    with pytest.raises(UnavailableError, match=r"OPENAI_API_KEY is not set"):
+    with pytest.raises(NoRouteError, match=r"OPENAI_API_KEY is not set"):
         decide(req(model="mini"), 0.0, models(LOCAL, NO_KEY), 64)
+    with pytest.raises(UnavailableError, match=r"restarting"):
+        decide(req(model="mini"), 0.0, models(LOCAL, COOLING), 64)
     with pytest.raises(NoRouteError, match=r"does not support tools"):
         decide(
             req(model="small", tools=[{"type": "function", "function": {"name": "f"}}]),

@@ -39,6 +39,7 @@ from router.cli.serve import keys_app, serve
 from router.errors import (
     BackendError,
     BudgetExceededError,
+    NoRouteError,
     RequestError,
     RouterError,
     UnavailableError,
@@ -275,6 +276,8 @@ def exit_code(exc: RouterError) -> int:
         return 5
     if isinstance(exc, (UnavailableError, BackendError)):
         return 3
+    if isinstance(exc, NoRouteError) and exc.models_down:
+        return 3  # a model that could answer cannot be used: its key, its file
     return 2  # configuration, request and usage errors
 
 

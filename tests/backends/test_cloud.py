@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from router import Router, UnavailableError
+from router import NoRouteError, Router, UnavailableError
 from router.backends.cloud import parse_retry_after
 from router.errors import CloudRefusedError
 from router.pricing import lookup
@@ -180,7 +180,7 @@ def test_a_forced_cloud_tier_is_never_answered_locally(
     make_router: Callable[..., Router], fake_cloud: FakeCloud
 ) -> None:
     no_key = make_router(fake_cloud, key=False)
-    with pytest.raises(UnavailableError, match=r"cloud-mini: ROUTER_TEST_CLOUD_KEY is not set"):
+    with pytest.raises(NoRouteError, match=r"cloud-mini: ROUTER_TEST_CLOUD_KEY is not set"):
         no_key.complete(ask("Hi"), model="cloud", max_tokens=4)
     down = make_router(Unreachable())  # type: ignore[arg-type]
     with pytest.raises(UnavailableError) as err:

@@ -212,12 +212,16 @@ def test_oversized_body_is_413_and_no_tier_is_503(serve: Serve) -> None:
     big = {"messages": ask("x" * 5000)}
     r = httpx.post(server.url + "/v1/chat/completions", json=big)
     assert r.status_code == 413 and "larger than 2048 bytes" in r.json()["error"]["message"]
-    # The cloud model has no key: forcing it, or a prompt only it could hold, is a 503.
-    r = httpx.post(
-        server.url + "/v1/chat/completions", json={"model": "cloud-mini", "messages": ask("hi")}
-    )
-    assert r.status_code == 503
-    assert "ROUTER_TEST_CLOUD_KEY is not set" in r.json()["error"]["message"]
+    # The cloud model has no key: forcing it, or a shape only it could serve (tools), is the
+    # same non-retryable 400 naming the setting: a retry would get the same.
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    for body in (
+        {"model": "cloud-mini", "messages": ask("hi")},
+        {"model": "auto", "messages": ask("hi"), "tools": tools},
+    ):
+        r = httpx.post(server.url + "/v1/chat/completions", json=body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "no_model_can_serve"
+        assert "ROUTER_TEST_CLOUD_KEY is not set" in r.json()["error"]["message"]
     # The openai client surfaces the same error as its own exception type.
     with pytest.raises(openai.NotFoundError, match="model_not_found"):
         client(server).chat.completions.create(model="phi3", messages=ask("hi"))

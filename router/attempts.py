@@ -207,8 +207,8 @@ class Attempts:
         tier = self._config.models[name].tier
         reason = decision.reason
         if failures:
-            how = "answered locally" if tier == "local" else "fell back"
-            reason = f"{reason}; {'; '.join(failures)}: {how} by {name}"
+            how = f"answered locally by {name}" if tier == "local" else f"fell back to {name}"
+            reason = f"{reason}; {'; '.join(failures)}: {how}"
         if reservation is not None and reservation.cut:
             # Noted as an attempt too, so that the shortened answer is not cached for others.
             failures = [*failures, f"max_tokens lowered by {reservation.cut} to fit the budget"]

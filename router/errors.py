@@ -186,10 +186,17 @@ class BudgetExceededError(RouterError):
                 f"{amount(wanted)}); retry in a few seconds, or set a lower max_tokens"
             )
             return
+        resetting = f"it resets at {resets.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        if used >= limit:
+            super().__init__(
+                f"budget {budget.scope} {limit_name} = {amount(limit)} is spent: "
+                f"{amount(used)} used; {resetting}"
+            )
+            return
         super().__init__(
-            f"budget {budget.scope} {limit_name} = {amount(limit)} is spent: {amount(used)} "
-            f"used, this request needs up to {amount(wanted)}; it resets at "
-            f"{resets.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+            f"budget {budget.scope} {limit_name} = {amount(limit)} would be exceeded: "
+            f"{amount(used)} used, this request needs up to {amount(wanted)} (a lower "
+            f"max_tokens may fit); {resetting}"
         )
 
     def _default_public(self) -> str:

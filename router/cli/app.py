@@ -118,6 +118,16 @@ def chat(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the OpenAI-shaped response and routing.")
     ] = False,
+    user: Annotated[
+        str | None,
+        typer.Option(
+            "--user",
+            "-u",
+            envvar="ROUTER_USER",
+            help="Who is asking: recorded, budgeted and audited under this name "
+            "(default: $ROUTER_USER, else anonymous).",
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Chat: answer PROMPT (streamed to stdout, the route to stderr), or talk interactively."""
@@ -140,6 +150,7 @@ def chat(
                 cache=not no_cache,
                 history=conv.state_dir() / "chat_history",
                 messages=earlier or None,
+                user=user,
             )
             return
         text = conv.prompt_text(words, conv.piped_stdin() if words != ["-"] else sys.stdin.read())
@@ -153,11 +164,11 @@ def chat(
         else:
             messages = _messages(system, text)
         if as_json:
-            done = router.complete(messages, model, cache=not no_cache, **params)
+            done = router.complete(messages, model, user=user, cache=not no_cache, **params)
             conv.save_last([*messages, {"role": "assistant", "content": done.text}])
             typer.echo(json.dumps({**done.response, "routing": done.routing.to_dict()}, indent=2))
             return
-        stream = router.stream(messages, model, cache=not no_cache, **params)
+        stream = router.stream(messages, model, user=user, cache=not no_cache, **params)
         parts: list[str] = []
         try:
             write_stream(stream, parts)

@@ -26,9 +26,10 @@ ConfigOption = Annotated[
 
 
 def status_line(r: Routing) -> str:
+    cost = f"cost {money(r.cost_usd)} · " if r.cost_usd else ""
     return (
         f"[{r.tier} · {r.model} · score {r.score:.2f} · "
-        f"{'cache hit' if r.cache_hit else 'cache miss'} · "
+        f"{'cache hit' if r.cache_hit else 'cache miss'} · {cost}"
         f"saved {r.tokens_saved} tokens, {money(r.usd_saved)}] {r.reason}"
     )
 

@@ -102,6 +102,7 @@ def run(
     cache: bool,
     history: Path | None,
     messages: list[Message] | None = None,
+    user: str | None = None,
 ) -> None:
     if history is not None:
         _history(history)
@@ -169,7 +170,7 @@ def run(
                 echo_err(f"unknown command {command}; /help lists them")
             continue
         messages.append({"role": "user", "content": line})
-        answer = _turn(router, messages, mode, params, cache, stats)
+        answer = _turn(router, messages, mode, params, cache, stats, user)
         if answer is None:
             messages.pop()  # nothing was answered: do not keep the question in the context
         else:
@@ -186,11 +187,12 @@ def _turn(
     params: dict[str, Any],
     cache: bool,
     stats: SessionStats,
+    user: str | None = None,
 ) -> tuple[str, str] | None:
     """One streamed answer and its id; None when nothing could be answered."""
     parts: list[str] = []
     try:
-        stream = router.stream(messages, mode, cache=cache, **params)
+        stream = router.stream(messages, mode, user=user, cache=cache, **params)
     except RouterError as exc:
         echo_err(f"error: {exc}")
         return None

@@ -51,8 +51,8 @@ EXPECTED = {
     "stream_options": 'an object such as {"include_usage": true}',
     "user": "a string of at most 256 characters",
     "metadata": "an object of at most 16 string values",
-    "logprobs": "true or false",
-    "top_logprobs": "an integer in [0, 20]",
+    "logprobs": "false or left out: this router does not return log probabilities",
+    "top_logprobs": "0 or left out: this router does not return log probabilities",
     "logit_bias": "an object mapping token ids to numbers in [-100, 100]",
     "parallel_tool_calls": "true or false",
     "store": "true or false",
@@ -275,8 +275,8 @@ class ChatCompletionRequest(ChatParams):
         | None
     ) = None
     n: Literal[1] | None = None
-    logprobs: bool | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    logprobs: Literal[False] | None = None  # not served: refused rather than dropped
+    top_logprobs: Literal[0] | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     parallel_tool_calls: bool | None = None
     store: bool | None = None

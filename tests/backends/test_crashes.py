@@ -120,7 +120,7 @@ def test_a_native_crash_falls_back_to_the_cloud_and_the_worker_restarts(
     assert (done.routing.tier, done.routing.model) == ("cloud", "cloud-mini")
     assert done.text == answer_for(ask("Hi there!"))
     assert "SIGSEGV, a segmentation fault" in done.routing.reason
-    assert "fell back by cloud-mini" in done.routing.reason
+    assert "fell back to cloud-mini" in done.routing.reason
     assert gone(first_pid)
     # The next local request starts a new worker and is answered locally.
     again = router.complete(ask("Hello!"), max_tokens=8)

@@ -262,6 +262,22 @@ def test_piped_text_and_the_prompt_are_sent_together(
 
 
 @pytest.mark.slow
+def test_chat_names_its_user_and_shows_what_a_cloud_answer_cost(
+    tmp_path: Path, fake_cloud: FakeCloud, cloud_env: tuple[str, dict[str, str]]
+) -> None:
+    config, env = cloud_env
+    ana = router("chat", "Hi", "-m", "cloud", "--user", "ana", "--config", config, cwd=tmp_path,
+                 env=env)  # fmt: skip
+    assert ana.returncode == 0, ana.stderr
+    assert " · cost $0.0000" in ana.stderr  # what the answer cost, beside what it saved
+    ben = router("chat", "Hello", "-m", "cloud", "--config", config, cwd=tmp_path,
+                 env={**env, "ROUTER_USER": "ben"})  # fmt: skip
+    assert ben.returncode == 0, ben.stderr
+    rows = json.loads(router("logs", "--json", "--config", config, cwd=tmp_path).stdout)
+    assert sorted(row["user"] for row in rows) == ["ana", "ben"]
+
+
+@pytest.mark.slow
 def test_continue_resumes_the_last_conversation(
     tmp_path: Path, fake_cloud: FakeCloud, cloud_env: tuple[str, dict[str, str]]
 ) -> None:

@@ -46,6 +46,10 @@ def test_budget_store_reserves_settles_and_releases(tmp_path: Path) -> None:
     store = BudgetStore(tmp_path / "gov.sqlite3", cfg)
     store.set(Budget(user="ana", daily_tokens=100, monthly_usd=1.0))
     now = time.time()
+    # Nothing used, but this one request is bigger than the whole budget: it would exceed it.
+    too_big = r"daily_tokens = 100 tokens would be exceeded: 0 tokens used, .* up to 146 tokens"
+    with pytest.raises(BudgetExceededError, match=too_big):
+        store.reserve("ana", 146, 0.1, now)
     first = store.reserve("ana", 60, 0.1, now)
     # Only a request still running stands in the way: retry in seconds, not at midnight.
     held = r"user:ana daily_tokens = 100 tokens is held by requests still running"
@@ -59,7 +63,7 @@ def test_budget_store_reserves_settles_and_releases(tmp_path: Path) -> None:
     assert store.usage("user:ana", now)["daily_tokens"] == 30
     assert store.usage("user:ana", now)["monthly_usd"] == pytest.approx(0.05)
     store.settle(store.reserve("ana", 70, 0.1, now), 70, 0.1)
-    with pytest.raises(BudgetExceededError, match="tokens is spent") as info:
+    with pytest.raises(BudgetExceededError, match="tokens is spent: 100 tokens used;") as info:
         store.reserve("ana", 1, 0.0, now)
     assert not info.value.in_flight and info.value.retry_after() > 2.0  # the UTC midnight
     assert store.reserve("nobody", 10**9, 10**9, now) is None  # no budget, no limit
@@ -146,7 +150,11 @@ def test_fifty_concurrent_requests_never_overrun_a_budget(
             assert r.headers["retry-after"] == "2"
         else:
             assert error["code"] == "budget_exceeded"
-            assert f"{limit} is spent" in error["message"] and "resets at" in error["message"]
+            assert f"{limit} is spent" in error["message"] or (
+                f"{limit} would be exceeded" in error["message"]
+                and "this request needs up to" in error["message"]
+            )
+            assert "resets at" in error["message"]
             assert int(r.headers["retry-after"]) > 2
 
 
@@ -164,7 +172,9 @@ def test_local_only_budget_keeps_answering_locally(
     ) as router:
         done = router.complete(ask(HARD_PROMPT), max_tokens=8, user="ben")
         assert done.routing.tier == "local"
-        assert "team:research daily_tokens = 10 tokens is spent" in done.routing.reason
+        assert "team:research daily_tokens = 10 tokens would be exceeded: 0 tokens used" in (
+            done.routing.reason
+        )
         assert "answered locally by smollm2" in done.routing.reason
         # Someone outside the team is not limited.
         assert router.complete(ask(HARD_PROMPT), max_tokens=8, user="cy").routing.tier == "cloud"

@@ -181,6 +181,8 @@ BAD_INPUTS: list[tuple[Any, int, str | None, str]] = [
     ({"messages": ask("hi"), "max_tokens": 10**9}, 400, None, "needs ~"),
     ({"messages": ask("hi"), "stream": "yes"}, 400, "stream", "true or false"),
     ({"messages": ask("hi"), "n": 3}, 400, "n", "must be 1"),
+    ({"messages": ask("hi"), "logprobs": True}, 400, "logprobs", "not return log probabilities"),
+    ({"messages": ask("hi"), "top_logprobs": 5}, 400, "top_logprobs", "not return log prob"),
     ({"messages": ask("hi"), "frobnicate": 1}, 400, "frobnicate", "Unrecognized"),
     ({"messages": ask("hi"), "model": 7}, 400, "model", "non-empty string"),
     ({"messages": ask("hi"), "model": "gpt-9"}, 404, "model", "not found in models.toml"),

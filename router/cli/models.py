@@ -119,9 +119,31 @@ def _runs(row: dict[str, Any]) -> str:
     return "" if extra is None else f"here, extra buffers {extra['summary']}"
 
 
+def _answers_anyway(base: str, wanted: str, key: str | None) -> bool:
+    """Whether a server answers a model name it does not list (llama_cpp.server lists its file
+    and answers any name): one chat of one token."""
+    import urllib.request
+
+    body = {"model": wanted, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    request = urllib.request.Request(
+        f"{base}/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):  # urllib's HTTPError (a 404) is an OSError
+        return False
+
+
 def _probe_all(cfg: Any, as_json: bool) -> None:
     """What every configured server endpoint serves: remote local models' api_base (each of a
-    pool) and cloud models with an api_base. Unreachable ones say why."""
+    pool) and cloud models with an api_base. Unreachable ones say why, and the command exits
+    3. A local server that does not list the name asked for is asked once (one token) whether
+    it answers it anyway."""
     import urllib.error
     import urllib.request
 
@@ -148,18 +170,31 @@ def _probe_all(cfg: Any, as_json: bool) -> None:
                 row["error"] = None
             except (urllib.error.URLError, OSError, ValueError, AttributeError) as exc:
                 row["serves"], row["error"] = [], str(getattr(exc, "reason", exc))[:200]
+            row["answers_any_name"] = (
+                row["error"] is None
+                and wanted not in row["serves"]
+                and isinstance(m, LocalModel)  # a cloud's answer would be paid for
+                and _answers_anyway(base, str(wanted), key)
+            )
             rows.append(row)
+    unreachable = any(r["error"] for r in rows)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
+    elif not rows:
         typer.echo("no server endpoints configured (api_base on a model)", err=True)
-    for r in rows:
+    for r in rows if not as_json else []:
         if r["error"]:
             typer.echo(f"{r['model']:<16} {r['endpoint']}  cannot be reached: {r['error']}")
             continue
-        found = "found" if r["wanted"] in r["serves"] else f"NOT served ({r['wanted']!r})"
+        if r["wanted"] in r["serves"]:
+            found = "found"
+        elif r["answers_any_name"]:
+            found = f"answers any model name ({r['wanted']!r} is not listed but answered)"
+        else:
+            found = f"NOT served ({r['wanted']!r})"
         typer.echo(f"{r['model']:<16} {r['endpoint']}  {found}; serves: {', '.join(r['serves'])}")
+    if unreachable:
+        raise typer.Exit(3)
 
 
 def _llama_build() -> str:

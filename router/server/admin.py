@@ -3,6 +3,7 @@ and metrics. Each key sees what its role allows (router.server.keys)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import anyio.to_thread
@@ -13,6 +14,7 @@ from starlette.routing import Route
 from router import dashboard
 from router.config import LocalModel
 from router.errors import RouterError
+from router.policy import ModelView
 from router.server.metrics import endpoint_gauges, ledger_gauges, redis_gauges, shadow_counters
 from router.server.service import Service
 from router.wire.chat import ChatApi
@@ -86,16 +88,21 @@ def routes(service: Service) -> list[Route]:
                 models[name]["worker"] = router.local_runtime(name)
         shadow = {"rate": router.shadow.settings.shadow_rate, **router.shadow.counts}
         body: dict[str, Any] = {"status": "ok", "models": models, "shadow": shadow}
+        reasons = _model_trouble(views)
         if router.link is not None:  # [shared]: Redis, and what waits for it
             await anyio.to_thread.run_sync(router.link.ping)
             body["shared"] = router.shared_health()
             if not router.link.up:
-                body["status"] = "degraded"
+                reasons.append("the shared store (Redis) cannot be reached")
         # The ledger (SQLite, or PostgreSQL and its queue on disk): paid calls stop without it.
         body["ledger"] = await anyio.to_thread.run_sync(router.ledger.health)
         if not body["ledger"]["up"]:
+            reasons.append("the ledger cannot be written: paid calls are refused")
+        if reasons:
             body["status"] = "degraded"
-        return JSONResponse(body if details else {"status": body["status"]})
+            body["reasons"] = reasons
+        public = {"status": body["status"], **({"reasons": reasons} if reasons else {})}
+        return JSONResponse(body if details else public)
 
     async def metrics(request: Request) -> Response:
         try:
@@ -127,3 +134,21 @@ def routes(service: Service) -> list[Route]:
         Route("/dashboard", dashboard_page, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+
+
+def _model_trouble(views: Mapping[str, ModelView]) -> list[str]:
+    """Why the router cannot do its job as configured, in words anyone may read: every local
+    chat model unusable (everything goes to the paid cloud, or nowhere), or no chat model
+    usable at all. A cloud model without a key is the zero-setup default, not trouble."""
+    chat = [v for v in views.values() if not v.embeddings]
+    local = [v for v in chat if v.tier == "local"]
+    if chat and all(v.unusable for v in chat):
+        return ["no model can answer: " + "; ".join(_why(v) for v in chat)]
+    if local and all(v.unusable for v in local):
+        return ["no local model is usable, so every answer is paid for: "
+                + "; ".join(_why(v) for v in local)]  # fmt: skip
+    return []
+
+
+def _why(view: ModelView) -> str:
+    return f"{view.name}: {view.unusable_public or 'unusable'}"

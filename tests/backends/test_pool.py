@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from router import Router, load_config
@@ -15,8 +16,10 @@ from router.backends.pool import Pool
 from router.backends.remote import RemoteBackend
 from router.config import LocalModel
 from router.errors import BackendError
+from router.server import create_app
 from router.types import ChatRequest
 from tests.fakecloud import FakeCloud, Fault, answer_for
+from tests.server_harness import ServerThread
 
 DEAD = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
 
@@ -226,6 +229,13 @@ def test_when_every_endpoint_is_down_auto_falls_back_to_the_cloud(
     assert again.routing.tier == "cloud" and again.routing.attempts == []
     why = team_router.model_views()["team"].unusable
     assert why is not None and why.startswith("every endpoint of team is ejected after failing")
+    # /health says so, to anyone, in public words (no endpoint URL).
+    with ServerThread(create_app(team_router)) as server:
+        health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "degraded" and health["reasons"] == [
+        "no local model is usable, so every answer is paid for: team: every server of team is "
+        "down after failing"
+    ]
 
 
 def test_images_reach_a_server_that_reads_them_and_tools_become_text_for_one_without(

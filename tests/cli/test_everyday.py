@@ -207,6 +207,27 @@ def test_any_command_whose_reader_stops_early_exits_0(tmp_path: Path) -> None:
     assert proc.wait(timeout=60) == 0 and err == ""
 
 
+def test_probe_says_when_a_server_answers_any_name_and_exits_3_when_one_is_down(
+    tmp_path: Path, fake_cloud: FakeCloud
+) -> None:
+    extra = (
+        f'\n[models.team]\ntier = "local"\napi_base = "{fake_cloud.base_url}"\n'
+        'remote_model = "llama3"\n'  # not listed by the stand-in, which answers any name
+        '\n[models.gone]\ntier = "local"\napi_base = "http://127.0.0.1:9/v1"\nremote_model = "x"\n'
+    )
+    config = str(write_config(tmp_path, fake_cloud.base_url, extra))
+    out = router("models", "--probe", "--config", config, cwd=tmp_path)
+    assert out.returncode == 3, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()}
+    assert "answers any model name ('llama3' is not listed but answered)" in lines["team"]
+    assert "cannot be reached" in lines["gone"]
+    assert fake_cloud.requests[-1]["max_tokens"] == 1  # the one-token question
+    as_json = router("models", "--probe", "--json", "--config", config, cwd=tmp_path)
+    assert as_json.returncode == 3
+    rows = {r["model"]: r for r in json.loads(as_json.stdout)}
+    assert rows["team"]["answers_any_name"] is True and rows["gone"]["error"]
+
+
 def test_ps_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

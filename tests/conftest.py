@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from router import Router, load_config
+from router.backends import FunctionBackend
 from router.backends.local import LocalBackend
 from tests.fakecloud import FakeCloud, longer_wins
 
@@ -57,16 +58,32 @@ socket.socket.connect = _loopback_only  # type: ignore[method-assign]
 
 
 class _NoLlamaCpp(importlib.abc.MetaPathFinder):
-    """ROUTER_TEST_WITHOUT_LLAMA_CPP=1: llama_cpp cannot be imported in this process (the fast
-    tier must pass so: it runs on FunctionBackend, never on the real model)."""
+    """ROUTER_TEST_WITHOUT_LLAMA_CPP=1: llama_cpp cannot be imported in this process, nor in
+    any process it starts (a worker, a `router` CLI): a package of that name that refuses to
+    load comes first on their PYTHONPATH. The fast tier must pass so: it runs on
+    FunctionBackend and doubles, never on the real model."""
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> None:
         if name == "llama_cpp" or name.startswith("llama_cpp."):
             raise ImportError(f"{name} is blocked by ROUTER_TEST_WITHOUT_LLAMA_CPP")
 
 
+def _shadow_llama_cpp_in_children() -> None:
+    import tempfile
+
+    shadow = Path(tempfile.mkdtemp(prefix="no-llama-cpp-"))
+    (shadow / "llama_cpp").mkdir()
+    (shadow / "llama_cpp" / "__init__.py").write_text(
+        'raise ImportError("llama_cpp is blocked by ROUTER_TEST_WITHOUT_LLAMA_CPP")\n'
+    )
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(shadow), os.environ.get("PYTHONPATH")) if p
+    )
+
+
 if os.environ.get("ROUTER_TEST_WITHOUT_LLAMA_CPP"):
     sys.meta_path.insert(0, _NoLlamaCpp())
+    _shadow_llama_cpp_in_children()
 
 CLOUD_KEY_ENV = "ROUTER_TEST_CLOUD_KEY"
 CLOUD_KEY = "test-key-not-a-secret"
@@ -157,9 +174,8 @@ class Sleeps(list[float]):
         self.append(seconds)
 
 
-@pytest.fixture
-def make_router(
-    tmp_path: Path, smollm2: LocalBackend, monkeypatch: pytest.MonkeyPatch
+def _router_maker(
+    tmp_path: Path, local: Any, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[..., Router]]:
     routers: list[Router] = []
 
@@ -175,7 +191,7 @@ def make_router(
             monkeypatch.delenv(CLOUD_KEY_ENV, raising=False)
         path = write_config(tmp_path, cloud.base_url if cloud else None, extra)
         router = Router(
-            path, backends={"smollm2": smollm2}, sleep=sleep if sleep is not None else Sleeps()
+            path, backends={"smollm2": local}, sleep=sleep if sleep is not None else Sleeps()
         )
         routers.append(router)
         return router
@@ -183,6 +199,24 @@ def make_router(
     yield make
     for r in routers:
         r.close()
+
+
+@pytest.fixture
+def make_router(
+    tmp_path: Path, smollm2: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Router]]:
+    """Routers on the test config, with the real embedded model as their local tier."""
+    yield from _router_maker(tmp_path, smollm2, monkeypatch)
+
+
+@pytest.fixture
+def make_light_router(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Router]]:
+    """The same with a double as the local tier (its answer: "local answer"), for tests about
+    the cloud, the ledger or the server: the fast tier loads no model."""
+    local = FunctionBackend("smollm2", lambda request, params: "local answer")
+    yield from _router_maker(tmp_path, local, monkeypatch)
 
 
 HARD_PROMPT = (

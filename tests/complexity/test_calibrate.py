@@ -7,12 +7,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from router.backends import FunctionBackend
 from router.cli import app
 from router.complexity.calibration import for_cloud_budget, for_local_share, set_max_score
 from router.config import load_config
@@ -20,6 +20,7 @@ from router.engine import Router
 from router.errors import ConfigError
 from router.ledger import Entry, SQLiteLedger
 from router.types import ChatRequest
+from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, write_config
 from tests.fakecloud import FakeCloud
 
 runner = CliRunner()
@@ -77,14 +78,17 @@ def traffic(n: int = 40) -> list[str]:
 
 @pytest.fixture
 def traffic_config(
-    make_router: Callable[..., Router], fake_cloud: FakeCloud, tmp_path: Path
+    fake_cloud: FakeCloud, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Path, list[str]]:
     """A config whose ledger holds 40 requests of varied complexity, and those prompts."""
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
     prompts = traffic()
-    router = make_router(fake_cloud)
-    for p in prompts:  # answered by the fake cloud: fast, priced, scored like any request
-        router.complete([{"role": "user", "content": p}], model="cloud", max_tokens=8)
-    return tmp_path / "models.toml", prompts
+    config = write_config(tmp_path, fake_cloud.base_url)
+    unused = FunctionBackend("smollm2", lambda request, params: "never asked")  # no model
+    with Router(config, backends={"smollm2": unused}) as router:
+        for p in prompts:  # answered by the fake cloud: fast, priced, scored like any request
+            router.complete([{"role": "user", "content": p}], model="cloud", max_tokens=8)
+    return config, prompts
 
 
 def local_share(config: Path, prompts: list[str]) -> float:

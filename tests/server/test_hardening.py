@@ -191,10 +191,10 @@ def test_clients_that_hang_up_free_the_local_model_at_once(make_router: Any) -> 
     assert sum(e.completion_tokens for e in cut) < 900 and all(e.prompt_tokens for e in cut)
 
 
-def test_a_hang_up_closes_the_cloud_call(make_router: Any, fake_cloud: FakeCloud) -> None:
+def test_a_hang_up_closes_the_cloud_call(make_light_router: Any, fake_cloud: FakeCloud) -> None:
     """A non-streamed cloud answer for a client that hung up used to be generated (and paid)
     to the end; now the provider's stream is closed at its next token."""
-    router = make_router(fake_cloud)
+    router = make_light_router(fake_cloud)
     question = [{"role": "user", "content": "Tell me about the history of the Roman empire"}]
     body = {"model": "cloud", "messages": question, "max_tokens": 50}
     with (
@@ -218,7 +218,7 @@ def test_a_hang_up_closes_the_cloud_call(make_router: Any, fake_cloud: FakeCloud
 
 
 def test_a_hang_up_shuts_the_connection_to_a_local_server(
-    make_router: Any, fake_cloud: FakeCloud
+    make_light_router: Any, fake_cloud: FakeCloud
 ) -> None:
     """A local model on a server (Ollama, llama-server): the connection is shut, so the server
     stops, and the endpoint is not blamed for it."""
@@ -229,7 +229,7 @@ def test_a_hang_up_shuts_the_connection_to_a_local_server(
     remote_model = "gpt-4o-mini"
     max_score = 0.35
     """
-    router = make_router(fake_cloud, extra=box)
+    router = make_light_router(fake_cloud, extra=box)
     fake_cloud.inject(Fault(status=200, delay=3.0))  # answers after 3 s
     with ServerThread(create_app(router)) as server:
         started = time.monotonic()
@@ -257,8 +257,11 @@ def on_disk(tmp_path: Path, disk: Path, cloud: FakeCloud) -> Path:
     return config
 
 
+LOCAL = FunctionBackend("smollm2", lambda request, params: "local answer")  # no model here
+
+
 def test_a_full_disk_refuses_paid_calls_and_serves_free_ones(
-    tmp_path: Path, fake_cloud: FakeCloud, smollm2: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a full disk every cloud request used to be paid upstream, write no row and get a
     500, while /health said ok."""
@@ -266,7 +269,7 @@ def test_a_full_disk_refuses_paid_calls_and_serves_free_ones(
     cloud = {"model": "cloud", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
     with (
         small_disk(tmp_path / "disk") as disk,
-        Router(on_disk(tmp_path, disk, fake_cloud), backends={"smollm2": smollm2}) as router,
+        Router(on_disk(tmp_path, disk, fake_cloud), backends={"smollm2": LOCAL}) as router,
         ServerThread(create_app(router)) as server,
         httpx.Client(base_url=server.url, timeout=60) as http,
     ):
@@ -355,7 +358,7 @@ SECRETS = ("sk-proj-", "org-7Qx", "proj_Zz9", "upstream-7.internal", "litellm", 
     ],
 )
 def test_a_providers_error_reaches_the_log_not_the_client(
-    make_router: Any,
+    make_light_router: Any,
     fake_cloud: FakeCloud,
     fault: Fault,
     status: int,
@@ -364,7 +367,7 @@ def test_a_providers_error_reaches_the_log_not_the_client(
 ) -> None:
     """A cloud 401 used to come back as `litellm.AuthenticationError: ... sk-proj-****ABCD`;
     a 400 carried the organisation and project, a 500 the upstream's host name."""
-    router = make_router(fake_cloud)
+    router = make_light_router(fake_cloud)
     fake_cloud.inject(*[fault] * 3)  # and its retries
     body = {"model": "cloud", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
     with ServerThread(create_app(router)) as server, caplog.at_level("WARNING"):
@@ -656,10 +659,10 @@ def test_keys_in_a_query_string_are_not_logged_and_a_hang_up_mid_body_is_one_lin
 
 
 def test_the_router_does_not_retry_on_top_of_an_sdk_that_retries(
-    make_router: Any, fake_cloud: FakeCloud
+    make_light_router: Any, fake_cloud: FakeCloud
 ) -> None:
     """The router's retries times the SDK's made 7 upstream calls for one failing request."""
-    router = make_router(fake_cloud)  # [retry] max_retries = 2
+    router = make_light_router(fake_cloud)  # [retry] max_retries = 2
     fake_cloud.inject(*[Fault(500, message="down")] * 20)
     body = {"model": "cloud", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
     with ServerThread(create_app(router)) as server:
@@ -674,14 +677,15 @@ def test_the_router_does_not_retry_on_top_of_an_sdk_that_retries(
 
 
 def test_a_burst_of_small_requests_against_a_budget_with_room_is_served(
-    make_router: Any, fake_cloud: FakeCloud
+    make_light_router: Any, fake_cloud: FakeCloud
 ) -> None:
     """Each request held its worst case (max_tokens) until it ended, so 87 of 100 small
     requests were refused with a quarter of the budget spent. Now a request that only
     running requests stand in the way of waits for them to settle."""
     requests, budget = 100, 2600  # about twice what the burst uses, a sixth of its worst case
-    extra = f'\n[[budgets]]\nuser = "burst"\ndaily_tokens = {budget}\n'
-    router = make_router(fake_cloud, extra="\n[guardrails]\nrepeat_window_seconds = 0\n" + extra)
+    extra = "\n[guardrails]\nrepeat_window_seconds = 0\n"
+    extra += f'\n[[budgets]]\nuser = "burst"\ndaily_tokens = {budget}\n'
+    router = make_light_router(fake_cloud, extra=extra)
     fake_cloud.inject(*[Fault(status=200, delay=0.3)] * requests)
 
     def ask(i: int) -> str:

@@ -595,6 +595,24 @@ def test_connections_that_send_no_complete_headers_are_closed(tmp_path: Path) ->
             sock.close()
 
 
+def test_an_http2_preface_gets_one_json_505_and_the_connection_closed(tmp_path: Path) -> None:
+    """`PRI * HTTP/2.0` (an HTTP/2 client with prior knowledge) got a JSON 404, then a plain
+    text 400 for the preface's "SM" line on the same connection."""
+    router, app = served_with(tmp_path, "")
+    with router, ServerThread(app) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):  # until the server closes it
+            data += chunk
+        sock.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 505")  # and nothing after its JSON body:
+        assert b"content-type: application/json" in head.lower()
+        error = json.loads(body)["error"]
+        assert error["code"] == "http_version_not_supported" and "HTTP/1.1" in error["message"]
+
+
 def test_a_body_that_does_not_arrive_is_a_408(tmp_path: Path) -> None:
     router, app = served_with(tmp_path, "body_timeout_seconds = 1")
     with router, ServerThread(app) as server:

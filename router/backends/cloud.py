@@ -41,6 +41,9 @@ def _import_litellm() -> None:
     try:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         os.environ.setdefault("LITELLM_TELEMETRY", "False")
+        # Its bundled list of Anthropic beta headers, not a fetch from GitHub at the first
+        # Anthropic call (seconds of DNS and retries offline, a request to a third party).
+        os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
         import litellm
 
         litellm.telemetry = False

@@ -196,6 +196,20 @@ class Attempts:
                 with self._settled:  # woken by a settlement here; another replica's: polled
                     self._settled.wait(min(0.25, left))
 
+    def _wanted_cloud(self, decision: Decision, name: str) -> bool:
+        """Whether routing by score would have had the cloud answer, not local `name`: a cloud
+        candidate came before it, or the score is above its ceiling (no cloud model usable, a
+        budget or guardrail keeping the request local). A tier or model asked for by name
+        was nobody's fallback."""
+        if decision.forced:
+            return False
+        models = self._config.models
+        order = decision.candidates
+        ahead = order[: order.index(name)] if name in order else ()
+        return decision.score > models[name].max_score or any(
+            models[n].tier == "cloud" for n in ahead
+        )
+
     def _routing(
         self,
         decision: Decision,
@@ -204,8 +218,12 @@ class Attempts:
         reservation: Reservation | None,
         response_id: str,
     ) -> Routing:
-        tier = self._config.models[name].tier
+        model = self._config.models[name]
+        tier = model.tier
         reason = decision.reason
+        saved_by = ""
+        if tier == "local":  # a fallback when the score sent the request to the cloud
+            saved_by = "fallback" if self._wanted_cloud(decision, name) else "routed"
         if failures:
             how = f"answered locally by {name}" if tier == "local" else f"fell back to {name}"
             reason = f"{reason}; {'; '.join(failures)}: {how}"
@@ -222,4 +240,5 @@ class Attempts:
             attempts=list(failures),
             category=decision.category,
             flags=list(decision.flags),
+            saved_by=saved_by,
         )

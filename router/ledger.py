@@ -21,7 +21,7 @@ from router.chunks import canonical_id
 from router.errors import LedgerUnavailableError, NotFoundError, RequestError
 from router.shared import Reachability
 from router.sqlite import Store, migrate, open_db
-from router.types import Routing
+from router.types import SAVED_BY, Routing
 
 T = TypeVar("T")
 
@@ -81,6 +81,7 @@ class Entry:
     # row replaces it. One that stays pending is a call the router did not see finish.
     pending: bool = False
     api: str = "chat"  # the API the request came through (router.types.APIS)
+    saved_by: str = ""  # routed, fallback, cache or cloud (Routing.saved_by); "" before it
 
     @classmethod
     def from_routing(cls, routing: Routing, **rest: Any) -> Entry:
@@ -205,6 +206,9 @@ _MIGRATIONS = [
     """
     ALTER TABLE requests ADD COLUMN api TEXT NOT NULL DEFAULT 'chat';
     """,
+    """
+    ALTER TABLE requests ADD COLUMN saved_by TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 _COLUMNS = [f.name for f in fields(Entry)]
@@ -218,7 +222,7 @@ SUMMARY_COLUMNS = (
     "usd_saved",
     "cache_hits",
 )
-GROUPS = ("day", "user", "tier", "model", "category", "api")  # `router stats --by`
+GROUPS = ("day", "user", "tier", "model", "category", "api", "saved_by")  # `stats --by`
 
 
 def _entry(row: dict[str, Any]) -> Entry:
@@ -409,7 +413,12 @@ def totals_of(ledger: Sums, since: float | None, user: str | None = None) -> dic
     total = rows[0] if rows else dict.fromkeys(SUMMARY_COLUMNS, 0)
     total.pop("group")
     by_tier = {r["group"]: r["requests"] for r in ledger.summary(since, "tier", user=user)}
-    return {**total, "by_tier": by_tier}
+    saved = {r["group"]: r for r in ledger.summary(since, "saved_by", user=user)}
+    saved_by = {
+        why: {k: saved.get(why, {}).get(k, 0) for k in ("requests", "tokens_saved", "usd_saved")}
+        for why in (*SAVED_BY, *sorted(set(saved) - set(SAVED_BY)))
+    }
+    return {**total, "by_tier": by_tier, "saved_by": saved_by}
 
 
 _SINCE = re.compile(r"^(\d{1,9})\s*([mhdw])$")

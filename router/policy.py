@@ -120,7 +120,7 @@ def decide(
                 needed,
                 f"model {mode!r} cannot serve this request: {'; '.join(public)}",
             )
-        return Decision(score, (mode,), f"model {mode!r} requested by name")
+        return Decision(score, (mode,), f"model {mode!r} requested by name", forced=True)
 
     models = {n: m for n, m in models.items() if not m.embeddings}  # chat models only
     excluded: list[str] = []
@@ -150,7 +150,8 @@ def decide(
                 f"no local model can serve this request{why_not_shown}",
             )
         chosen = _first_within(local, score)
-        return Decision(score, _order(chosen, local), f"local tier requested; {chosen.name}")
+        reason = f"local tier requested; {chosen.name}"
+        return Decision(score, _order(chosen, local), reason, forced=True)
 
     if mode == "cloud":  # the cloud tier and nothing else, or a clear refusal
         if not cloud:
@@ -169,7 +170,8 @@ def decide(
                 + tail,
             )
         chosen = _first_within(cloud, score)
-        return Decision(score, _order(chosen, cloud), f"cloud tier requested; {chosen.name}")
+        reason = f"cloud tier requested; {chosen.name}"
+        return Decision(score, _order(chosen, cloud), reason, forced=True)
 
     if not fit:
         raise _no_route(

@@ -10,7 +10,7 @@ from typing import Any
 
 from router.config import FREE, CloudModel, Config, LocalModel, Price, package_file
 from router.errors import ConfigError
-from router.types import Routing
+from router.types import SAVED_BY, Routing
 
 _COST_MAP_FILE = "model_prices_and_context_window_backup.json"
 
@@ -101,3 +101,9 @@ def account(routing: Routing, usage: Mapping[str, Any], price: Price, baseline: 
     sent_to_cloud = routing.tier == "cloud" and not routing.cache_hit
     routing.tokens_saved = 0 if sent_to_cloud else prompt + completion
     routing.usd_saved = routing.baseline_usd - routing.cost_usd
+    if routing.cache_hit:
+        routing.saved_by = "cache"
+    elif sent_to_cloud:
+        routing.saved_by = "cloud"
+    elif routing.saved_by not in SAVED_BY:
+        routing.saved_by = "routed"  # a local answer nothing else marked

@@ -102,6 +102,7 @@ def _key(dialect: Dialect, key: str) -> str:
         "category": "category",
         "estimator": "estimator",
         "api": "api",
+        "saved_by": "saved_by",
         "cache_hit": "CASE WHEN cache_hit THEN 1 ELSE 0 END",
         "score_tenth": f"CASE WHEN score >= 0.9 THEN 9 ELSE {tenth} END",
         "day": dialect.day,

@@ -180,6 +180,11 @@ class Decision:
     reason: str
     category: str = "other"
     flags: tuple[str, ...] = ()  # low-value flags (router.governance.waste)
+    forced: bool = False  # a tier or a model asked for by name: the score chose nothing
+
+
+# Why an answer cost what it did (Routing.saved_by): every answer is one of these.
+SAVED_BY = ("routed", "fallback", "cache", "cloud")
 
 
 @dataclass
@@ -202,6 +207,11 @@ class Routing:
     category: str = "other"
     flags: list[str] = field(default_factory=list)
     response_id: str = ""  # the answer's `id`, the key for feedback (Router.feedback)
+    # Why it cost what it did (SAVED_BY): "routed" (a local answer the score
+    # sent there), "fallback" (a local answer for a request the score sent to the cloud: the
+    # cloud failed or could not be used, a budget or guardrail kept it local), "cache" (a
+    # cache hit) or "cloud" (a paid answer).
+    saved_by: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

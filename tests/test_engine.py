@@ -4,12 +4,14 @@ without a model. The same behaviour on the real GGUF and LiteLLM is the slow tie
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from router import (
     BackendError,
@@ -22,6 +24,7 @@ from router import (
 )
 from router.backends import FunctionBackend
 from router.backends.retry import Retrying
+from router.cli import app
 from router.errors import BudgetExceededError, CloudError
 from router.governance.audit import audit
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, EASY_PROMPT, HARD_PROMPT, Sleeps, write_config
@@ -101,6 +104,41 @@ def test_a_failing_cloud_falls_back_locally_and_the_fallback_is_not_cached(build
     assert done.routing.tier == "local" and "cloud-mini: HTTP 503" in done.routing.reason
     again = b.router.complete(ask(HARD_PROMPT))
     assert not again.routing.cache_hit and len(b.cloud.calls) == 2
+
+
+def test_savings_say_why_routed_fallback_cache_or_cloud(build: Any, tmp_path: Path) -> None:
+    """A local answer the score chose is "routed"; one given because the cloud failed is a
+    "fallback" (it saves money nobody chose to save); cache hits and paid answers apart. The
+    four add up to the totals, and `router stats --json` carries them."""
+    down = {"now": False}
+
+    def cloud(request: ChatRequest, params: dict[str, Any]) -> str:
+        if down["now"]:
+            return failing()(request, params)
+        return cloud_answer(request, params)
+
+    b = build(cloud=cloud)
+    assert b.router.complete(ask(EASY_PROMPT)).routing.saved_by == "routed"
+    assert b.router.complete(ask(EASY_PROMPT)).routing.saved_by == "cache"
+    assert b.router.complete(ask(HARD_PROMPT)).routing.saved_by == "cloud"
+    down["now"] = True
+    fallback = b.router.complete(ask(HARD_PROMPT + " Again."))
+    assert (fallback.routing.tier, fallback.routing.saved_by) == ("local", "fallback")
+    forced = b.router.complete(ask(HARD_PROMPT), model="local")  # asked for: nobody's fallback
+    assert forced.routing.saved_by == "routed"
+    rows = b.router.ledger.entries()
+    assert [r.saved_by for r in rows] == ["routed", "cache", "cloud", "fallback", "routed"]
+    totals = b.router.ledger.totals()
+    saved = totals["saved_by"]
+    assert [saved[w]["requests"] for w in ("routed", "fallback", "cache", "cloud")] == [2, 1, 1, 1]
+    assert rows[3].usd_saved > 0
+    assert saved["fallback"]["usd_saved"] == pytest.approx(rows[3].usd_saved)
+    assert sum(s["usd_saved"] for s in saved.values()) == pytest.approx(totals["usd_saved"])
+    config = str(tmp_path / "models.toml")  # the one build wrote
+    out = CliRunner().invoke(app, ["stats", "--json", "--config", config])
+    assert json.loads(out.output)["saved_by"]["fallback"]["requests"] == 1
+    text = CliRunner().invoke(app, ["stats", "--config", config]).output
+    assert "saved by: routed $" in text and "fallback $" in text
 
 
 def test_a_model_forced_by_name_does_not_fall_back(build: Any) -> None:

@@ -77,6 +77,14 @@ def stats(
         )
     Console(width=max(100, Console().width)).print(table)
     typer.echo(f"cache hit rate {rate:.1%}")
+    # What the savings are made of: only "routed" is the estimator's doing.
+    parts = [
+        f"{why} {money(s['usd_saved'])} ({s['tokens_saved']} tokens, {s['requests']} requests)"
+        for why, s in totals["saved_by"].items()
+        if s["requests"]
+    ]
+    if parts:
+        typer.echo("saved by: " + "; ".join(parts))
 
 
 def logs(

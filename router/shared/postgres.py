@@ -42,7 +42,7 @@ log = logging.getLogger("router.ledger")
 _COLUMNS = [f.name for f in fields(Entry)]
 _QUOTED = ", ".join(f'"{c}"' for c in _COLUMNS)
 BATCH = 500
-_NEW = {"pending": False, "api": "chat"}  # rows queued before these columns existed
+_NEW = {"pending": False, "api": "chat", "saved_by": ""}  # rows queued before these columns existed
 
 # The SQLite ledger's migrations, one for one, in PostgreSQL's dialect ("user" is reserved).
 _MIGRATIONS = [
@@ -94,6 +94,9 @@ _MIGRATIONS = [
     """,
     """
     ALTER TABLE requests ADD COLUMN api TEXT NOT NULL DEFAULT 'chat';
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN saved_by TEXT NOT NULL DEFAULT '';
     """,
 ]
 _QUEUE = [

@@ -431,7 +431,33 @@ def parse_toml(text: str, source: Path | None = None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source or 'config'}: not valid TOML: {exc}") from exc
-    return parse_config(data, source)
+    return parse_config(_extended(data, source), source)
+
+
+def _extended(data: dict[str, Any], source: Path | None) -> dict[str, Any]:
+    """A file with `extends = "default"` is laid over the shipped models.toml, table by table
+    and key by key (`[models.smollm2] enabled = false` turns one shipped model off, a new
+    `[models.x]` adds one); without it a file replaces the shipped one whole."""
+    if "extends" not in data:
+        return data
+    extends = data.pop("extends")
+    if extends != "default":
+        raise ConfigError(
+            f"{source or 'config'}: extends = {str(extends)[:40]!r}: the only base is "
+            '"default" (the shipped models.toml); remove the key to replace it whole'
+        )
+    base = tomllib.loads(shipped_default_path().read_text(encoding="utf-8"))
+    return _merged(base, data)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:

@@ -31,6 +31,7 @@ from router.cli.common import (
 )
 from router.cli.estimator import calibrate, evaluate, score
 from router.cli.governance import audit, budget_app
+from router.cli.init import init
 from router.cli.learn import learn
 from router.cli.logs import logs, report, stats
 from router.cli.models import models, ps, pull
@@ -267,6 +268,7 @@ def explain(
 # `router -h` lists the commands in this order, each with its one-line summary.
 app.command(short_help="Serve the OpenAI-compatible API on a port.")(serve)
 app.command(short_help="List the configured models and whether each is usable.")(models)
+app.command(short_help="Write your models.toml, with your own local server.")(init)
 app.command(short_help="Download a hub model's GGUF file ahead of time.")(pull)
 app.command(short_help="Show what a running server has loaded.")(ps)
 app.command(short_help="Show the latest requests from the ledger.")(logs)

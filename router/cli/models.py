@@ -4,6 +4,7 @@ model ahead of time, and what a running server has loaded."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -66,6 +67,7 @@ def models(
                 if isinstance(m, LocalModel) and not m.remote
                 else None,
                 "endpoints": m.endpoints() if isinstance(m, LocalModel) and m.remote else None,
+                "file": _file(cfg, m),
             }
         )
     aliases = [{"name": pattern, "alias_of": target} for pattern, target in cfg.aliases.items()]
@@ -104,11 +106,40 @@ def models(
             _runs(r),
         )
     Console(width=max(120, Console().width)).print(table)
+    for r in rows:
+        if r["file"]:
+            typer.echo(f"{r['name']}: {r['file']}")
+    typer.echo(f"config: {cfg.source}" + _config_note(cfg))
     for alias in aliases:  # names clients send ([aliases])
         typer.echo(f"alias: {alias['name']} → {alias['alias_of']}")
     notes = {r["extra_buffers"]["why"] for r in rows if r["extra_buffers"]}
     for note in sorted(notes):
         typer.echo(f"extra buffers: {note}")
+
+
+def _file(cfg: Any, model: Any) -> str | None:
+    """Where a GGUF run by this router is (or will be, for a hub model not yet pulled)."""
+    from router.config import LocalModel
+    from router.model_files import local_path
+
+    if not isinstance(model, LocalModel) or model.remote:
+        return None
+    found = local_path(cfg, model)
+    if found is not None:
+        return str(found)
+    return f"{model.hf_repo}/{model.hf_file} (not downloaded)" if model.hf_repo else None
+
+
+def _config_note(cfg: Any) -> str:
+    """Where a user's own file goes, when the shipped one is in use."""
+    import platformdirs
+
+    from router.config import APP_NAME, shipped_default_path
+
+    if cfg.source is None or Path(cfg.source).resolve() != shipped_default_path().resolve():
+        return ""
+    mine = Path(platformdirs.user_config_dir(APP_NAME)) / "models.toml"
+    return f" (the shipped default; `router init` writes your own to {mine})"
 
 
 def _runs(row: dict[str, Any]) -> str:

@@ -58,6 +58,9 @@ def summary(
             "cache_hit_rate": rate,
             "tokens_saved": totals["tokens_saved"],
             "usd_saved": totals["usd_saved"],
+            # Of it, what local answers saved where the score wanted the cloud (it failed, had
+            # no key, a budget kept the request local): savings nobody chose (saved_by).
+            "usd_saved_fallback": totals["saved_by"]["fallback"]["usd_saved"],
             "cost_usd": totals["cost_usd"],
         },
         # Exactly `router stats --since S --json` and `router audit --since S --format json`.

@@ -103,6 +103,8 @@ def test_the_summary_equals_stats_and_audit_for_the_same_window(
         head = body["headline"]
         assert head["requests"] == 5 and head["cache_hit_rate"] == pytest.approx(0.2)
         assert head["local_share"] == pytest.approx(4 / 5) and head["cost_usd"] > 0
+        fallback = body["stats"]["saved_by"]["fallback"]["usd_saved"]
+        assert head["usd_saved_fallback"] == pytest.approx(fallback)  # the same figure
         assert (
             sum(
                 b["tiers"].get("cloud", {}).get("requests", 0) for b in body["over_time"]["buckets"]

@@ -206,8 +206,12 @@ class Attempts:
         models = self._config.models
         order = decision.candidates
         ahead = order[: order.index(name)] if name in order else ()
-        return decision.score > models[name].max_score or any(
-            models[n].tier == "cloud" for n in ahead
+        taken = getattr(models[name], "categories", None) or ()
+        outside = bool(taken) and decision.category not in taken
+        return (
+            decision.score > models[name].max_score
+            or outside
+            or any(models[n].tier == "cloud" for n in ahead)
         )
 
     def _routing(

@@ -74,6 +74,9 @@ class Availability:
             unusable_public=shown if unusable else None,
             max_output=max_output,
             embeddings=model.embeddings,
+            categories=tuple(model.categories)
+            if isinstance(model, LocalModel) and model.categories
+            else None,
         )
 
     def file_problem(self, name: str, model: LocalModel) -> str | None:

@@ -36,7 +36,7 @@ from router.config_sections import (
 )
 from router.config_sections import Price as Price  # re-exported: prices are config
 from router.errors import ConfigError
-from router.types import ROUTING_MODES
+from router.types import CATEGORIES, ROUTING_MODES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -100,6 +100,9 @@ class LocalModel(_Strict):
     n_gpu_layers: Annotated[int, Field(ge=-1)] = 0
     chat_format: str | None = None
     max_score: Annotated[float, Field(ge=0, le=1)] = 0.25
+    # The task categories (router.types.CATEGORIES) the score may send to it; any other
+    # request reaches it only as a fallback (no cloud usable, the cloud failed). Unset: all.
+    categories: list[Literal[CATEGORIES]] | None = None  # type: ignore[valid-type]
     supports_tools: bool = False
     supports_json: bool = False
     supports_vision: bool = False

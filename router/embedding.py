@@ -56,6 +56,12 @@ def check_texts(texts: object) -> list[str]:
             f"'input' must be a non-empty string or a list of 1 to {MAX_TEXTS} of them",
             param="input",
         )
+    for i, text in enumerate(texts):  # control characters only: no token to embed
+        if not any(ch.isprintable() and not ch.isspace() for ch in text[:4096]) and not any(
+            ch.isprintable() and not ch.isspace() for ch in text
+        ):
+            raise RequestError(f"'input[{i}]' has no text to embed (only blank or control "
+                               "characters)", param="input")  # fmt: skip
     return list(texts)
 
 

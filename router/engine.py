@@ -180,7 +180,7 @@ class Router:
         ):
             flags.append("repeat")
         decision = policy.decide(
-            request, score, self.model_views(), self.config.router.default_max_tokens
+            request, score, self.model_views(), self.config.router.default_max_tokens, category
         )
         decision = replace(decision, category=category, flags=tuple(flags))
         return waste.guard(self.config, request, decision) if guard else decision

@@ -39,6 +39,12 @@ class ModelView:
     unusable_public: str | None = None  # the same in words a client may read (no path, pid)
     max_output: int | None = None  # the most tokens one answer may have (a cloud model's)
     embeddings: bool = False  # an embedding model: answers /v1/embeddings, never a chat
+    categories: tuple[str, ...] | None = None  # what the score may send it (None: anything)
+
+    def covers(self, score: float, category: str | None) -> bool:
+        """Whether routing by score sends a request of `score` and `category` to it."""
+        taken = self.categories is None or category is None or category in self.categories
+        return taken and self.max_score >= score
 
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:
@@ -99,8 +105,10 @@ def decide(
     score: float,
     models: Mapping[str, ModelView],
     default_max_tokens: int,
+    category: str | None = None,
 ) -> Decision:
-    """Choose the models to try, in order, for `request` with complexity `score`."""
+    """Choose the models to try, in order, for `request` with complexity `score` (and task
+    `category`, for models that take only some)."""
     needed = estimate_prompt_tokens(request) + int(
         request.params.get("max_tokens", default_max_tokens)
     )
@@ -149,7 +157,7 @@ def decide(
                 needed,
                 f"no local model can serve this request{why_not_shown}",
             )
-        chosen = _first_within(local, score)
+        chosen = _first_within(local, score, category)
         reason = f"local tier requested; {chosen.name}"
         return Decision(score, _order(chosen, local), reason, forced=True)
 
@@ -169,7 +177,7 @@ def decide(
                 + (why_not_shown if cloud_models else no_cloud)
                 + tail,
             )
-        chosen = _first_within(cloud, score)
+        chosen = _first_within(cloud, score, category)
         reason = f"cloud tier requested; {chosen.name}"
         return Decision(score, _order(chosen, cloud), reason, forced=True)
 
@@ -181,16 +189,22 @@ def decide(
             needed,
             f"no configured model can serve this request{why_not_shown}",
         )
-    chosen = _first_within(fit, score)
-    if chosen.max_score >= score:
+    chosen = _first_within(fit, score, category)
+    passed = [f"{category} is not among {m.name}'s categories" for m in fit
+              if m.max_score >= score and not m.covers(score, category)]  # fmt: skip
+    if chosen.covers(score, category):
         reason = f"score {score:.2f} ≤ {chosen.name} ceiling {chosen.max_score:.2f}"
     else:
         reason = f"score {score:.2f} above every ceiling; strongest usable is {chosen.name}"
-    if chosen.tier == "local" and chosen.max_score < score and not cloud:
-        reason = (
-            f"score {score:.2f} above {chosen.name} ceiling {chosen.max_score:.2f} but no "
-            f"cloud model is usable{why_not}: answered locally"
+    if passed and chosen.tier == "cloud":
+        reason += f" ({'; '.join(passed)})"
+    if chosen.tier == "local" and not chosen.covers(score, category) and not cloud:
+        above = (
+            f"{category} is not among {chosen.name}'s categories"
+            if chosen.max_score >= score
+            else f"score {score:.2f} above {chosen.name} ceiling {chosen.max_score:.2f}"
         )
+        reason = f"{above} but no cloud model is usable{why_not}: answered locally"
     return Decision(score, _with_local_last(_order(chosen, fit), local), reason)
 
 
@@ -215,10 +229,10 @@ def _no_route(
     return UnavailableError(message, retry_after=min(waits) if waits else None).publicly(shown)
 
 
-def _first_within(pool: list[ModelView], score: float) -> ModelView:
-    """The cheapest model whose ceiling covers the score, else the strongest one."""
+def _first_within(pool: list[ModelView], score: float, category: str | None) -> ModelView:
+    """The cheapest model that covers the score (and category), else the strongest one."""
     for m in pool:
-        if m.max_score >= score:
+        if m.covers(score, category):
             return m
     return max(pool, key=lambda m: m.max_score)
 

@@ -396,3 +396,22 @@ def test_feedback_is_recorded_by_the_answers_own_id(build: Any) -> None:
         b.router.feedback(stream.routing.response_id, "bad", user="ana")
     with pytest.raises(RequestError, match="give 'good' or 'bad'"):
         b.router.feedback(first.response["id"], "meh")
+
+
+def test_a_question_outside_the_local_models_categories_is_a_fallback_without_a_cloud(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As shipped, the embedded model takes small talk only: without a cloud key a factual
+    question is still answered, locally, but recorded as a fallback, not as routing's saving."""
+    monkeypatch.delenv(CLOUD_KEY_ENV, raising=False)
+    path = write_config(tmp_path, "http://127.0.0.1:9/v1")
+    path.write_text(
+        path.read_text().replace("max_score = 0.35", 'max_score = 0.35\ncategories = ["chit-chat"]')
+    )
+    local = FunctionBackend("smollm2", local_answer)
+    with Router(path, backends={"smollm2": local}, sleep=Sleeps()) as router:
+        hello = router.complete(ask("Hello!"))
+        fact = router.complete(ask("What is the capital of France?"))
+    assert (hello.routing.tier, hello.routing.saved_by) == ("local", "routed")
+    assert (fact.routing.tier, fact.routing.saved_by) == ("local", "fallback")
+    assert "question-answering is not among smollm2's categories" in fact.routing.reason

@@ -141,3 +141,20 @@ def test_heuristic_reads_the_whole_conversation() -> None:
         ]
     )
     assert est.score(convo) > est.score(alone) + 0.2
+
+
+def test_a_model_that_takes_some_categories_is_only_a_fallback_for_the_rest() -> None:
+    """The embedded 135M model takes small talk; a factual question scores as low as a
+    greeting, but goes to the cloud, and without one is answered locally and says why."""
+    chatty = ModelView("small", "local", 0.25, 2048, False, False, categories=("chit-chat",))
+    hello = decide(req("Hello!"), 0.0, models(chatty, CLOUD), 64, "chit-chat")
+    assert hello.candidates == ("small", "mini") and "≤ small ceiling" in hello.reason
+    fact = decide(req("What is the capital of France?"), 0.05, models(chatty, CLOUD), 64,
+                  "question-answering")  # fmt: skip
+    assert fact.candidates == ("mini", "small")
+    assert "question-answering is not among small's categories" in fact.reason
+    alone = decide(req("Who wrote Hamlet?"), 0.01, models(chatty, NO_KEY), 64, "question-answering")
+    assert alone.candidates == ("small",)
+    assert alone.reason.startswith(
+        "question-answering is not among small's categories but no cloud model is usable"
+    )

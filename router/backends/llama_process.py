@@ -355,6 +355,9 @@ def main() -> None:
         op = ops.get()
         try:
             if op.get("op") == "embed":
+                for text in op["texts"]:  # llama-cpp-python fails on zero tokens (NULL access)
+                    if not llm.tokenize(text.encode("utf-8", "replace"), add_bos=False):
+                        raise ValueError(f"input {text[:20]!r} has no tokens: nothing to embed")
                 done = llm.create_embedding(op["texts"])
                 vectors = [d["embedding"] for d in done["data"]]
                 tokens = int(done["usage"]["prompt_tokens"])

@@ -57,11 +57,11 @@ def check_texts(texts: object) -> list[str]:
             param="input",
         )
     for i, text in enumerate(texts):  # control characters only: no token to embed
-        if not any(ch.isprintable() and not ch.isspace() for ch in text[:4096]) and not any(
-            ch.isprintable() and not ch.isspace() for ch in text
-        ):
-            raise RequestError(f"'input[{i}]' has no text to embed (only blank or control "
-                               "characters)", param="input")  # fmt: skip
+        if not any(ch.isprintable() and not ch.isspace() for ch in text):
+            raise RequestError(
+                f"'input[{i}]' has no text to embed (only blank or control characters)",
+                param="input",
+            )
     return list(texts)
 
 

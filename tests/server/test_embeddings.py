@@ -162,3 +162,13 @@ def test_the_embedded_model_in_embedding_mode(
 
     assert cos(a, b) > cos(a, c)
     assert done.usage.prompt_tokens > 10
+
+
+def test_an_input_without_text_is_refused_before_any_model() -> None:
+    """The fuzz sent "\\x16": zero tokens made llama-cpp-python fail (a 503 and a restart)."""
+    from router.embedding import check_texts
+    from router.errors import RequestError
+
+    with pytest.raises(RequestError, match=r"'input\[1\]' has no text to embed"):
+        check_texts(["fine", "\x16 \n"])
+    assert check_texts("ok") == ["ok"]

@@ -4,6 +4,8 @@ without a model. The same behaviour on the real GGUF and LiteLLM is the slow tie
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +28,7 @@ from router.backends import FunctionBackend
 from router.backends.retry import Retrying
 from router.cli import app
 from router.errors import BudgetExceededError, CloudError
-from router.governance.audit import audit
+from router.governance.audit import audit, render
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, EASY_PROMPT, HARD_PROMPT, Sleeps, write_config
 
 Answer = Callable[[ChatRequest, dict[str, Any]], Any]
@@ -139,6 +141,45 @@ def test_savings_say_why_routed_fallback_cache_or_cloud(build: Any, tmp_path: Pa
     assert json.loads(out.output)["saved_by"]["fallback"]["requests"] == 1
     text = CliRunner().invoke(app, ["stats", "--config", config]).output
     assert "saved by: routed $" in text and "fallback $" in text
+    # The audit splits each account's savings the same way (one usd_saved_<why> CSV column).
+    (anyone,) = audit(b.router.ledger, b.router.config)
+    assert anyone.saved_by["fallback"] == pytest.approx(rows[3].usd_saved)
+    assert anyone.saved_by["routed"] == pytest.approx(rows[0].usd_saved + rows[4].usd_saved)
+    assert anyone.saved_by["cache"] == pytest.approx(rows[1].usd_saved)
+    table = CliRunner().invoke(app, ["audit", "--format", "markdown", "--config", config])
+    assert "| saved_by |" in table.output and ", fallback $" in table.output
+    (fields,) = csv.DictReader(io.StringIO(render([anyone], "csv")))
+    assert float(fields["usd_saved_fallback"]) == pytest.approx(rows[3].usd_saved)
+
+
+def test_stats_show_the_judged_acceptable_rate_beside_the_savings(
+    build: Any, tmp_path: Path
+) -> None:
+    """Savings say nothing of quality: where people rated local answers, `router stats` says
+    how many were acceptable, with the Wilson lower bound, and "too few to say" under 10."""
+    b = build()
+    config = str(tmp_path / "models.toml")
+    done = [b.router.complete(ask(f"{EASY_PROMPT} ({i})")) for i in range(12)]
+    assert {d.routing.tier for d in done} == {"local"}
+    text = CliRunner().invoke(app, ["stats", "--config", config]).output
+    assert "quality:" not in text  # nobody looked: no figure
+    for d in done[:3]:
+        b.router.feedback(d.routing.response_id, "good")
+    text = CliRunner().invoke(app, ["stats", "--config", config]).output
+    assert "quality: too few to say (3 of 3 local answers" in text
+    for d in done[3:10]:
+        b.router.feedback(d.routing.response_id, "good")
+    for d in done[10:]:
+        b.router.feedback(d.routing.response_id, "bad")
+    text = CliRunner().invoke(app, ["stats", "--config", config]).output
+    assert "quality: 83.3% (≥ 55.2%) of 12 local answers judged or rated acceptable" in text
+    data = json.loads(CliRunner().invoke(app, ["stats", "--json", "--config", config]).output)
+    assert data["quality"] == {
+        "assessed": 12,
+        "acceptable": 10,
+        "acceptable_rate": 0.8333,
+        "lower_bound": pytest.approx(0.552, abs=1e-3),
+    }
 
 
 def test_a_model_forced_by_name_does_not_fall_back(build: Any) -> None:

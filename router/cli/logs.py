@@ -24,6 +24,7 @@ def stats(
 ) -> None:
     """Requests, tokens, cost and savings from the ledger."""
     from router.config import load_config
+    from router.governance.quality import describe, headline
     from router.shared.stores import open_ledger
 
     if by is not None and by not in GROUPS:
@@ -33,6 +34,7 @@ def stats(
     with open_ledger(cfg) as ledger:
         totals = ledger.totals(start)
         groups = ledger.summary(start, by or "tier")
+        quality = headline(ledger, start)
     rate = totals["cache_hits"] / totals["requests"] if totals["requests"] else 0.0
     if as_json:
         typer.echo(
@@ -43,6 +45,7 @@ def stats(
                     "cache_hit_rate": rate,
                     "by": by or "tier",
                     "groups": groups,
+                    "quality": quality,
                 },
                 indent=2,
             )
@@ -85,6 +88,8 @@ def stats(
     ]
     if parts:
         typer.echo("saved by: " + "; ".join(parts))
+    if quality["assessed"]:  # what the savings cost in quality, where anyone looked
+        typer.echo("quality: " + describe(quality))
 
 
 def logs(

@@ -19,6 +19,7 @@ from typing import Any
 from router.config import Config
 from router.ledger import Sums
 from router.rollups import NO_TEAM
+from router.types import SAVED_BY
 from router.units import money
 
 USAGE_FACTOR = 4.0
@@ -36,6 +37,9 @@ class Account:
     usd_saved: float = 0.0
     tokens_saved: int = 0
     low_value: int = 0
+    # Dollars saved, by why the answer cost less (router.types.SAVED_BY): only "routed" is the
+    # estimator's doing; "fallback" is money saved because the cloud failed or could not be used.
+    saved_by: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SAVED_BY, 0.0))
     categories: dict[str, int] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)  # "kind: reason"
 
@@ -66,7 +70,7 @@ def audit(
     when given), from two SQL rollups: per user and category, and per account and day."""
     if by not in ("user", "team"):
         raise ValueError(f"audit by {by!r}: choose user or team")
-    found = ledger.rollup(since, ["user", "category"], sums=_SUMS, user=user)
+    found = ledger.rollup(since, ["user", "category", "saved_by"], sums=_SUMS, user=user)
     if not found:
         return []
     teams = memberships(config)
@@ -80,6 +84,8 @@ def audit(
             a.cost_usd += r["cost_usd"]
             a.usd_saved += r["usd_saved"]
             a.tokens_saved += r["tokens_saved"]
+            why = r["saved_by"] or UNRECORDED
+            a.saved_by[why] = a.saved_by.get(why, 0.0) + r["usd_saved"]
             a.low_value += r["low_value"]
             a.categories[r["category"]] = a.categories.get(r["category"], 0) + r["requests"]
     end = now if now is not None else max(r["last_ts"] for r in found)
@@ -92,6 +98,7 @@ def audit(
     return sorted(accounts.values(), key=lambda a: (-a.tokens, a.name))
 
 
+UNRECORDED = "unrecorded"  # rows written before the ledger said why (migration 8)
 _SUMS = ("requests", "tokens", "cost_usd", "usd_saved", "tokens_saved", "low_value", "last_ts")
 
 
@@ -126,22 +133,33 @@ COLUMNS = (
     "tokens",
     "cost_usd",
     "usd_saved",
+    "saved_by",  # CSV: one usd_saved_<why> column per reason instead
     "low_value_share",
     "top_categories",
     "flags",
 )
+CSV_COLUMNS = tuple(
+    c2 for c in COLUMNS for c2 in ([f"usd_saved_{w}" for w in SAVED_BY] if c == "saved_by" else [c])
+)
 
 
 def _row(a: Account, raw: bool = False) -> list[str]:
-    """A report row; `raw` keeps numbers plain (CSV, for spreadsheets)."""
+    """A report row; `raw` keeps numbers plain, one column per reason saved (CSV, for
+    spreadsheets)."""
     top = ", ".join(f"{c} {n}" for c, n in list(a.categories.items())[:3])
     usd = (lambda v: repr(v)) if raw else money
+    saved_by = (
+        [usd(a.saved_by.get(w, 0.0)) for w in SAVED_BY]
+        if raw
+        else [", ".join(f"{why} {money(v)}" for why, v in a.saved_by.items() if v)]
+    )
     return [
         a.name,
         str(a.requests),
         str(a.tokens),
         usd(a.cost_usd),
         usd(a.usd_saved),
+        *saved_by,
         f"{a.low_value_share:.0%}",
         top,
         "; ".join(a.flags),
@@ -154,7 +172,7 @@ def render(accounts: list[Account], fmt: str) -> str:
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(COLUMNS)
+        writer.writerow(CSV_COLUMNS)
         writer.writerows(_row(a, raw=True) for a in accounts)
         return out.getvalue()
     if fmt == "markdown":

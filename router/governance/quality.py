@@ -38,6 +38,28 @@ def wilson_lower(good: int, total: int, z: float = Z95) -> float:
     return max(0.0, (centre - spread) / (1 + z * z / total))
 
 
+MIN_ASSESSED = 10  # fewer assessed answers than this: "too few to say" (stats, dashboard)
+
+
+def headline(ledger: Sums, since: float | None, user: str | None = None) -> dict[str, Any]:
+    """The acceptable rate of the local answers assessed since `since`, with its lower bound:
+    what `router stats` shows beside the savings."""
+    found = ledger.rollup(since or 0.0, (), sums=rollups.QUALITY, user=user)
+    head = _tally("all", {name: rollups.total(found, name) for name in rollups.QUALITY})
+    return {k: head[k] for k in ("assessed", "acceptable", "acceptable_rate", "lower_bound")}
+
+
+def describe(head: dict[str, Any]) -> str:
+    """`80.0% (≥ 49.0%) of 10 local answers judged or rated acceptable`, or too few to say."""
+    n, good = head["assessed"], head["acceptable"]
+    if n < MIN_ASSESSED:
+        return f"too few to say ({good} of {n} local answers judged or rated acceptable)"
+    return (
+        f"{head['acceptable_rate']:.1%} (≥ {head['lower_bound']:.1%}) of {n} local answers "
+        "judged or rated acceptable"
+    )
+
+
 def _tally(group: str, row: dict[str, Any]) -> dict[str, Any]:
     """A group's assessed local answers, from its rollup row."""
     assessed, acceptable = row["assessed"], row["acceptable"]

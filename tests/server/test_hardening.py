@@ -563,10 +563,7 @@ def closed_by_server(sock: socket.socket) -> bool:
     """Whether the server closed `sock`: what it still had to read (the rest of an earlier
     answer, which may come in more than one segment) is read past first."""
     try:
-        for _ in range(64):
-            if sock.recv(65536) == b"":
-                return True
-        return False
+        return any(sock.recv(65536) == b"" for _ in range(64))
     except (TimeoutError, BlockingIOError):
         return False
     except OSError:  # reset

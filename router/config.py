@@ -7,6 +7,7 @@ the user's config dir (`router/models.toml` there), then the default shipped in 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import importlib.util
 import os
 import re
@@ -339,6 +340,12 @@ class Config(_Strict):
             return self
         scope = "user" if exposed else "shared"
         return self.model_copy(update={"cache": self.cache.model_copy(update={"scope": scope})})
+
+    def fingerprint(self) -> str:
+        """Which file, as read: `router chat` uses a server only if it runs the same one."""
+        where = self.source.resolve() if self.source else None
+        text = f"{where}\0{self.model_dump_json(exclude={'cache'})}"  # serve sets its scope
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def teams_of(self, user: str | None) -> list[str]:
         return [

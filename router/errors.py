@@ -273,3 +273,28 @@ class CloudError(BackendError):
         super().__init__(message, retryable=retryable, retry_after=retry_after, public=public)
         self.status = status
         self.configuration = configuration
+
+
+class ServedError(RouterError):
+    """An error a running `router serve` answered `router chat` with (router.cli.remote): its
+    words, and the exit status the server says the same error has in process."""
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def exit_code(exc: RouterError) -> int:
+    """The CLI's exit status for `exc` (router.cli.app), in process or through a server (whose
+    error answers carry it as x-router-exit-code): 5 a budget is spent; 3 no model available,
+    every model failed, or a model that could answer cannot be used (its key, its file); 2
+    configuration, request and usage errors."""
+    if isinstance(exc, ServedError):
+        return exc.exit_status
+    if isinstance(exc, BudgetExceededError):
+        return 5
+    if isinstance(exc, (UnavailableError, BackendError)):
+        return 3
+    if isinstance(exc, NoRouteError) and exc.models_down:
+        return 3
+    return 2

@@ -15,12 +15,13 @@ from router.server.connections import server_config
 
 class ServerThread:
     """`app` served as `router serve` serves it (router.server.connections), on a free port.
-    `settings`: the [server] section (default: the app's router's, else the defaults)."""
+    `settings`: the [server] section (default: the app's router's, else the defaults); `port`:
+    this one (the [server] port of its models.toml), not a free one."""
 
-    def __init__(self, app: Any, settings: ServerSettings | None = None) -> None:
+    def __init__(self, app: Any, settings: ServerSettings | None = None, port: int = 0) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind(("127.0.0.1", port))
         self.port = self._sock.getsockname()[1]
         config = server_config(
             app,

@@ -31,6 +31,7 @@ _imported = threading.Event()
 _started = False
 _litellm: Any = None
 _import_error: BaseException | None = None
+_warm_first_call = False  # warm_litellm: make LiteLLM's first-call work part of the import
 # 401/403: the key is wrong or lacks access; 404: no such model or deployment. Repeating the
 # call, or answering with a weaker model instead, would hide a setting to fix.
 CONFIGURATION_STATUS = frozenset({401, 403, 404})
@@ -48,11 +49,51 @@ def _import_litellm() -> None:
 
         litellm.telemetry = False
         litellm.suppress_debug_info = True
+        if _warm_first_call:
+            _first_call(litellm)
         _litellm = litellm
     except BaseException as exc:  # re-raised in the caller's thread
         _import_error = exc
     finally:
         _imported.set()
+
+
+def _first_call(litellm: Any) -> None:
+    """What LiteLLM does on its first call only, done ahead (a few hundred ms): the stream
+    machinery and the tokenizer a stream's usage may be counted with (tiktoken's), the OpenAI
+    SDK's lazily imported resources. No network: a mocked answer, a client never used."""
+    try:
+        messages = [{"role": "user", "content": "warm"}]
+        for _ in litellm.completion(
+            model="openai/gpt-4o-mini", messages=messages, mock_response="ok", stream=True
+        ):
+            pass
+        import openai
+
+        client = openai.OpenAI(api_key="warm", base_url="http://127.0.0.1:9/v1")
+        _ = client.chat.completions, client.embeddings
+    except Exception:  # warming is an optimisation: a failure here costs the first call time
+        log.debug("warming LiteLLM's first call failed", exc_info=True)
+
+
+def warm_litellm(first_call: bool = True) -> None:
+    """Start importing litellm in the background, if it has not started, and with
+    `first_call` warm what its first call does: `router serve` does so at start-up, so that
+    no request pays the import (seconds) on its clock."""
+    global _started, _warm_first_call
+    with _import_lock:
+        if not _started:
+            _started, _warm_first_call = True, first_call
+            threading.Thread(target=_import_litellm, name="router-litellm", daemon=True).start()
+
+
+def litellm_state() -> str:
+    """Where LiteLLM's import is, as /health says: not loaded, warming, ready or failed."""
+    if not _started:
+        return "not loaded"
+    if not _imported.is_set():
+        return "warming"
+    return "failed" if _import_error is not None else "ready"
 
 
 def litellm_module() -> Any:
@@ -61,11 +102,7 @@ def litellm_module() -> Any:
     The import (seconds) runs in a thread of its own: Ctrl-C while the caller waits stops the
     wait, never the import half-way, which would leave a broken module in sys.modules for
     every later call (the interactive chat asks again after a Ctrl-C)."""
-    global _started
-    with _import_lock:
-        if not _started:
-            _started = True
-            threading.Thread(target=_import_litellm, name="router-litellm", daemon=True).start()
+    warm_litellm(first_call=False)
     while not _imported.wait(0.1):  # a short wait: the main thread sees Ctrl-C at once
         pass
     if _import_error is not None:

@@ -37,14 +37,7 @@ from router.cli.logs import logs, report, stats
 from router.cli.models import models, ps, pull
 from router.cli.quality import quality
 from router.cli.serve import keys_app, serve
-from router.errors import (
-    BackendError,
-    BudgetExceededError,
-    NoRouteError,
-    RequestError,
-    RouterError,
-    UnavailableError,
-)
+from router.errors import RequestError, RouterError, exit_code
 from router.types import ROUTING_MODES
 
 app = typer.Typer(
@@ -59,6 +52,20 @@ ModelOption = Annotated[
     str, typer.Option("--model", "-m", help=f"{', '.join(ROUTING_MODES)} or a model name.")
 ]
 SystemOption = Annotated[str | None, typer.Option("--system", "-s", help="A system prompt.")]
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="ROUTER_URL",
+        help="A running 'router serve' to answer through, http://HOST:PORT (default: "
+        "$ROUTER_URL, else the [server] address when a router with this models.toml is there).",
+        show_default=False,
+    ),
+]
+InProcessOption = Annotated[
+    bool,
+    typer.Option("--in-process", help="Answer in this process, even when a server runs."),
+]
 MaxTokensOption = Annotated[
     int | None, typer.Option("--max-tokens", min=1, help="Cap the answer's length.")
 ]
@@ -129,17 +136,27 @@ def chat(
             "(default: $ROUTER_USER, else anonymous).",
         ),
     ] = None,
+    url: UrlOption = None,
+    in_process: InProcessOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Chat: answer PROMPT (streamed to stdout, the route to stderr), or talk interactively."""
+    """Chat: answer PROMPT (streamed to stdout, the route to stderr), or talk interactively.
+
+    A running `router serve` answers when one is at --url ($ROUTER_URL), or at the [server]
+    address of this same models.toml; --in-process answers in this process."""
     from router.cli import conversation as conv
+    from router.cli.remote import find_server
+    from router.config import load_config
     from router.engine import Router
 
     params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
     words = prompt or []
     interactive = not words and sys.stdin.isatty() and not as_json
     earlier = conv.with_system(conv.load_last(), system) if resume else []
-    with Router(config, loading=loading_spinner) as router:
+    loaded = load_config(config)
+    served = find_server(loaded, url, in_process)
+    via = f" (served by {served.url})" if served is not None else ""
+    with served or Router(loaded, loading=loading_spinner) as router:
         if interactive:
             from router.cli import repl
 
@@ -152,6 +169,7 @@ def chat(
                 history=conv.state_dir() / "chat_history",
                 messages=earlier or None,
                 user=user,
+                via=via,
             )
             return
         text = conv.prompt_text(words, conv.piped_stdin() if words != ["-"] else sys.stdin.read())
@@ -167,7 +185,8 @@ def chat(
         if as_json:
             done = router.complete(messages, model, user=user, cache=not no_cache, **params)
             conv.save_last([*messages, {"role": "assistant", "content": done.text}])
-            typer.echo(json.dumps({**done.response, "routing": done.routing.to_dict()}, indent=2))
+            routing = {**done.routing.to_dict(), "served_by": served.url if served else None}
+            typer.echo(json.dumps({**done.response, "routing": routing}, indent=2))
             return
         stream = router.stream(messages, model, user=user, cache=not no_cache, **params)
         parts: list[str] = []
@@ -182,7 +201,7 @@ def chat(
         finally:
             stream.close()  # a closed pipe (| head) stops the answer; the ledger still has it
             conv.save_last([*messages, {"role": "assistant", "content": "".join(parts)}])
-        echo_err(status_line(stream.routing))
+        echo_err(status_line(stream.routing) + via)
 
 
 @app.command(short_help="Show how a prompt would be routed, calling no model.")
@@ -282,16 +301,6 @@ app.command(short_help="Score JSON lines of prompts on stdin.")(score)
 app.command("eval", short_help="Measure the estimator on public data.")(evaluate)
 app.command(short_help="Set a local model's ceiling from real traffic.")(calibrate)
 app.command(short_help="Learn an estimator from this deployment's verdicts and ratings.")(learn)
-
-
-def exit_code(exc: RouterError) -> int:
-    if isinstance(exc, BudgetExceededError):
-        return 5
-    if isinstance(exc, (UnavailableError, BackendError)):
-        return 3
-    if isinstance(exc, NoRouteError) and exc.models_down:
-        return 3  # a model that could answer cannot be used: its key, its file
-    return 2  # configuration, request and usage errors
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from router.cli.common import echo_err, money, status_line, write_stream
 from router.cli.conversation import save_last, with_system
+from router.cli.remote import ServerRouter
 from router.engine import Router
 from router.errors import RouterError
 from router.types import Message, Routing
@@ -94,7 +95,7 @@ def _read(prompt: str) -> str:
 
 
 def run(
-    router: Router,
+    router: Router | ServerRouter,
     *,
     mode: str,
     system: str | None,
@@ -103,6 +104,7 @@ def run(
     history: Path | None,
     messages: list[Message] | None = None,
     user: str | None = None,
+    via: str = "",
 ) -> None:
     if history is not None:
         _history(history)
@@ -115,6 +117,7 @@ def run(
     echo_err(
         f"router chat: {mode} mode"
         + (f", continuing a conversation of {turns} turns" if turns else "")
+        + via
         + ". /help for commands, /exit or Ctrl-D to leave."
     )
     while True:
@@ -170,7 +173,7 @@ def run(
                 echo_err(f"unknown command {command}; /help lists them")
             continue
         messages.append({"role": "user", "content": line})
-        answer = _turn(router, messages, mode, params, cache, stats, user)
+        answer = _turn(router, messages, mode, params, cache, stats, user, via)
         if answer is None:
             messages.pop()  # nothing was answered: do not keep the question in the context
         else:
@@ -181,13 +184,14 @@ def run(
 
 
 def _turn(
-    router: Router,
+    router: Router | ServerRouter,
     messages: list[Message],
     mode: str,
     params: dict[str, Any],
     cache: bool,
     stats: SessionStats,
     user: str | None = None,
+    via: str = "",
 ) -> tuple[str, str] | None:
     """One streamed answer and its id; None when nothing could be answered."""
     parts: list[str] = []
@@ -213,5 +217,5 @@ def _turn(
     if stopped:
         echo_err("[stopped]")
     stats.add(stream.routing)
-    echo_err(status_line(stream.routing))
+    echo_err(status_line(stream.routing) + via)
     return "".join(parts), stream.routing.response_id

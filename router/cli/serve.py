@@ -50,6 +50,10 @@ def serve(
                 f"--host {host} exposes the router beyond this machine, which requires API "
                 "keys: create one with 'router keys create --user NAME' first"
             )
+        if any(m.tier == "cloud" for m in router.config.enabled().values()):
+            from router.backends.cloud import warm_litellm
+
+            warm_litellm()  # seconds of import, now rather than on a first cloud request's clock
         app = create_app(router, keys=keys, require_keys=exposed, loopback=not exposed)
         sock = listen(host, port)  # before saying "serving": a port in use is one clear line
         port = sock.getsockname()[1]

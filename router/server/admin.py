@@ -12,6 +12,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from router import dashboard
+from router.backends.cloud import litellm_state
 from router.config import LocalModel
 from router.errors import RouterError
 from router.policy import ModelView
@@ -29,6 +30,7 @@ PAGE_POLICY = (
 def routes(service: Service) -> list[Route]:
     router = service.router
     openai = ChatApi()
+    fingerprint = router.config.fingerprint()
 
     async def feedback(request: Request) -> Response:
         try:
@@ -101,7 +103,16 @@ def routes(service: Service) -> list[Route]:
         if reasons:
             body["status"] = "degraded"
             body["reasons"] = reasons
-        public = {"status": body["status"], **({"reasons": reasons} if reasons else {})}
+        # Which models.toml, as read (`router chat` uses this server only for the same one),
+        # and LiteLLM's import, which `router serve` starts at start-up: "warming" until done.
+        body["config"] = fingerprint
+        body["cloud_client"] = litellm_state()
+        public = {
+            "status": body["status"],
+            **({"reasons": reasons} if reasons else {}),
+            "config": fingerprint,
+            "cloud_client": body["cloud_client"],
+        }
         return JSONResponse(body if details else public)
 
     async def metrics(request: Request) -> Response:

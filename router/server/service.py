@@ -19,12 +19,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.backends.hangup import Hangup
 from router.engine import Router
-from router.errors import ClientGoneError, RouterError
+from router.errors import ClientGoneError, RouterError, exit_code
 from router.server.keys import PREFIX, KeyOwner, Keys
 from router.server.metrics import Metrics
 from router.server.streams import relay
 from router.types import Routing
-from router.wire.api import Asked, Call, Renderer
+from router.wire.api import ROUTING_HEADER, Asked, Call, Renderer, routing_json
 from router.wire.http import HTTPError, http_error
 
 log = logging.getLogger("router.server")
@@ -153,6 +153,7 @@ class Service:
             category=request.headers.get("x-router-category"),
             # OpenAI's and Anthropic's SDKs say so: they retry 5xx and 429 themselves.
             client_retries="x-stainless-retry-count" in request.headers,
+            routing=ROUTING_HEADER in request.headers,
         )
 
     # ---------------------------------------------------------------- the body
@@ -197,6 +198,8 @@ class Service:
         request id, under which the server's log has the whole story (a provider's message,
         a URL, a pid)."""
         err = http_error(exc)
+        # What `router chat` through this server exits with: the same as in process.
+        err.headers = {**(err.headers or {}), "x-router-exit-code": str(exit_code(exc))}
         if err.status >= 500:
             rid = request.state.request_id
             log.warning("%s %s: %s", rid, request.url.path, exc)
@@ -262,7 +265,10 @@ class Service:
         else:
             observe(200, done.routing)
             body = renderer.answer(call, done)
-            return JSONResponse(body, headers=routing_headers(done.routing))
+            headers = routing_headers(done.routing)
+            if call.options.get("routing"):
+                headers[ROUTING_HEADER] = routing_json(done.routing)
+            return JSONResponse(body, headers=headers)
         observe(err.status)
         return self.error_response(renderer, err)
 

@@ -28,6 +28,7 @@ class Asked:
     cache: bool = True  # False: `Cache-Control: no-cache` or `no-store`
     category: str | None = None  # the x-router-category header
     client_retries: bool = False  # the client's SDK retries itself (x-stainless-retry-count)
+    routing: bool = False  # x-router-routing: the answer carries its whole routing (the CLI)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,15 @@ _ONE_LINE = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\
 def one_line_json(payload: Mapping[str, Any]) -> bytes:
     """`payload` as JSON on one line for any line splitter (non-ASCII kept as UTF-8)."""
     return json.dumps(payload, ensure_ascii=False).translate(_ONE_LINE).encode()
+
+
+ROUTING_HEADER = "x-router-routing"  # asked for by `router chat` through a server
+ROUTING_EVENT = b": x-router-routing "  # a stream's routing: an SSE comment clients skip
+
+
+def routing_json(routing: Routing) -> str:
+    """The routing as one line of ASCII JSON (a header's value, an SSE comment's text)."""
+    return json.dumps(routing.to_dict(), ensure_ascii=True, separators=(",", ":"))
 
 
 def sse(payload: Mapping[str, Any], event: str | None = None) -> bytes:

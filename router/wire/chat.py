@@ -9,7 +9,7 @@ from typing import Any
 from router.errors import RequestError
 from router.types import ChatRequest, Completion, Routing
 from router.wire import body, schema
-from router.wire.api import Asked, Call, sse
+from router.wire.api import ROUTING_EVENT, Asked, Call, routing_json, sse
 from router.wire.http import HTTPError, http_error
 
 
@@ -39,7 +39,8 @@ def parse(raw: bytes, asked: Asked) -> Call:
     except RequestError as exc:
         raise http_error(exc) from None
     include_usage = bool(checked.stream_options and checked.stream_options.include_usage)
-    return Call(request, bool(checked.stream), checked.model, {"include_usage": include_usage})
+    options = {"include_usage": include_usage, "routing": asked.routing}
+    return Call(request, bool(checked.stream), checked.model, options)
 
 
 class ChatApi:
@@ -51,7 +52,8 @@ class ChatApi:
         return {k: v for k, v in done.response.items() if k != "native"}
 
     def writer(self, call: Call, routing: Routing) -> ChatWriter:
-        return ChatWriter(bool(call.options.get("include_usage")))
+        options = call.options
+        return ChatWriter(bool(options.get("include_usage")), bool(options.get("routing")))
 
     def error(self, err: HTTPError) -> dict[str, Any]:
         return err.body()
@@ -59,10 +61,13 @@ class ChatApi:
 
 class ChatWriter:
     """Chunks as they come (the usage chunk only when asked for, as OpenAI does), then
-    `data: [DONE]`; a failure mid-stream is an OpenAI error event before it."""
+    `data: [DONE]`; a failure mid-stream is an OpenAI error event before it. With `routing`
+    (the x-router-routing header), the final routing comes before [DONE] as an SSE comment,
+    which other clients skip."""
 
-    def __init__(self, include_usage: bool) -> None:
+    def __init__(self, include_usage: bool, routing: bool = False) -> None:
         self._include_usage = include_usage
+        self._routing = routing
 
     def start(self) -> bytes:
         return b""
@@ -73,6 +78,8 @@ class ChatWriter:
         return sse(chunk)
 
     def end(self, routing: Routing) -> bytes:
+        if self._routing:
+            return ROUTING_EVENT + routing_json(routing).encode() + b"\n\ndata: [DONE]\n\n"
         return b"data: [DONE]\n\n"
 
     def fail(self, err: HTTPError) -> bytes:

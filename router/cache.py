@@ -19,11 +19,14 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from router.chunks import new_id
 from router.config import CloudModel, Config, LocalModel
 from router.types import ChatRequest, Decision, Routing
+
+if TYPE_CHECKING:
+    from router.governance.waste import RepeatDetector
 
 KEY_VERSION = 2
 
@@ -140,6 +143,21 @@ class CachePolicy:
 
     def get(self, request: ChatRequest, key: str) -> dict[str, Any] | None:
         return self.cache.get(key) if self.cache is not None and self.applies(request) else None
+
+    def lookup(
+        self, request: ChatRequest, key: str, repeats: RepeatDetector
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """The cached answer to `request` (None: none, or the cache does not apply), and
+        whether answering it again repeats earlier answers (a sampled request never does): one
+        round trip when both live on Redis (router.shared.cache)."""
+        check = not sampled(request.params)
+        if self.cache is None or not self.applies(request):
+            return None, check and repeats.repeated(request.user, key)
+        counting = getattr(self.cache, "get_counting", None)
+        if check and counting is not None:
+            hit, repeated = counting(key, repeats, request.user)
+            return hit, bool(repeated)
+        return self.cache.get(key), check and repeats.repeated(request.user, key)
 
     def set(
         self, request: ChatRequest, key: str, response: dict[str, Any], routing: Routing

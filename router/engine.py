@@ -152,12 +152,18 @@ class Router:
         return self.stream_request(ChatRequest(messages, model, params, user, cache, category))
 
     def decide(
-        self, request: ChatRequest, *, repeat_key: str | None = None, guard: bool = True
+        self,
+        request: ChatRequest,
+        *,
+        repeat_key: str | None = None,
+        guard: bool = True,
+        repeated: bool | None = None,
     ) -> Decision:
         """The routing decision for `request`, without calling any model.
 
         `repeat_key` (the request's cache key) checks it against the answers already given, for
-        retry-storm detection (the pipeline does; a dry run such as `router explain` does not).
+        retry-storm detection (the pipeline does; a dry run such as `router explain` does not);
+        `repeated`: that check's answer, already known (read with the cache: CachePolicy.lookup).
         `guard=False` flags low-value requests without acting on them (a cache hit is free)."""
         policy.check_request_fits(request)
         resolved = self.config.resolve(request.model)  # [aliases]
@@ -173,11 +179,13 @@ class Router:
         if waste.trivial_document(request, category):
             flags.append("trivial-document")
         # Asking again for a sampled answer is asking for another answer, not a retry storm.
-        if (
-            repeat_key is not None
-            and not sampled(request.params)
-            and self._repeats.repeated(request.user, repeat_key)
-        ):
+        if repeated is None:
+            repeated = (
+                repeat_key is not None
+                and not sampled(request.params)
+                and self._repeats.repeated(request.user, repeat_key)
+            )
+        if repeated:
             flags.append("repeat")
         decision = policy.decide(
             request, score, self.model_views(), self.config.router.default_max_tokens, category
@@ -196,8 +204,8 @@ class Router:
         started = time.perf_counter()
         params = self._params(request)
         key = cache_key(request, params, self._fingerprint, per_user=self._cache.per_user)
-        hit = self._cache.get(request, key)
-        decision = self.decide(request, repeat_key=key, guard=hit is None)
+        hit, repeated = self._cache.lookup(request, key, self._repeats)
+        decision = self.decide(request, guard=hit is None, repeated=repeated)
         if hit is not None:
             response, routing = self._cache.replay(hit, decision)
             routing.response_id = response["id"]
@@ -239,8 +247,8 @@ class Router:
         started = time.perf_counter()
         params = self._params(request)
         key = cache_key(request, params, self._fingerprint, per_user=self._cache.per_user)
-        hit = self._cache.get(request, key)
-        decision = self.decide(request, repeat_key=key, guard=hit is None)
+        hit, repeated = self._cache.lookup(request, key, self._repeats)
+        decision = self.decide(request, guard=hit is None, repeated=repeated)
         if hit is not None:
             response, routing = self._cache.replay(hit, decision)
             routing.response_id = response["id"]

@@ -9,9 +9,12 @@ While Redis is down, `get` misses and `set` does nothing: answers come from the 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
+from router.governance.waste import RepeatDetector
 from router.shared import Link, errors
+from router.shared.state import RedisRepeatDetector
 
 
 class RedisResponseCache:
@@ -26,13 +29,25 @@ class RedisResponseCache:
             self._link.failed(exc)
             return None
         self._link.ok()
-        if not isinstance(text, str):
-            return None
+        return _entry(text)
+
+    def get_counting(
+        self, key: str, repeats: RepeatDetector, user: str | None
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """The entry under `key`, and whether answering the request again repeats it
+        (RepeatDetector.repeated): one round trip, the GET and the repeat count pipelined."""
+        if not isinstance(repeats, RedisRepeatDetector) or repeats.window <= 0:
+            return self.get(key), repeats.repeated(user, key)
+        pipe = self._link.client.pipeline(transaction=False)
+        pipe.get(self._link.key("cache", key))
+        repeats.count(pipe, user, key, time.time())
         try:
-            value = json.loads(text)
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
+            text, count = pipe.execute()
+        except errors() as exc:
+            self._link.failed(exc)
+            return None, RepeatDetector.repeated(repeats, user, key)  # counted in process
+        self._link.ok()
+        return _entry(text), repeats.reached(int(count))
 
     def set(self, key: str, value: dict[str, Any]) -> None:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -45,3 +60,14 @@ class RedisResponseCache:
 
     def close(self) -> None:
         pass  # the link belongs to the router
+
+
+def _entry(text: Any) -> dict[str, Any] | None:
+    """A cache entry from its stored JSON (None: nothing, or not an entry)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

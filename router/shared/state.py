@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from typing import Any
 
 from router.governance.waste import RepeatDetector
 from router.shared import Link, errors
@@ -31,13 +32,21 @@ class RedisRepeatDetector(RepeatDetector):
         if self.window <= 0:
             return False
         now = time.time() if now is None else now
-        name = self._key(user, key)
         try:  # one command; the writer trims what the window left behind
-            count = int(self._link.client.zcount(name, now - self.window, "+inf"))
+            count = int(self.count(self._link.client, user, key, now))
         except errors() as exc:
             self._link.failed(exc)
             return super().repeated(user, key)
         self._link.ok()
+        return self.reached(count)
+
+    def count(self, client: Any, user: str | None, key: str, now: float) -> Any:
+        """The answers to (user, key) in the window, asked of `client` (Redis, or a pipeline
+        that the response cache reads with: router.shared.cache)."""
+        return client.zcount(self._key(user, key), now - self.window, "+inf")
+
+    def reached(self, count: int) -> bool:
+        """Whether one more answer after `count` in the window makes a storm."""
         return count + 1 >= self.threshold
 
     def answered(self, user: str | None, key: str, now: float | None = None) -> None:

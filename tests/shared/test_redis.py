@@ -25,7 +25,7 @@ from router.shared.budgets import RedisBudgetStore
 from router.shared.stores import budget_store
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
 from tests.fakecloud import FakeCloud
-from tests.redis_server import RedisServer
+from tests.redis_server import CountingProxy, RedisServer
 from tests.server_harness import ServerThread
 from tests.server_harness import health as details
 
@@ -285,3 +285,29 @@ def test_keys_on_redis_across_replicas_and_503_while_redis_is_down(
                         except urllib.error.HTTPError as exc:
                             statuses.append(exc.code)
     assert statuses == [200, 200, 503, 503]
+
+
+def test_a_cache_hit_costs_one_round_trip_to_redis(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The cache read and the repeat count go in one pipeline: with Redis 20 ms away, a hit
+    takes one trip of 20 ms, not two (issue 25: a Redis hit was 1.57× an embedded one)."""
+    with CountingProxy(redis_server.port, delay=0.02) as proxy:
+        folder = tmp_path / "a"
+        folder.mkdir()
+        shared = f'\n[shared]\nredis_url = "{proxy.url}"\n'
+        local = FunctionBackend("smollm2", lambda r, p: "local answer")
+        with Router(write_config(folder, None, shared), backends={"smollm2": local}) as router:
+            ask(router, "Hello, are you there?", user="u")  # answered, then cached
+            time.sleep(0.2)  # the repeat counter's writer, off the request's path
+            hits = []
+            for _ in range(3):
+                before = proxy.requests
+                started = time.perf_counter()
+                done = ask(router, "Hello, are you there?", user="u")
+                hits.append((proxy.requests - before, time.perf_counter() - started))
+                assert done.routing.cache_hit
+                time.sleep(0.2)
+    assert [trips for trips, _ in hits] == [1, 1, 1]
+    assert sorted(t for _, t in hits)[1] < 0.035
+    assert "repeat" in done.routing.flags  # the pipelined count still finds the storm

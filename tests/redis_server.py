@@ -67,9 +67,9 @@ class RedisServer:
 
 
 class CountingProxy:
-    """A TCP relay on 127.0.0.1 in front of `port` that counts the client's requests (each
-    read from the client is one round trip's request: redis-py writes a command, or a whole
-    pipeline, at once) and can delay each, as a Redis on another machine would."""
+    """A TCP relay on 127.0.0.1 in front of `port` that counts round trips (on each
+    connection, what the client sends after an answer, however many reads it takes) and can
+    delay each, as a Redis on another machine would."""
 
     def __init__(self, port: int, delay: float = 0.0) -> None:
         self.target, self.delay = port, delay
@@ -98,13 +98,22 @@ class CountingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+            answered = threading.Event()  # the server spoke since the client last did
+            answered.set()
+            for src, dst, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(
+                    target=self._pipe, args=(src, dst, up, answered), daemon=True
+                ).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
+    def _pipe(
+        self, src: socket.socket, dst: socket.socket, up: bool, answered: threading.Event
+    ) -> None:
         try:
             while data := src.recv(65536):
-                if counted:
+                if not up:
+                    answered.set()
+                elif answered.is_set():  # a new request, not the rest of the last one
+                    answered.clear()
                     with self._lock:
                         self.requests += 1
                     if self.delay:

@@ -290,24 +290,23 @@ def test_keys_on_redis_across_replicas_and_503_while_redis_is_down(
 def test_a_cache_hit_costs_one_round_trip_to_redis(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    """The cache read and the repeat count go in one pipeline: with Redis 20 ms away, a hit
-    takes one trip of 20 ms, not two (issue 25: a Redis hit was 1.57× an embedded one)."""
-    with CountingProxy(redis_server.port, delay=0.02) as proxy:
+    """The cache read and the repeat count go in one pipeline: with Redis 50 ms away, a hit
+    takes one trip of 50 ms, not two (issue 25: a Redis hit was 1.57× an embedded one). The
+    repeat counter's own writes run off the request's path."""
+    with CountingProxy(redis_server.port, delay=0.05) as proxy:
         folder = tmp_path / "a"
         folder.mkdir()
         shared = f'\n[shared]\nredis_url = "{proxy.url}"\n'
         local = FunctionBackend("smollm2", lambda r, p: "local answer")
         with Router(write_config(folder, None, shared), backends={"smollm2": local}) as router:
             ask(router, "Hello, are you there?", user="u")  # answered, then cached
-            time.sleep(0.2)  # the repeat counter's writer, off the request's path
-            hits = []
+            time.sleep(0.3)  # connections made, the repeat counter's write done
+            took = []
             for _ in range(3):
-                before = proxy.requests
                 started = time.perf_counter()
                 done = ask(router, "Hello, are you there?", user="u")
-                hits.append((proxy.requests - before, time.perf_counter() - started))
+                took.append(time.perf_counter() - started)
                 assert done.routing.cache_hit
-                time.sleep(0.2)
-    assert [trips for trips, _ in hits] == [1, 1, 1]
-    assert sorted(t for _, t in hits)[1] < 0.035
+                time.sleep(0.3)
+    assert 0.05 <= sorted(took)[1] < 0.09, took  # one trip (two would be >= 0.1)
     assert "repeat" in done.routing.flags  # the pipelined count still finds the storm

@@ -20,7 +20,7 @@ from router import rollups
 from router.chunks import canonical_id
 from router.errors import LedgerUnavailableError, NotFoundError, RequestError
 from router.shared import Reachability
-from router.sqlite import Store, migrate, open_db
+from router.sqlite import GroupCommit, Store, migrate, open_db
 from router.types import SAVED_BY, Routing
 
 T = TypeVar("T")
@@ -246,6 +246,7 @@ class SQLiteLedger(Store):
         self._lock = threading.Lock()
         self._db = open_db(path)
         migrate(self._db, _MIGRATIONS, path)
+        self._writes = GroupCommit(self._db, self._lock)  # concurrent rows, one commit
         self.reach = Reachability("the ledger", str(path))
 
     def record(self, entry: Entry) -> None:
@@ -278,8 +279,7 @@ class SQLiteLedger(Store):
         and /health) when the disk will not take it. `proves`: success shows the ledger takes
         rows again."""
         try:
-            with self._lock, self._db:
-                done = work(self._db)
+            done = self._writes.run(work)
         except sqlite3.Error as exc:
             self.reach.failed(exc)
             raise LedgerUnavailableError(

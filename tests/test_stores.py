@@ -4,7 +4,10 @@ helper that counts steps in PRAGMA user_version."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +17,7 @@ from router.governance.budgets import BudgetStore
 from router.ledger import _MIGRATIONS as ledger_migrations
 from router.ledger import SQLiteLedger
 from router.server.keys import KeyOwner, KeyStore
-from router.sqlite import migrate, open_db
+from router.sqlite import GroupCommit, migrate, open_db
 from tests.conftest import write_config
 
 
@@ -76,4 +79,72 @@ def test_a_failing_step_leaves_the_previous_version(tmp_path: Path) -> None:
         migrate(db, ["CREATE TABLE a (x);", "CREATE TABLE b (y); CREATE TABLE a (x);"], path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == 1
     assert db.execute("SELECT name FROM sqlite_master WHERE name = 'b'").fetchone() is None
+    db.close()
+
+
+def test_concurrent_ledger_rows_share_commits_and_each_is_in_when_its_call_returns(
+    tmp_path: Path,
+) -> None:
+    """Group commit: 32 rows from 8 threads take fewer commits than rows, and every row is
+    visible to another connection (committed) the moment its `record` returns."""
+    from tests.test_rollups import random_entries
+
+    path = tmp_path / "ledger.sqlite3"
+    entries = random_entries(32, time.time(), 1)
+    commits: list[str] = []
+    missing: list[str] = []
+
+    def traced(sql: str) -> None:
+        if sql.strip().upper().startswith("COMMIT"):
+            commits.append(sql)
+            time.sleep(0.005)  # a slower disk: writers queue up behind the commit
+
+    with SQLiteLedger(path) as ledger, sqlite3.connect(path, check_same_thread=False) as reader:
+        ledger._db.set_trace_callback(traced)
+        lock = threading.Lock()
+
+        def write(batch: list[Any]) -> None:
+            for entry in batch:
+                ledger.record(entry)
+                with lock:
+                    found = reader.execute(
+                        "SELECT 1 FROM requests WHERE response_id = ?", (entry.response_id,)
+                    ).fetchone()
+                if found is None:
+                    missing.append(entry.response_id)
+
+        threads = [threading.Thread(target=write, args=(entries[i::8],)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(ledger.entries()) == 32
+    assert missing == []
+    assert len(commits) < 32, len(commits)
+
+
+def test_one_bad_write_in_a_group_fails_alone(tmp_path: Path) -> None:
+    db = open_db(tmp_path / "t.sqlite3")
+    db.execute("CREATE TABLE t (k TEXT UNIQUE)")
+    db.commit()
+    group = GroupCommit(db, threading.Lock())
+    results: dict[str, str] = {}
+    barrier = threading.Barrier(8)
+
+    def insert(k: str) -> None:
+        barrier.wait()
+        try:
+            group.run(lambda d: d.execute("INSERT INTO t VALUES (?)", (k,)))
+            results[k + str(threading.get_ident())] = "ok"
+        except sqlite3.IntegrityError:
+            results[k + str(threading.get_ident())] = "duplicate"
+
+    names = ["a", "b", "c", "d", "e", "f", "g", "a"]  # "a" twice: one of them must fail
+    threads = [threading.Thread(target=insert, args=(k,)) for k in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results.values()) == ["duplicate"] + ["ok"] * 7
+    assert sorted(r[0] for r in db.execute("SELECT k FROM t")) == list("abcdefg")
     db.close()

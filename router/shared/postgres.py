@@ -35,7 +35,7 @@ from router import rollups
 from router.errors import LedgerUnavailableError, UnavailableError
 from router.ledger import Entry, Verdict, summary_of, totals_of
 from router.shared import Reachability
-from router.sqlite import migrate, open_db
+from router.sqlite import GroupCommit, migrate, open_db
 
 log = logging.getLogger("router.ledger")
 
@@ -116,6 +116,7 @@ class PostgresLedger:
         self._queue = open_db(queue_path)
         migrate(self._queue, _QUEUE, queue_path)
         self._queue_lock = threading.Lock()
+        self._queue_writes = GroupCommit(self._queue, self._queue_lock)
         self._db_lock = threading.Lock()
         self._conn: Any = None
         self.reach = Reachability("the ledger database", url)
@@ -220,9 +221,10 @@ class PostgresLedger:
         """Commit `row` to the queue on local disk (LedgerUnavailableError when the disk will
         not take it: then nothing paid may be answered) and wake the drain."""
         text = json.dumps(row, ensure_ascii=False)
-        try:
-            with self._queue_lock, self._queue:
-                self._queue.execute("INSERT INTO pending (row) VALUES (?)", (text,))
+        try:  # concurrent rows, one commit (router.sqlite.GroupCommit)
+            self._queue_writes.run(
+                lambda db: db.execute("INSERT INTO pending (row) VALUES (?)", (text,))
+            )
         except sqlite3.Error as exc:
             self.queue_reach.failed(exc)
             raise LedgerUnavailableError(

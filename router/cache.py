@@ -13,11 +13,11 @@ default) answers it fresh every time, "reuse" serves it from the cache like any 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -122,6 +122,17 @@ def sampled(params: dict[str, Any]) -> bool:
     return bool((temperature is not None and temperature > 0) or (top_p is not None and top_p < 1))
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """What the cache said of a request (Router.look_up): its key, the entry (None: a miss or
+    no cache), whether answering it again repeats earlier answers, and when it was asked."""
+
+    key: str
+    hit: dict[str, Any] | None
+    repeated: bool
+    started: float
+
+
 class CachePolicy:
     """What the pipeline reads from and writes to the response cache."""
 
@@ -135,6 +146,12 @@ class CachePolicy:
         self.cache = cache
         self.on_sampled = on_sampled
         self.per_user = per_user  # [cache] scope = "user": each user their own answers
+
+    @property
+    def local(self) -> bool:
+        """Whether the cache lives on this machine (a file, or none): reading it cannot wait
+        on a network, so the server reads it on its event loop (router.server.service)."""
+        return self.cache is None or isinstance(self.cache, DiskResponseCache)
 
     def applies(self, request: ChatRequest) -> bool:
         if self.cache is None or not request.cache:
@@ -173,9 +190,8 @@ class CachePolicy:
     @staticmethod
     def replay(hit: dict[str, Any], decision: Decision) -> tuple[dict[str, Any], Routing]:
         """A cached answer as a new response (fresh id and time) and its routing."""
-        response = copy.deepcopy(hit["response"])
-        response["id"] = new_id()
-        response["created"] = int(time.time())
+        # Every read gives a fresh entry (unpickled, or parsed from Redis): nothing to copy.
+        response = {**hit["response"], "id": new_id(), "created": int(time.time())}
         routing = Routing(
             tier=hit["tier"],
             model=hit["model"],

@@ -25,6 +25,7 @@ from router.backends.hangup import Hangup
 from router.bookkeeping import Books
 from router.cache import (
     CachePolicy,
+    Lookup,
     ResponseCache,
     cache_key,
     routing_fingerprint,
@@ -198,14 +199,31 @@ class Router:
         (router.complexity.followups)."""
         return conversation_score(self.estimator, request)
 
-    def complete_request(self, request: ChatRequest, hangup: Hangup | None = None) -> Completion:
-        """Answer `request`. `hangup` (the server's): fired when the client disconnects, it
-        stops the generation, and the row says the answer was cut."""
+    def look_up(self, request: ChatRequest) -> Lookup:
+        """What the cache has for `request`, and whether it repeats earlier answers; nothing
+        recorded. `complete_request(request, looked=...)` goes on from there."""
         started = time.perf_counter()
         params = self._params(request)
         key = cache_key(request, params, self._fingerprint, per_user=self._cache.per_user)
         hit, repeated = self._cache.lookup(request, key, self._repeats)
-        decision = self.decide(request, guard=hit is None, repeated=repeated)
+        return Lookup(key, hit, repeated, started)
+
+    @property
+    def hits_inline(self) -> bool:
+        """Whether a cache hit can be answered where the request is read (the server's event
+        loop): the cache and the repeat counts are on this machine, so no network is waited on."""
+        return self._cache.local and self.link is None
+
+    def complete_request(
+        self, request: ChatRequest, hangup: Hangup | None = None, *, looked: Lookup | None = None
+    ) -> Completion:
+        """Answer `request`. `hangup` (the server's): fired when the client disconnects, it
+        stops the generation, and the row says the answer was cut. `looked`: its `look_up`,
+        when the caller made it (a hit then needs no thread and no model)."""
+        looked = looked or self.look_up(request)
+        started, key, hit = looked.started, looked.key, looked.hit
+        params = self._params(request)
+        decision = self.decide(request, guard=hit is None, repeated=looked.repeated)
         if hit is not None:
             response, routing = self._cache.replay(hit, decision)
             routing.response_id = response["id"]

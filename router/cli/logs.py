@@ -24,7 +24,8 @@ def stats(
 ) -> None:
     """Requests, tokens, cost and savings from the ledger."""
     from router.config import load_config
-    from router.governance.quality import describe, headline
+    from router.dashboard import stats_report
+    from router.governance.quality import describe
     from router.shared.stores import open_ledger
 
     if by is not None and by not in GROUPS:
@@ -32,24 +33,11 @@ def stats(
     start = parse_since(since)
     cfg = load_config(config)
     with open_ledger(cfg) as ledger:
-        totals = ledger.totals(start)
-        groups = ledger.summary(start, by or "tier")
-        quality = headline(ledger, start)
-    rate = totals["cache_hits"] / totals["requests"] if totals["requests"] else 0.0
+        report = stats_report(ledger, since, start, by or "tier")
+    totals, groups, quality = report, report["groups"], report["quality"]
+    rate = report["cache_hit_rate"]
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "since": since,
-                    **totals,
-                    "cache_hit_rate": rate,
-                    "by": by or "tier",
-                    "groups": groups,
-                    "quality": quality,
-                },
-                indent=2,
-            )
-        )
+        typer.echo(json.dumps(report, indent=2))
         return
     from rich.console import Console
     from rich.table import Table

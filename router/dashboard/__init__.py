@@ -20,6 +20,7 @@ from typing import Any
 from router.config import Config, LocalModel
 from router.governance import audit as audit_mod
 from router.governance.budgets import BudgetStore, budget_rows, scopes_of
+from router.governance.quality import headline
 from router.governance.quality import report as quality_report
 from router.ledger import Sums, parse_since, summary_of, totals_of
 from router.rollups import slot, total
@@ -29,6 +30,28 @@ _EMBED = "/*SUMMARY*/null"
 
 
 MAX_BUCKETS = 500  # hourly up to two days, else daily: at most MAX_WINDOW_DAYS + 1 bars
+
+
+def stats_report(
+    ledger: Sums,
+    since: str,
+    start: float,
+    by: str,
+    *,
+    totals: dict[str, Any] | None = None,
+    user: str | None = None,
+) -> dict[str, Any]:
+    """`router stats --json`: the sums of the window from `start` (`since` as the user wrote
+    it), its groups `by`, and the judged acceptable rate of its local answers."""
+    totals = totals if totals is not None else ledger.totals(start, user=user)
+    return {
+        "since": since,
+        **totals,
+        "cache_hit_rate": totals["cache_hits"] / totals["requests"] if totals["requests"] else 0.0,
+        "by": by,
+        "groups": ledger.summary(start, by, user=user),
+        "quality": headline(ledger, start, user=user),
+    }
 
 
 def summary(
@@ -64,13 +87,7 @@ def summary(
             "cost_usd": totals["cost_usd"],
         },
         # Exactly `router stats --since S --json` and `router audit --since S --format json`.
-        "stats": {
-            "since": since,
-            **totals,
-            "cache_hit_rate": rate,
-            "by": "tier",
-            "groups": ledger.summary(start, "tier", user=user),
-        },
+        "stats": stats_report(ledger, since, start, "tier", totals=totals, user=user),
         "audit": {
             by: [a.to_dict() for a in audit_mod.audit(ledger, config, by, since=start, user=user)]
             for by in ("user", "team")

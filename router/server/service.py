@@ -5,6 +5,7 @@ serving a call in any API: authenticate, read the body (bounded in size and time
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import time
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,6 +42,17 @@ def routing_headers(routing: Routing) -> dict[str, str]:
         "x-router-cache": "hit" if routing.cache_hit else "miss",
         "x-router-category": routing.category,
     }
+
+
+class FastJSONResponse(JSONResponse):
+    """JSONResponse encoded by orjson (several times json's speed; the same compact UTF-8
+    JSON, NaN as null), falling back to json for what orjson refuses (an int over 64 bits)."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return orjson.dumps(content)
+        except TypeError:
+            return super().render(content)
 
 
 class RequestIds:
@@ -249,7 +262,12 @@ class Service:
                 )
                 headers = {**routing_headers(stream.routing), "Cache-Control": "no-cache"}
                 return StreamingResponse(events, media_type=renderer.media_type, headers=headers)
-            done = await watched(request, hangup, router.complete_request, call.request)
+            looked = router.look_up(call.request) if router.hits_inline else None
+            if looked is not None and looked.hit is not None:  # a local hit: no thread, no model
+                done = router.complete_request(call.request, looked=looked)
+            else:
+                answer = functools.partial(router.complete_request, looked=looked)
+                done = await watched(request, hangup, answer, call.request)
             if hangup.fired:  # nobody to answer: the row says what was done
                 observe(CLIENT_GONE, done.routing)
                 return Response(status_code=CLIENT_GONE)
@@ -268,7 +286,7 @@ class Service:
             headers = routing_headers(done.routing)
             if call.options.get("routing"):
                 headers[ROUTING_HEADER] = routing_json(done.routing)
-            return JSONResponse(body, headers=headers)
+            return FastJSONResponse(body, headers=headers)
         observe(err.status)
         return self.error_response(renderer, err)
 

@@ -176,6 +176,21 @@ class CachePolicy:
             return hit, bool(repeated)
         return self.cache.get(key), check and repeats.repeated(request.user, key)
 
+    def reads_async(self, request: ChatRequest) -> bool:
+        """Whether `alookup` can read this request's entry without blocking (Redis)."""
+        return (
+            self.cache is not None
+            and self.applies(request)
+            and hasattr(self.cache, "aget_counting")
+        )
+
+    async def alookup(
+        self, request: ChatRequest, key: str, repeats: RepeatDetector
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """`lookup` on an event loop, for a request that `reads_async`."""
+        hit, repeated = await self.cache.aget_counting(key, repeats, request.user)  # type: ignore[union-attr]
+        return hit, bool(repeated) and not sampled(request.params)
+
     def set(
         self, request: ChatRequest, key: str, response: dict[str, Any], routing: Routing
     ) -> None:

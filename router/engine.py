@@ -203,16 +203,27 @@ class Router:
         """What the cache has for `request`, and whether it repeats earlier answers; nothing
         recorded. `complete_request(request, looked=...)` goes on from there."""
         started = time.perf_counter()
-        params = self._params(request)
-        key = cache_key(request, params, self._fingerprint, per_user=self._cache.per_user)
+        key = self._cache_key(request)
         hit, repeated = self._cache.lookup(request, key, self._repeats)
         return Lookup(key, hit, repeated, started)
 
-    @property
-    def hits_inline(self) -> bool:
-        """Whether a cache hit can be answered where the request is read (the server's event
-        loop): the cache and the repeat counts are on this machine, so no network is waited on."""
-        return self._cache.local and self.link is None
+    async def alook_up(self, request: ChatRequest) -> Lookup | None:
+        """`look_up` on the server's event loop, where it waits on no network: a cache on this
+        machine, or Redis through its async client. None: look it up in a worker thread.
+        A hit then needs neither a thread nor a model (router.server.service)."""
+        started = time.perf_counter()
+        key = self._cache_key(request)
+        if self._cache.local and self.link is None:  # a file; the repeat counts in process
+            hit, repeated = self._cache.lookup(request, key, self._repeats)
+        elif self._cache.reads_async(request):
+            hit, repeated = await self._cache.alookup(request, key, self._repeats)
+        else:
+            return None
+        return Lookup(key, hit, repeated, started)
+
+    def _cache_key(self, request: ChatRequest) -> str:
+        params = self._params(request)
+        return cache_key(request, params, self._fingerprint, per_user=self._cache.per_user)
 
     def complete_request(
         self, request: ChatRequest, hangup: Hangup | None = None, *, looked: Lookup | None = None

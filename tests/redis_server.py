@@ -97,7 +97,11 @@ class CountingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:  # Redis is gone: so is this connection
+                client.close()
+                continue
             answered = threading.Event()  # the server spoke since the client last did
             answered.set()
             for src, dst, up in ((client, upstream, True), (upstream, client, False)):

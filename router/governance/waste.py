@@ -97,7 +97,11 @@ class RepeatDetector:
                 return False
             while times and now - times[0] > self.window:
                 times.popleft()
-            return len(times) + 1 >= self.threshold
+            return self.reached(len(times))
+
+    def reached(self, count: int) -> bool:
+        """Whether one more answer after `count` in the window makes a storm."""
+        return count + 1 >= self.threshold
 
     def answered(self, user: str | None, key: str, now: float | None = None) -> None:
         """Count one answer (from a model or the cache) to the request `key` of `user`."""

@@ -262,8 +262,8 @@ class Service:
                 )
                 headers = {**routing_headers(stream.routing), "Cache-Control": "no-cache"}
                 return StreamingResponse(events, media_type=renderer.media_type, headers=headers)
-            looked = router.look_up(call.request) if router.hits_inline else None
-            if looked is not None and looked.hit is not None:  # a local hit: no thread, no model
+            looked = await router.alook_up(call.request)
+            if looked is not None and looked.hit is not None:  # a hit: no thread, no model
                 done = router.complete_request(call.request, looked=looked)
             else:
                 answer = functools.partial(router.complete_request, looked=looked)

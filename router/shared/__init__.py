@@ -91,6 +91,27 @@ class Link(Reachability):
             health_check_interval=30,
         )
 
+        self._url, self._timeout = url, timeout
+        self._async: tuple[Any, Any] | None = None  # (event loop, redis.asyncio client)
+
+    def async_client(self) -> Any:
+        """A redis.asyncio client for the running event loop (the server's): a cache hit is
+        read there without a thread and without blocking the loop while Redis answers."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            from redis import asyncio as aredis
+
+            client = aredis.Redis.from_url(
+                self._url,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                decode_responses=True,
+            )
+            self._async = (loop, client)
+        return self._async[1]
+
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
@@ -109,6 +130,7 @@ class Link(Reachability):
 
     def close(self) -> None:
         self.client.close()
+        self._async = None  # its connections belong to the server's loop, gone with it
 
 
 def client_module(name: str, setting: str) -> Any:

@@ -49,6 +49,25 @@ class RedisResponseCache:
         self._link.ok()
         return _entry(text), repeats.reached(int(count))
 
+    async def aget_counting(
+        self, key: str, repeats: RepeatDetector, user: str | None
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """`get_counting` on the event loop (redis.asyncio): the same one round trip, and
+        the loop serves other requests while Redis answers (or times out)."""
+        counting = isinstance(repeats, RedisRepeatDetector) and repeats.window > 0
+        pipe = self._link.async_client().pipeline(transaction=False)
+        pipe.get(self._link.key("cache", key))
+        if counting:
+            repeats.count(pipe, user, key, time.time())  # type: ignore[attr-defined]
+        try:
+            found = await pipe.execute()
+        except errors() as exc:
+            self._link.failed(exc)
+            return None, RepeatDetector.repeated(repeats, user, key)  # counted in process
+        self._link.ok()
+        repeated = repeats.reached(int(found[1])) if counting else repeats.repeated(user, key)
+        return _entry(found[0]), repeated
+
     def set(self, key: str, value: dict[str, Any]) -> None:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         try:

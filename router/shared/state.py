@@ -45,10 +45,6 @@ class RedisRepeatDetector(RepeatDetector):
         that the response cache reads with: router.shared.cache)."""
         return client.zcount(self._key(user, key), now - self.window, "+inf")
 
-    def reached(self, count: int) -> bool:
-        """Whether one more answer after `count` in the window makes a storm."""
-        return count + 1 >= self.threshold
-
     def answered(self, user: str | None, key: str, now: float | None = None) -> None:
         """Count an answer: written by a background thread in batches (one round trip for
         many answers), off the request's path; counted in process if Redis fails."""

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from router import Router
@@ -310,3 +311,35 @@ def test_a_cache_hit_costs_one_round_trip_to_redis(
                 time.sleep(0.3)
     assert 0.05 <= sorted(took)[1] < 0.09, took  # one trip (two would be >= 0.1)
     assert "repeat" in done.routing.flags  # the pipelined count still finds the storm
+
+
+def test_the_server_reads_a_redis_hit_on_its_event_loop(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Through `router serve`'s app: a hit is one 50 ms trip (read with the async client on
+    the event loop, no worker thread); with Redis gone the request is answered by the model."""
+    with CountingProxy(redis_server.port, delay=0.05) as proxy:
+        folder = tmp_path / "a"
+        folder.mkdir()
+        shared = f'\n[shared]\nredis_url = "{proxy.url}"\ntimeout_seconds = 1\n'
+        local = FunctionBackend("smollm2", lambda r, p: "local answer")
+        config = write_config(folder, None, shared)
+        with (
+            Router(config, backends={"smollm2": local}) as router,
+            ServerThread(create_app(router)) as server,
+            httpx.Client(base_url=server.url, timeout=30) as http,
+        ):
+            body = {"model": "auto", "messages": [{"role": "user", "content": "Hi there!"}]}
+            assert http.post("/v1/chat/completions", json=body).headers["x-router-cache"] == "miss"
+            time.sleep(0.3)
+            took = []
+            for _ in range(4):
+                started = time.perf_counter()
+                r = http.post("/v1/chat/completions", json=body)
+                took.append(time.perf_counter() - started)
+                assert r.headers["x-router-cache"] == "hit"
+                time.sleep(0.3)
+            assert 0.05 <= sorted(took)[1] < 0.09, took  # the first may open the async pool
+            redis_server.stop()
+            gone = http.post("/v1/chat/completions", json=body)
+            assert gone.status_code == 200 and gone.headers["x-router-cache"] == "miss"

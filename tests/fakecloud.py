@@ -27,6 +27,7 @@ class Fault:
     delay: float = 0.0  # seconds to wait before answering (for timeouts)
     message: str = "injected fault"
     chunk_delay: float = 0.0  # status 200, streamed: seconds between chunks (a slow model)
+    words: int = 0  # status 200: an answer of this many words ("w0 w1 ..."), not answer_for's
 
 
 def answer_for(messages: list[dict[str, Any]]) -> str:
@@ -74,6 +75,7 @@ class FakeCloud:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.hangups = 0  # streams whose client went away before the end
+        self.connections = 0  # TCP connections accepted (a kept-alive one counts once)
         # How it judges (requests with response_format named "verdict"): "A", "B" or "tie".
         self.judge: Callable[[str, str], str] = longer_wins
         self._lock = threading.Lock()
@@ -109,6 +111,11 @@ class FakeCloud:
 
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with cloud._lock:
+                    cloud.connections += 1
 
             def _json(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
                 data = json.dumps(body).encode()
@@ -162,10 +169,10 @@ class FakeCloud:
                     self._json(404, {"error": {"message": "not found"}}, {})
                     return
                 fault = cloud._next_fault()
-                chunk_delay = 0.0
+                chunk_delay, words = 0.0, 0
                 if fault is not None and fault.status == 200:
                     time.sleep(fault.delay)
-                    chunk_delay = fault.chunk_delay
+                    chunk_delay, words = fault.chunk_delay, fault.words
                     fault = None
                 if fault is not None:
                     if fault.delay:
@@ -187,6 +194,8 @@ class FakeCloud:
                 schema = (body.get("response_format") or {}).get("json_schema") or {}
                 verdict = judged(messages, cloud.judge) if schema.get("name") == "verdict" else None
                 text = verdict if verdict is not None else answer_for(messages)
+                if words:
+                    text = " ".join(f"w{i}" for i in range(words))
                 prompt_tokens = sum(count_tokens(str(m.get("content") or "")) for m in messages)
                 usage = {
                     "prompt_tokens": prompt_tokens,

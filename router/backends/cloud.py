@@ -49,6 +49,10 @@ def _import_litellm() -> None:
 
         litellm.telemetry = False
         litellm.suppress_debug_info = True
+        # Its success logging feeds callbacks, which the router (with its own ledger) never
+        # registers, at the price of a thread-pool task per streamed chunk and an event loop
+        # per stream, in the GIL the event loop needs (about 2 ms of time to first token).
+        litellm.disable_streaming_logging = True
         if _warm_first_call:
             _first_call(litellm)
         _litellm = litellm

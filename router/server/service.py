@@ -24,7 +24,7 @@ from router.engine import Router
 from router.errors import ClientGoneError, RouterError, exit_code
 from router.server.keys import PREFIX, KeyOwner, Keys
 from router.server.metrics import Metrics
-from router.server.streams import relay
+from router.server.streams import open_stream, relay
 from router.types import Routing
 from router.wire.api import ROUTING_HEADER, Asked, Call, Renderer, routing_json
 from router.wire.http import HTTPError, http_error
@@ -78,14 +78,20 @@ class RequestIds:
         await self.app(scope, receive, send_with_id)
 
 
+async def disconnected(request: Request) -> None:
+    """Returns when the client has hung up (the ASGI `http.disconnect` message, which comes
+    once the body was read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def watched(request: Request, hangup: Hangup, work: Callable[..., T], *args: Any) -> T:
     """`work(*args, hangup)` in a worker thread while the client is watched: when it hangs up
     (the ASGI `http.disconnect` message, which comes once the body was read), `hangup` fires
     and what generates for the request stops."""
 
     async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
+        await disconnected(request)
         hangup.fire()
 
     done: list[T] = []
@@ -251,9 +257,14 @@ class Service:
             hangup = Hangup()
             router = self.router
             if call.stream:
-                stream = await watched(request, hangup, router.stream_request, call.request)
+                stream, feed = await open_stream(
+                    functools.partial(router.stream_request, call.request),
+                    hangup,
+                    functools.partial(disconnected, request),
+                )
                 events = relay(
                     stream,
+                    feed,
                     renderer.writer(call, stream.routing),
                     hangup,
                     lambda exc: self.failure(request, exc),

@@ -12,7 +12,7 @@ from router import NoRouteError, Router, UnavailableError
 from router.backends.cloud import parse_retry_after
 from router.errors import CloudRefusedError
 from router.pricing import lookup
-from tests.conftest import CLOUD_KEY, EASY_PROMPT, HARD_PROMPT, Sleeps
+from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, EASY_PROMPT, HARD_PROMPT, Sleeps
 from tests.fakecloud import FakeCloud, Fault, answer_for
 
 pytestmark = pytest.mark.slow
@@ -52,6 +52,35 @@ def test_hard_prompt_goes_to_the_cloud_through_litellm(
     assert r.tokens_saved == 0
     row = router.ledger.entries()[-1]
     assert (row.tier, row.model, row.cost_usd) == ("cloud", "cloud-mini", r.cost_usd)
+
+
+def test_cloud_calls_reuse_one_connection(
+    make_light_router: Callable[..., Router], fake_cloud: FakeCloud
+) -> None:
+    """Each call's timeout is what is left of the request's deadline when that is nearer than
+    the model's own (the shipped defaults: both 60 s); LiteLLM keeps one HTTP client per
+    timeout value, so a timeout that differed on every call meant a new client and a new TCP
+    connection (to a real provider, a new TLS handshake too) on every call."""
+    router = make_light_router(
+        fake_cloud,
+        f"""
+        [models.cloud-patient]
+        tier = "cloud"
+        litellm_model = "openai/gpt-4o-mini"
+        api_key_env = "{CLOUD_KEY_ENV}"
+        api_base = "{fake_cloud.base_url}"
+        timeout_seconds = 60
+        """,
+    )
+    opened = []
+    for i in range(6):
+        done = router.complete(ask(f"{HARD_PROMPT} ({i})"), model="cloud-patient", max_tokens=20)
+        assert done.routing.model == "cloud-patient"
+        opened.append(fake_cloud.connections)
+    assert len(fake_cloud.requests) == 6
+    # The first call also waits for LiteLLM's import (seconds of the deadline); after it, one
+    # connection serves every call.
+    assert opened[1:] == [opened[1]] * 5, opened
 
 
 def test_easy_prompt_never_reaches_the_cloud(

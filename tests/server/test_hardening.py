@@ -217,6 +217,42 @@ def test_a_hang_up_closes_the_cloud_call(make_light_router: Any, fake_cloud: Fak
     assert 0 < rows[0].completion_tokens < 13 and rows[0].cost_usd > 0
 
 
+def test_a_long_cloud_stream_arrives_whole_and_a_hang_up_mid_stream_stops_it(
+    make_light_router: Any, fake_cloud: FakeCloud
+) -> None:
+    """A stream longer than what the relay lets wait unread (FEED_DEPTH) arrives whole and in
+    order; a client that hangs up mid-stream closes the provider's stream long before its end."""
+    from router.server.streams import FEED_DEPTH
+
+    router = make_light_router(fake_cloud)
+    n = 3 * FEED_DEPTH
+    question = [{"role": "user", "content": "Count for me"}]
+    with (
+        ServerThread(create_app(router)) as server,
+        openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0) as client,
+    ):
+        fake_cloud.inject(Fault(status=200, words=n))
+        chunks = list(
+            client.chat.completions.create(
+                model="cloud", messages=question, stream=True, max_tokens=2 * n
+            )
+        )
+        assert len(chunks) > n
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == " ".join(f"w{i}" for i in range(n))
+        fake_cloud.inject(Fault(status=200, words=n, chunk_delay=0.02))  # about 4 s
+        again = [*question, {"role": "user", "content": "Again"}]
+        with client.chat.completions.create(
+            model="cloud", messages=again, stream=True, max_tokens=2 * n
+        ) as cut:
+            taken = [next(cut) for _ in range(5)]
+        assert len(taken) == 5
+        assert wait_for(lambda: fake_cloud.hangups, 2.0) == 1  # long before the stream's end
+        rows = wait_for(lambda: router.ledger.entries()[1:], 3.0)
+    assert len(rows) == 1 and "client disconnected" in rows[0].reason
+    assert 0 < rows[0].completion_tokens < n
+
+
 def test_a_hang_up_shuts_the_connection_to_a_local_server(
     make_light_router: Any, fake_cloud: FakeCloud
 ) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,3 +222,24 @@ class CachePolicy:
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
+
+
+class Sizing:
+    """A request's complexity score and task category by its cache key, which covers what
+    both read (the messages, the estimator): a repeated request, a cache hit most of all, is
+    not scored and classified again (about a fifth of a hit's time). At most `size` keys, the
+    oldest forgotten first."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._known: dict[str, tuple[float, str]] = {}
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> tuple[float, str] | None:
+        return self._known.get(key)
+
+    def put(self, key: str, sized: tuple[float, str]) -> None:
+        with self._lock:
+            if len(self._known) >= self._size:
+                del self._known[next(iter(self._known))]
+            self._known[key] = sized

@@ -27,6 +27,7 @@ from router.cache import (
     CachePolicy,
     Lookup,
     ResponseCache,
+    Sizing,
     cache_key,
     routing_fingerprint,
     sampled,
@@ -101,6 +102,7 @@ class Router:
         self._ledger = ledger or open_ledger(self.config)
         self._budgets = budgets or budget_store(self.config, self.link)
         self._repeats = repeat_detector(self.config, self.link)
+        self._sized = Sizing()  # score and category by cache key
         self._backends: dict[str, Backend] = dict(backends or {})
         self._owned: list[str] = []  # the backends created here, closed by close()
         self._backends_lock = threading.Lock()
@@ -159,13 +161,15 @@ class Router:
         repeat_key: str | None = None,
         guard: bool = True,
         repeated: bool | None = None,
+        key: str | None = None,
     ) -> Decision:
         """The routing decision for `request`, without calling any model.
 
         `repeat_key` (the request's cache key) checks it against the answers already given, for
         retry-storm detection (the pipeline does; a dry run such as `router explain` does not);
         `repeated`: that check's answer, already known (read with the cache: CachePolicy.lookup).
-        `guard=False` flags low-value requests without acting on them (a cache hit is free)."""
+        `guard=False` flags low-value requests without acting on them (a cache hit is free);
+        `key`: the request's cache key, under which its score and category are remembered."""
         policy.check_request_fits(request)
         resolved = self.config.resolve(request.model)  # [aliases]
         if resolved != request.model:
@@ -174,8 +178,12 @@ class Router:
         if model is not None and not model.enabled:
             known = [*ROUTING_MODES, *self.config.enabled()]
             raise UnknownModelError(request.model, known, disabled=True)
-        score = self.score(request)
-        category = request.category or classify(request)
+        sized = self._sized.get(key) if key else None
+        if sized is None:
+            sized = (self.score(request), classify(request))
+            if key:
+                self._sized.put(key, sized)
+        score, category = sized[0], request.category or sized[1]
         flags = []
         if waste.trivial_document(request, category):
             flags.append("trivial-document")
@@ -234,7 +242,7 @@ class Router:
         looked = looked or self.look_up(request)
         started, key, hit = looked.started, looked.key, looked.hit
         params = self._params(request)
-        decision = self.decide(request, guard=hit is None, repeated=looked.repeated)
+        decision = self.decide(request, guard=hit is None, repeated=looked.repeated, key=key)
         if hit is not None:
             response, routing = self._cache.replay(hit, decision)
             routing.response_id = response["id"]
@@ -277,7 +285,7 @@ class Router:
         params = self._params(request)
         key = cache_key(request, params, self._fingerprint, per_user=self._cache.per_user)
         hit, repeated = self._cache.lookup(request, key, self._repeats)
-        decision = self.decide(request, guard=hit is None, repeated=repeated)
+        decision = self.decide(request, guard=hit is None, repeated=repeated, key=key)
         if hit is not None:
             response, routing = self._cache.replay(hit, decision)
             routing.response_id = response["id"]

@@ -280,14 +280,29 @@ def test_category_override_header_and_metadata(
             headers={"Cache-Control": "no-cache"},
         )
         assert meta.headers["x-router-category"] == "writing"
+        # Cache hits of the first request (its score and category remembered, not recomputed):
+        # the same score and category, and an override still wins.
+        again = httpx.post(url, json=body)
+        hit = httpx.post(url, json=body, headers={"x-router-category": "translate"})
+        assert [again.headers["x-router-cache"], hit.headers["x-router-cache"]] == ["hit", "hit"]
+        assert again.headers["x-router-score"] == plain.headers["x-router-score"]
+        assert again.headers["x-router-category"] == "chit-chat"
+        assert hit.headers["x-router-category"] == "translate"
         bad = httpx.post(url, json=body, headers={"x-router-category": "gossip"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "category"
-        assert [e.category for e in router.ledger.entries()] == ["chit-chat", "code", "writing"]
+        assert [e.category for e in router.ledger.entries()] == [
+            "chit-chat",
+            "code",
+            "writing",
+            "chit-chat",
+            "translate",
+        ]
         by_cat = router.ledger.summary(by="category")
         assert {g["group"]: g["requests"] for g in by_cat} == {
-            "chit-chat": 1,
+            "chit-chat": 2,
             "code": 1,
             "writing": 1,
+            "translate": 1,
         }
 
 

@@ -28,6 +28,7 @@ from starlette.routing import Route
 from router import policy
 from router.engine import Router
 from router.server import admin, ollama
+from router.server.connections import HTTP2_MESSAGE
 from router.server.keys import Keys
 from router.server.origins import BrowserGuard
 from router.server.service import RequestIds, Service
@@ -132,12 +133,7 @@ def create_app(
             # HTTP/2 with prior knowledge ("PRI * HTTP/2.0", then "SM"): one answer in
             # HTTP/1.1 that says so, and the connection closed before the rest is read as a
             # second request.
-            err = HTTPError(
-                505,
-                "HTTP/2 is not served here: speak HTTP/1.1 (curl --http1.1; an HTTP/2 client "
-                "falls back by itself over TLS, not with prior knowledge)",
-                code="http_version_not_supported",
-            )
+            err = HTTPError(505, HTTP2_MESSAGE, code="http_version_not_supported")
             body = shapes.error_body(request.url.path, err)
             return JSONResponse(body, status_code=505, headers={"connection": "close"})
         err = HTTPError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")

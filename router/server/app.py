@@ -28,7 +28,6 @@ from starlette.routing import Route
 from router import policy
 from router.engine import Router
 from router.server import admin, ollama
-from router.server.connections import HTTP2_MESSAGE
 from router.server.keys import Keys
 from router.server.origins import BrowserGuard
 from router.server.service import RequestIds, Service
@@ -129,13 +128,6 @@ def create_app(
 
     async def http_exception(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        if request.method == "PRI" or request.scope.get("http_version") == "2.0":
-            # HTTP/2 with prior knowledge ("PRI * HTTP/2.0", then "SM"): one answer in
-            # HTTP/1.1 that says so, and the connection closed before the rest is read as a
-            # second request.
-            err = HTTPError(505, HTTP2_MESSAGE, code="http_version_not_supported")
-            body = shapes.error_body(request.url.path, err)
-            return JSONResponse(body, status_code=505, headers={"connection": "close"})
         err = HTTPError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
         return JSONResponse(shapes.error_body(request.url.path, err), status_code=err.status)
 

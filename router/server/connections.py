@@ -53,12 +53,12 @@ class HeaderDeadline:
             self.transport.close()
 
 
-HTTP2_MESSAGE = (
+_HTTP2_MESSAGE = (
     "HTTP/2 is not served here: speak HTTP/1.1 (curl --http1.1; an HTTP/2 client falls back "
     "by itself over TLS, not with prior knowledge)"
 )
 _HTTP2_BODY = json.dumps(
-    HTTPError(505, HTTP2_MESSAGE, code="http_version_not_supported").body()
+    HTTPError(505, _HTTP2_MESSAGE, code="http_version_not_supported").body()
 ).encode()
 HTTP2_REFUSED = (
     b"HTTP/1.1 505 HTTP Version Not Supported\r\ncontent-type: application/json\r\n"
@@ -76,8 +76,9 @@ class GuardedHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self.cycle is None and data.startswith(b"PRI * HTTP/2.0"):
-            # HTTP/2 with prior knowledge: one answer in HTTP/1.1 that says so (llhttp would
-            # answer a plain-text 400), and the connection closed.
+            # HTTP/2 with prior knowledge ("PRI * HTTP/2.0", then "SM"): one answer in HTTP/1.1
+            # that says so (llhttp would answer a plain-text 400), and the connection closed.
+            # Only here: a PRI anywhere else is refused by llhttp before it reaches the app.
             self.transport.write(HTTP2_REFUSED)
             self.transport.close()
             return

@@ -28,6 +28,7 @@ from starlette.routing import Route
 from router import policy
 from router.engine import Router
 from router.server import admin, ollama
+from router.server.connections import AccessLog
 from router.server.keys import Keys
 from router.server.origins import BrowserGuard
 from router.server.service import RequestIds, Service
@@ -152,7 +153,7 @@ def create_app(
         ],
         exception_handlers={HTTPException: http_exception, Exception: server_error},
         middleware=[
-            Middleware(RequestIds),
+            Middleware(RequestIds, access=AccessLog() if router.config.server.access_log else None),
             Middleware(
                 BrowserGuard,
                 allowed_origins=router.config.server.allowed_origins,

@@ -207,8 +207,10 @@ def test_a_hang_up_closes_the_cloud_call(make_light_router: Any, fake_cloud: Fak
         assert whole.usage is not None and whole.usage.completion_tokens == 12
         assert fake_cloud.requests[-1]["stream"] is True
         fake_cloud.inject(Fault(status=200, chunk_delay=0.3))  # 13 chunks: about 4 s
-        post_and_hang_up(
-            server.url, {**body, "messages": [*question, {"role": "user", "content": "More"}]}
+        post_and_hang_up(  # after about 3 chunks (1 s: 0.5 s left one chunk in a busy run)
+            server.url,
+            {**body, "messages": [*question, {"role": "user", "content": "More"}]},
+            after=1.0,
         )
         assert wait_for(lambda: fake_cloud.hangups, 3.0) == 1  # long before the answer's end
         rows = wait_for(lambda: router.ledger.entries()[1:], 3.0)

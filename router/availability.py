@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeGuard, runtime_checkable
 
 from router.backends import Backend
 from router.config import CloudModel, Config, LocalModel
@@ -120,7 +120,7 @@ class Availability:
 _SUPERVISED: dict[type, bool] = {}
 
 
-def _supervised(backend: Backend) -> bool:
+def _supervised(backend: Backend) -> TypeGuard[Supervised]:
     """isinstance(backend, Supervised), known by its class (a protocol check walks the
     class's attributes every time: a fiftieth of a cache hit)."""
     kind = type(backend)

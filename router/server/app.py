@@ -31,7 +31,7 @@ from router.server import admin, ollama
 from router.server.connections import AccessLog
 from router.server.keys import Keys
 from router.server.origins import BrowserGuard
-from router.server.service import RequestIds, Service
+from router.server.service import Direct, RequestIds, Service
 from router.types import ROUTING_MODES
 from router.wire import chat, completions, messages, responses, shapes
 from router.wire import embeddings as vectors
@@ -158,6 +158,15 @@ def create_app(
                 BrowserGuard,
                 allowed_origins=router.config.server.allowed_origins,
                 loopback=not require_keys if loopback is None else loopback,
+            ),
+            Middleware(
+                Direct,
+                endpoints={
+                    "/v1/chat/completions": chat_completions,
+                    "/v1/responses": openai_responses,
+                    "/v1/completions": legacy_completions,
+                    "/v1/messages": anthropic_messages,
+                },
             ),
         ],
     )

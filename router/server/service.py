@@ -86,6 +86,25 @@ class RequestIds:
         await self.app(scope, receive, send_with_id)
 
 
+class Direct:
+    """ASGI middleware: a POST to one of `endpoints` (those that answer every error in their
+    API's shape themselves: Service.serve) goes straight to it, past Starlette's routing and
+    exception layers, a tenth of a cache hit's time; every other request goes on to them."""
+
+    def __init__(self, app: ASGIApp, endpoints: dict[str, Callable[[Request], Any]]) -> None:
+        self.app = app
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            endpoint = self.endpoints.get(scope["path"])
+            if endpoint is not None:
+                response = await endpoint(Request(scope, receive, send))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 async def disconnected(request: Request) -> None:
     """Returns when the client has hung up (the ASGI `http.disconnect` message, which comes
     once the body was read)."""

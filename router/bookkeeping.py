@@ -89,26 +89,45 @@ class Books:
     ) -> None:
         """Write the row of an answered request (in place of its pending row, if it had one)
         and count it for repeat detection."""
-        routing.latency_ms = (time.perf_counter() - started) * 1000
-        if not sampled(request.params):
-            self._repeats.answered(request.user, key)
-        entry = self._entry(request, routing, stream)
+        entry = self._answered(request, key, routing, started, stream)
         try:
             if routing.cache_hit:  # never written ahead
                 self._ledger.record(entry)
             else:
                 self._ledger.finish(entry)
         except LedgerUnavailableError:
-            paid = routing.tier == "cloud" and not routing.cache_hit
-            log.error(
-                "the ledger did not take the row of %s (%s, %s): %s",
-                routing.response_id,
-                routing.tier,
-                routing.model,
-                "its pending row stays, with the call's worst case"
-                if paid
-                else "a free answer, served all the same",
-            )
+            self._not_taken(routing)
+
+    async def arecord_hit(
+        self, request: ChatRequest, key: str, routing: Routing, started: float
+    ) -> None:
+        """`record` of a cache hit, from the server's event loop (Ledger.arecord)."""
+        entry = self._answered(request, key, routing, started, False)
+        try:
+            await self._ledger.arecord(entry)
+        except LedgerUnavailableError:
+            self._not_taken(routing)
+
+    def _answered(
+        self, request: ChatRequest, key: str, routing: Routing, started: float, stream: bool
+    ) -> Entry:
+        routing.latency_ms = (time.perf_counter() - started) * 1000
+        if not sampled(request.params):
+            self._repeats.answered(request.user, key)
+        return self._entry(request, routing, stream)
+
+    @staticmethod
+    def _not_taken(routing: Routing) -> None:
+        paid = routing.tier == "cloud" and not routing.cache_hit
+        log.error(
+            "the ledger did not take the row of %s (%s, %s): %s",
+            routing.response_id,
+            routing.tier,
+            routing.model,
+            "its pending row stays, with the call's worst case"
+            if paid
+            else "a free answer, served all the same",
+        )
 
     def _entry(
         self, request: ChatRequest, routing: Routing, stream: bool, *, pending: bool = False

@@ -11,7 +11,8 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -132,6 +133,9 @@ class Sums(Protocol):
 class Ledger(Sums, Protocol):
     def record(self, entry: Entry) -> None:
         """Write a row; LedgerUnavailableError when it cannot be written."""
+
+    async def arecord(self, entry: Entry) -> None:
+        """`record` from the server's event loop (a cache hit)."""
 
     def begin(self, entry: Entry) -> None:
         """Write a pending row ahead of a paid call (`entry.pending`)."""
@@ -259,6 +263,13 @@ class SQLiteLedger(Store):
         values = [getattr(entry, c) for c in _COLUMNS]
         self._write(lambda db: db.execute(_INSERT, values))
 
+    async def arecord(self, entry: Entry) -> None:
+        """`record` from the event loop: the rows of the hits it serves in one turn share one
+        commit (GroupCommit.arun; a commit a row was an eighth of a hit's time)."""
+        values = [getattr(entry, c) for c in _COLUMNS]
+        with self._writing():
+            await self._writes.arun(lambda db: db.execute(_INSERT, values))
+
     def begin(self, entry: Entry) -> None:
         self.record(entry)
 
@@ -284,8 +295,14 @@ class SQLiteLedger(Store):
         """`work` in one transaction; LedgerUnavailableError (the cause in the server's log
         and /health) when the disk will not take it. `proves`: success shows the ledger takes
         rows again."""
-        try:
+        with self._writing(proves=proves):
             done = self._writes.run(work)
+        return done
+
+    @contextmanager
+    def _writing(self, *, proves: bool = True) -> Iterator[None]:
+        try:
+            yield
         except sqlite3.Error as exc:
             self.reach.failed(exc)
             raise LedgerUnavailableError(
@@ -294,7 +311,6 @@ class SQLiteLedger(Store):
             ) from None
         if proves:
             self.reach.ok()
-        return done
 
     def entries(self, since: float | None = None) -> list[Entry]:
         with self._lock:

@@ -9,6 +9,7 @@ Stores are context managers (`with SQLiteLedger(path) as ledger:`); `close()` is
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -85,25 +86,56 @@ class GroupCommit:
     PostgreSQL's commit_delay and InnoDB's binlog group commit do): each caller queues its
     work; whoever holds the store's lock next commits everything queued, and each caller
     returns only once its own work is committed, or raises its own error. Under load N
-    requests cost one commit instead of N; alone, a write costs what it did."""
+    requests cost one commit instead of N; alone, a write costs what it did.
+
+    Callers on an event loop (`arun`: the server's cache hits) queue their work for the end of
+    the loop's turn: the requests it served in that turn share one commit."""
 
     def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
         self._db, self._lock = db, lock
         self._queued: list[_Job] = []
         self._queue_lock = threading.Lock()
+        self._turns: dict[asyncio.AbstractEventLoop, list[tuple[_Job, asyncio.Future[None]]]] = {}
 
     def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         job = _Job(work)
+        self._run([job])
+        return job.outcome()  # type: ignore[no-any-return]
+
+    async def arun(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`run` from an event loop: committed with the other work queued in this turn of
+        the loop, once it ends (in the loop's thread, which waits for the commit as `run`
+        would have); returns once its own work is committed."""
+        loop = asyncio.get_running_loop()
+        job, done = _Job(work), loop.create_future()
+        turn = self._turns.setdefault(loop, [])
+        turn.append((job, done))
+        if len(turn) == 1:
+            loop.call_soon(self._end_of_turn, loop)
+        await done
+        return job.outcome()  # type: ignore[no-any-return]
+
+    def _end_of_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        turn = self._turns.pop(loop, [])
+        try:
+            self._run([job for job, _ in turn])
+        except BaseException as exc:  # the lock itself failed: every waiter hears of it
+            for _, done in turn:
+                if not done.done():
+                    done.set_exception(exc)
+            raise
+        for _, done in turn:
+            if not done.done():  # (a waiter cancelled meanwhile: its row is in all the same)
+                done.set_result(None)
+
+    def _run(self, jobs: list[_Job]) -> None:
         with self._queue_lock:
-            self._queued.append(job)
+            self._queued.extend(jobs)
         with self._lock:
-            if not job.done:  # nobody committed it while this thread waited: commit them all
+            if not all(job.done for job in jobs):  # nobody committed them meanwhile: commit all
                 with self._queue_lock:
                     batch, self._queued = self._queued, []
                 self._commit(batch)
-        if job.error is not None:
-            raise job.error
-        return job.result  # type: ignore[no-any-return]
 
     def _commit(self, batch: list[_Job]) -> None:
         try:
@@ -135,3 +167,8 @@ class _Job:
         self.result: Any = None
         self.error: Exception | None = None
         self.done = False
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from router import ConfigError, load_config
 from router.config import Budget
+from router.errors import LedgerUnavailableError
 from router.governance.budgets import BudgetStore
 from router.ledger import _MIGRATIONS as ledger_migrations
 from router.ledger import SQLiteLedger
@@ -121,6 +123,44 @@ def test_concurrent_ledger_rows_share_commits_and_each_is_in_when_its_call_retur
         assert len(ledger.entries()) == 32
     assert missing == []
     assert len(commits) < 32, len(commits)
+
+
+def test_rows_recorded_from_an_event_loop_share_a_commit_and_are_in_when_awaited(
+    tmp_path: Path,
+) -> None:
+    """The server's cache hits (`arecord` on its loop): the rows of the requests served in one
+    turn of the loop take one commit, each is committed (visible to another connection) the
+    moment its `arecord` returns, and one bad row fails its own caller only."""
+    import asyncio
+
+    from tests.test_rollups import random_entries
+
+    path = tmp_path / "ledger.sqlite3"
+    entries = random_entries(24, time.time(), 1)
+    commits: list[str] = []
+    with SQLiteLedger(path) as ledger, sqlite3.connect(path, check_same_thread=False) as reader:
+        ledger._db.set_trace_callback(
+            lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None
+        )
+
+        async def one(entry: Any) -> str:
+            await ledger.arecord(entry)
+            found = reader.execute(
+                "SELECT 1 FROM requests WHERE response_id = ?", (entry.response_id,)
+            ).fetchone()
+            return "in" if found else "missing"
+
+        async def all_of(batch: list[Any]) -> list[Any]:
+            return list(await asyncio.gather(*map(one, batch), return_exceptions=True))
+
+        assert asyncio.run(all_of(entries[:8])) == ["in"] * 8
+        assert len(commits) == 1  # eight rows, one turn of the loop, one commit
+        assert asyncio.run(all_of(entries[8:9])) == ["in"] and len(commits) == 2  # alone
+        bad = replace(entries[9], prompt={"not": "text"})  # SQLite cannot bind it
+        results = asyncio.run(all_of([bad, *entries[10:17]]))
+        assert isinstance(results[0], LedgerUnavailableError) and results[1:] == ["in"] * 7
+    with SQLiteLedger(path) as again:
+        assert len(again.entries()) == 16
 
 
 def test_one_bad_write_in_a_group_fails_alone(tmp_path: Path) -> None:

@@ -69,6 +69,7 @@ HTTP2_REFUSED = (
     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_HTTP2_BODY), _HTTP2_BODY)
 )
 
+UNDER_WAY = "router.under_way"  # the scope's key for the server's requests under way
 _SECRET_PARAM = re.compile(r"(?i)([?&][^=&\s]*(?:key|token|secret|password)[^=&\s]*=)[^&\s\"]*")
 _ROUTER_KEY = re.compile(r"rk-[A-Za-z0-9_\-]+")
 
@@ -94,6 +95,9 @@ class GuardedHttpToolsProtocol(HeaderDeadline, HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()  # its body has its own limit
+        # The server's requests under way (uvicorn's set of their tasks), for the app to see
+        # whether this one has company (router.server.service: a hit's row committed alone).
+        self.scope[UNDER_WAY] = self.tasks  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from router.backends.hangup import Hangup
 from router.engine import Router
 from router.errors import ClientGoneError, RouterError, exit_code
-from router.server.connections import AccessLog
+from router.server.connections import UNDER_WAY, AccessLog
 from router.server.keys import PREFIX, KeyOwner, Keys
 from router.server.metrics import Metrics
 from router.server.streams import open_stream, relay
@@ -308,7 +308,8 @@ class Service:
                 return StreamingResponse(events, media_type=renderer.media_type, headers=headers)
             looked = await router.alook_up(call.request)
             if looked is not None and looked.hit is not None:  # a hit: no thread, no model
-                done = router.complete_request(call.request, looked=looked)
+                together = len(request.scope.get(UNDER_WAY, ())) > 1  # other requests' tasks
+                done = await router.acomplete_hit(call.request, looked, together=together)
             else:
                 answer = functools.partial(router.complete_request, looked=looked)
                 done = await watched(request, hangup, answer, call.request)

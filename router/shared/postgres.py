@@ -208,6 +208,9 @@ class PostgresLedger:
     def record(self, entry: Entry) -> None:
         self._queue_row(asdict(entry))
 
+    async def arecord(self, entry: Entry) -> None:
+        self.record(entry)  # the queue's commit, on the loop: not batched by turn (yet)
+
     def begin(self, entry: Entry) -> None:
         self._queue_row(asdict(entry))
 

@@ -206,10 +206,14 @@ def test_a_hang_up_closes_the_cloud_call(make_light_router: Any, fake_cloud: Fak
         assert whole.choices[0].message.content == f"cloud answer to: {question[0]['content']}"
         assert whole.usage is not None and whole.usage.completion_tokens == 12
         assert fake_cloud.requests[-1]["stream"] is True
-        fake_cloud.inject(Fault(status=200, chunk_delay=0.3))  # 13 chunks: about 4 s
-        post_and_hang_up(  # after about 3 chunks (1 s: 0.5 s left one chunk in a busy run)
+        # The answer ("cloud answer to: " and the last message) in 17 chunks: about 5 s. The
+        # client hangs up after about 3 (at 0.5 s a busy run had none yet; and a follow-up of
+        # one word ended the stream before the stand-in could see it closed).
+        fake_cloud.inject(Fault(status=200, chunk_delay=0.3))
+        more = "Tell me more about the history of the Roman empire, in detail, please"
+        post_and_hang_up(
             server.url,
-            {**body, "messages": [*question, {"role": "user", "content": "More"}]},
+            {**body, "messages": [*question, {"role": "user", "content": more}]},
             after=1.0,
         )
         assert wait_for(lambda: fake_cloud.hangups, 3.0) == 1  # long before the answer's end

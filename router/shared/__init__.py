@@ -93,6 +93,7 @@ class Link(Reachability):
 
         self._url, self._timeout = url, timeout
         self._async: tuple[Any, Any] | None = None  # (event loop, redis.asyncio client)
+        self._lean: tuple[Any, Any] | None = None  # (event loop, router.shared.resp.LoopRedis)
 
     def async_client(self) -> Any:
         """A redis.asyncio client for the running event loop (the server's): a cache hit is
@@ -111,6 +112,34 @@ class Link(Reachability):
             )
             self._async = (loop, client)
         return self._async[1]
+
+    def lean_client(self) -> Any:
+        """The lean connection (router.shared.resp.LoopRedis) for the running event loop, for
+        a cache hit's one round trip; None for a URL it does not speak (then async_client)."""
+        import asyncio
+
+        from router.shared.resp import LoopRedis
+
+        if not LoopRedis.speaks(self._url):
+            return None
+        loop = asyncio.get_running_loop()
+        if self._lean is None or self._lean[0] is not loop:
+            self._lean = (loop, LoopRedis(self._url, self._timeout))
+        return self._lean[1]
+
+    def lean_here(self) -> Any:
+        """The lean connection when called on the event loop it is open on (None elsewhere:
+        a worker thread, or no connection yet)."""
+        import asyncio
+
+        lean = self._lean
+        if lean is None:
+            return None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return lean[1] if lean[0] is loop and lean[1].connected else None
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -131,6 +160,9 @@ class Link(Reachability):
     def close(self) -> None:
         self.client.close()
         self._async = None  # its connections belong to the server's loop, gone with it
+        if self._lean is not None:
+            self._lean[1].close()
+            self._lean = None
 
 
 def client_module(name: str, setting: str) -> Any:

@@ -12,6 +12,8 @@ import json
 import time
 from typing import Any
 
+import orjson
+
 from router.governance.waste import RepeatDetector
 from router.shared import Link, errors
 from router.shared.state import RedisRepeatDetector
@@ -52,15 +54,23 @@ class RedisResponseCache:
     async def aget_counting(
         self, key: str, repeats: RepeatDetector, user: str | None
     ) -> tuple[dict[str, Any] | None, bool]:
-        """`get_counting` on the event loop (redis.asyncio): the same one round trip, and
-        the loop serves other requests while Redis answers (or times out)."""
+        """`get_counting` on the event loop: the same one round trip, on the loop's lean
+        connection (router.shared.resp; redis.asyncio for URLs it does not speak), and the
+        loop serves other requests while Redis answers (or times out)."""
         counting = isinstance(repeats, RedisRepeatDetector) and repeats.window > 0
-        pipe = self._link.async_client().pipeline(transaction=False)
-        pipe.get(self._link.key("cache", key))
-        if counting:
-            repeats.count(pipe, user, key, time.time())  # type: ignore[attr-defined]
+        lean = self._link.lean_client()
         try:
-            found = await pipe.execute()
+            if lean is not None:
+                commands: list[tuple[Any, ...]] = [("GET", self._link.key("cache", key))]
+                if counting:
+                    commands.append(repeats.count_command(user, key, time.time()))  # type: ignore[attr-defined]
+                found = await lean.call(*commands)
+            else:
+                pipe = self._link.async_client().pipeline(transaction=False)
+                pipe.get(self._link.key("cache", key))
+                if counting:
+                    repeats.count(pipe, user, key, time.time())  # type: ignore[attr-defined]
+                found = await pipe.execute()
         except errors() as exc:
             self._link.failed(exc)
             return None, RepeatDetector.repeated(repeats, user, key)  # counted in process
@@ -82,11 +92,14 @@ class RedisResponseCache:
 
 
 def _entry(text: Any) -> dict[str, Any] | None:
-    """A cache entry from its stored JSON (None: nothing, or not an entry)."""
-    if not isinstance(text, str):
+    """A cache entry from its stored JSON, text or bytes (None: nothing, or not an entry)."""
+    if not isinstance(text, str | bytes):
         return None
     try:
-        value = json.loads(text)
-    except ValueError:
-        return None
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:  # what json.dumps wrote and orjson refuses (NaN in an answer's logprobs)
+            value = json.loads(text)
+        except ValueError:
+            return None
     return value if isinstance(value, dict) else None

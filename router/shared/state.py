@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from router.governance.waste import RepeatDetector
@@ -43,15 +44,25 @@ class RedisRepeatDetector(RepeatDetector):
     def count(self, client: Any, user: str | None, key: str, now: float) -> Any:
         """The answers to (user, key) in the window, asked of `client` (Redis, or a pipeline
         that the response cache reads with: router.shared.cache)."""
-        return client.zcount(self._key(user, key), now - self.window, "+inf")
+        return client.zcount(*self.count_command(user, key, now)[1:])
+
+    def count_command(self, user: str | None, key: str, now: float) -> tuple[str, str, float, str]:
+        """`count` as a Redis command (router.shared.resp)."""
+        return ("ZCOUNT", self._key(user, key), now - self.window, "+inf")
 
     def answered(self, user: str | None, key: str, now: float | None = None) -> None:
         """Count an answer: written by a background thread in batches (one round trip for
         many answers), off the request's path; counted in process if Redis fails."""
         if self.window <= 0:
             return
+        at = time.time() if now is None else now
+        lean = self._link.lean_here()  # on the server's loop (a cache hit): no thread, no wait
+        if lean is not None and lean.send_nowait(
+            self._writes(user, key, at), self._lost(user, key)
+        ):
+            return
         with self._pending_lock:
-            self._pending.append((user, key, time.time() if now is None else now))
+            self._pending.append((user, key, at))
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write, name="repeats", daemon=True)
                 self._writer.start()
@@ -68,10 +79,8 @@ class RedisRepeatDetector(RepeatDetector):
             try:
                 pipe = self._link.client.pipeline(transaction=False)
                 for user, key, at in batch:
-                    name = self._key(user, key)
-                    pipe.zadd(name, {uuid.uuid4().hex: at})
-                    pipe.zremrangebyscore(name, "-inf", at - self.window)
-                    pipe.expire(name, max(1, int(self.window) + 1))
+                    for command in self._writes(user, key, at):
+                        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
                 pipe.execute()
             except errors() as exc:
                 self._link.failed(exc)
@@ -79,6 +88,23 @@ class RedisRepeatDetector(RepeatDetector):
                     super().answered(user, key)
                 continue
             self._link.ok()
+
+    def _writes(self, user: str | None, key: str, at: float) -> list[tuple[Any, ...]]:
+        """An answer's count: its time added to the set, what the window left behind
+        trimmed, the set kept a little longer than the window."""
+        name = self._key(user, key)
+        return [
+            ("ZADD", name, at, uuid.uuid4().hex),
+            ("ZREMRANGEBYSCORE", name, "-inf", at - self.window),
+            ("EXPIRE", name, max(1, int(self.window) + 1)),
+        ]
+
+    def _lost(self, user: str | None, key: str) -> Callable[[BaseException], None]:
+        def lost(exc: BaseException) -> None:  # counted in process, as the thread does
+            self._link.failed(exc)
+            RepeatDetector.answered(self, user, key)
+
+        return lost
 
     def flush(self, timeout: float = 2.0) -> None:
         """Wait until the answers counted so far are written (tests)."""

@@ -343,3 +343,34 @@ def test_the_server_reads_a_redis_hit_on_its_event_loop(
             redis_server.stop()
             gone = http.post("/v1/chat/completions", json=body)
             assert gone.status_code == 200 and gone.headers["x-router-cache"] == "miss"
+
+
+def test_hits_served_on_the_loop_are_counted_on_redis_and_in_process_when_it_fails(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A hit's repeat count is written on the server loop's own Redis connection, without a
+    thread or a wait: replica A's hits make replica B see the storm; with Redis gone the
+    requests are still answered, and recorded."""
+    local = FunctionBackend("smollm2", lambda r, p: "local answer")
+    body = {"model": "auto", "messages": [{"role": "user", "content": "Hi there, again!"}]}
+    a_config = write_config(tmp_path, None, f'\n[shared]\nredis_url = "{redis_server.url}"\n')
+    with (
+        Router(a_config, backends={"smollm2": local}) as router,
+        ServerThread(create_app(router)) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+        replica(tmp_path, "b", redis_server, None) as b,
+    ):
+        writer = router._repeats._wake  # type: ignore[attr-defined]  # the writer thread's
+        woken: list[int] = []
+        writer.set = lambda wake=writer.set: (woken.append(1), wake())[1]
+        caches = [http.post("/v1/chat/completions", json=body).headers["x-router-cache"]]
+        time.sleep(0.2)  # the miss (answered in a worker thread) is counted by the writer
+        caches += [http.post("/v1/chat/completions", json=body).headers["x-router-cache"]]
+        assert caches == ["miss", "hit"] and woken == [1]  # the hit's count: not the thread's
+        time.sleep(0.1)
+        third = ask(b, "Hi there, again!")  # B counts A's two answers: a storm
+        assert "repeat" in third.routing.flags
+        redis_server.stop()
+        served = [http.post("/v1/chat/completions", json=body) for _ in range(2)]
+        assert [r.status_code for r in served] == [200, 200]
+        assert len(router.ledger.entries()) == 4

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import socket
 import sys
@@ -24,6 +25,7 @@ import urllib.parse
 from typing import Any
 
 import uvicorn
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from router.config_sections import ServerSettings
@@ -148,6 +150,34 @@ def redact(text: str) -> str:
     return _ROUTER_KEY.sub("rk-***", _SECRET_PARAM.sub(r"\1***", text))
 
 
+class Forwarded(ProxyHeadersMiddleware):
+    """uvicorn's X-Forwarded-For and -Proto handling, for the hosts it trusts (its
+    FORWARDED_ALLOW_IPS, 127.0.0.1 by default), with each client address's trust worked out
+    once (uvicorn parsed the address on every request) and nothing copied for a request that
+    carries neither header."""
+
+    def __init__(self, app: Any, trusted_hosts: str) -> None:
+        super().__init__(app, trusted_hosts)
+        self._trust: dict[str | None, bool] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            client = scope.get("client")
+            host = client[0] if client else None
+            trusted = self._trust.get(host)
+            if trusted is None:
+                trusted = host in self.trusted_hosts
+                if len(self._trust) < 4096:  # (addresses are many only behind no proxy)
+                    self._trust[host] = trusted
+            if trusted and any(name in _FORWARDED for name, _ in scope["headers"]):
+                await super().__call__(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto")
+
+
 def server_config(app: Any, settings: ServerSettings, **options: Any) -> uvicorn.Config:
     """The uvicorn configuration `router serve` runs `app` with (tests run the same)."""
 
@@ -155,7 +185,8 @@ def server_config(app: Any, settings: ServerSettings, **options: Any) -> uvicorn
         header_timeout = settings.header_timeout_seconds
 
     config = uvicorn.Config(
-        app,
+        Forwarded(app, os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")),
+        proxy_headers=False,  # Forwarded does it
         http=Protocol,
         limit_concurrency=settings.max_connections,
         access_log=False,  # the app writes it (AccessLog)

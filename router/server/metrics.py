@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import defaultdict
 from typing import Any
@@ -28,11 +29,7 @@ class Metrics:
         tier = routing.tier if routing else "none"
         with self._lock:
             self._requests[(api, tier, str(status))] += 1
-            counts = self._latency[tier]
-            for i, bound in enumerate(BUCKETS):
-                if seconds <= bound:
-                    counts[i] += 1
-            counts[-1] += 1
+            self._latency[tier][bisect.bisect_left(BUCKETS, seconds)] += 1  # its own bucket
             self._latency_sum[tier] += seconds
             if routing is not None:
                 self._cache_hits += int(routing.cache_hit)
@@ -73,10 +70,12 @@ class Metrics:
             hist = "router_request_duration_seconds"
             for tier, counts in sorted(self._latency.items()):
                 bounds = [str(b) for b in BUCKETS] + ["+Inf"]
+                below = 0  # Prometheus's buckets are cumulative: each counts all below it
                 for bound, n in zip(bounds, counts, strict=True):
-                    out.append(f'{hist}_bucket{{tier="{tier}",le="{bound}"}} {n}')
+                    below += n
+                    out.append(f'{hist}_bucket{{tier="{tier}",le="{bound}"}} {below}')
                 out.append(f'{hist}_sum{{tier="{tier}"}} {self._latency_sum[tier]}')
-                out.append(f'{hist}_count{{tier="{tier}"}} {counts[-1]}')
+                out.append(f'{hist}_count{{tier="{tier}"}} {below}')
         return "\n".join(out) + "\n"
 
 

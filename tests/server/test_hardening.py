@@ -721,6 +721,24 @@ def test_keys_in_a_query_string_are_not_logged_and_a_hang_up_mid_body_is_one_lin
     assert "Traceback" not in caplog.text
 
 
+def test_the_access_log_names_the_client_a_local_proxy_forwards(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Behind a proxy on the same machine (trusted: FORWARDED_ALLOW_IPS, 127.0.0.1 by
+    default), X-Forwarded-For names the client; each line carries the request's id."""
+    router, app = served_with(tmp_path, "")
+    with router, ServerThread(app) as server:
+        direct = httpx.get(f"{server.url}/v1/models")
+        forwarded = httpx.get(
+            f"{server.url}/v1/models", headers={"x-forwarded-for": "203.0.113.7, 127.0.0.1"}
+        )
+        time.sleep(0.2)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "GET /v1/models" in ln]
+    assert len(lines) == 2
+    assert "127.0.0.1:" in lines[0] and direct.headers["x-request-id"] in lines[0]
+    assert "203.0.113.7:0" in lines[1] and forwarded.headers["x-request-id"] in lines[1]
+
+
 # ---------------------------------------------------------------- 8. retries and bursts
 
 

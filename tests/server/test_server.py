@@ -170,6 +170,62 @@ def test_models_health_and_metrics(serve: Serve) -> None:
     assert saved > 0
 
 
+def test_a_request_a_backend_changed_never_answers_a_later_repeat(tmp_path: Path) -> None:
+    """Repeated bodies are not parsed again when the cache answers them (Parsed); a request a
+    backend saw (and may change in place, as LiteLLM does to messages) is never the one a
+    later repeat is answered with: every repeat is keyed and answered as it was sent."""
+    import diskcache
+
+    from router.backends import FunctionBackend
+
+    seen: list[int] = []
+
+    def meddling(request: Any, params: Any) -> str:
+        seen.append(len(request.messages))
+        request.messages.append({"role": "system", "content": "changed by the backend"})
+        return "local answer"
+
+    config = write_config(tmp_path, None)
+    body = {"model": "local", "messages": [{"role": "user", "content": "Hi, are you there?"}]}
+    with (
+        Router(config, backends={"smollm2": FunctionBackend("smollm2", meddling)}) as router,
+        ServerThread(create_app(router)) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+
+        def ask() -> str:
+            r = http.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+            return r.headers["x-router-cache"]
+
+        caches = [ask(), ask(), ask()]  # answered, then hits (the last one's parse remembered)
+        with diskcache.Cache(str(router.config.cache_dir())) as cache:
+            cache.clear()
+        caches += [ask(), ask(), ask()]  # the remembered call finds no entry: parsed afresh
+        assert caches == ["miss", "hit", "hit", "miss", "hit", "hit"]
+        assert seen == [1, 1]  # each backend call got the request as sent
+        assert len(router.ledger.entries()) == 6
+
+
+def test_the_latency_histogram_is_cumulative_as_prometheus_reads_it() -> None:
+    """Each `le` bucket counts every request at or below it; +Inf and _count all of them."""
+    from router.server.metrics import Metrics
+
+    metrics = Metrics()
+    for seconds in (0.003, 0.01, 0.02, 0.4, 100.0):
+        metrics.observe(200, seconds)
+    text = metrics.render()
+
+    def bucket(le: str) -> int:
+        line = f'router_request_duration_seconds_bucket{{tier="none",le="{le}"}} '
+        return int(text.split(line)[1].split()[0])
+
+    assert [bucket(le) for le in ("0.005", "0.01", "0.025", "0.5", "60.0", "+Inf")] == [
+        1, 2, 3, 4, 4, 5
+    ]  # fmt: skip
+    assert 'router_request_duration_seconds_count{tier="none"} 5' in text
+
+
 BAD_INPUTS: list[tuple[Any, int, str | None, str]] = [
     (b"{not json", 400, None, "not valid JSON"),
     (b"[1, 2]", 400, None, "must be a JSON object"),

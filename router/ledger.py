@@ -7,6 +7,7 @@ the same schema on PostgreSQL for several replicas.
 
 from __future__ import annotations
 
+import operator
 import re
 import sqlite3
 import threading
@@ -222,6 +223,7 @@ _MIGRATIONS = [
 ]
 
 _COLUMNS = [f.name for f in fields(Entry)]
+_VALUES = operator.attrgetter(*_COLUMNS)  # an entry's values in _COLUMNS' order, as a tuple
 SUMMARY_COLUMNS = (
     "group",
     "requests",
@@ -260,13 +262,13 @@ class SQLiteLedger(Store):
         self.reach = Reachability("the ledger", str(path))
 
     def record(self, entry: Entry) -> None:
-        values = [getattr(entry, c) for c in _COLUMNS]
+        values = _VALUES(entry)
         self._write(lambda db: db.execute(_INSERT, values))
 
     async def arecord(self, entry: Entry) -> None:
         """`record` from the event loop: the rows of the hits it serves in one turn share one
         commit (GroupCommit.arun; a commit a row was an eighth of a hit's time)."""
-        values = [getattr(entry, c) for c in _COLUMNS]
+        values = _VALUES(entry)
         with self._writing():
             await self._writes.arun(lambda db: db.execute(_INSERT, values))
 
@@ -274,7 +276,7 @@ class SQLiteLedger(Store):
         self.record(entry)
 
     def finish(self, entry: Entry) -> None:
-        values = [getattr(entry, c) for c in _COLUMNS]
+        values = _VALUES(entry)
 
         def replace_or_insert(db: sqlite3.Connection) -> None:
             if db.execute(_REPLACE, [*values, entry.response_id]).rowcount == 0:

@@ -50,15 +50,25 @@ def routing_headers(routing: Routing) -> dict[str, str]:
     }
 
 
-class FastJSONResponse(JSONResponse):
-    """JSONResponse encoded by orjson (several times json's speed; the same compact UTF-8
-    JSON, NaN as null), falling back to json for what orjson refuses (an int over 64 bits)."""
+class FastJSONResponse(Response):
+    """A 200 JSON answer encoded by orjson (several times json's speed; the same compact
+    UTF-8 JSON, NaN as null; json for what orjson refuses, an int over 64 bits), its headers
+    written raw (Starlette's header building was a fiftieth of a cache hit)."""
 
-    def render(self, content: Any) -> bytes:
+    media_type = "application/json"
+
+    def __init__(self, content: Any, headers: dict[str, str]) -> None:
         try:
-            return orjson.dumps(content)
+            self.body = orjson.dumps(content)
         except TypeError:
-            return super().render(content)
+            self.body = JSONResponse(None).render(content)
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [
+            (b"content-length", b"%d" % len(self.body)),
+            (b"content-type", b"application/json"),
+            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+        ]
 
 
 class RequestIds:

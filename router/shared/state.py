@@ -7,6 +7,7 @@ the replica counts in process (`RepeatDetector`), as a single router does.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -57,9 +58,8 @@ class RedisRepeatDetector(RepeatDetector):
             return
         at = time.time() if now is None else now
         lean = self._link.lean_here()  # on the server's loop (a cache hit): no thread, no wait
-        if lean is not None and lean.send_nowait(
-            self._writes(user, key, at), self._lost(user, key)
-        ):
+        if lean is not None:  # after the answer is written (the loop's next turn)
+            asyncio.get_running_loop().call_soon(self._send_count, lean, user, key, at)
             return
         with self._pending_lock:
             self._pending.append((user, key, at))
@@ -88,6 +88,10 @@ class RedisRepeatDetector(RepeatDetector):
                     super().answered(user, key)
                 continue
             self._link.ok()
+
+    def _send_count(self, lean: Any, user: str | None, key: str, at: float) -> None:
+        if not lean.send_nowait(self._writes(user, key, at), self._lost(user, key)):
+            self._lost(user, key)(ConnectionError("Redis closed the connection"))
 
     def _writes(self, user: str | None, key: str, at: float) -> list[tuple[Any, ...]]:
         """An answer's count: its time added to the set, what the window left behind

@@ -162,17 +162,21 @@ class Parsed:
     def __init__(self) -> None:
         self._known: dict[tuple[Any, bytes, Asked], Call] = {}
 
-    def get(self, parse: Callable[..., Call], raw: bytes, asked: Asked) -> Call | None:
+    def key(self, parse: Callable[..., Call], raw: bytes, asked: Asked) -> Any:
+        """What a body is remembered by; None for one that is not remembered."""
         if parse not in self.PURE or len(raw) > self.MAX_BODY:
             return None
-        return self._known.get((parse, hashlib.blake2b(raw, digest_size=16).digest(), asked))
+        return (parse, hashlib.blake2b(raw, digest_size=16).digest(), asked)
 
-    def put(self, parse: Callable[..., Call], raw: bytes, asked: Asked, call: Call) -> None:
-        if parse not in self.PURE or len(raw) > self.MAX_BODY or call.stream or call.ready:
+    def get(self, key: Any) -> Call | None:
+        return None if key is None else self._known.get(key)
+
+    def put(self, key: Any, call: Call) -> None:
+        if key is None or call.stream or call.ready:
             return
         if len(self._known) >= self.SIZE:
             del self._known[next(iter(self._known))]
-        self._known[(parse, hashlib.blake2b(raw, digest_size=16).digest(), asked)] = call
+        self._known[key] = call
 
 
 class Service:
@@ -326,7 +330,8 @@ class Service:
         try:
             viewer = self.authenticate(request)
             raw, asked = await self.read_body(request), self.asked(request, viewer)
-            known = self.parsed.get(parse, raw, asked)
+            remembered = self.parsed.key(parse, raw, asked)
+            known = self.parsed.get(remembered)
             call = known or parse(raw, asked)
             if call.ready is not None:
                 return JSONResponse(call.ready)
@@ -350,14 +355,14 @@ class Service:
                 headers = {**routing_headers(stream.routing), "Cache-Control": "no-cache"}
                 return StreamingResponse(events, media_type=renderer.media_type, headers=headers)
             looked = await router.alook_up(call.request)
-            if known is not None and (looked is None or looked.hit is None):
-                call = parse(raw, asked)  # a remembered call only answers from the cache
-            elif known is None and looked is not None and looked.hit is not None:
-                self.parsed.put(parse, raw, asked, call)  # (a call a backend saw never is)
             if looked is not None and looked.hit is not None:  # a hit: no thread, no model
+                if known is None:
+                    self.parsed.put(remembered, call)  # (only calls no backend has seen)
                 together = len(request.scope.get(UNDER_WAY, ())) > 1  # other requests' tasks
                 done = await router.acomplete_hit(call.request, looked, together=together)
             else:
+                if known is not None:  # a remembered call only answers from the cache
+                    call = parse(raw, asked)
                 answer = functools.partial(router.complete_request, looked=looked)
                 done = await watched(request, hangup, answer, call.request)
             if hangup.fired:  # nobody to answer: the row says what was done

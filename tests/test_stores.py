@@ -188,3 +188,26 @@ def test_one_bad_write_in_a_group_fails_alone(tmp_path: Path) -> None:
     assert sorted(results.values()) == ["duplicate"] + ["ok"] * 7
     assert sorted(r[0] for r in db.execute("SELECT k FROM t")) == list("abcdefg")
     db.close()
+
+
+def test_the_disk_cache_keeps_what_it_read_in_memory_within_its_bound(tmp_path: Path) -> None:
+    """Entries read or written are also kept in memory (a hit without a SQLite read), within
+    FRONT_BYTES; each get is a fresh copy; another process's entries come from disk."""
+    from router.cache import DiskResponseCache
+
+    cache = DiskResponseCache(tmp_path / "c", ttl_seconds=0, size_limit_mb=64)
+    cache.FRONT_BYTES = 4096  # type: ignore[misc]
+    entries = {f"k{i}": {"response": {"text": f"{i} " + "x" * 1000}} for i in range(20)}
+    for key, value in entries.items():
+        cache.set(key, value)
+    assert 0 < cache._front_bytes <= 4096 and len(cache._front) < 20
+    assert all(cache.get(key) == value for key, value in entries.items())  # disk or memory
+    first = cache.get("k19")
+    assert first is not None and "k19" in cache._front
+    first["response"]["text"] = "changed by a caller"
+    assert cache.get("k19") == entries["k19"]
+    other = DiskResponseCache(tmp_path / "c", ttl_seconds=0, size_limit_mb=64)  # a CLI's
+    other.set("new", {"response": {"text": "from another process"}})
+    assert cache.get("new") == {"response": {"text": "from another process"}}
+    cache.close()
+    other.close()

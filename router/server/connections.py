@@ -72,6 +72,7 @@ HTTP2_REFUSED = (
 )
 
 UNDER_WAY = "router.under_way"  # the scope's key for the server's requests under way
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/._~-]*\Z")  # what quote() leaves as it is
 _SECRET_PARAM = re.compile(r"(?i)([?&][^=&\s]*(?:key|token|secret|password)[^=&\s]*=)[^&\s\"]*")
 _ROUTER_KEY = re.compile(r"rk-[A-Za-z0-9_\-]+")
 
@@ -122,7 +123,9 @@ class AccessLog:
     def line(self, scope: Any, status: int, request_id: str) -> None:
         client = scope.get("client")
         address = f"{client[0]}:{client[1]}" if client else "-"
-        target = urllib.parse.quote(scope.get("root_path", "") + scope["path"])
+        target = scope.get("root_path", "") + scope["path"]
+        if not _PLAIN_PATH.match(target):
+            target = urllib.parse.quote(target)
         query = scope.get("query_string", b"")
         if query:
             target = f"{target}?{query.decode('ascii', 'replace')}"

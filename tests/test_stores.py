@@ -211,3 +211,22 @@ def test_the_disk_cache_keeps_what_it_read_in_memory_within_its_bound(tmp_path: 
     assert cache.get("new") == {"response": {"text": "from another process"}}
     cache.close()
     other.close()
+
+
+def test_answer_ids_sort_by_time_so_ledger_rows_land_at_the_end_of_its_index() -> None:
+    """`chatcmpl-` and 32 hex digits as before (clients, feedback and other APIs' prefixes see
+    no change), unique, and ids made in a later millisecond sort after earlier ones: a row's
+    entry in the ledger's response_id index goes on its last page, not a random one."""
+    import re
+
+    from router.chunks import new_id, public_id
+
+    ids = [new_id() for _ in range(2000)]
+    assert all(re.fullmatch(r"chatcmpl-[0-9a-f]{32}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    time.sleep(0.002)
+    later = new_id()
+    assert later > max(ids)
+    stamp = int(later.removeprefix("chatcmpl-")[:12], 16) / 1000
+    assert abs(stamp - time.time()) < 5
+    assert public_id(later, "msg_") == "msg_" + later.removeprefix("chatcmpl-")

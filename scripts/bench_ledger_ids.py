@@ -89,10 +89,10 @@ def main() -> None:
                     ledger._writes.run(lambda db, fill=fill: [ledger_insert(db, e) for e in fill])
                     have = max(have, size)
                     for batch in (1, 3, 8):
-                        passes = [per_row_us(ledger, rows(make_id, args.rows), batch)]
-                        passes += [per_row_us(ledger, rows(make_id, args.rows), batch)]
-                        passes += [per_row_us(ledger, rows(make_id, args.rows), batch)]
-                        have += 3 * args.rows
+                        passes = [
+                            per_row_us(ledger, rows(make_id, args.rows), batch) for _ in range(3)
+                        ]
+                        have += len(passes) * args.rows
                         table.setdefault((kind, size), {})[batch] = statistics.median(passes)
     print(f"# bench_ledger_ids: {time.strftime('%Y-%m-%d %H:%M')}, rows={args.rows}\n")
     print("| ids                   | ledger rows | 1 a commit | 3 a commit | 8 a commit |")

@@ -99,10 +99,16 @@ class Books:
             self._not_taken(routing)
 
     async def arecord_hit(
-        self, request: ChatRequest, key: str, routing: Routing, started: float
+        self,
+        request: ChatRequest,
+        key: str,
+        routing: Routing,
+        started: float,
+        *,
+        stream: bool = False,
     ) -> None:
         """`record` of a cache hit, from the server's event loop (Ledger.arecord)."""
-        entry = self._answered(request, key, routing, started, False)
+        entry = self._answered(request, key, routing, started, stream)
         try:
             await self._ledger.arecord(entry)
         except LedgerUnavailableError:

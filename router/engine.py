@@ -234,18 +234,22 @@ class Router:
         return cache_key(request, params, self._fingerprint, per_user=self._cache.per_user)
 
     async def acomplete_hit(
-        self, request: ChatRequest, looked: Lookup, *, together: bool = True
+        self, request: ChatRequest, looked: Lookup, *, together: bool = True, stream: bool = False
     ) -> Completion:
-        """A hit `alook_up` found, answered on the server's event loop. `together` (other
-        requests are under way): its row is committed with those of the other hits of the
-        loop's turn (Books.arecord_hit); alone, at once (waiting for the turn's end cost a
-        lone client a twentieth of its hits)."""
+        """A hit `alook_up` found, answered on the server's event loop (`stream`: the client
+        asked for a stream, which the server renders from the whole answer). `together`
+        (other requests are under way): its row is committed with those of the other hits of
+        the loop's turn (Books.arecord_hit); alone, at once (waiting for the turn's end cost
+        a lone client a twentieth of its hits)."""
         assert looked.hit is not None
-        if not together:
-            return self.complete_request(request, looked=looked)
         decision = self.decide(request, guard=False, repeated=looked.repeated, key=looked.key)
         done = self._replay(looked.hit, decision)
-        await self._books.arecord_hit(request, looked.key, done.routing, looked.started)
+        if together:
+            await self._books.arecord_hit(
+                request, looked.key, done.routing, looked.started, stream=stream
+            )
+        else:
+            self._books.record(request, looked.key, done.routing, looked.started, stream=stream)
         return done
 
     def _replay(self, hit: dict[str, Any], decision: Decision) -> Completion:
@@ -297,13 +301,13 @@ class Router:
         return done
 
     def stream_request(
-        self, request: ChatRequest, hangup: Hangup | None = None
+        self, request: ChatRequest, hangup: Hangup | None = None, *, looked: Lookup | None = None
     ) -> CompletionStream:
-        """Like `complete_request`, streamed: returns once the chosen model has started."""
-        started = time.perf_counter()
+        """Like `complete_request`, streamed: returns once the chosen model has started.
+        `looked`: its `look_up`, when the caller made it (the server, on its loop)."""
+        looked = looked or self.look_up(request)
+        started, key, hit, repeated = looked.started, looked.key, looked.hit, looked.repeated
         params = self._params(request)
-        key = cache_key(request, params, self._fingerprint, per_user=self._cache.per_user)
-        hit, repeated = self._cache.lookup(request, key, self._repeats)
         decision = self.decide(request, guard=hit is None, repeated=repeated, key=key)
         if hit is not None:
             response, routing = self._cache.replay(hit, decision)

@@ -22,13 +22,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.backends.hangup import Hangup
+from router.chunks import replay
 from router.engine import Router
 from router.errors import ClientGoneError, RouterError, exit_code
 from router.server.connections import UNDER_WAY, AccessLog
 from router.server.keys import PREFIX, KeyOwner, Keys
 from router.server.metrics import Metrics
 from router.server.streams import open_stream, relay
-from router.types import Routing
+from router.types import Completion, Routing
 from router.wire import chat
 from router.wire.api import ROUTING_HEADER, Asked, Call, Renderer, routing_json
 from router.wire.http import HTTPError, http_error
@@ -151,10 +152,10 @@ class Parsed:
     """Bodies already parsed, by their bytes and what the HTTP layer added (Asked): a repeated
     request, a cache hit most of all, is not parsed and validated again (a tenth of a hit).
 
-    Only non-streamed calls of small bodies (at most 8 KiB), at most 256, the oldest forgotten
-    first; only for parsers that are pure functions of the two (the chat API's). A remembered
-    call only ever answers from the cache: a request the cache does not answer is parsed
-    afresh (Service.serve), so what a backend may do to a request is never shared."""
+    Only calls of small bodies (at most 8 KiB, streamed or not), at most 256, the oldest
+    forgotten first; only for parsers that are pure functions of the two (the chat API's). A
+    remembered call only ever answers from the cache: a request the cache does not answer is
+    parsed afresh (Service.serve), so what a backend may do to a request is never shared."""
 
     PURE: frozenset[Callable[..., Any]] = frozenset({chat.parse})
     MAX_BODY, SIZE = 8192, 256
@@ -172,7 +173,7 @@ class Parsed:
         return None if key is None else self._known.get(key)
 
     def put(self, key: Any, call: Call) -> None:
-        if key is None or call.stream or call.ready:
+        if key is None or call.ready:
             return
         if len(self._known) >= self.SIZE:
             del self._known[next(iter(self._known))]
@@ -311,6 +312,16 @@ class Service:
         return HTTPError(500, f"internal error (request {rid})", "server_error")
 
     @staticmethod
+    def replayed(renderer: Renderer, call: Call, done: Completion) -> Response:
+        """A cache hit asked for as a stream: its events, rendered at once (router.chunks
+        .replay), in one body."""
+        writer = renderer.writer(call, done.routing)
+        events = [writer.start(), *map(writer.chunk, replay(done.response))]
+        body = b"".join([*events, writer.end(done.routing)])
+        headers = {**routing_headers(done.routing), "Cache-Control": "no-cache"}
+        return Response(body, media_type=renderer.media_type, headers=headers)
+
+    @staticmethod
     def error_response(renderer: Renderer, err: HTTPError) -> Response:
         return JSONResponse(renderer.error(err), status_code=err.status, headers=err.headers)
 
@@ -337,9 +348,22 @@ class Service:
                 return JSONResponse(call.ready)
             hangup = Hangup()
             router = self.router
-            if call.stream:
+            looked = await router.alook_up(call.request)
+            if looked is not None and looked.hit is not None:  # a hit: no thread, no model
+                if known is None:
+                    self.parsed.put(remembered, call)  # (only calls no backend has seen)
+                together = len(request.scope.get(UNDER_WAY, ())) > 1  # other requests' tasks
+                done = await router.acomplete_hit(
+                    call.request, looked, together=together, stream=call.stream
+                )
+                if call.stream:  # the whole stream in one piece, as the thread would send it
+                    observe(200, done.routing)
+                    return self.replayed(renderer, call, done)
+            elif call.stream:
+                if known is not None:  # a remembered call only answers from the cache
+                    call = parse(raw, asked)
                 stream, feed = await open_stream(
-                    functools.partial(router.stream_request, call.request),
+                    functools.partial(router.stream_request, call.request, looked=looked),
                     hangup,
                     functools.partial(disconnected, request),
                 )
@@ -354,12 +378,6 @@ class Service:
                 )
                 headers = {**routing_headers(stream.routing), "Cache-Control": "no-cache"}
                 return StreamingResponse(events, media_type=renderer.media_type, headers=headers)
-            looked = await router.alook_up(call.request)
-            if looked is not None and looked.hit is not None:  # a hit: no thread, no model
-                if known is None:
-                    self.parsed.put(remembered, call)  # (only calls no backend has seen)
-                together = len(request.scope.get(UNDER_WAY, ())) > 1  # other requests' tasks
-                done = await router.acomplete_hit(call.request, looked, together=together)
             else:
                 if known is not None:  # a remembered call only answers from the cache
                     call = parse(raw, asked)

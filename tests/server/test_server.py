@@ -170,10 +170,14 @@ def test_models_health_and_metrics(serve: Serve) -> None:
     assert saved > 0
 
 
-def test_a_request_a_backend_changed_never_answers_a_later_repeat(tmp_path: Path) -> None:
-    """Repeated bodies are not parsed again when the cache answers them (Parsed); a request a
-    backend saw (and may change in place, as LiteLLM does to messages) is never the one a
-    later repeat is answered with: every repeat is keyed and answered as it was sent."""
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_a_backend_changed_never_answers_a_later_repeat(
+    tmp_path: Path, stream: bool
+) -> None:
+    """Repeated bodies are not parsed again when the cache answers them (Parsed), streamed or
+    not; a request a backend saw (and may change in place, as LiteLLM does to messages) is
+    never the one a later repeat is answered with: every repeat is keyed and answered as it
+    was sent."""
     from router.backends import FunctionBackend
 
     seen: list[int] = []
@@ -184,7 +188,11 @@ def test_a_request_a_backend_changed_never_answers_a_later_repeat(tmp_path: Path
         return "local answer"
 
     config = write_config(tmp_path, None, '[cache]\ndir = "cache"\nttl_seconds = 1\n')
-    body = {"model": "local", "messages": [{"role": "user", "content": "Hi, are you there?"}]}
+    body = {
+        "model": "local",
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Hi, are you there?"}],
+    }
     with (
         Router(config, backends={"smollm2": FunctionBackend("smollm2", meddling)}) as router,
         ServerThread(create_app(router)) as server,
@@ -193,7 +201,13 @@ def test_a_request_a_backend_changed_never_answers_a_later_repeat(tmp_path: Path
 
         def ask() -> str:
             r = http.post("/v1/chat/completions", json=body)
-            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+            assert r.status_code == 200
+            if stream:
+                events = [json.loads(e[6:]) for e in r.text.split("\n\n") if e[6:7] == "{"]
+                text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+                assert text == "local answer" and r.text.endswith("data: [DONE]\n\n")
+            else:
+                assert r.json()["choices"][0]["message"]["content"] == "local answer"
             return r.headers["x-router-cache"]
 
         caches = [ask(), ask(), ask()]  # answered, then hits (the last one's parse remembered)

@@ -11,9 +11,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import anthropic
+import ollama
 import openai
 import pytest
 
+from router import Router
 from router.server import streams
 from router.server.app import create_app
 from router.server.streams import Pullers
@@ -98,3 +101,64 @@ def test_sequential_streams_share_one_thread_and_concurrent_ones_each_get_one(
         assert 2 <= len(stream_threads()) - before <= 4  # overlapping streams: their own
         assert wait_until(lambda: len(stream_threads()) == before, 5)  # idle: ended
         assert ask("after a rest") == "cloud answer to: after a rest"
+
+
+class CountingPullers(Pullers):
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = 0
+
+    def run(self, job: Any) -> None:
+        self.runs += 1
+        super().run(job)
+
+
+def test_a_streamed_cache_hit_needs_no_thread_in_any_api(
+    served: tuple[Router, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Coding agents stream every request. One the cache answers is rendered on the event
+    loop from the whole cached answer, with no stream thread: each API's official client
+    reads the same text and the same ending as from the first answer, and the ledger's row
+    says streamed, cache hit."""
+    router, url = served
+    pullers = CountingPullers()
+    monkeypatch.setattr(streams, "PULLERS", pullers)
+    ask = [{"role": "user", "content": "Hi, stream this"}]  # (chat and Ollama share a cache)
+    chat = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+    messages = anthropic.Anthropic(base_url=url, api_key="sk-ant-none", max_retries=0)
+    llama = ollama.Client(host=url)
+
+    def openai_chat() -> tuple[str, Any]:
+        asked = [{"role": "user", "content": "Hi, stream this chat"}]
+        chunks = list(chat.chat.completions.create(model="auto", messages=asked, stream=True))  # type: ignore[arg-type]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return text, chunks[-1].choices[0].finish_reason
+
+    def anthropic_messages() -> tuple[str, Any]:
+        with messages.messages.stream(model="claude-haiku-5", max_tokens=64, messages=ask) as s:
+            kinds = [event.type for event in s]
+            final = s.get_final_message()
+        return final.content[0].text, (kinds[0], kinds[-2:], final.stop_reason)  # type: ignore[union-attr]
+
+    def responses() -> tuple[str, Any]:
+        with chat.responses.stream(model="gpt-5", input="Hi, stream this") as s:
+            kinds = [event.type for event in s]
+            final = s.get_final_response()
+        return final.output_text, (kinds[:2], kinds[-1], final.status)
+
+    def ollama_chat() -> tuple[str, Any]:
+        asked = [{"role": "user", "content": "Hi, stream this to Ollama"}]
+        pieces = list(llama.chat(model="auto", messages=asked, stream=True))
+        text = "".join(p.message.content or "" for p in pieces)
+        return text, (pieces[-1].done, pieces[-1].done_reason, pieces[-1].eval_count)
+
+    for api in (openai_chat, anthropic_messages, responses, ollama_chat):
+        runs = pullers.runs
+        first = api()
+        assert pullers.runs == runs + 1, api.__name__  # the model's stream: a thread
+        again = api()
+        assert pullers.runs == runs + 1, api.__name__  # the cache's: none
+        assert again == first and first[0] == "Hello from the router.", api.__name__
+        missed, hit = router.ledger.entries()[-2:]
+        assert (missed.cache_hit, hit.cache_hit) == (False, True), api.__name__
+        assert missed.stream and hit.stream, api.__name__

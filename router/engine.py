@@ -467,7 +467,9 @@ class Router:
                     finish_reason = choice.get("finish_reason") or finish_reason
                 usage = chunk.get("usage") or usage
                 yield chunk
-            complete = True
+            # A backend that stopped for the client's hang-up ends its stream early, or gives
+            # none: an answer cut short, never one to cache.
+            complete = hangup is None or not hangup.cut
         except BackendError as exc:  # the model failed mid-answer (a worker crash, a cut)
             routing.reason += f"; answer cut: {exc}"
             raise

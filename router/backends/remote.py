@@ -102,17 +102,30 @@ class RemoteBackend:
 
     def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         body = self._body(request, params, stream=True)
+        hangup = hangups.current()
 
         def attempt(endpoint: Endpoint) -> tuple[httpx.Response, Iterator[dict[str, Any]], Any]:
-            response = self._post(endpoint, body, stream=True)
-            events = self._events(response)
-            try:  # a failure before any answer reached the caller: another endpoint
-                return response, events, next(events, None)
-            except BaseException:
-                response.close()
-                raise
+            armed: list[Callable[[], None]] = []  # a hang-up shuts the connection until the
+            try:  # first chunk (a queued or long prompt); after it, the relay closes it
+                response = self._post(endpoint, body, stream=True, armed=armed)
+                events = self._events(response)
+                try:  # a failure before any answer reached the caller: another endpoint
+                    return response, events, next(events, None)
+                except BaseException:
+                    response.close()
+                    if hangup is not None and hangup.fired:
+                        raise _HungUp from None
+                    raise
+            finally:
+                for disarm in armed:
+                    disarm()
 
-        endpoint, (response, events, first) = self._on_some_endpoint(attempt)
+        try:
+            endpoint, (response, events, first) = self._on_some_endpoint(attempt)
+        except _HungUp:  # nothing generated for a client that left: an empty answer
+            if hangup is not None:
+                hangup.cut_short(estimated=True)
+            return
         yield from self._relay(endpoint, response, first, events)
 
     def _on_some_endpoint(self, attempt: Callable[[Endpoint], T]) -> tuple[Endpoint, T]:
@@ -192,13 +205,22 @@ class RemoteBackend:
             body["stream_options"] = {"include_usage": True}
         return json.dumps(body).encode()
 
-    def _post(self, endpoint: Endpoint, body: bytes, *, stream: bool = False) -> httpx.Response:
-        """The server's response with status 200, or _Transient / BackendError."""
+    def _post(
+        self,
+        endpoint: Endpoint,
+        body: bytes,
+        *,
+        stream: bool = False,
+        armed: list[Callable[[], None]] | None = None,
+    ) -> httpx.Response:
+        """The server's response with status 200, or _Transient / BackendError / _HungUp.
+        While it is awaited, a hang-up shuts the connection; `armed` (a stream's): it stays
+        so, until the caller calls what `armed` was given."""
         wait = deadline.timeout(self._model.timeout_seconds)
         timeout = httpx.Timeout(wait, connect=min(CONNECT_SECONDS, wait))
-        hangup = None if stream else hangups.current()  # a stream is stopped by closing it
+        hangup = hangups.current()
         client = self._client if hangup is None else self._own
-        forget: list[Callable[[], None]] = []
+        forget: list[Callable[[], None]] = [] if armed is None else armed
 
         def trace(event: str, info: dict[str, Any]) -> None:
             """httpcore's trace hook: the new connection, to shut when the client hangs up
@@ -224,8 +246,9 @@ class RemoteBackend:
                 raise _Transient(f"timed out after {wait:.0f} s", at_once=True) from None
             raise _Transient(f"cannot reach it ({_reason(exc)})", at_once=True) from None
         finally:
-            for done in forget:
-                done()
+            if armed is None:
+                for done in forget:
+                    done()
         if response.status_code == 200:
             return response
         try:

@@ -259,11 +259,13 @@ def test_a_long_cloud_stream_arrives_whole_and_a_hang_up_mid_stream_stops_it(
     assert 0 < rows[0].completion_tokens < n
 
 
+@pytest.mark.parametrize("stream", [False, True])
 def test_a_hang_up_shuts_the_connection_to_a_local_server(
-    make_light_router: Any, fake_cloud: FakeCloud
+    make_light_router: Any, fake_cloud: FakeCloud, stream: bool
 ) -> None:
     """A local model on a server (Ollama, llama-server): the connection is shut, so the server
-    stops, and the endpoint is not blamed for it."""
+    stops, and the endpoint is not blamed for it. Streamed, the client is watched while the
+    stream starts: a hang-up before the first token shuts it as well."""
     box = f"""
     [models.box]
     tier = "local"
@@ -280,13 +282,23 @@ def test_a_hang_up_shuts_the_connection_to_a_local_server(
         fake_cloud.inject(Fault(status=200, delay=3.0))  # answers after 3 s
         started = time.monotonic()
         post_and_hang_up(
-            server.url, {"model": "box", "messages": [{"role": "user", "content": "Hi"}]}
+            server.url,
+            {"model": "box", "stream": stream, "messages": [{"role": "user", "content": "Hi"}]},
         )
         rows = wait_for(lambda: router.ledger.entries()[1:], 5.0)
         took = time.monotonic() - started
         health = details(server.url)
+        again = httpx.post(  # the cut answer was not cached: asked again, it is answered
+            f"{server.url}/v1/chat/completions",
+            json={
+                "model": "box",
+                "stream": stream,
+                "messages": [{"role": "user", "content": "Hi"}],
+            },
+        )
     assert rows and took < 2.5, f"{took:.1f} s"  # not the server's 3 s
     assert "answer cut: client disconnected (tokens estimated)" in rows[0].reason
+    assert again.status_code == 200 and again.headers["x-router-cache"] == "miss"
     (endpoint,) = health["models"]["box"]["worker"]["endpoints"]
     assert endpoint["state"] == "up" and endpoint["failures"] == 0
 

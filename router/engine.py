@@ -241,19 +241,25 @@ class Router:
         (other requests are under way): its row is committed with those of the other hits of
         the loop's turn (Books.arecord_hit); alone, at once (waiting for the turn's end cost
         a lone client a twentieth of its hits)."""
-        assert looked.hit is not None
-        decision = self.decide(request, guard=False, repeated=looked.repeated, key=looked.key)
-        done = self._replay(looked.hit, decision)
-        if together:
-            await self._books.arecord_hit(
-                request, looked.key, done.routing, looked.started, stream=stream
-            )
-        else:
-            self._books.record(request, looked.key, done.routing, looked.started, stream=stream)
+        if not together:
+            return self._hit(request, looked, stream=stream)
+        done = self._replay(request, looked)
+        await self._books.arecord_hit(
+            request, looked.key, done.routing, looked.started, stream=stream
+        )
         return done
 
-    def _replay(self, hit: dict[str, Any], decision: Decision) -> Completion:
-        response, routing = self._cache.replay(hit, decision)
+    def _hit(self, request: ChatRequest, looked: Lookup, *, stream: bool) -> Completion:
+        """A cache hit answered, its row written at once."""
+        done = self._replay(request, looked)
+        self._books.record(request, looked.key, done.routing, looked.started, stream=stream)
+        return done
+
+    def _replay(self, request: ChatRequest, looked: Lookup) -> Completion:
+        """The cached answer `looked` found, as a new answer (a hit is never guarded)."""
+        assert looked.hit is not None
+        decision = self.decide(request, guard=False, repeated=looked.repeated, key=looked.key)
+        response, routing = self._cache.replay(looked.hit, decision)
         routing.response_id = response["id"]
         self._account(routing, response.get("usage") or {})
         return Completion(response, routing)
@@ -265,13 +271,11 @@ class Router:
         stops the generation, and the row says the answer was cut. `looked`: its `look_up`,
         when the caller made it (a hit then needs no thread and no model)."""
         looked = looked or self.look_up(request)
-        started, key, hit = looked.started, looked.key, looked.hit
+        if looked.hit is not None:
+            return self._hit(request, looked, stream=False)
+        started, key = looked.started, looked.key
         params = self._params(request)
-        decision = self.decide(request, guard=hit is None, repeated=looked.repeated, key=key)
-        if hit is not None:
-            done = self._replay(hit, decision)
-            self._books.record(request, key, done.routing, started, stream=False)
-            return done
+        decision = self.decide(request, repeated=looked.repeated, key=key)
 
         def call(name: str, params: dict[str, Any]) -> dict[str, Any]:
             return self._backend(name).complete(request, params)
@@ -306,15 +310,12 @@ class Router:
         """Like `complete_request`, streamed: returns once the chosen model has started.
         `looked`: its `look_up`, when the caller made it (the server, on its loop)."""
         looked = looked or self.look_up(request)
-        started, key, hit, repeated = looked.started, looked.key, looked.hit, looked.repeated
+        if looked.hit is not None:
+            done = self._hit(request, looked, stream=True)
+            return CompletionStream(iter(replay(done.response)), done.routing)
+        started, key = looked.started, looked.key
         params = self._params(request)
-        decision = self.decide(request, guard=hit is None, repeated=repeated, key=key)
-        if hit is not None:
-            response, routing = self._cache.replay(hit, decision)
-            routing.response_id = response["id"]
-            self._account(routing, response.get("usage") or {})
-            self._books.record(request, key, routing, started, stream=True)
-            return CompletionStream(iter(replay(response)), routing)
+        decision = self.decide(request, repeated=looked.repeated, key=key)
 
         def call(
             name: str, params: dict[str, Any]

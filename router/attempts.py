@@ -62,13 +62,14 @@ class Attempts:
         that says how it came (attempts, fallbacks, a budget cut) and the budget held for it
         (settle it with `settle` once the answer's usage is known)."""
         try:
-            name, result, reservation, failures = self._try(
+            name, result, reservation, failures, shown = self._try(
                 request, decision, params, call, response_id, stream, views
             )
         except BaseException:
             self._books.abandon(response_id)
             raise
         routing = self._routing(decision, name, failures, reservation, response_id)
+        routing.shown.update((f, s) for f, s in zip(failures, shown, strict=True) if f != s)
         model = self._config.models[name]
         if (
             request.native is not None
@@ -76,6 +77,11 @@ class Attempts:
             and model.speaks(request.api)
         ):
             routing.reason += f"; passed to {name} as it came ({request.api} API)"
+            if request.native.dropped:  # outside the API's allow-list (backends.native)
+                routing.reason += (
+                    f"; not passed on: {', '.join(request.native.dropped)} "
+                    "(not a request field this router passes)"
+                )
         elif request.dropped:  # what the translation into a chat request could not carry
             routing.reason += (
                 f"; dropped {', '.join(request.dropped)} (not carried to a chat model)"
@@ -106,7 +112,9 @@ class Attempts:
         response_id: str,
         stream: bool,
         views: Mapping[str, ModelView],
-    ) -> tuple[str, T, Reservation | None, list[str]]:
+    ) -> tuple[str, T, Reservation | None, list[str], list[str]]:
+        """The model that answered, its answer and reservation, and the failures before it:
+        in the operator's words and in a client's."""
         failures: list[str] = []
         shown: list[str] = []  # the same, as clients may read them (RouterError.public)
         unrecorded: LedgerUnavailableError | None = None
@@ -158,7 +166,7 @@ class Attempts:
             except BaseException:
                 self._release(reservation)
                 raise
-            return name, result, reservation, failures
+            return name, result, reservation, failures, shown
         if unrecorded is not None:
             raise unrecorded
         if spent is not None:

@@ -19,18 +19,24 @@ import os
 import pickle
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from router.chunks import new_id
 from router.config import CloudModel, Config, LocalModel
+from router.shared import Reachability
 from router.types import ChatRequest, Decision, Routing
 
 if TYPE_CHECKING:
     from router.governance.waste import RepeatDetector
 
-KEY_VERSION = 2
+# 3: the key covers a passed-through request's own body and headers, and entries name the
+# paid call (its ledger row) that produced them; an entry of an older router, which may hold
+# an answer a request body supplied (issue 34), is never read.
+KEY_VERSION = 3
+T = TypeVar("T")
 
 
 class ResponseCache(Protocol):
@@ -58,6 +64,8 @@ def cache_key(
         "params": params,
         "routing": routing_fingerprint,
     }
+    if request.native is not None:  # what a model speaking the API gets besides (thinking...)
+        fields["native"] = [request.native.body, request.native.headers]
     if per_user:
         fields["user"] = request.user
     payload = json.dumps(
@@ -84,6 +92,7 @@ class DiskResponseCache:
         import diskcache
 
         directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
         self._cache = diskcache.Cache(str(directory), size_limit=size_limit_mb * 1024 * 1024)
         self._ttl = ttl_seconds or None
         self._front: dict[str, tuple[float | None, bytes]] = {}  # key: (expires, pickled)
@@ -169,6 +178,21 @@ def sampled(params: dict[str, Any]) -> bool:
     return bool((temperature is not None and temperature > 0) or (top_p is not None and top_p < 1))
 
 
+def answered(entry: Any) -> dict[str, Any] | None:
+    """A cache entry that a model call produced (it names the call's ledger row), else None:
+    anything else is never served."""
+    if (
+        isinstance(entry, dict)
+        and isinstance(entry.get("response"), dict)
+        and isinstance(entry.get("row"), str)
+        and entry["row"]
+        and entry.get("tier") in ("local", "cloud")
+        and isinstance(entry.get("model"), str)
+    ):
+        return entry
+    return None
+
+
 @dataclass(frozen=True)
 class Lookup:
     """What the cache said of a request (Router.look_up): its key, the entry (None: a miss or
@@ -193,6 +217,34 @@ class CachePolicy:
         self.cache = cache
         self.on_sampled = on_sampled
         self.per_user = per_user  # [cache] scope = "user": each user their own answers
+        # Best effort: a cache that cannot be read or written (a full disk, a broken file)
+        # costs hits, never an answer; /health says so (`health`), the log says when.
+        where = str(getattr(cache, "directory", None) or type(cache).__name__)
+        self.writes = Reachability("the response cache (writes)", where)
+        self.reads = Reachability("the response cache (reads)", where)
+
+    def health(self) -> dict[str, Any]:
+        """`up`: its last read and its last write worked; the failures and the last one."""
+        reads, writes = self.reads.state(), self.writes.state()
+        last = writes["last_error"] if not writes["up"] else reads["last_error"]
+        return {
+            "kind": type(self.cache).__name__ if self.cache else None,
+            "up": reads["up"] and writes["up"],
+            "errors": reads["errors"] + writes["errors"],
+            "write_failures": writes["errors"],
+            "read_failures": reads["errors"],
+            "last_error": last if not (reads["up"] and writes["up"]) else None,
+            "down_since": writes["down_since"] or reads["down_since"],
+        }
+
+    def _read(self, read: Callable[[], T]) -> T | None:
+        try:
+            found = read()
+        except Exception as exc:  # a miss: the request goes to a model
+            self.reads.failed(exc)
+            return None
+        self.reads.ok()
+        return found
 
     @property
     def local(self) -> bool:
@@ -206,7 +258,10 @@ class CachePolicy:
         return self.on_sampled == "reuse" or not sampled(request.params)
 
     def get(self, request: ChatRequest, key: str) -> dict[str, Any] | None:
-        return self.cache.get(key) if self.cache is not None and self.applies(request) else None
+        cache = self.cache
+        if cache is None or not self.applies(request):
+            return None
+        return answered(self._read(lambda: cache.get(key)))
 
     def lookup(
         self, request: ChatRequest, key: str, repeats: RepeatDetector
@@ -215,13 +270,15 @@ class CachePolicy:
         whether answering it again repeats earlier answers (a sampled request never does): one
         round trip when both live on Redis (router.shared.cache)."""
         check = not sampled(request.params)
-        if self.cache is None or not self.applies(request):
+        cache = self.cache
+        if cache is None or not self.applies(request):
             return None, check and repeats.repeated(request.user, key)
-        counting = getattr(self.cache, "get_counting", None)
+        counting = getattr(cache, "get_counting", None)
         if check and counting is not None:
             hit, repeated = counting(key, repeats, request.user)
-            return hit, bool(repeated)
-        return self.cache.get(key), check and repeats.repeated(request.user, key)
+            return answered(hit), bool(repeated)
+        hit = self._read(lambda: cache.get(key))
+        return answered(hit), check and repeats.repeated(request.user, key)
 
     def reads_async(self, request: ChatRequest) -> bool:
         """Whether `alookup` can read this request's entry without blocking (Redis)."""
@@ -236,7 +293,7 @@ class CachePolicy:
     ) -> tuple[dict[str, Any] | None, bool]:
         """`lookup` on an event loop, for a request that `reads_async`."""
         hit, repeated = await self.cache.aget_counting(key, repeats, request.user)  # type: ignore[union-attr]
-        return hit, bool(repeated) and not sampled(request.params)
+        return answered(hit), bool(repeated) and not sampled(request.params)
 
     def set(
         self, request: ChatRequest, key: str, response: dict[str, Any], routing: Routing
@@ -244,10 +301,27 @@ class CachePolicy:
         # A fallback answer (the chosen model failed, or a budget kept the request local) is
         # not what this request gets in normal times: serving it to everyone from the cache
         # would spread one user's degraded answer.
-        if self.cache is not None and self.applies(request) and not routing.attempts:
-            self.cache.set(
-                key, {"response": response, "tier": routing.tier, "model": routing.model}
-            )
+        if (
+            self.cache is not None
+            and self.applies(request)
+            and not routing.attempts
+            and not routing.cache_hit
+            and routing.response_id
+        ):
+            # `row`: the ledger row of the model call that produced it (its id is the
+            # answer's): only what a model answered is cached, and a hit says which call.
+            entry = {
+                "response": response,
+                "tier": routing.tier,
+                "model": routing.model,
+                "row": routing.response_id,
+            }
+            try:
+                self.cache.set(key, entry)
+            except Exception as exc:  # best effort: a full or broken cache costs no answer
+                self.writes.failed(exc)
+                return
+            self.writes.ok()
 
     @staticmethod
     def replay(hit: dict[str, Any], decision: Decision) -> tuple[dict[str, Any], Routing]:
@@ -258,7 +332,7 @@ class CachePolicy:
             tier=hit["tier"],
             model=hit["model"],
             score=decision.score,
-            reason=f"cache hit (first answered by {hit['model']})",
+            reason=f"cache hit (first answered by {hit['model']}, answer {hit['row']})",
             cache_hit=True,
             category=decision.category,
             flags=list(decision.flags),

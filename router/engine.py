@@ -406,6 +406,10 @@ class Router:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def cache_health(self) -> dict[str, Any]:
+        """The response cache's state: `up` (its last read or write worked), its failures."""
+        return self._cache.health()
+
     def shared_health(self) -> dict[str, Any]:
         """[shared] Redis's state, and settlements waiting for it ({} without Redis)."""
         if self.link is None:
@@ -472,7 +476,7 @@ class Router:
             # none: an answer cut short, never one to cache.
             complete = hangup is None or not hangup.cut
         except BackendError as exc:  # the model failed mid-answer (a worker crash, a cut)
-            routing.reason += f"; answer cut: {exc}"
+            routing.note(f"; answer cut: {exc}", f"; answer cut: {exc.public}")
             raise
         finally:
             close = getattr(chunks, "close", None)

@@ -81,6 +81,19 @@ def _check_text(name: str, value: Any) -> None:
 
 
 @dataclass(frozen=True)
+class Native:
+    """What of a request may reach a model that speaks its API as it came
+    (router.backends.native): its API's documented request fields, as its wire module's
+    allow-list keeps them (router.wire.messages.NATIVE), and the documented headers that go
+    with them, checked. Nothing else of the body or the headers reaches the provider call."""
+
+    body: Mapping[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Top-level fields of the body that were not kept (the ledger's reason names them).
+    dropped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ChatRequest:
     """One chat completion request, validated on construction.
 
@@ -106,7 +119,7 @@ class ChatRequest:
     max_tokens_cap: bool = False
     # The request's own body, for a model that speaks its API (router.backends.native):
     # Anthropic's `thinking`, `cache_control`... then reach it as they were sent.
-    native: dict[str, Any] | None = None
+    native: Native | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "messages", validate_messages(self.messages))
@@ -212,9 +225,32 @@ class Routing:
     # cloud failed or could not be used, a budget or guardrail kept it local), "cache" (a
     # cache hit) or "cloud" (a paid answer).
     saved_by: str = ""
+    # What the operator's words in `reason` and `attempts` (a provider's error text, a
+    # worker's pid) read as for a client: each private text and its public one.
+    shown: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def note(self, private: str, public: str) -> None:
+        """Add `private` to the reason, read as `public` by clients."""
+        self.reason += private
+        if public != private:
+            self.shown[private] = public
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Everything, for the operator (the library, the CLI in-process, the ledger)."""
+        out = asdict(self)
+        del out["shown"]
+        return out
+
+    def public_dict(self) -> dict[str, Any]:
+        """What a client may read (x-router-routing, a stream's routing comment): the same,
+        with each private text in the reason and the attempts in its public words."""
+        out = self.to_dict()
+        reason = self.reason
+        for private, public in self.shown.items():
+            reason = reason.replace(private, public)
+        out["reason"] = reason
+        out["attempts"] = [self.shown.get(a, a) for a in self.attempts]
+        return out
 
 
 @dataclass

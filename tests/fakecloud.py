@@ -141,6 +141,8 @@ class FakeCloud:
                     cloud.requests.append(body)
                     cloud.headers.append({k.lower(): v for k, v in self.headers.items()})
                 path = self.path.split("?")[0]
+                if not path.endswith("/chat/completions") and self._failed():
+                    return
                 if path.endswith("/messages"):  # Anthropic's API, for native passthrough
                     self._anthropic(body)
                     return
@@ -262,6 +264,20 @@ class FakeCloud:
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
                 self.close_connection = True
+
+            def _failed(self) -> bool:
+                """A queued fault for a request other than chat's (embeddings, Messages,
+                Responses): answered as an OpenAI error; False when none is queued (or it is
+                a slow normal answer, which has waited its delay)."""
+                fault = cloud._next_fault()
+                if fault is None:
+                    return False
+                time.sleep(fault.delay)
+                if fault.status == 200:
+                    return False
+                error = {"message": fault.message, "type": "server_error", "code": None}
+                self._json(fault.status, {"error": error}, fault.headers)
+                return True
 
             def _event(self, payload: dict[str, Any], name: str | None = None) -> None:
                 head = f"event: {name}\n" if name else ""

@@ -53,6 +53,10 @@ def _import_litellm() -> None:
         # registers, at the price of a thread-pool task per streamed chunk and an event loop
         # per stream, in the GIL the event loop needs (about 2 ms of time to first token).
         litellm.disable_streaming_logging = True
+        # Retries are the router's (backends/retry.py). LiteLLM's OpenAI embedding reads
+        # `max_retries or DEFAULT_MAX_RETRIES`, so max_retries=0 still gave 2 retries (9 calls
+        # where the router meant 3).
+        litellm.DEFAULT_MAX_RETRIES = 0
         if _warm_first_call:
             _first_call(litellm)
         _litellm = litellm
@@ -138,9 +142,15 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
     return max(0.0, parsed.timestamp() - time.time())
 
 
+def _base_llm_exception() -> type[Exception]:
+    from litellm.llms.base_llm.chat.transformation import BaseLLMException
+
+    return BaseLLMException
+
+
 def _headers_of(exc: Exception) -> Mapping[str, str] | None:
-    headers = getattr(exc, "litellm_response_headers", None)
-    if headers:
+    headers = getattr(exc, "litellm_response_headers", None) or getattr(exc, "headers", None)
+    if headers and hasattr(headers, "items"):
         return dict(headers)
     response = getattr(exc, "response", None)
     found = getattr(response, "headers", None)
@@ -151,10 +161,21 @@ def to_cloud_error(name: str, exc: Exception, api_base: str | None = None) -> Cl
     """A LiteLLM failure as a CloudError: the provider's status and message, which say what
     went wrong upstream. Anything else (a bug inside LiteLLM or here) is logged, and the
     error only says where to look: internal exception text never reaches a client."""
+    import httpx
     import openai  # LiteLLM's exceptions derive from the OpenAI SDK's (a LiteLLM dependency)
 
     litellm = litellm_module()
-    if not isinstance(exc, (openai.OpenAIError, litellm.exceptions.OpenAIError)):
+    unreachable = _unreachable(exc)
+    if unreachable is not None:  # LiteLLM reports a refused connection as HTTP 500
+        return CloudError(
+            f"{name}: cannot reach {api_base or 'the provider'} ({unreachable})",
+            retryable=True,
+            public=f"{name}: the provider cannot be reached",
+        )
+    # What a provider's answer or a timeout raises: LiteLLM's OpenAI-style exceptions, and
+    # the BaseLLMException its Anthropic passthrough raises (router.backends.native).
+    known = (openai.OpenAIError, litellm.exceptions.OpenAIError, _base_llm_exception())
+    if not isinstance(exc, known) and not isinstance(exc, httpx.TimeoutException):
         log.error("%s: unexpected error in the cloud call", name, exc_info=exc)
         return CloudError(
             f"{name}: the cloud call failed (the server log has the details)",
@@ -163,23 +184,13 @@ def to_cloud_error(name: str, exc: Exception, api_base: str | None = None) -> Cl
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
     message = str(getattr(exc, "message", exc)).splitlines()[0][:300]
-    unreachable = _unreachable(exc)
-    if unreachable is not None:  # LiteLLM reports a refused connection as HTTP 500
-        return CloudError(
-            f"{name}: cannot reach {api_base or 'the provider'} ({unreachable})",
-            retryable=True,
-            public=f"{name}: the provider cannot be reached",
-        )
-    transient = isinstance(exc, (litellm.Timeout, litellm.APIConnectionError))
+    timed_out = isinstance(exc, (litellm.Timeout, httpx.TimeoutException))
+    transient = timed_out or isinstance(exc, litellm.APIConnectionError)
     retryable = transient or (status in _RETRYABLE_STATUS)
-    label = (
-        "timed out"
-        if isinstance(exc, litellm.Timeout)
-        else (f"HTTP {status}" if status else type(exc).__name__)
-    )
+    label = "timed out" if timed_out else (f"HTTP {status}" if status else type(exc).__name__)
     # The provider's message (which may quote the key, the organisation, a host) and
     # LiteLLM's class names are the operator's: a client reads the status alone.
-    shown = "timed out" if isinstance(exc, litellm.Timeout) else f"HTTP {status or 'error'}"
+    shown = "timed out" if timed_out else f"HTTP {status or 'error'}"
     return CloudError(
         f"{name}: {label}: {message}",
         status=status,
@@ -302,7 +313,8 @@ class CloudBackend:
                 api_key=self._model.api_key(),
                 api_base=self._model.resolved_api_base(),
                 timeout=deadline.timeout(self._model.timeout_seconds),
-                max_retries=0,
+                max_retries=0,  # retries are the router's (backends/retry.py), not on top
+                num_retries=0,
                 **sized,
             )
         except Exception as exc:

@@ -23,6 +23,25 @@ from router.backends import hangup as hangups
 from router.config import CloudModel
 from router.types import ChatRequest
 
+# What a model that speaks Anthropic's API is sent of a request, the one allow-list of that
+# path (router.wire.messages keeps these fields at the edge, and checks them): the documented
+# request fields of POST /v1/messages (the API reference, 2026-12) that LiteLLM 1.83's
+# passthrough carries to the provider (its AnthropicMessagesRequestOptionalParams). They become the
+# keyword arguments of `litellm.anthropic_messages`; no LiteLLM argument has one of these
+# names (tests/server/test_passthrough.py checks every one), so no body can set where the call
+# goes, what it carries or what it answers (`api_base`, `custom_llm_provider`, `extra_headers`,
+# `mock_response`...). `stream` is the router's to set. Not passed, and named in the ledger's
+# reason: `service_tier` (LiteLLM's passthrough drops it), `speed` and `inference_geo` (they
+# change the price, which the router's books would not know), `container` and `mcp_servers`
+# (they reach containers and servers of the operator's account or of the client's choosing),
+# `output_format` (superseded by `output_config.format`), and any other name.
+NATIVE = (
+    "model", "messages", "system", "max_tokens", "metadata", "stop_sequences", "temperature",
+    "top_p", "top_k", "tools", "tool_choice", "thinking", "context_management", "output_config",
+    "cache_control",
+)  # fmt: skip
+# The client's headers that may reach the provider, as values router.wire.messages checked.
+HEADERS = ("anthropic-version", "anthropic-beta")
 STOP = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -31,12 +50,19 @@ STOP = {
 }
 
 
-def _body(request: ChatRequest, params: Mapping[str, Any], model: CloudModel) -> dict[str, Any]:
-    body = dict(request.native or {})
-    body.pop("stream", None)
-    body["model"] = model.litellm_model
-    body["max_tokens"] = int(params["max_tokens"])  # as this model may take it (the cap)
-    return body
+def _arguments(
+    request: ChatRequest, params: Mapping[str, Any], model: CloudModel
+) -> dict[str, Any]:
+    """The keyword arguments of the provider call made from a request: only the allow-listed
+    Anthropic fields (NATIVE, filtered again here), the model and `max_tokens` as this model
+    may take them. Where the call goes (key, base URL, client) and its headers are set by
+    `_Session` from models.toml and checked header values, never from the body."""
+    native = request.native
+    assert native is not None
+    arguments = {k: native.body[k] for k in NATIVE if k in native.body}
+    arguments["model"] = model.litellm_model
+    arguments["max_tokens"] = int(params["max_tokens"])  # as this model may take it (the cap)
+    return arguments
 
 
 class _Session:
@@ -44,14 +70,21 @@ class _Session:
     cached clients belong to other event loops, and a client left open is closed later on a
     loop that is gone ("Event loop is closed")."""
 
-    def __init__(self, litellm: Any, model: CloudModel, timeout: float) -> None:
+    def __init__(
+        self, litellm: Any, model: CloudModel, timeout: float, request: ChatRequest
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self._handler = litellm.llms.custom_httpx.http_handler.AsyncHTTPHandler(timeout=timeout)
-        self.kwargs = {
+        headers = dict(request.native.headers) if request.native is not None else {}
+        self.kwargs: dict[str, Any] = {
             "api_key": model.api_key(),
             "api_base": model.resolved_api_base(),
             "client": self._handler,
         }
+        forwarded = {k: v for k, v in headers.items() if k in HEADERS}
+        if forwarded:  # the client's checked anthropic-version and anthropic-beta (the key
+            # is LiteLLM's to add; it keeps the betas it knows the provider takes)
+            self.kwargs["extra_headers"] = forwarded
 
     def run(self, work: Awaitable[Any]) -> Any:
         """`work` on the loop, cancelled when the request's client hangs up."""
@@ -83,9 +116,9 @@ def complete(
     timeout: float,
 ) -> dict[str, Any]:  # fmt: skip
     """The provider's answer, in chat's shape with the native one inside."""
-    session = _Session(litellm, model, timeout)
+    session = _Session(litellm, model, timeout, request)
     try:
-        work = litellm.anthropic_messages(**_body(request, params, model), **session.kwargs)
+        work = litellm.anthropic_messages(**_arguments(request, params, model), **session.kwargs)
         native = dict(session.run(work))
     finally:
         session.close()
@@ -142,12 +175,12 @@ def stream(
 ) -> Iterator[dict[str, Any]]:  # fmt: skip
     """Each provider event as a chunk (`native`: the event, `choices`: its chat translation),
     then a last chunk with the usage. Closing it closes the connection."""
-    session = _Session(litellm, model, timeout)
+    session = _Session(litellm, model, timeout, request)
     events: Any = None
     try:
         try:
             work = litellm.anthropic_messages(
-                **_body(request, params, model), stream=True, **session.kwargs
+                **_arguments(request, params, model), stream=True, **session.kwargs
             )
             events = session.run(work).__aiter__()
         except Exception as exc:

@@ -16,7 +16,13 @@ from router.backends.cloud import litellm_state
 from router.config import LocalModel
 from router.errors import RouterError
 from router.policy import ModelView
-from router.server.metrics import endpoint_gauges, ledger_gauges, redis_gauges, shadow_counters
+from router.server.metrics import (
+    cache_gauges,
+    endpoint_gauges,
+    ledger_gauges,
+    redis_gauges,
+    shadow_counters,
+)
 from router.server.service import Service
 from router.wire.chat import ChatApi
 from router.wire.http import HTTPError, parse_feedback
@@ -100,6 +106,10 @@ def routes(service: Service) -> list[Route]:
         body["ledger"] = await anyio.to_thread.run_sync(router.ledger.health)
         if not body["ledger"]["up"]:
             reasons.append("the ledger cannot be written: paid calls are refused")
+        # The response cache is best effort: answers go on without it, not cached.
+        body["cache"] = router.cache_health()
+        if not body["cache"]["up"]:
+            reasons.append("the response cache cannot be read or written: answers are not cached")
         if reasons:
             body["status"] = "degraded"
             body["reasons"] = reasons
@@ -134,6 +144,7 @@ def routes(service: Service) -> list[Route]:
         text = service.metrics.render() + endpoint_gauges(remote)
         text += shadow_counters(router.shadow.counts)
         text += ledger_gauges(await anyio.to_thread.run_sync(router.ledger.health))
+        text += cache_gauges(router.cache_health())
         if router.link is not None:
             text += redis_gauges(router.link.up, router.link.errors)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

@@ -137,5 +137,18 @@ def ledger_gauges(health: dict[str, Any]) -> str:
     )
 
 
+def cache_gauges(health: dict[str, Any]) -> str:
+    """The response cache: its last read or write worked (1) or not (0), and the reads and
+    writes that failed (each a hit lost or an answer left uncached, never an answer lost)."""
+    return (
+        "# HELP router_cache_up The response cache's last read or write worked: 1 yes, 0 no.\n"
+        "# TYPE router_cache_up gauge\n"
+        f"router_cache_up {int(bool(health.get('up')))}\n"
+        "# HELP router_cache_failures_total Response cache reads and writes that failed.\n"
+        "# TYPE router_cache_failures_total counter\n"
+        f"router_cache_failures_total {int(health.get('errors') or 0)}\n"
+    )
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

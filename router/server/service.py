@@ -31,7 +31,7 @@ from router.server.metrics import Metrics
 from router.server.streams import open_stream, relay
 from router.types import Completion, Routing
 from router.wire import chat
-from router.wire.api import ROUTING_HEADER, Asked, Call, Renderer, routing_json
+from router.wire.api import FORWARDABLE, ROUTING_HEADER, Asked, Call, Renderer, routing_json
 from router.wire.http import HTTPError, http_error
 
 log = logging.getLogger("router.server")
@@ -246,6 +246,9 @@ class Service:
             # OpenAI's and Anthropic's SDKs say so: they retry 5xx and 429 themselves.
             client_retries="x-stainless-retry-count" in request.headers,
             routing=ROUTING_HEADER in request.headers,
+            forward=tuple(
+                (name, request.headers[name]) for name in FORWARDABLE if name in request.headers
+            ),
         )
 
     # ---------------------------------------------------------------- the body

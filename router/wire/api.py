@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from router.backends.native import HEADERS
 from router.types import ChatRequest, Completion, Routing
 from router.wire import body
 from router.wire.http import HTTPError
@@ -29,6 +30,9 @@ class Asked:
     category: str | None = None  # the x-router-category header
     client_retries: bool = False  # the client's SDK retries itself (x-stainless-retry-count)
     routing: bool = False  # x-router-routing: the answer carries its whole routing (the CLI)
+    # Headers of the API's own that a model speaking it may be sent (FORWARDABLE), as the
+    # client sent them: the API's module checks them (router.wire.messages.native_headers).
+    forward: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,13 +84,17 @@ def one_line_json(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False).translate(_ONE_LINE).encode()
 
 
+# The client's headers that may reach a provider, and only as checked values: Anthropic's
+# version and beta flags. The rest (authorization, x-api-key, host...) never leave the router.
+FORWARDABLE = HEADERS
 ROUTING_HEADER = "x-router-routing"  # asked for by `router chat` through a server
 ROUTING_EVENT = b": x-router-routing "  # a stream's routing: an SSE comment clients skip
 
 
 def routing_json(routing: Routing) -> str:
-    """The routing as one line of ASCII JSON (a header's value, an SSE comment's text)."""
-    return json.dumps(routing.to_dict(), ensure_ascii=True, separators=(",", ":"))
+    """The routing as a client may read it (router.types.Routing.public_dict), as one line of
+    ASCII JSON (a header's value, an SSE comment's text)."""
+    return json.dumps(routing.public_dict(), ensure_ascii=True, separators=(",", ":"))
 
 
 def sse(payload: Mapping[str, Any], event: str | None = None) -> bytes:

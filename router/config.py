@@ -110,6 +110,11 @@ class LocalModel(_Strict):
     # An embedding model (POST /v1/embeddings, /api/embed): loaded in llama.cpp's embedding
     # mode, one vector a text; it answers no chat.
     embeddings: bool = False
+    # The most tokens one embedding request may hold (each text at most n_ctx): more is a
+    # 413. Sized so that a full request ends within [retry] deadline_seconds (60) on the
+    # shipped model, which reads ~100 tokens/s on one thread of a 2-core CPU
+    # (scripts/bench_embeddings.py); raise it for a GPU or a faster CPU.
+    max_embedding_tokens: Annotated[int, Field(ge=1, le=10_000_000)] = 4096
     max_queue: Annotated[int, Field(ge=1, le=10_000)] = 16
     extra_buffers: Literal["auto"] | bool = "auto"
     timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0

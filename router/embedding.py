@@ -24,6 +24,7 @@ from router.chunks import new_id
 from router.config import FREE, Config, Price
 from router.errors import (
     BackendError,
+    ClientGoneError,
     NoRouteError,
     RequestError,
     UnavailableError,
@@ -149,10 +150,16 @@ class Embedding:
                 raise BackendError(f"{name}: cannot embed")
             return backend.embed(texts, dimensions)
 
-        with hangups.watching(hangup):
-            (vectors, tokens), routing, reservation = self._attempts.first_answer(
-                request, decision, {"max_tokens": 1}, call, new_id(), stream=False, views=views
-            )
+        key = "embed:" + hashlib.sha256(joined.encode()).hexdigest()
+        try:
+            with hangups.watching(hangup):
+                (vectors, tokens), routing, reservation = self._attempts.first_answer(
+                    request, decision, {"max_tokens": 1}, call, new_id(), stream=False,
+                    views=views,
+                )  # fmt: skip
+        except (ClientGoneError, BackendError, UnavailableError) as exc:
+            self._unanswered(request, key, decision, exc, started)
+            raise
         price = self._prices[routing.model]
         baseline = (
             self._baseline
@@ -161,6 +168,23 @@ class Embedding:
         )
         account(routing, {"prompt_tokens": tokens}, price, baseline)
         self._attempts.settle(reservation, routing)
-        key = "embed:" + hashlib.sha256(joined.encode()).hexdigest()
         self._books.record(request, key, routing, started, stream=False)
         return Embeddings(vectors, routing)
+
+    def _unanswered(
+        self, request: ChatRequest, key: str, decision: Decision, exc: Exception, started: float
+    ) -> None:
+        """The row of a request that got no vectors: the client hung up (the tokens the model
+        had read by then), or every model failed. Nothing is charged or saved."""
+        model = getattr(exc, "model", None) or decision.candidates[0]
+        gone = isinstance(exc, ClientGoneError)
+        routing = Routing(
+            tier=self._config.models[model].tier,
+            model=model,
+            score=decision.score,
+            reason=f"{decision.reason}; {'cancelled' if gone else 'failed'}: {exc}",
+            prompt_tokens=int(getattr(exc, "tokens", 0) or 0),
+            response_id=new_id(),
+            saved_by="routed" if self._config.models[model].tier == "local" else "cloud",
+        )
+        self._books.record(request, key, routing, started, stream=False)

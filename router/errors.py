@@ -5,6 +5,7 @@ RouterError
  ├── RequestError           the request is wrong as written (HTTP 400): change the request
  │    ├── UnknownModelError the model is not auto/local/cloud nor in models.toml (HTTP 404)
  │    ├── NotFoundError     no such answer in the ledger, for feedback (HTTP 404)
+ │    ├── TooLargeError     more work than one request may ask for (HTTP 413)
  │    └── NoRouteError      no configured model could serve it (too long, needs tools, ...)
  ├── UnavailableError       models that could serve it are unusable now or failed (HTTP 503)
  │    ├── BusyError         the local model's queue is full: retry after `retry_after` seconds
@@ -79,6 +80,10 @@ class UnknownModelError(RequestError):
         )
         super().__init__(message, param="model")
         self.name = name
+
+
+class TooLargeError(RequestError):
+    """The request asks for more work than the router takes in one request (HTTP 413)."""
 
 
 class NotFoundError(RequestError):
@@ -216,7 +221,11 @@ class BudgetExceededError(RouterError):
 
 
 class ClientGoneError(RouterError):
-    """The client hung up before its answer was under way: nothing more is done for it."""
+    """The client hung up before its answer was under way: nothing more is done for it.
+    `model` and `tokens`: the model that was stopped and what it had read (an embedding)."""
+
+    model: str | None = None
+    tokens: int = 0
 
 
 class BackendError(RouterError):

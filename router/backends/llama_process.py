@@ -13,6 +13,7 @@ prints cannot corrupt the protocol).
     parent -> worker   {"op": "load", "path", "n_ctx", "n_threads", "n_gpu_layers",
                         "chat_format", "extra_buffers"}                  first line, once
                        {"op": "chat", "id", "messages", "kwargs", "stream"}
+                       {"op": "count", "id", "texts"}  each text's tokens, before embedding
                        {"op": "embed", "id", "texts"}  (a model loaded with "embedding": true)
                        {"op": "cancel", "id"}      stop generation `id` (and any older one)
                        {"op": "exit"}              or EOF on stdin: exit at once
@@ -20,14 +21,17 @@ prints cannot corrupt the protocol).
                         "system_info", "load_seconds"}
                        {"ev": "chunk", "id", "chunk"}            a chat.completion.chunk
                        {"ev": "end", "id", "usage", "cancelled"} after the last chunk
-                       {"ev": "embedding", "id", "vectors", "tokens"}
+                       {"ev": "counts", "id", "tokens", "cancelled"}   tokens: one count a text
+                       {"ev": "embedding", "id", "vectors", "tokens", "cancelled"}  (none when
+                                                   cancelled: a decode is stopped half-way)
                        {"ev": "result", "id", "response", "cancelled"}  a whole chat.completion
                                                    (cut short when cancelled)
                        {"ev": "error", "id", "kind", "message"}  kind: load | request | internal
 
 One generation runs at a time; the parent never sends a second `chat` before the first has
 ended. A reader thread takes `cancel` while the main thread generates, so a client that hangs
-up stops the generation at the next token.
+up stops the generation at the next token. An embedding model's decode (seconds for a long
+text on a CPU) is stopped half-way by llama.cpp's abort callback, asked between graph nodes.
 """
 
 from __future__ import annotations
@@ -145,9 +149,11 @@ def load_llama(
     # An embedding model: one vector a text, the mean of its tokens' (a decoder has no pooling
     # of its own).
     pooling = {"embedding": True, "pooling_type": c_api.LLAMA_POOLING_TYPE_MEAN}
+    # An embedding model reads each text in one batch: as long a text as the context holds.
+    whole = {"n_batch": n_ctx, "n_ubatch": n_ctx}
     try:
         return _counting_llama()(
-            **(pooling if embedding else {}),
+            **({**pooling, **whole} if embedding else {}),
             model_path=path,
             n_ctx=n_ctx,
             n_threads=n_threads,
@@ -310,6 +316,60 @@ def _generate(
     channel.send({"ev": "end", "id": rid, "usage": usage, "cancelled": cancelled})
 
 
+class _Abort:
+    """llama.cpp's abort callback for an embedding model: true while the request being
+    decoded has been cancelled, so llama_decode stops half-way (it returns 2)."""
+
+    def __init__(self, llm: Any, cancels: _Cancels) -> None:
+        import llama_cpp
+
+        self.active: int | None = None
+        self._cancels = cancels
+        self._callback = llama_cpp.ggml_abort_callback(self._asked)  # kept: C holds it
+        llama_cpp.llama_set_abort_callback(llm._ctx.ctx, self._callback, None)
+
+    def _asked(self, _data: Any) -> bool:
+        active = self.active
+        return active is not None and self._cancels.cancelled(active)
+
+
+def _count(llm: Any, op: dict[str, Any], channel: _Channel, cancels: _Cancels) -> None:
+    """Each text's tokens as the embedding reads them (BOS included); a text with none is
+    refused (llama-cpp-python reads NULL on zero tokens)."""
+    rid, tokens = int(op["id"]), list[int]()
+    for i, text in enumerate(op["texts"]):
+        if cancels.cancelled(rid):
+            channel.send({"ev": "counts", "id": rid, "tokens": tokens, "cancelled": True})
+            return
+        data = text.encode("utf-8", "replace")
+        if not llm.tokenize(data, add_bos=False):
+            raise ValueError(f"input[{i}] {text[:20]!r} has no tokens: nothing to embed")
+        tokens.append(len(llm.tokenize(data)))
+    channel.send({"ev": "counts", "id": rid, "tokens": tokens, "cancelled": False})
+
+
+def _embed(
+    llm: Any, op: dict[str, Any], channel: _Channel, cancels: _Cancels, abort: _Abort
+) -> None:
+    rid = int(op["id"])
+    if cancels.cancelled(rid):
+        channel.send({"ev": "embedding", "id": rid, "vectors": [], "tokens": 0, "cancelled": True})
+        return
+    abort.active = rid
+    try:
+        vectors, tokens = llm.embed(op["texts"], return_count=True)
+    except RuntimeError as exc:
+        _fresh_context(llm)  # a decode stopped half-way leaves its batch behind
+        if not ("llama_decode returned 2" in str(exc) and cancels.cancelled(rid)):
+            raise
+        channel.send({"ev": "embedding", "id": rid, "vectors": [], "tokens": 0, "cancelled": True})
+        return
+    finally:
+        abort.active = None
+    done = {"vectors": vectors, "tokens": int(tokens), "cancelled": False}
+    channel.send({"ev": "embedding", "id": rid, **done})
+
+
 def main() -> None:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # native prints (llama.cpp, ggml) go to stderr, never into the protocol
@@ -345,25 +405,23 @@ def main() -> None:
             "system_info": info.strip(),
             "load_seconds": round(time.perf_counter() - started, 3),
             "n_embd": llm.n_embd(),
+            "n_batch": llm.n_batch,  # an embedding model reads a text in one batch
         }
     )
 
     ops: queue.Queue[dict[str, Any]] = queue.Queue()
     cancels = _Cancels()
+    abort = _Abort(llm, cancels) if load.get("embedding") else None
     threading.Thread(target=_read_ops, args=(ops, cancels, channel), daemon=True).start()
     while True:
         op = ops.get()
         try:
-            if op.get("op") == "embed":
-                for text in op["texts"]:  # llama-cpp-python fails on zero tokens (NULL access)
-                    if not llm.tokenize(text.encode("utf-8", "replace"), add_bos=False):
-                        raise ValueError(f"input {text[:20]!r} has no tokens: nothing to embed")
-                done = llm.create_embedding(op["texts"])
-                vectors = [d["embedding"] for d in done["data"]]
-                tokens = int(done["usage"]["prompt_tokens"])
-                channel.send(
-                    {"ev": "embedding", "id": op["id"], "vectors": vectors, "tokens": tokens}
-                )
+            if op.get("op") == "count":
+                _count(llm, op, channel, cancels)
+            elif op.get("op") == "embed":
+                if abort is None:
+                    raise ValueError("this model was not loaded in embedding mode")
+                _embed(llm, op, channel, cancels, abort)
             else:
                 _chat(llm, op, channel, cancels)
         except ValueError as exc:  # llama-cpp-python's way to reject a request (too long...)

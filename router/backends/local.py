@@ -16,6 +16,7 @@ and never the process using the router. This module is the supervisor behind the
 
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
 import threading
@@ -37,11 +38,61 @@ from router.errors import (
     ClientGoneError,
     ModelLoadError,
     RequestError,
+    RouterError,
+    TooLargeError,
 )
 from router.model_files import hub_cached, local_path, local_problem
 from router.types import SAMPLING_PARAMS, ChatRequest
 
 log = logging.getLogger("router.local")
+# Tokens an embedding reads in one turn of the model: ~2.5 s for the shipped model on one
+# thread of a 2-core CPU, the longest a small request waits behind a large one.
+EMBED_GROUP = 256
+
+
+class FairLock:
+    """A lock handed over in the order it was asked for. threading.Lock is not fair: a thread
+    that releases it and asks again at once mostly gets it back, so a large embedding read in
+    groups would keep a small request queued behind it waiting to the end."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._held = False
+        self._waiting: collections.deque[object] = collections.deque()
+
+    def __enter__(self) -> None:
+        with self._cond:
+            if not self._held and not self._waiting:
+                self._held = True
+                return
+            me = object()
+            self._waiting.append(me)
+            try:
+                while self._held or self._waiting[0] is not me:
+                    self._cond.wait()
+            except BaseException:  # interrupted while waiting: leave the queue
+                self._waiting.remove(me)
+                self._cond.notify_all()
+                raise
+            self._waiting.popleft()
+            self._held = True
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+
+def _groups(counts: list[int], size: int) -> Iterator[tuple[int, int]]:
+    """Consecutive ranges of texts of about `size` tokens each (a longer text alone)."""
+    start, tokens = 0, 0
+    for i, n in enumerate(counts):
+        if i > start and tokens + n > size:
+            yield start, i
+            start, tokens = i, 0
+        tokens += n
+    if start < len(counts):
+        yield start, len(counts)
 
 
 def resolve_gguf(config: Config, name: str, model: LocalModel) -> Path:
@@ -76,7 +127,7 @@ class LocalBackend:
         self._clock = clock
         self._worker: Worker | None = None
         self._state_lock = threading.Lock()  # _worker, _restarts and the counters
-        self._generate_lock = threading.Lock()  # the model's turn
+        self._generate_lock = FairLock()  # the model's turn, in the order asked
         self._queue_lock = threading.Lock()
         self._in_flight = 0  # running + waiting for the model
         self._seconds_per_request = 2.0  # moving average, for Retry-After
@@ -147,7 +198,15 @@ class LocalBackend:
         self, texts: list[str], dimensions: int | None = None
     ) -> tuple[list[list[float]], int]:
         """One vector a text from a model loaded in embedding mode (`embeddings = true`), of
-        the model's own size: another `dimensions` is refused before any work."""
+        the model's own size: another `dimensions` is refused before any work.
+
+        The texts are counted first: one longer than the model reads in a batch (its n_ctx) is
+        refused, as OpenAI refuses it (never cut short without a word), and a request of more
+        than `max_embedding_tokens` is a 413. They are then read in groups of about
+        EMBED_GROUP tokens, each group a turn of the model's own, so that a small request
+        queued behind a large one is answered between two groups. A hang-up stops the decode
+        under way (llama.cpp's abort callback) and every later group."""
+        hangup = hangups.current()
         with self._turn():
             worker = self._ready_worker()
             size = worker.info.get("n_embd")
@@ -157,14 +216,70 @@ class LocalBackend:
                     "model does not shorten them); leave it out to get that size",
                     param="dimensions",
                 )
-            try:
-                rid = worker.embed(texts)
-            except WorkerFailure as exc:
-                self._fail(worker, str(exc))
-                raise BackendError(f"{self.name}: {exc}", public=self._failed(exc)) from None
-            event = self._event(worker, rid)
-            self._finished("completed")
-        return event["vectors"], int(event["tokens"])
+            counted = self._embedding_event(worker, worker.count, texts, hangup)
+        if counted.get("cancelled"):
+            raise self._gone(0, len(texts), 0)
+        counts = [int(n) for n in counted["tokens"]]
+        self._check_sizes(counts, int(worker.info.get("n_batch") or self._model_config.n_ctx))
+        vectors: list[list[float]] = []
+        used = 0
+        for start, end in _groups(counts, EMBED_GROUP):
+            if hangup is not None and hangup.fired:
+                raise self._gone(start, len(texts), used)
+            with self._turn(admitted=True):
+                worker = self._ready_worker()
+                event = self._embedding_event(worker, worker.embed, texts[start:end], hangup)
+            if event.get("cancelled"):
+                raise self._gone(start, len(texts), used)
+            vectors += event["vectors"]
+            used += int(event["tokens"])
+        return vectors, used
+
+    def _embedding_event(
+        self,
+        worker: Worker,
+        start: Callable[[list[str]], int],
+        texts: list[str],
+        hangup: hangups.Hangup | None,
+    ) -> dict[str, Any]:
+        """Start `start(texts)` on the worker and wait for its event; a hang-up cancels it."""
+        try:
+            rid = start(texts)
+        except WorkerFailure as exc:
+            self._fail(worker, str(exc))
+            raise BackendError(f"{self.name}: {exc}", public=self._failed(exc)) from None
+        forget = hangup.on_fire(lambda: worker.request_cancel(rid)) if hangup else None
+        try:
+            event = self._event(worker, rid, request_errors=RequestError)
+        finally:
+            if forget is not None:
+                forget()
+        self._finished("cancelled" if event.get("cancelled") else "completed")
+        return event
+
+    def _check_sizes(self, counts: list[int], each: int) -> None:
+        for i, n in enumerate(counts):
+            if n > each:
+                raise RequestError(
+                    f"input[{i}] has {n} tokens; {self.name} embeds at most {each} tokens a "
+                    "text (its n_ctx): shorten or split it",
+                    param="input",
+                )
+        total, most = sum(counts), self._model_config.max_embedding_tokens
+        if total > most:
+            raise TooLargeError(
+                f"the inputs have {total} tokens; {self.name} embeds at most {most} in one "
+                "request (max_embedding_tokens in models.toml): send them in several requests",
+                param="input",
+            )
+
+    def _gone(self, done: int, total: int, tokens: int) -> ClientGoneError:
+        gone = ClientGoneError(
+            f"{self.name}: the client hung up; embedding stopped after {done} of {total} "
+            f"inputs ({tokens} tokens read)"
+        )
+        gone.tokens, gone.model = tokens, self.name
+        return gone
 
     # ---------------------------------------------------------------- supervision
 
@@ -239,10 +354,11 @@ class LocalBackend:
             return self._worker.pid if self._worker is not None else None
 
     @contextmanager
-    def _turn(self) -> Iterator[None]:
-        """Wait for this model, or refuse at once when `max_queue` requests already wait."""
+    def _turn(self, admitted: bool = False) -> Iterator[None]:
+        """Wait for this model, or refuse at once when `max_queue` requests already wait
+        (`admitted`: a request that had a turn already, back for its next group)."""
         with self._queue_lock:
-            if self._in_flight >= self._model_config.max_queue:
+            if not admitted and self._in_flight >= self._model_config.max_queue:
                 wait = self._in_flight * self._seconds_per_request
                 raise BusyError(
                     f"local model {self.name!r} has {self._in_flight} requests in flight "
@@ -375,8 +491,11 @@ class LocalBackend:
                 public=f"{self.name}: the request cannot be sent to the local model",
             ) from None
 
-    def _event(self, worker: Worker, rid: int) -> dict[str, Any]:
-        """The next event of generation `rid`; a death, a stall or an error → BackendError."""
+    def _event(
+        self, worker: Worker, rid: int, request_errors: type[RouterError] | None = None
+    ) -> dict[str, Any]:
+        """The next event of generation `rid`; a death, a stall or an error → BackendError
+        (`request_errors`: a request the worker refused as written raises that instead)."""
         try:
             event = worker.next_event(rid)
         except WorkerFailure as exc:
@@ -386,6 +505,8 @@ class LocalBackend:
             self._finished("failed")  # the worker lives: the request failed
             if event.get("kind") == "request":  # e.g. the prompt is longer than n_ctx
                 text = f"{self.name}: {event['message']}"
+                if request_errors is not None:
+                    raise request_errors(text[:300])
                 raise BackendError(text, public=text[:300])  # about the request
             # An unexpected exception can leave llama-cpp-python's state broken for every
             # later request (a `seed` of the wrong type stays set): start afresh next time.

@@ -141,6 +141,12 @@ class Worker:
             if rid is None or event.get("id") in (rid, None):
                 return event
 
+    def count(self, texts: list[str]) -> int:
+        """Start counting the tokens of each of `texts`; returns the request's id."""
+        rid = next(self._ids)
+        self._send({"op": "count", "id": rid, "texts": texts})
+        return rid
+
     def embed(self, texts: list[str]) -> int:
         """Start embedding `texts`; returns the request's id for `next_event`."""
         rid = next(self._ids)

@@ -18,6 +18,7 @@ from router.errors import (
     NotFoundError,
     RequestError,
     RouterError,
+    TooLargeError,
     UnavailableError,
     UnknownModelError,
 )
@@ -55,6 +56,8 @@ def http_error(exc: RouterError) -> HTTPError:
         return HTTPError(404, exc.public, param=exc.param, code="not_found")
     if isinstance(exc, NoRouteError):
         return HTTPError(400, exc.public, param=exc.param, code="no_model_can_serve")
+    if isinstance(exc, TooLargeError):
+        return HTTPError(413, exc.public, param=exc.param, code="request_too_large")
     if isinstance(exc, RequestError):
         return HTTPError(400, exc.public, param=exc.param)
     if isinstance(exc, BudgetExceededError):

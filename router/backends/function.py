@@ -72,7 +72,7 @@ class FunctionBackend:
         }
 
     def embed(
-        self, texts: list[str], dimensions: int | None = None
+        self, texts: list[str], dimensions: int | None = None, truncate: bool = False
     ) -> tuple[list[list[float]], int]:
         """`embed_fn`'s vector for each text; tokens counted as words. Another `dimensions`
         than the vectors' own is refused, as a local model refuses it."""

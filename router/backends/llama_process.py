@@ -14,7 +14,8 @@ prints cannot corrupt the protocol).
                         "chat_format", "extra_buffers"}                  first line, once
                        {"op": "chat", "id", "messages", "kwargs", "stream"}
                        {"op": "count", "id", "texts"}  each text's tokens, before embedding
-                       {"op": "embed", "id", "texts"}  (a model loaded with "embedding": true)
+                       {"op": "embed", "id", "texts", "truncate"}  (a model loaded with
+                                                   "embedding": true)
                        {"op": "cancel", "id"}      stop generation `id` (and any older one)
                        {"op": "exit"}              or EOF on stdin: exit at once
     worker -> parent   {"ev": "ready", "pid", "extra_buffers", "extra_buffers_why", "n_embd",
@@ -357,7 +358,10 @@ def _embed(
         return
     abort.active = rid
     try:
-        vectors, tokens = llm.embed(op["texts"], return_count=True)
+        # truncate=False: the parent counted and refused what is too long, unless asked
+        vectors, tokens = llm.embed(
+            op["texts"], truncate=bool(op.get("truncate")), return_count=True
+        )
     except RuntimeError as exc:
         _fresh_context(llm)  # a decode stopped half-way leaves its batch behind
         if not ("llama_decode returned 2" in str(exc) and cancels.cancelled(rid)):

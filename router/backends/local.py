@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,17 +196,17 @@ class LocalBackend:
         }
 
     def embed(
-        self, texts: list[str], dimensions: int | None = None
+        self, texts: list[str], dimensions: int | None = None, truncate: bool = False
     ) -> tuple[list[list[float]], int]:
         """One vector a text from a model loaded in embedding mode (`embeddings = true`), of
         the model's own size: another `dimensions` is refused before any work.
 
         The texts are counted first: one longer than the model reads in a batch (its n_ctx) is
-        refused, as OpenAI refuses it (never cut short without a word), and a request of more
-        than `max_embedding_tokens` is a 413. They are then read in groups of about
-        EMBED_GROUP tokens, each group a turn of the model's own, so that a small request
-        queued behind a large one is answered between two groups. A hang-up stops the decode
-        under way (llama.cpp's abort callback) and every later group."""
+        refused, as OpenAI refuses it, unless the client asked for it to be cut (`truncate`);
+        a request of more than `max_embedding_tokens` is a 413. They are then read in groups
+        of about EMBED_GROUP tokens, each group a turn of the model's own, so that a small
+        request queued behind a large one is answered between two groups. A hang-up stops the
+        decode under way (llama.cpp's abort callback) and every later group."""
         hangup = hangups.current()
         with self._turn():
             worker = self._ready_worker()
@@ -219,8 +220,9 @@ class LocalBackend:
             counted = self._embedding_event(worker, worker.count, texts, hangup)
         if counted.get("cancelled"):
             raise self._gone(0, len(texts), 0)
-        counts = [int(n) for n in counted["tokens"]]
-        self._check_sizes(counts, int(worker.info.get("n_batch") or self._model_config.n_ctx))
+        each = int(worker.info.get("n_batch") or self._model_config.n_ctx)
+        counts = [min(int(n), each) if truncate else int(n) for n in counted["tokens"]]
+        self._check_sizes(counts, each)
         vectors: list[list[float]] = []
         used = 0
         for start, end in _groups(counts, EMBED_GROUP):
@@ -228,7 +230,9 @@ class LocalBackend:
                 raise self._gone(start, len(texts), used)
             with self._turn(admitted=True):
                 worker = self._ready_worker()
-                event = self._embedding_event(worker, worker.embed, texts[start:end], hangup)
+                event = self._embedding_event(
+                    worker, partial(worker.embed, truncate=truncate), texts[start:end], hangup
+                )
             if event.get("cancelled"):
                 raise self._gone(start, len(texts), used)
             vectors += event["vectors"]
@@ -262,7 +266,8 @@ class LocalBackend:
             if n > each:
                 raise RequestError(
                     f"input[{i}] has {n} tokens; {self.name} embeds at most {each} tokens a "
-                    "text (its n_ctx): shorten or split it",
+                    "text (its n_ctx): shorten or split it (Ollama's /api/embed: or send "
+                    '"truncate": true to have it cut)',
                     param="input",
                 )
         total, most = sum(counts), self._model_config.max_embedding_tokens

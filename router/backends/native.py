@@ -103,12 +103,25 @@ class _Session:
                 forget()
 
     def close(self, events: Any = None) -> None:
+        loop = self.loop
         try:
             if events is not None and hasattr(events, "aclose"):
-                self.loop.run_until_complete(events.aclose())
-            self.loop.run_until_complete(self._handler.close())
+                loop.run_until_complete(events.aclose())
+            loop.run_until_complete(self._handler.close())
         finally:
-            self.loop.close()
+            try:
+                # What LiteLLM left on the loop (its success logging, and the logging worker
+                # that logging starts): cancelled and awaited, as asyncio.run does. Left
+                # pending, each was destroyed with the loop and printed a 2 KB traceback
+                # ("Event loop is closed") per call when collected.
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
 
 
 def complete(

@@ -86,7 +86,7 @@ class Retrying:
                 attempt += 1
 
     def embed(
-        self, texts: list[str], dimensions: int | None = None
+        self, texts: list[str], dimensions: int | None = None, truncate: bool = False
     ) -> tuple[list[list[float]], int]:
         inner = self.inner
         if not isinstance(inner, Embedder):
@@ -94,7 +94,7 @@ class Retrying:
         attempt = 0
         while True:
             try:
-                return inner.embed(texts, dimensions)
+                return inner.embed(texts, dimensions, truncate)
             except BackendError as error:
                 if not self._should_retry(attempt, error):
                     raise

@@ -147,10 +147,11 @@ class Worker:
         self._send({"op": "count", "id": rid, "texts": texts})
         return rid
 
-    def embed(self, texts: list[str]) -> int:
-        """Start embedding `texts`; returns the request's id for `next_event`."""
+    def embed(self, texts: list[str], truncate: bool = False) -> int:
+        """Start embedding `texts` (`truncate`: each cut to the tokens the model reads in a
+        batch); returns the request's id for `next_event`."""
         rid = next(self._ids)
-        self._send({"op": "embed", "id": rid, "texts": texts})
+        self._send({"op": "embed", "id": rid, "texts": texts, "truncate": truncate})
         return rid
 
     def request_cancel(self, rid: int) -> None:

@@ -66,10 +66,24 @@ def openai_job(embed: Embed, raw: bytes, asked: Asked) -> Job:
 
 
 def _run(
-    embed: Embed, texts: list[str], model: str, asked: Asked, hangup: Hangup, wanted: int | None
+    embed: Embed,
+    texts: list[str],
+    model: str,
+    asked: Asked,
+    hangup: Hangup,
+    wanted: int | None,
+    truncate: bool = False,
 ) -> Embeddings:
     user, retries = asked.user, asked.client_retries
-    return embed(texts, model, user=user, client_retries=retries, hangup=hangup, dimensions=wanted)
+    return embed(
+        texts,
+        model,
+        user=user,
+        client_retries=retries,
+        hangup=hangup,
+        dimensions=wanted,
+        truncate=truncate,
+    )
 
 
 def _encoded(vector: list[float], fmt: str) -> Any:
@@ -85,9 +99,14 @@ def ollama_job(embed: Embed, raw: bytes, asked: Asked, *, legacy: bool) -> Job:
     model = name_of(data.get("model"))
     texts = _texts(data.get("prompt" if legacy else "input"), "prompt" if legacy else "input")
     wanted = None if legacy else _dimensions(data)
+    # Ollama cuts a text too long for its model by default; here only when asked (a text cut
+    # without a word gives a vector of a part of it), otherwise it is a 400 that says so.
+    truncate = data.get("truncate", False)
+    if not isinstance(truncate, bool):
+        raise bad("truncate", "true or false")
 
     def work(hangup: Hangup) -> tuple[dict[str, Any], Routing]:
-        done = _run(embed, texts, model, asked, hangup, wanted)
+        done = _run(embed, texts, model, asked, hangup, wanted, truncate)
         if legacy:
             return {"embedding": done.vectors[0]}, done.routing
         nanoseconds = int(done.routing.latency_ms * 1e6)

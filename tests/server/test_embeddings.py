@@ -275,3 +275,10 @@ def test_local_embeddings_refuse_long_texts_and_large_requests_before_any_work(
     )
     assert ollama_many.status_code == 413
     assert router.ledger.entries() == []
+    # Ollama's API cuts a long text when the client asks for it, and only then.
+    long_text = {"model": "local-embed", "input": ["short", SENTENCE * 40]}
+    refused = httpx.post(url + "/api/embed", json=long_text, timeout=60)
+    assert refused.status_code == 400 and '"truncate": true' in refused.json()["error"]
+    cut = httpx.post(url + "/api/embed", json={**long_text, "truncate": True}, timeout=120)
+    assert cut.status_code == 200 and len(cut.json()["embeddings"]) == 2
+    assert cut.json()["prompt_eval_count"] <= 512 + 10

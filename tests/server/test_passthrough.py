@@ -11,8 +11,10 @@ reaches only the configured provider, and every answer is the provider's.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from router.backends.cloud import litellm_module
 from router.backends.native import NATIVE
 from router.cache import CachePolicy, answered
 from router.server.app import create_app
-from router.types import ChatRequest
+from router.types import SAMPLING_PARAMS, ChatRequest
 from tests.conftest import write_config
 from tests.fakecloud import FakeCloud
 from tests.server_harness import ServerThread
@@ -159,6 +161,14 @@ def test_no_litellm_argument_is_on_the_allow_list() -> None:
     assert len(arguments) > 100  # the enumeration found LiteLLM's arguments
     assert {"custom_llm_provider", "api_base", "mock_response", "extra_headers"} <= arguments
     assert set(NATIVE) & arguments <= SHARED
+    # Every other API reaches LiteLLM as a chat request: its checked messages and these
+    # OpenAI parameters (router.wire.schema.ChatParams), each one LiteLLM passes on as itself
+    # and none of LiteLLM's own settings.
+    from litellm.types.router import GenericLiteLLMParams
+
+    completion = set(inspect.signature(litellm_module().completion).parameters)
+    assert set(SAMPLING_PARAMS) <= completion
+    assert not set(SAMPLING_PARAMS) & set(GenericLiteLLMParams.model_fields)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
@@ -168,7 +178,7 @@ def test_every_litellm_argument_in_a_body_is_inert(
     router, url = served
     names = sorted((litellm_arguments() | set(PROBED)) - set(NATIVE) - {"stream"})
     everything = {name: hostile(name, attacker.base_url) for name in names}
-    tries = [everything, *({name: everything[name]} for name in PROBED)]
+    tries = [everything, *({name: value} for name, value in everything.items())]  # each alone
     for i, extra in enumerate(tries):
         question = f"question {i} {stream}"
         sent = len(fake_cloud.requests)
@@ -186,7 +196,7 @@ def test_every_litellm_argument_in_a_body_is_inert(
     rows = router.ledger.entries()
     assert len(rows) == len(tries) and all(r.model == "haiku" for r in rows)
     assert "not passed on: " in rows[0].reason and " more (not a request field" in rows[0].reason
-    alone = rows[1 + PROBED.index("mock_response")].reason
+    alone = rows[1 + names.index("mock_response")].reason
     assert "not passed on: mock_response (" in alone
 
 
@@ -280,3 +290,18 @@ def test_advisor_tools_and_unknown_metadata_are_not_passed(
     assert attacker.connections == 0
     reason = router.ledger.entries()[-1].reason
     assert "advisor tools" in reason and "metadata other than user_id" in reason
+
+
+def test_a_passed_through_call_leaves_nothing_behind_to_print(
+    served: tuple[Router, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LiteLLM's success logging started tasks on each call's own event loop, which was closed
+    under them: each one printed a 2 KB traceback ("Event loop is closed") when collected."""
+    _, url = served
+    seen: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(repr(u.exc_value)))
+    for i in range(5):
+        for stream in (False, True):
+            assert ask(url, f"tidy {i}", {}, stream).status_code == 200
+    gc.collect()
+    assert seen == []

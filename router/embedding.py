@@ -66,6 +66,19 @@ def check_texts(texts: object) -> list[str]:
     return list(texts)
 
 
+def check_dimensions(dimensions: object) -> int | None:
+    """The vectors' size asked for, if any, or RequestError naming `dimensions`."""
+    if dimensions is not None and (
+        isinstance(dimensions, bool)
+        or not isinstance(dimensions, int)
+        or not 0 < dimensions <= MAX_DIMENSIONS
+    ):
+        raise RequestError(
+            f"'dimensions' must be an integer from 1 to {MAX_DIMENSIONS}", param="dimensions"
+        )
+    return dimensions
+
+
 def candidates(config: Config, views: Mapping[str, ModelView], model: str) -> tuple[str, ...]:
     """The embedding models to try for `model`, in order; RequestError when none can be."""
     embedders = [n for n, m in config.enabled().items() if m.embeddings]

@@ -36,10 +36,9 @@ from router.chunks import assemble, new_id, replay
 from router.complexity import Estimator, estimator_name, load_estimator
 from router.complexity.followups import conversation_score
 from router.config import Config, load_config
-from router.embedding import MAX_DIMENSIONS, Embedding, Embeddings, check_texts
+from router.embedding import Embedding, Embeddings, check_dimensions, check_texts
 from router.errors import (
     BackendError,
-    RequestError,
     UnknownModelError,
 )
 from router.governance import waste
@@ -347,23 +346,14 @@ class Router:
         first usable one, local first. `dimensions`: the size wanted (a cloud model's provider
         shortens its vectors; a local model gives only its own size). `truncate`: a text
         longer than a local model reads is cut to what it reads, not refused."""
-        checked = check_texts(texts)
-        if dimensions is not None and (
-            isinstance(dimensions, bool)
-            or not isinstance(dimensions, int)
-            or not 0 < dimensions <= MAX_DIMENSIONS
-        ):
-            raise RequestError(
-                f"'dimensions' must be an integer from 1 to {MAX_DIMENSIONS}", param="dimensions"
-            )
         return self._embedding.embed(
-            checked,
+            check_texts(texts),
             model,
             self.model_views(),
             user=user,
             client_retries=client_retries,
             hangup=hangup,
-            dimensions=dimensions,
+            dimensions=check_dimensions(dimensions),
             truncate=truncate,
         )
 

@@ -16,7 +16,6 @@ and never the process using the router. This module is the supervisor behind the
 
 from __future__ import annotations
 
-import collections
 import logging
 import secrets
 import threading
@@ -28,7 +27,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from router.backends import batching
 from router.backends import hangup as hangups
+from router.backends.batching import EMBED_GROUP
 from router.backends.restarts import RestartPolicy
 from router.backends.transcript import for_local
 from router.backends.worker import Worker, WorkerFailure, WorkerLoadError, describe_exit
@@ -40,60 +41,11 @@ from router.errors import (
     ModelLoadError,
     RequestError,
     RouterError,
-    TooLargeError,
 )
 from router.model_files import hub_cached, local_path, local_problem
 from router.types import SAMPLING_PARAMS, ChatRequest
 
 log = logging.getLogger("router.local")
-# Tokens an embedding reads in one turn of the model: ~2.5 s for the shipped model on one
-# thread of a 2-core CPU, the longest a small request waits behind a large one.
-EMBED_GROUP = 256
-
-
-class FairLock:
-    """A lock handed over in the order it was asked for. threading.Lock is not fair: a thread
-    that releases it and asks again at once mostly gets it back, so a large embedding read in
-    groups would keep a small request queued behind it waiting to the end."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._held = False
-        self._waiting: collections.deque[object] = collections.deque()
-
-    def __enter__(self) -> None:
-        with self._cond:
-            if not self._held and not self._waiting:
-                self._held = True
-                return
-            me = object()
-            self._waiting.append(me)
-            try:
-                while self._held or self._waiting[0] is not me:
-                    self._cond.wait()
-            except BaseException:  # interrupted while waiting: leave the queue
-                self._waiting.remove(me)
-                self._cond.notify_all()
-                raise
-            self._waiting.popleft()
-            self._held = True
-
-    def __exit__(self, *exc: object) -> None:
-        with self._cond:
-            self._held = False
-            self._cond.notify_all()
-
-
-def _groups(counts: list[int], size: int) -> Iterator[tuple[int, int]]:
-    """Consecutive ranges of texts of about `size` tokens each (a longer text alone)."""
-    start, tokens = 0, 0
-    for i, n in enumerate(counts):
-        if i > start and tokens + n > size:
-            yield start, i
-            start, tokens = i, 0
-        tokens += n
-    if start < len(counts):
-        yield start, len(counts)
 
 
 def resolve_gguf(config: Config, name: str, model: LocalModel) -> Path:
@@ -128,7 +80,7 @@ class LocalBackend:
         self._clock = clock
         self._worker: Worker | None = None
         self._state_lock = threading.Lock()  # _worker, _restarts and the counters
-        self._generate_lock = FairLock()  # the model's turn, in the order asked
+        self._generate_lock = batching.FairLock()  # the model's turn, in the order asked
         self._queue_lock = threading.Lock()
         self._in_flight = 0  # running + waiting for the model
         self._seconds_per_request = 2.0  # moving average, for Retry-After
@@ -219,22 +171,22 @@ class LocalBackend:
                 )
             counted = self._embedding_event(worker, worker.count, texts, hangup)
         if counted.get("cancelled"):
-            raise self._gone(0, len(texts), 0)
+            raise batching.gone(self.name, 0, len(texts), 0)
         each = int(worker.info.get("n_batch") or self._model_config.n_ctx)
         counts = [min(int(n), each) if truncate else int(n) for n in counted["tokens"]]
-        self._check_sizes(counts, each)
+        batching.check_sizes(self.name, counts, each, self._model_config.max_embedding_tokens)
         vectors: list[list[float]] = []
         used = 0
-        for start, end in _groups(counts, EMBED_GROUP):
+        for start, end in batching.groups(counts, EMBED_GROUP):
             if hangup is not None and hangup.fired:
-                raise self._gone(start, len(texts), used)
+                raise batching.gone(self.name, start, len(texts), used)
             with self._turn(admitted=True):
                 worker = self._ready_worker()
                 event = self._embedding_event(
                     worker, partial(worker.embed, truncate=truncate), texts[start:end], hangup
                 )
             if event.get("cancelled"):
-                raise self._gone(start, len(texts), used)
+                raise batching.gone(self.name, start, len(texts), used)
             vectors += event["vectors"]
             used += int(event["tokens"])
         return vectors, used
@@ -260,31 +212,6 @@ class LocalBackend:
                 forget()
         self._finished("cancelled" if event.get("cancelled") else "completed")
         return event
-
-    def _check_sizes(self, counts: list[int], each: int) -> None:
-        for i, n in enumerate(counts):
-            if n > each:
-                raise RequestError(
-                    f"input[{i}] has {n} tokens; {self.name} embeds at most {each} tokens a "
-                    "text (its n_ctx): shorten or split it (Ollama's /api/embed: or send "
-                    '"truncate": true to have it cut)',
-                    param="input",
-                )
-        total, most = sum(counts), self._model_config.max_embedding_tokens
-        if total > most:
-            raise TooLargeError(
-                f"the inputs have {total} tokens; {self.name} embeds at most {most} in one "
-                "request (max_embedding_tokens in models.toml): send them in several requests",
-                param="input",
-            )
-
-    def _gone(self, done: int, total: int, tokens: int) -> ClientGoneError:
-        gone = ClientGoneError(
-            f"{self.name}: the client hung up; embedding stopped after {done} of {total} "
-            f"inputs ({tokens} tokens read)"
-        )
-        gone.tokens, gone.model = tokens, self.name
-        return gone
 
     # ---------------------------------------------------------------- supervision
 

@@ -20,16 +20,15 @@ The answer and its stream come back in Anthropic's shapes: content blocks, `stop
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from router.backends.native import NATIVE
 from router.chunks import public_id
 from router.errors import RequestError
-from router.types import ChatRequest, Completion, Message, Native, Routing
+from router.types import ChatRequest, Completion, Message, Routing
 from router.wire.api import Asked, Call, bad, finish_of, parse_object, sse, unknown, usage_of
 from router.wire.http import HTTPError, http_error
+from router.wire.messages_native import Dropped, native
 
 KNOWN = {
     "model", "messages", "system", "max_tokens", "stop_sequences", "temperature", "top_p",
@@ -40,13 +39,6 @@ CARRIED = {
     "model", "messages", "system", "max_tokens", "stop_sequences", "temperature", "top_p",
     "tools", "tool_choice", "metadata", "stream",
 }  # fmt: skip
-# Objects passed as they are (their contents are Anthropic's to check).
-_NATIVE_OBJECTS = ("thinking", "context_management", "output_config", "cache_control")
-# LiteLLM runs tools of these types itself instead of passing them on (its advisor loop calls
-# the model, key and base URL the tool names): never passed.
-_INTERCEPTED_TOOLS = ("advisor",)
-_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
-_BETA = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+){0,15}")
 STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -60,30 +52,10 @@ ERROR_TYPES = {
 }
 
 
-class _Dropped:
-    """What the translation could not carry, by name, in the order met."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self.more = 0  # names past the first 16
-
-    def add(self, name: str) -> None:
-        name = name[:40]
-        if name in self.names:
-            return
-        if len(self.names) < 16:
-            self.names.append(name)
-        else:
-            self.more += 1
-
-    def all(self) -> tuple[str, ...]:
-        return (*self.names, f"{self.more} more") if self.more else tuple(self.names)
-
-
 def parse(raw: bytes, asked: Asked) -> Call:
     """A /v1/messages body → a Call, or HTTPError(400) in Anthropic's words."""
     data = parse_object(raw, '{"model": ..., "max_tokens": ..., "messages": [...]}')
-    dropped = _Dropped()
+    dropped = Dropped()
     for name in unknown(data, CARRIED):
         dropped.add(name)
     model = data.get("model")
@@ -149,67 +121,6 @@ def parse(raw: bytes, asked: Asked) -> Call:
     return Call(request, bool(stream), model)
 
 
-def native(data: Mapping[str, Any], forward: tuple[tuple[str, str], ...]) -> Native:
-    """What of a checked body and its headers may reach a model that speaks Messages: the
-    NATIVE fields (`metadata` as its `user_id` alone, no tool LiteLLM would run itself) and
-    the checked `anthropic-version` and `anthropic-beta` headers; HTTPError(400) for a
-    malformed header."""
-    body: dict[str, Any] = {}
-    left_out = _Dropped()
-    for name in data:
-        if name not in NATIVE and name != "stream":
-            left_out.add(name)
-    for name in NATIVE:
-        value = data.get(name)
-        if value is None:
-            continue
-        if (name in _NATIVE_OBJECTS or name == "tool_choice") and not isinstance(value, dict):
-            raise bad(name, "an object")
-        if name == "top_k" and (isinstance(value, bool) or not isinstance(value, int)):
-            raise bad(name, "a non-negative integer")
-        if name == "metadata":
-            value = {"user_id": value["user_id"]} if "user_id" in value else {}
-            if len(data[name]) > len(value):
-                left_out.add("metadata other than user_id")
-            if not value:
-                continue
-        if name == "tools":
-            value = [t for t in value if not _intercepted(t)]
-            if len(value) < len(data[name]):
-                left_out.add("advisor tools")
-        body[name] = value
-    return Native(body, native_headers(forward), left_out.all())
-
-
-def _intercepted(tool: Mapping[str, Any]) -> bool:
-    kind = tool.get("type")
-    return isinstance(kind, str) and kind.startswith(_INTERCEPTED_TOOLS)
-
-
-def native_headers(forward: tuple[tuple[str, str], ...]) -> dict[str, str]:
-    """The client's `anthropic-version` (a date) and `anthropic-beta` (a comma-separated list
-    of up to 16 beta names, such as `context-management-2025-06-27`), rebuilt from the values
-    that match, for the provider; HTTPError(400) for anything else."""
-    out: dict[str, str] = {}
-    for name, value in forward:
-        if name == "anthropic-version":
-            if not _VERSION.fullmatch(value.strip()):
-                raise _bad_header(name, "a date such as 2023-06-01")
-            out[name] = value.strip()
-        elif name == "anthropic-beta":
-            betas = [b.strip() for b in value.split(",") if b.strip()]
-            if len(betas) > 16 or not all(len(b) <= 64 and _BETA.fullmatch(b) for b in betas):
-                expected = "up to 16 comma-separated names such as context-management-2025-06-27"
-                raise _bad_header(name, expected)
-            if betas:
-                out[name] = ",".join(betas)
-    return out
-
-
-def _bad_header(name: str, expected: str) -> HTTPError:
-    return HTTPError(400, f"the {name} header must be {expected}", param=name)
-
-
 def count_tokens(raw: bytes) -> Call:
     """A /v1/messages/count_tokens body (a messages body without max_tokens) → a Call."""
     data = parse_object(raw, '{"model": ..., "messages": [...]}')
@@ -217,7 +128,7 @@ def count_tokens(raw: bytes) -> Call:
     return parse(json.dumps(data).encode(), Asked(cache=False))
 
 
-def _system(system: Any, dropped: _Dropped) -> list[Message]:
+def _system(system: Any, dropped: Dropped) -> list[Message]:
     if system is None:
         return []
     if isinstance(system, str):
@@ -237,7 +148,7 @@ def _system(system: Any, dropped: _Dropped) -> list[Message]:
     return [{"role": "system", "content": joined}] if joined else []
 
 
-def _message(message: Any, where: str, dropped: _Dropped) -> list[Message]:
+def _message(message: Any, where: str, dropped: Dropped) -> list[Message]:
     if not isinstance(message, dict) or message.get("role") not in ("user", "assistant", "system"):
         raise bad(f"{where}.role", '"user" or "assistant" (or "system")')
     role, content = message["role"], message.get("content")
@@ -306,7 +217,7 @@ def _tool_use(block: Mapping[str, Any], at: str) -> dict[str, Any]:
     return {"id": ident, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-def _tool_result(block: Mapping[str, Any], at: str, dropped: _Dropped) -> Message:
+def _tool_result(block: Mapping[str, Any], at: str, dropped: Dropped) -> Message:
     ident = block.get("tool_use_id")
     if not isinstance(ident, str):
         raise bad(f"{at}.tool_use_id", "a string")
@@ -328,7 +239,7 @@ def _tool_result(block: Mapping[str, Any], at: str, dropped: _Dropped) -> Messag
     return {"role": "tool", "tool_call_id": ident, "content": content}
 
 
-def _tools(tools: Any, dropped: _Dropped) -> list[dict[str, Any]]:
+def _tools(tools: Any, dropped: Dropped) -> list[dict[str, Any]]:
     if tools is None:
         return []
     if not isinstance(tools, list):

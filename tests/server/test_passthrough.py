@@ -169,6 +169,9 @@ def test_no_litellm_argument_is_on_the_allow_list() -> None:
     completion = set(inspect.signature(litellm_module().completion).parameters)
     assert set(SAMPLING_PARAMS) <= completion
     assert not set(SAMPLING_PARAMS) & set(GenericLiteLLMParams.model_fields)
+    # An image URL in a message is fetched by LiteLLM itself for some providers: its own
+    # check (no private, loopback or link-local address, each redirect checked) stays on.
+    assert litellm_module().user_url_validation is True
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])

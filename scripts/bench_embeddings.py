@@ -17,10 +17,8 @@ Medians over `--runs`. Servers are stopped by their PIDs at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,8 +30,12 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_server import GGUF, free_port, router_serve, table
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_server import GGUF, free_port, router_serve, table  # noqa: E402
+
+from tests.server_harness import raw_post  # noqa: E402
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank. "
 SMALL = {"input": "hello there"}
@@ -81,15 +83,6 @@ def large(model: str, texts: int) -> dict[str, object]:
     return {"model": model, "input": [f"{i}. " + SENTENCE * 6 for i in range(texts)]}
 
 
-def raw_post(url: str, body: dict[str, object]) -> socket.socket:
-    data = json.dumps(body).encode()
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)))
-    head = f"POST /v1/embeddings HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-    sock.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
-    return sock
-
-
 def small(url: str, model: str) -> float:
     started = time.perf_counter()
     r = httpx.post(url + "/v1/embeddings", json={**SMALL, "model": model}, timeout=300)
@@ -122,7 +115,7 @@ def behind(url: str, model: str, texts: int) -> float:
 
 
 def after_hangup(url: str, model: str, texts: int) -> float:
-    sock = raw_post(url, large(model, texts))
+    sock = raw_post(url, "/v1/embeddings", large(model, texts))
     time.sleep(2.0)
     sock.close()
     return small(url, model)

@@ -66,3 +66,15 @@ def health(base_url: str, key: str = "owner") -> dict[str, Any]:
     with urllib.request.urlopen(request, timeout=30) as response:
         body: dict[str, Any] = json.loads(response.read())
     return body
+
+
+def raw_post(url: str, path: str, body: dict[str, Any]) -> socket.socket:
+    """Send a JSON POST and return its socket unread: closing it is the client hanging up."""
+    import json
+
+    data = json.dumps(body).encode()
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    sock.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return sock

@@ -5,9 +5,7 @@ API, tokens and cost."""
 
 from __future__ import annotations
 
-import json
 import math
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ from router.backends import FunctionBackend
 from router.server.app import create_app
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, write_config
 from tests.fakecloud import FakeCloud, fake_vector
-from tests.server_harness import ServerThread
+from tests.server_harness import ServerThread, raw_post
 
 EMBEDDERS = """
 [models.local-embed]
@@ -197,16 +195,6 @@ def bounded(tmp_path: Path) -> Iterator[tuple[Router, str]]:
     router = Router(write_config(tmp_path, None, BOUNDED))
     with router, ServerThread(create_app(router)) as server:
         yield router, server.url
-
-
-def raw_post(url: str, path: str, body: dict[str, object]) -> socket.socket:
-    """Send a request and return its socket unread: closing it is the client hanging up."""
-    data = json.dumps(body).encode()
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)))
-    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-    sock.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
-    return sock
 
 
 def cancelled(router: Router) -> int:

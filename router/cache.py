@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from router.chunks import new_id
 from router.config import CloudModel, Config, LocalModel
-from router.shared import Reachability
+from router.reachability import Reachability
 from router.types import ChatRequest, Decision, Routing
 
 if TYPE_CHECKING:

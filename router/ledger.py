@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 from router import rollups
 from router.chunks import canonical_id
 from router.errors import LedgerUnavailableError, NotFoundError, RequestError
-from router.shared import Reachability
+from router.reachability import Reachability
 from router.sqlite import GroupCommit, Store, migrate, open_db
 from router.types import SAVED_BY, Routing
 

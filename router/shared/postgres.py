@@ -34,7 +34,7 @@ from typing import Any
 from router import rollups
 from router.errors import LedgerUnavailableError, UnavailableError
 from router.ledger import Entry, Verdict, summary_of, totals_of
-from router.shared import Reachability
+from router.reachability import Reachability
 from router.sqlite import GroupCommit, migrate, open_db
 
 log = logging.getLogger("router.ledger")

@@ -332,11 +332,14 @@ class CachePolicy:
             tier=hit["tier"],
             model=hit["model"],
             score=decision.score,
-            reason=f"cache hit (first answered by {hit['model']}, answer {hit['row']})",
+            reason=f"cache hit (first answered by {hit['model']})",
             cache_hit=True,
             category=decision.category,
             flags=list(decision.flags),
         )
+        # Which paid call answered first: the operator's to read (another user's answer id,
+        # with a shared cache), never a client's.
+        routing.note(f"; first answer {hit['row']}", "")
         return response, routing
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ from router.backends.cloud import litellm_module
 from router.backends.native import NATIVE
 from router.cache import CachePolicy, answered
 from router.server.app import create_app
-from router.types import SAMPLING_PARAMS, ChatRequest
+from router.types import SAMPLING_PARAMS, ChatRequest, Decision
 from tests.conftest import write_config
 from tests.fakecloud import FakeCloud
 from tests.server_harness import ServerThread
@@ -238,7 +238,12 @@ def test_a_cache_entry_that_names_no_model_call_is_never_served(tmp_path: Path) 
     disk.set("k1", {"response": answer, "tier": "cloud", "model": "haiku"})
     disk.set("k2", {"response": answer, "tier": "cloud", "model": "haiku", "row": "r-1"})
     assert policy.get(request, "k1") is None and answered(disk.get("k1")) is None
-    assert policy.get(request, "k2") is not None
+    hit = policy.get(request, "k2")
+    assert hit is not None
+    # The row that answered first is the operator's to read; with a shared cache it is
+    # another user's answer id.
+    _, routing = policy.replay(hit, Decision(0.1, ("haiku",), "score 0.10"))
+    assert "r-1" in routing.reason and "r-1" not in json.dumps(routing.public_dict())
     disk.close()
 
 

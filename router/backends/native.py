@@ -23,16 +23,16 @@ from router.backends import hangup as hangups
 from router.config import CloudModel
 from router.types import ChatRequest
 
-# What a model that speaks Anthropic's API is sent of a request, the one allow-list of that
-# path (router.wire.messages keeps these fields at the edge, and checks them): the documented
-# request fields of POST /v1/messages (the API reference, 2026-12) that LiteLLM 1.83's
-# passthrough carries to the provider (its AnthropicMessagesRequestOptionalParams). They become the
-# keyword arguments of `litellm.anthropic_messages`; no LiteLLM argument has one of these
-# names (tests/server/test_passthrough.py checks every one), so no body can set where the call
-# goes, what it carries or what it answers (`api_base`, `custom_llm_provider`, `extra_headers`,
-# `mock_response`...). `stream` is the router's to set. Not passed, and named in the ledger's
-# reason: `service_tier` (LiteLLM's passthrough drops it), `speed` and `inference_geo` (they
-# change the price, which the router's books would not know), `container` and `mcp_servers`
+# What a model that speaks Anthropic's API is sent of a request, the one allow-list of that path
+# (router.wire.messages_native keeps these fields at the edge, and checks them): the documented
+# request fields of POST /v1/messages (the API reference, 2026-12) that LiteLLM 1.83's passthrough
+# carries to the provider (its AnthropicMessagesRequestOptionalParams). They become the keyword
+# arguments of `litellm.anthropic_messages`; no LiteLLM argument has one of these names but as that
+# same Anthropic field (tests/server/test_passthrough.py checks every one), so no body can set where
+# the call goes, what it carries or what it answers (`api_base`, `custom_llm_provider`,
+# `extra_headers`, `mock_response`...). `stream` is the router's to set. Not passed, and named in
+# the ledger's reason: `service_tier` (LiteLLM's passthrough drops it), `speed` and `inference_geo`
+# (they change the price, which the router's books would not know), `container` and `mcp_servers`
 # (they reach containers and servers of the operator's account or of the client's choosing),
 # `output_format` (superseded by `output_config.format`), and any other name.
 NATIVE = (
@@ -40,7 +40,8 @@ NATIVE = (
     "top_p", "top_k", "tools", "tool_choice", "thinking", "context_management", "output_config",
     "cache_control",
 )  # fmt: skip
-# The client's headers that may reach the provider, as values router.wire.messages checked.
+# The client's headers that may reach the provider, as values router.wire.messages_native
+# checked.
 HEADERS = ("anthropic-version", "anthropic-beta")
 STOP = {
     "end_turn": "stop",

@@ -19,10 +19,9 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from router.chunks import new_id
 from router.config import CloudModel, Config, LocalModel
@@ -36,7 +35,6 @@ if TYPE_CHECKING:
 # paid call (its ledger row) that produced them; an entry of an older router, which may hold
 # an answer a request body supplied (issue 34), is never read.
 KEY_VERSION = 3
-T = TypeVar("T")
 
 
 class ResponseCache(Protocol):
@@ -237,9 +235,9 @@ class CachePolicy:
             "down_since": writes["down_since"] or reads["down_since"],
         }
 
-    def _read(self, read: Callable[[], T]) -> T | None:
+    def _read(self, cache: ResponseCache, key: str) -> dict[str, Any] | None:
         try:
-            found = read()
+            found = cache.get(key)
         except Exception as exc:  # a miss: the request goes to a model
             self.reads.failed(exc)
             return None
@@ -261,7 +259,7 @@ class CachePolicy:
         cache = self.cache
         if cache is None or not self.applies(request):
             return None
-        return answered(self._read(lambda: cache.get(key)))
+        return answered(self._read(cache, key))
 
     def lookup(
         self, request: ChatRequest, key: str, repeats: RepeatDetector
@@ -277,7 +275,7 @@ class CachePolicy:
         if check and counting is not None:
             hit, repeated = counting(key, repeats, request.user)
             return answered(hit), bool(repeated)
-        hit = self._read(lambda: cache.get(key))
+        hit = self._read(cache, key)
         return answered(hit), check and repeats.repeated(request.user, key)
 
     def reads_async(self, request: ChatRequest) -> bool:

@@ -180,6 +180,15 @@ class Parsed:
         self._known[key] = call
 
 
+def _forwardable(request: Request) -> tuple[tuple[str, str], ...]:
+    """The request's FORWARDABLE headers, as sent (one pass over the raw headers)."""
+    return tuple(
+        (name, value.decode("latin-1"))
+        for raw, value in request.scope["headers"]
+        if raw.startswith(b"anthropic-") and (name := raw.decode("latin-1")) in FORWARDABLE
+    )
+
+
 class Service:
     def __init__(
         self, router: Router, keys: Keys | None, *, require_keys: bool, body_limit: int
@@ -235,7 +244,9 @@ class Service:
             "authorization" in request.headers or "x-api-key" in request.headers
         )
 
-    def asked(self, request: Request, viewer: KeyOwner | None) -> Asked:
+    def asked(self, request: Request, viewer: KeyOwner | None, forward: bool = False) -> Asked:
+        """What the headers say of a request; `forward`: with the API's own headers a model
+        speaking it may be sent (FORWARDABLE: only the Messages API reads them)."""
         no_cache = {"no-cache", "no-store"} & {
             v.strip() for v in request.headers.get("cache-control", "").lower().split(",")
         }
@@ -246,9 +257,7 @@ class Service:
             # OpenAI's and Anthropic's SDKs say so: they retry 5xx and 429 themselves.
             client_retries="x-stainless-retry-count" in request.headers,
             routing=ROUTING_HEADER in request.headers,
-            forward=tuple(
-                (name, request.headers[name]) for name in FORWARDABLE if name in request.headers
-            ),
+            forward=_forwardable(request) if forward else (),
         )
 
     # ---------------------------------------------------------------- the body
@@ -343,7 +352,8 @@ class Service:
 
         try:
             viewer = self.authenticate(request)
-            raw, asked = await self.read_body(request), self.asked(request, viewer)
+            raw = await self.read_body(request)
+            asked = self.asked(request, viewer, forward=api == "messages")
             remembered = self.parsed.key(parse, raw, asked)
             known = self.parsed.get(remembered)
             call = known or parse(raw, asked)

@@ -173,7 +173,7 @@ def test_the_routing_a_client_reads_is_the_public_one(
 def test_embeddings_errors_say_nothing_of_the_provider(
     served: tuple[Router, str, Local], fake_cloud: FakeCloud, api: str
 ) -> None:
-    _, url, _ = served
+    router, url, _ = served
     fake_cloud.inject(*[Fault(500, message=PROVIDER)] * 8)
     path, body = (
         ("/v1/embeddings", {"model": "cloud-embed", "input": ["a", "b"]})
@@ -185,3 +185,7 @@ def test_embeddings_errors_say_nothing_of_the_provider(
     # The router's 3 attempts ([retry] max_retries = 2), none added by LiteLLM (it used to
     # make 3 calls of each: 9).
     assert len(fake_cloud.requests) == 3
+    # A request every model failed has its row all the same: nothing charged, and why.
+    (row,) = router.ledger.entries()
+    assert row.api == "embeddings" and row.model == "cloud-embed" and not row.pending
+    assert "failed: " in row.reason and row.cost_usd == 0.0 and row.usd_saved == 0.0

@@ -9,6 +9,7 @@ When every model failed, the request's pending row goes and the error says why.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +34,7 @@ from router.errors import (
 from router.governance.budgets import BudgetStore, Reservation, shortened
 from router.policy import ModelView
 from router.types import ChatRequest, Decision, Routing
+from router.units import Tokens
 
 T = TypeVar("T")
 
@@ -89,9 +91,17 @@ class Attempts:
         return result, routing, reservation
 
     def settle(self, reservation: Reservation | None, routing: Routing) -> None:
-        self._budgets.settle(
-            reservation, routing.prompt_tokens + routing.completion_tokens, routing.cost_usd
-        )
+        """Settle to the real usage: the dollars paid, and the tokens a budget counts
+        (Price.budget_tokens: cache reads at their price's share)."""
+        if reservation is not None:
+            tokens = Tokens(
+                routing.prompt_tokens,
+                routing.completion_tokens,
+                routing.cache_read_tokens,
+                routing.cache_write_tokens,
+            )
+            counted = math.ceil(self._prices[routing.model].budget_tokens(tokens))
+            self._budgets.settle(reservation, counted, routing.cost_usd)
         self._wake_waiters(reservation)
 
     def _release(self, reservation: Reservation | None) -> None:
@@ -196,6 +206,8 @@ class Attempts:
                     completion,
                     self._prices[name],
                     shorten="max_tokens" not in request.params,
+                    expected=lambda: self._expected(request.user, name),
+                    session=request.session,
                 )
             except BudgetExceededError as exc:
                 left = until - time.monotonic()
@@ -203,6 +215,14 @@ class Attempts:
                     raise
                 with self._settled:  # woken by a settlement here; another replica's: polled
                     self._settled.wait(min(0.25, left))
+
+    def _expected(self, user: str | None, name: str) -> int:
+        """The completion a reservation expects: [router] reserve_completion_tokens, else
+        from the user's recent answers on `name` (the ledger; remembered for a minute)."""
+        fixed = self._config.router.reserve_completion_tokens
+        if fixed is not None:
+            return fixed
+        return self._books.expected_completion(user, name)
 
     def _wanted_cloud(self, decision: Decision, name: str) -> bool:
         """Whether routing by score would have had the cloud answer, not local `name`: a cloud

@@ -15,17 +15,22 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from router import policy
 from router.cache import sampled
 from router.config import Config, Price
-from router.errors import LedgerUnavailableError
+from router.errors import LedgerUnavailableError, RouterError
+from router.governance.budgets import expected_completion
 from router.governance.waste import RepeatDetector
 from router.ledger import Entry, Ledger
 from router.types import ChatRequest, Decision, Routing
 
 log = logging.getLogger("router.ledger")
+EXPECTED_ROWS = 200  # the user's last rows an expected completion is read from
+EXPECTED_SECONDS = 60.0
 
 UNFINISHED = (
     "paid call not seen to finish: the router stopped before its answer came; the tokens and "
@@ -49,6 +54,7 @@ class Books:
         self._repeats = repeats
         self._prices = prices
         self._estimator = estimator
+        self._expected: dict[tuple[str | None, str], tuple[int, float]] = {}
 
     def begin(
         self,
@@ -114,6 +120,68 @@ class Books:
         except LedgerUnavailableError:
             self._not_taken(routing)
 
+    def expected_completion(self, user: str | None, model: str) -> int:
+        """The completion a budget reserves for `user`'s next call to `model`: the 95th
+        percentile of their last answers from it (router.governance.budgets), remembered
+        for EXPECTED_SECONDS."""
+        now = time.monotonic()
+        known = self._expected.get((user, model))
+        if known is not None and now - known[1] < EXPECTED_SECONDS:
+            return known[0]
+        try:
+            rows = self._ledger.recent(EXPECTED_ROWS, user)
+        except Exception:  # a ledger that cannot be read now: the floor
+            rows = []
+        found = expected_completion(
+            [
+                r.completion_tokens
+                for r in rows
+                if r.model == model and not r.refusal and not r.pending
+            ]
+        )
+        if len(self._expected) > 10_000:
+            self._expected.clear()
+        self._expected[(user, model)] = (found, now)
+        return found
+
+    @contextmanager
+    def refusals(self, request: ChatRequest, started: float) -> Iterator[None]:
+        """Record the refusal (RouterError.refusal) a request gets in this block."""
+        try:
+            yield
+        except RouterError as exc:
+            if exc.refusal:
+                self.refused(request, exc, started)
+            raise
+
+    def refused(self, request: ChatRequest, exc: RouterError, started: float) -> None:
+        """Write the row of a refused request: zero tokens, the refusal as its reason (so the
+        audit and the dashboard count who was refused, and how often)."""
+        entry = Entry(
+            ts=time.time(),
+            user=request.user,
+            tier="none",
+            model=self._config.resolve(request.model),
+            prompt_tokens=0,
+            completion_tokens=0,
+            cost_usd=0.0,
+            baseline_usd=0.0,
+            tokens_saved=0,
+            usd_saved=0.0,
+            cache_hit=False,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            score=0.0,
+            reason=f"refused: {exc}",
+            estimator=self._estimator,
+            api=request.api,
+            session=request.session or "",
+            refusal=exc.refusal,
+        )
+        try:
+            self._ledger.record(entry)
+        except LedgerUnavailableError:
+            log.error("the ledger did not take the row of a refusal (%s)", exc.refusal)
+
     def _answered(
         self, request: ChatRequest, key: str, routing: Routing, started: float, stream: bool
     ) -> Entry:
@@ -144,6 +212,7 @@ class Books:
         return Entry.from_routing(
             routing,
             user=request.user,
+            session=request.session or "",
             stream=stream,
             estimator=self._estimator,
             prompt=prompt,

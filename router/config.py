@@ -25,6 +25,7 @@ from pydantic import (
 
 from router.config_errors import describe
 from router.config_sections import (
+    AgentSettings,
     CacheSettings,
     GuardrailSettings,
     LedgerSettings,
@@ -35,6 +36,7 @@ from router.config_sections import (
     SharedSettings,
     _Strict,
 )
+from router.config_sections import Budget as Budget  # re-exported: budgets are config
 from router.config_sections import Price as Price  # re-exported: prices are config
 from router.errors import ConfigError
 from router.types import CATEGORIES, ROUTING_MODES
@@ -237,39 +239,6 @@ class Team(_Strict):
     users: list[str]
 
 
-class Budget(_Strict):
-    """A cap on cloud usage (tokens sent to paid providers, dollars paid) for a user or a team.
-
-    Local answers and cache hits cost nothing and never count. Periods are UTC days and months.
-    """
-
-    user: str | None = None
-    team: str | None = None
-    daily_tokens: Annotated[int, Field(ge=0)] | None = None
-    monthly_tokens: Annotated[int, Field(ge=0)] | None = None
-    daily_usd: Annotated[float, Field(ge=0)] | None = None
-    monthly_usd: Annotated[float, Field(ge=0)] | None = None
-    on_exceed: Literal["block", "local-only"] = "block"
-
-    @model_validator(mode="after")
-    def _scope(self) -> Budget:
-        if (self.user is None) == (self.team is None):
-            raise ValueError("a budget names exactly one of 'user' or 'team'")
-        if all(
-            v is None
-            for v in (self.daily_tokens, self.monthly_tokens, self.daily_usd, self.monthly_usd)
-        ):
-            raise ValueError(
-                "a budget needs at least one limit: daily_tokens, monthly_tokens, daily_usd "
-                "or monthly_usd"
-            )
-        return self
-
-    @property
-    def scope(self) -> str:
-        return f"user:{self.user}" if self.user is not None else f"team:{self.team}"
-
-
 class Config(_Strict):
     router: RouterSettings = RouterSettings()
     quality: QualitySettings = QualitySettings()
@@ -284,6 +253,7 @@ class Config(_Strict):
     # this file. Keys are glob patterns ("claude-*"); the first that matches wins.
     aliases: dict[str, str] = Field(default_factory=dict)
     budgets: list[Budget] = Field(default_factory=list)
+    agents: AgentSettings | None = None  # [agents]: scenario routes (governance.agents)
     models: dict[str, ModelConfig]
     source: Path | None = Field(default=None, exclude=True)
 
@@ -319,10 +289,13 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _aliases(self) -> Config:
-        for pattern, target in self.aliases.items():
+        named = [(f"aliases.{p!r}", t) for p, t in self.aliases.items()]
+        if self.agents is not None:
+            named += [(f"agents.{k}", t) for k, t in self.agents.routes().items()]
+        for where, target in named:
             if target not in ROUTING_MODES and target not in self.models:
                 raise ValueError(
-                    f"aliases.{pattern!r} = {target!r}: give auto, local, cloud or a model of "
+                    f"{where} = {target!r}: give auto, local, cloud or a model of "
                     f"this file (models: {', '.join(self.models)})"
                 )
         return self

@@ -7,7 +7,9 @@ import os
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from router.units import Tokens
 
 _ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[^/\s:\[\]]+)(:[0-9]{1,5})?/?$")
 
@@ -19,15 +21,53 @@ class _Strict(BaseModel):
 
 
 class Price(_Strict):
-    """USD per million tokens."""
+    """USD per million tokens: input, output, and a provider's prompt-cache reads and writes
+    (unset: the input price). `tiers`: the prices above a prompt size (LiteLLM's
+    `*_above_200k_tokens`), each a Price with `above_tokens` set."""
 
     input_per_mtok: Annotated[float, Field(ge=0)]
     output_per_mtok: Annotated[float, Field(ge=0)]
+    cache_read_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    cache_write_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    cache_write_1h_per_mtok: Annotated[float, Field(ge=0)] | None = None
+    above_tokens: Annotated[int, Field(ge=0)] | None = None
+    tiers: tuple[Price, ...] = ()
+
+    def at(self, prompt_tokens: int) -> Price:
+        """The price a prompt of this size pays: the highest tier it is above."""
+        if not self.tiers:
+            return self
+        for tier in sorted(self.tiers, key=lambda t: -(t.above_tokens or 0)):
+            if prompt_tokens > (tier.above_tokens or 0):
+                return tier
+        return self
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Prompt and completion tokens with no provider cache in play."""
+        return self.cost_of(Tokens(prompt_tokens, completion_tokens))
+
+    def cost_of(self, tokens: Tokens) -> float:
+        """What a provider charges for `tokens`, as LiteLLM's cost_per_token prices them."""
+        p = self.at(tokens.prompt)
+        read = p.input_per_mtok if p.cache_read_per_mtok is None else p.cache_read_per_mtok
+        write = p.input_per_mtok if p.cache_write_per_mtok is None else p.cache_write_per_mtok
+        write_1h = write if p.cache_write_1h_per_mtok is None else p.cache_write_1h_per_mtok
         return (
-            prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok
+            tokens.fresh * p.input_per_mtok
+            + tokens.cache_read * read
+            + (tokens.cache_write - tokens.cache_write_1h) * write
+            + tokens.cache_write_1h * write_1h
+            + tokens.completion * p.output_per_mtok
         ) / 1e6
+
+    def budget_tokens(self, tokens: Tokens) -> float:
+        """The tokens a token budget counts: fresh input, cache writes and output in full,
+        cache reads as their price's share of the input price (a tenth at Anthropic's)."""
+        p = self.at(tokens.prompt)
+        share = 1.0
+        if p.cache_read_per_mtok is not None and p.input_per_mtok > 0:
+            share = min(1.0, p.cache_read_per_mtok / p.input_per_mtok)
+        return tokens.fresh + tokens.cache_write + tokens.completion + tokens.cache_read * share
 
 
 class RouterSettings(_Strict):
@@ -35,6 +75,9 @@ class RouterSettings(_Strict):
     baseline_price: Price | None = None
     default_max_tokens: Annotated[int, Field(ge=1)] = 512
     store_prompts: bool = False
+    # The completion a budget reserves for a cloud call (at most its max_tokens); unset: the
+    # 95th percentile of the user's recent completions on the model, at least 256.
+    reserve_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     # A learned estimator file (`router learn` writes one); unset: the shipped estimator.
     estimator: str | None = None
     # The embedding model (LiteLLM's id) embeddings' savings are measured against; unset: a
@@ -156,3 +199,58 @@ class QualitySettings(_Strict):
     judge: str | None = None
     max_usd_per_day: Annotated[float, Field(ge=0)] = 1.0
     max_tokens: Annotated[int, Field(ge=1, le=8192)] = 512  # the other tier's answer
+
+
+class Budget(_Strict):
+    """A cap on cloud usage (tokens sent to paid providers, dollars paid) for a user or a team.
+
+    Local answers and cache hits cost nothing and never count. Periods are UTC days and months.
+    """
+
+    user: str | None = None
+    team: str | None = None
+    daily_tokens: Annotated[int, Field(ge=0)] | None = None
+    monthly_tokens: Annotated[int, Field(ge=0)] | None = None
+    daily_usd: Annotated[float, Field(ge=0)] | None = None
+    monthly_usd: Annotated[float, Field(ge=0)] | None = None
+    # Per session of the user (or of each member of the team): what one agent session or
+    # conversation may use in all (router.wire.identity names sessions).
+    session_tokens: Annotated[int, Field(ge=0)] | None = None
+    session_usd: Annotated[float, Field(ge=0)] | None = None
+    on_exceed: Literal["block", "local-only"] = "block"
+    # Reserve each call's worst case (max_tokens), never overrun; else what it is expected to
+    # use, overrun by at most the excess of the calls in flight (router.governance.budgets).
+    strict: bool = False
+
+    @model_validator(mode="after")
+    def _scope(self) -> Budget:
+        if (self.user is None) == (self.team is None):
+            raise ValueError("a budget names exactly one of 'user' or 'team'")
+        limits = (self.daily_tokens, self.monthly_tokens, self.daily_usd, self.monthly_usd)
+        if all(v is None for v in (*limits, self.session_tokens, self.session_usd)):
+            raise ValueError(
+                "a budget needs at least one limit: daily_tokens, monthly_tokens, daily_usd, "
+                "monthly_usd, session_tokens or session_usd"
+            )
+        return self
+
+    @property
+    def scope(self) -> str:
+        return f"user:{self.user}" if self.user is not None else f"team:{self.team}"
+
+
+class AgentSettings(_Strict):
+    """[agents]: coding agents' requests by scenario, each to a mode or model of this file
+    (unset: routed as any request), and sticky sessions (router.governance.agents)."""
+
+    background: str | None = None  # tool-less side requests: titles, topic checks, summaries
+    tools: str | None = None  # turns that carry tools
+    thinking: str | None = None  # requests asking for extended thinking
+    long_context: str | None = None  # prompts over long_context_tokens
+    long_context_tokens: Annotated[int, Field(ge=1)] = 60_000
+    sticky: bool = True  # a session never moves down to a cheaper model mid-session
+    sticky_seconds: Annotated[int, Field(ge=1, le=30 * 86400)] = 3600
+
+    def routes(self) -> dict[str, str]:
+        names = ("background", "tools", "thinking", "long_context")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}

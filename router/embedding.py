@@ -166,7 +166,7 @@ class Embedding:
 
         key = "embed:" + hashlib.sha256(joined.encode()).hexdigest()
         try:
-            with hangups.watching(hangup):
+            with self._books.refusals(request, started), hangups.watching(hangup):
                 (vectors, tokens), routing, reservation = self._attempts.first_answer(
                     request, decision, {"max_tokens": 1}, call, new_id(), stream=False,
                     views=views,

@@ -6,7 +6,6 @@ them together and keeps no state of its own beyond the lazily created backends.
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 import time
@@ -32,17 +31,15 @@ from router.cache import (
     routing_fingerprint,
     sampled,
 )
-from router.chunks import assemble, new_id, replay
+from router.chunks import new_id, replay
 from router.complexity import Estimator, estimator_name, load_estimator
 from router.complexity.followups import conversation_score
 from router.config import Config, load_config
 from router.embedding import Embedding, Embeddings, check_dimensions, check_texts
-from router.errors import (
-    BackendError,
-    UnknownModelError,
-)
+from router.errors import UnknownModelError
 from router.governance import waste
-from router.governance.budgets import BudgetStore, Reservation
+from router.governance.agents import Agents
+from router.governance.budgets import BudgetStore
 from router.governance.categories import classify
 from router.ledger import Ledger, rate_answer
 from router.pricing import account, baseline_price, price_table
@@ -54,6 +51,7 @@ from router.shared.stores import (
     repeat_detector,
     shared_cache,
 )
+from router.stream_end import StreamEnd
 from router.types import (
     ROUTING_MODES,
     ChatRequest,
@@ -114,12 +112,16 @@ class Router:
         self._fingerprint = routing_fingerprint(
             self.config, self._availability.local_paths, estimator_name(self.estimator)
         )
+        self._agents = Agents(self.config, self._prices)
         self._books = Books(
             self.config, self._ledger, self._repeats, self._prices, estimator_name(self.estimator)
         )
         self._attempts = Attempts(self.config, self._budgets, self._books, self._prices)
         self._embedding = Embedding(
             self.config, self._attempts, self._books, self._prices, self._backend
+        )
+        self._stream_end = StreamEnd(
+            self._account, self._attempts, self._books, self._cache, self.shadow
         )
 
     # ------------------------------------------------------------------ public API
@@ -173,6 +175,8 @@ class Router:
         resolved = self.config.resolve(request.model)  # [aliases]
         if resolved != request.model:
             request = request.with_model(resolved)
+        views = self.model_views()
+        request, scenario = self._agents.route(request, views)  # [agents]
         model = self.config.models.get(request.model)
         if model is not None and not model.enabled:
             known = [*ROUTING_MODES, *self.config.enabled()]
@@ -196,9 +200,11 @@ class Router:
         if repeated:
             flags.append("repeat")
         decision = policy.decide(
-            request, score, self.model_views(), self.config.router.default_max_tokens, category
+            request, score, views, self.config.router.default_max_tokens, category
         )
-        decision = replace(decision, category=category, flags=tuple(flags))
+        reason = scenario + decision.reason
+        decision = replace(decision, category=category, flags=tuple(flags), reason=reason)
+        decision = self._agents.keep(request, decision)
         return waste.guard(self.config, request, decision) if guard else decision
 
     def score(self, request: ChatRequest) -> float:
@@ -274,12 +280,12 @@ class Router:
             return self._hit(request, looked, stream=False)
         started, key = looked.started, looked.key
         params = self._params(request)
-        decision = self.decide(request, repeated=looked.repeated, key=key)
 
         def call(name: str, params: dict[str, Any]) -> dict[str, Any]:
             return self._backend(name).complete(request, params)
 
-        with hangups.watching(hangup):
+        with self._books.refusals(request, started), hangups.watching(hangup):
+            decision = self.decide(request, repeated=looked.repeated, key=key)
             response, routing, reservation = self._attempts.first_answer(
                 request, decision, params, call, new_id(), stream=False, views=self.model_views()
             )
@@ -314,7 +320,6 @@ class Router:
             return CompletionStream(iter(replay(done.response)), done.routing)
         started, key = looked.started, looked.key
         params = self._params(request)
-        decision = self.decide(request, repeated=looked.repeated, key=key)
 
         def call(
             name: str, params: dict[str, Any]
@@ -322,11 +327,12 @@ class Router:
             chunks = self._backend(name).stream(request, params)
             return next(chunks, None), chunks  # the first chunk: failures surface here
 
-        with hangups.watching(hangup):
+        with self._books.refusals(request, started), hangups.watching(hangup):
+            decision = self.decide(request, repeated=looked.repeated, key=key)
             (first, chunks), routing, reservation = self._attempts.first_answer(
                 request, decision, params, call, new_id(), stream=True, views=self.model_views()
             )
-        body = self._finish_stream(
+        body = self._stream_end.stream(
             request, key, chunks, first, routing, started, reservation, hangup
         )
         return CompletionStream(body, routing)
@@ -436,62 +442,3 @@ class Router:
 
     def _account(self, routing: Routing, usage: Mapping[str, Any]) -> None:
         account(routing, usage, self._prices[routing.model], self._baseline)
-
-    def _finish_stream(
-        self,
-        request: ChatRequest,
-        key: str,
-        chunks: Iterator[dict[str, Any]],
-        first: dict[str, Any] | None,
-        routing: Routing,
-        started: float,
-        reservation: Reservation | None = None,
-        hangup: Hangup | None = None,
-    ) -> Iterator[dict[str, Any]]:
-        """Pass chunks through; at the end account, cache and record the whole answer."""
-        text: list[str] = []
-        finish_reason: str | None = None
-        usage: dict[str, Any] | None = None
-        tool_calls = False
-        complete = False
-        try:
-            pending = [first] if first is not None else []
-            for chunk in itertools.chain(pending, chunks):
-                chunk = {**chunk, "id": routing.response_id}
-                for choice in chunk.get("choices", []):
-                    delta = choice.get("delta", {})
-                    text.append(delta.get("content") or "")
-                    tool_calls = tool_calls or bool(delta.get("tool_calls"))
-                    finish_reason = choice.get("finish_reason") or finish_reason
-                usage = chunk.get("usage") or usage
-                yield chunk
-            # A backend that stopped for the client's hang-up ends its stream early, or gives
-            # none: an answer cut short, never one to cache.
-            complete = hangup is None or not hangup.cut
-        except BackendError as exc:  # the model failed mid-answer (a worker crash, a cut)
-            routing.note(f"; answer cut: {exc}", f"; answer cut: {exc.public}")
-            raise
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()  # frees a local model for the next caller when the consumer stops
-            if usage is None:
-                # No usage from the backend (stopped early): count the chunks delivered and
-                # estimate the prompt, and say so.
-                usage = {
-                    "prompt_tokens": policy.estimate_prompt_tokens(request),
-                    "completion_tokens": sum(1 for t in text if t),
-                }
-                if complete:
-                    routing.reason += " (tokens estimated)"
-                elif hangup is not None and hangup.fired:
-                    routing.reason += "; answer cut: client disconnected (tokens estimated)"
-                else:
-                    routing.reason += " (stream stopped before the end; tokens estimated)"
-            self._account(routing, usage)
-            self._attempts.settle(reservation, routing)
-            self._books.record(request, key, routing, started, stream=True)
-            if complete and not tool_calls:
-                response = assemble(first, routing.model, "".join(text), finish_reason, usage)
-                self._cache.set(request, key, response, routing)
-                self.shadow.offer(request, routing, "".join(text))

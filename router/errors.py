@@ -39,6 +39,9 @@ class RouterError(Exception):
     it is; the others say what kind of failure it was, and the log keeps the rest."""
 
     _public: str | None = None
+    # Set on a refusal the ledger records as a row of its own (zero tokens, this error as its
+    # reason): "budget" or "guardrail"; "" for every other error.
+    refusal: str = ""
 
     @property
     def public(self) -> str:
@@ -165,6 +168,8 @@ class CloudRefusedError(UnavailableError):
 class BudgetExceededError(RouterError):
     """A budget (models.toml [[budgets]] or `router budget set`) cannot take this request."""
 
+    refusal = "budget"
+
     def __init__(
         self,
         budget: Any,
@@ -191,7 +196,11 @@ class BudgetExceededError(RouterError):
                 f"{amount(wanted)}); retry in a few seconds, or set a lower max_tokens"
             )
             return
-        resetting = f"it resets at {resets.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        resetting = (
+            "it holds for the whole session: start a new one"
+            if limit_name.startswith("session")
+            else f"it resets at {resets.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        )
         if used >= limit:
             super().__init__(
                 f"budget {budget.scope} {limit_name} = {amount(limit)} is spent: "

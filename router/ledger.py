@@ -22,8 +22,12 @@ from router import rollups
 from router.chunks import canonical_id
 from router.errors import LedgerUnavailableError, NotFoundError, RequestError
 from router.reachability import Reachability
+from router.rollups import GROUPS as GROUPS  # re-exported: what `stats --by` groups by
+from router.rollups import summary_of as summary_of
+from router.rollups import totals_of as totals_of
+from router.rollups import where_equal
 from router.sqlite import GroupCommit, Store, migrate, open_db
-from router.types import SAVED_BY, Routing
+from router.types import Routing
 
 T = TypeVar("T")
 
@@ -84,6 +88,12 @@ class Entry:
     pending: bool = False
     api: str = "chat"  # the API the request came through (router.types.APIS)
     saved_by: str = ""  # routed, fallback, cache or cloud (Routing.saved_by); "" before it
+    cache_read_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to it
+    session: str = ""  # the client's conversation or agent session (router.identity)
+    # Why the request was refused, with no model called ("budget", "guardrail", "rate"): a
+    # row of zero tokens whose reason is the refusal; "" for every answered request.
+    refusal: str = ""
 
     @classmethod
     def from_routing(cls, routing: Routing, **rest: Any) -> Entry:
@@ -152,7 +162,9 @@ class Ledger(Sums, Protocol):
 
     def entries(self, since: float | None = None) -> list[Entry]: ...
 
-    def recent(self, limit: int, user: str | None = None) -> list[Entry]: ...
+    def recent(
+        self, limit: int, user: str | None = None, session: str | None = None
+    ) -> list[Entry]: ...
 
     def rate(self, response_id: str, rating: str, comment: str, user: str | None) -> bool: ...
 
@@ -220,21 +232,17 @@ _MIGRATIONS = [
     """
     ALTER TABLE requests ADD COLUMN saved_by TEXT NOT NULL DEFAULT '';
     """,
+    """
+    ALTER TABLE requests ADD COLUMN cache_read_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE requests ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE requests ADD COLUMN session TEXT NOT NULL DEFAULT '';
+    ALTER TABLE requests ADD COLUMN refusal TEXT NOT NULL DEFAULT '';
+    CREATE INDEX requests_session ON requests (session) WHERE session != '';
+    """,
 ]
 
 _COLUMNS = [f.name for f in fields(Entry)]
 _VALUES = operator.attrgetter(*_COLUMNS)  # an entry's values in _COLUMNS' order, as a tuple
-SUMMARY_COLUMNS = (
-    "group",
-    "requests",
-    "tokens",
-    "cost_usd",
-    "baseline_usd",
-    "tokens_saved",
-    "usd_saved",
-    "cache_hits",
-)
-GROUPS = ("day", "user", "tier", "model", "category", "api", "saved_by")  # `stats --by`
 
 
 def _entry(row: dict[str, Any]) -> Entry:
@@ -350,9 +358,11 @@ class SQLiteLedger(Store):
             ).fetchone()
         return float(row[0])
 
-    def recent(self, limit: int, user: str | None = None) -> list[Entry]:
-        """The last `limit` requests (of `user`, if given), oldest first."""
-        where, args = ("WHERE user = ?", [user]) if user is not None else ("", [])
+    def recent(
+        self, limit: int, user: str | None = None, session: str | None = None
+    ) -> list[Entry]:
+        """The last `limit` requests (of `user`, of `session`, if given), oldest first."""
+        where, args = where_equal({"user": user, "session": session}, "?")
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {', '.join(_COLUMNS)} FROM requests {where} ORDER BY id DESC LIMIT ?",
@@ -416,33 +426,6 @@ class SQLiteLedger(Store):
     def totals(self, since: float | None = None, *, user: str | None = None) -> dict[str, Any]:
         """Sums over everything since `since`, with request counts by tier."""
         return totals_of(self, since, user)
-
-
-def summary_of(
-    ledger: Sums, since: float | None, by: str | None, user: str | None = None
-) -> list[dict[str, Any]]:
-    """A ledger's `summary`, from its `rollup`: SUMMARY_COLUMNS per group."""
-    if by is not None and by not in GROUPS:
-        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
-    keys = [by] if by else []
-    found = ledger.rollup(since or 0.0, keys, sums=(*rollups.MONEY, "cache_hits"), user=user)
-    return [
-        {"group": r[by] if by else "all", **{c: r[c] for c in SUMMARY_COLUMNS[1:]}} for r in found
-    ]
-
-
-def totals_of(ledger: Sums, since: float | None, user: str | None = None) -> dict[str, Any]:
-    """A ledger's `totals`, from its `summary`: one row of sums and the requests per tier."""
-    rows = ledger.summary(since, user=user)
-    total = rows[0] if rows else dict.fromkeys(SUMMARY_COLUMNS, 0)
-    total.pop("group")
-    by_tier = {r["group"]: r["requests"] for r in ledger.summary(since, "tier", user=user)}
-    saved = {r["group"]: r for r in ledger.summary(since, "saved_by", user=user)}
-    saved_by = {
-        why: {k: saved.get(why, {}).get(k, 0) for k in ("requests", "tokens_saved", "usd_saved")}
-        for why in (*SAVED_BY, *sorted(set(saved) - set(SAVED_BY)))
-    }
-    return {**total, "by_tier": by_tier, "saved_by": saved_by}
 
 
 _SINCE = re.compile(r"^(\d{1,9})\s*([mhdw])$")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from router.types import SAVED_BY
+
 ANONYMOUS = "(anonymous)"
 NO_TEAM = "(no team)"
 
@@ -59,6 +61,13 @@ SUMS = {
     "tokens_saved": "SUM(tokens_saved)",
     "usd_saved": "SUM(usd_saved)",
     "cache_hits": _count("cache_hit"),
+    "cache_read_tokens": "SUM(cache_read_tokens)",
+    "cache_write_tokens": "SUM(cache_write_tokens)",
+    "refusals": _count("refusal <> ''"),
+    # What was paid for: cloud tokens that were not a cache hit, and their dollars.
+    "paid_tokens": "SUM(CASE WHEN tier = 'cloud' AND NOT cache_hit THEN "
+    "prompt_tokens + completion_tokens ELSE 0 END)",
+    "local_tokens": f"SUM(CASE WHEN {_LOCAL} THEN prompt_tokens + completion_tokens ELSE 0 END)",
     "low_value": _count("flags <> ''"),
     "rated_good": _count("rating = 'good'"),
     "rated_bad": _count("rating = 'bad'"),
@@ -103,6 +112,8 @@ def _key(dialect: Dialect, key: str) -> str:
         "estimator": "estimator",
         "api": "api",
         "saved_by": "saved_by",
+        "session": "session",
+        "refusal": "refusal",
         "cache_hit": "CASE WHEN cache_hit THEN 1 ELSE 0 END",
         "score_tenth": f"CASE WHEN score >= 0.9 THEN 9 ELSE {tenth} END",
         "day": dialect.day,
@@ -208,14 +219,15 @@ def select_days(
     teams: Mapping[str, Sequence[str]] | None = None,
     scan: bool = False,
 ) -> tuple[str, list[Any]]:
-    """Per account ("user", or "team" with `teams`), from its tokens per whole day before
-    `end` (day 0: the last 24 hours): `today`'s tokens, the `earlier` days' tokens, the oldest
-    day (`span`) and how many earlier days had tokens (`active`)."""
+    """Per account ("user", or "team" with `teams`), from its paid tokens (cloud answers, not
+    cache hits: what costs money) per whole day before `end` (day 0: the last 24 hours):
+    `today`'s, the `earlier` days', the oldest day (`span`) and how many earlier days had
+    any (`active`)."""
     with_, source, args = _source(dialect, since, user, teams, scan)
     day = dialect.floor.format(f"({float(end)!r} - ts) / 86400.0")
     per_day = (
         f"SELECT {_key(dialect, account)} AS k0, {day} AS d, "
-        f"SUM(prompt_tokens + completion_tokens) AS t {source} GROUP BY k0, d"
+        f"{SUMS['paid_tokens']} AS t {source} GROUP BY k0, d"
     )
     sql = (
         f"{with_}SELECT k0, COALESCE(SUM(CASE WHEN d = 0 THEN t ELSE 0 END), 0), "
@@ -245,3 +257,54 @@ def _plain(value: Any) -> Any:
 def total(found: list[dict[str, Any]], name: str) -> Any:
     """The sum of one figure over rollup rows."""
     return sum(r[name] for r in found)
+
+
+SUMMARY_COLUMNS = (
+    "group",
+    "requests",
+    "tokens",
+    "cost_usd",
+    "baseline_usd",
+    "tokens_saved",
+    "usd_saved",
+    "cache_hits",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "refusals",
+)
+GROUPS = ("day", "user", "tier", "model", "category", "api", "saved_by", "session")  # `stats --by`
+
+
+def where_equal(equal: Mapping[str, str | None], placeholder: str) -> tuple[str, list[str]]:
+    """A WHERE clause for the columns given a value (None: any), and its arguments."""
+    given = {k: v for k, v in equal.items() if v is not None}
+    if not given:
+        return "", []
+    return "WHERE " + " AND ".join(f'"{k}" = {placeholder}' for k in given), list(given.values())
+
+
+def summary_of(
+    ledger: Any, since: float | None, by: str | None, user: str | None = None
+) -> list[dict[str, Any]]:
+    """A ledger's `summary`, from its `rollup`: SUMMARY_COLUMNS per group."""
+    if by is not None and by not in GROUPS:
+        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
+    keys = [by] if by else []
+    found = ledger.rollup(since or 0.0, keys, sums=SUMMARY_COLUMNS[1:], user=user)
+    return [
+        {"group": r[by] if by else "all", **{c: r[c] for c in SUMMARY_COLUMNS[1:]}} for r in found
+    ]
+
+
+def totals_of(ledger: Any, since: float | None, user: str | None = None) -> dict[str, Any]:
+    """A ledger's `totals`, from its `summary`: one row of sums and the requests per tier."""
+    rows = ledger.summary(since, user=user)
+    total = rows[0] if rows else dict.fromkeys(SUMMARY_COLUMNS, 0)
+    total.pop("group")
+    by_tier = {r["group"]: r["requests"] for r in ledger.summary(since, "tier", user=user)}
+    saved = {r["group"]: r for r in ledger.summary(since, "saved_by", user=user)}
+    saved_by = {
+        why: {k: saved.get(why, {}).get(k, 0) for k in ("requests", "tokens_saved", "usd_saved")}
+        for why in (*SAVED_BY, *sorted(set(saved) - set(SAVED_BY)))
+    }
+    return {**total, "by_tier": by_tier, "saved_by": saved_by}

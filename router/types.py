@@ -93,6 +93,9 @@ class Native:
     dropped: tuple[str, ...] = ()
 
 
+MAX_SESSION = 128  # characters of a session id
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     """One chat completion request, validated on construction.
@@ -120,6 +123,9 @@ class ChatRequest:
     # The request's own body, for a model that speaks its API (router.backends.native):
     # Anthropic's `thinking`, `cache_control`... then reach it as they were sent.
     native: Native | None = None
+    # The conversation or agent session the request belongs to (router.wire.identity):
+    # recorded in the ledger, budgeted per session, and the unit of sticky routing.
+    session: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "messages", validate_messages(self.messages))
@@ -128,7 +134,14 @@ class ChatRequest:
             raise RequestError("'model' must be a non-empty string", param="model")
         if self.user is not None and not isinstance(self.user, str):
             raise RequestError("'user' must be a string", param="user")
-        for name in ("messages", "params", "model", "user", "category"):
+        if self.session is not None and not (
+            isinstance(self.session, str) and 0 < len(self.session) <= MAX_SESSION
+        ):
+            raise RequestError(
+                f"the session id must be a string of 1 to {MAX_SESSION} characters",
+                param="session",
+            )
+        for name in ("messages", "params", "model", "user", "category", "session"):
             _check_text("" if name == "params" else name, getattr(self, name))
         if self.category is not None:
             check_category(self.category)
@@ -211,6 +224,9 @@ class Routing:
     cache_hit: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Of the prompt tokens, those a provider read from and wrote to its prompt cache.
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
     cost_usd: float = 0.0
     baseline_usd: float = 0.0
     tokens_saved: int = 0

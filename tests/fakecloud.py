@@ -14,7 +14,8 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -58,6 +59,11 @@ def fake_vector(text: str, size: int = 8) -> list[float]:
     return [round(b / 255 - 0.5, 4) for b in digest[:size]]
 
 
+# The tools a stand-in agent turn calls (the first one offered), with their input: read-only
+# ones, which Claude Code runs without asking (`caching(tools=...)` gives Read its file).
+AGENT_TOOLS: dict[str, dict[str, Any]] = {"Glob": {"pattern": "*.txt"}, "LS": {"path": "."}}
+
+
 def count_tokens(text: str) -> int:
     return max(1, len(text.split()))
 
@@ -78,6 +84,15 @@ class FakeCloud:
         self.connections = 0  # TCP connections accepted (a kept-alive one counts once)
         # How it judges (requests with response_format named "verdict"): "A", "B" or "tie".
         self.judge: Callable[[str, str], str] = longer_wins
+        # Anthropic's API (native Messages): `prompt_cache` reports usage as a provider with
+        # prompt caching does (each turn reads the prefix the turn before wrote, writes the
+        # rest; 10 fresh tokens); `agent_steps` tool calls after each user message before a
+        # text answer, on requests that carry tools (the first of AGENT_TOOLS they offer, as
+        # Claude Code's loop runs).
+        self.prompt_cache = False
+        self.agent_steps = 0
+        self.agent_tools: dict[str, dict[str, Any]] = {}
+        self._cached: dict[str, int] = {}
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -94,6 +109,42 @@ class FakeCloud:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    @contextmanager
+    def caching(
+        self, agent_steps: int = 0, tools: dict[str, dict[str, Any]] | None = None
+    ) -> Iterator[None]:
+        """Within: Anthropic answers with prompt caching (empty at the start) and
+        `agent_steps` tool calls (`tools`: more tools it may call, first, with their input);
+        as before after it (the stand-in is shared by tests)."""
+        with self._lock:
+            self._cached.clear()
+            self.prompt_cache, self.agent_steps = True, agent_steps
+            self.agent_tools = dict(tools or {})
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._cached.clear()
+                self.prompt_cache, self.agent_steps, self.agent_tools = False, 0, {}
+
+    def _anthropic_usage(self, body: dict[str, Any], output: int) -> dict[str, Any]:
+        """Anthropic's usage for `body`: 11 input tokens; with `prompt_cache`, the whole
+        prompt's tokens, of which what the last request with the same system prompt and tools
+        wrote is read from the cache, the rest written to it but 10 fresh ones."""
+        if not self.prompt_cache:
+            return {"input_tokens": 11, "output_tokens": output}
+        total = count_tokens(json.dumps([body.get("system"), body.get("tools"), body["messages"]]))
+        first = json.dumps([body.get("system"), body.get("tools")])  # the cached prefix
+        with self._lock:
+            read = min(self._cached.get(first, 0), max(0, total - 10))
+            self._cached[first] = max(0, total - 10)
+        return {
+            "input_tokens": min(10, total),
+            "cache_read_input_tokens": read,
+            "cache_creation_input_tokens": max(0, total - 10 - read),
+            "output_tokens": output,
+        }
 
     def inject(self, *faults: Fault) -> None:
         with self._lock:
@@ -292,38 +343,70 @@ class FakeCloud:
                 self.close_connection = True
 
             def _anthropic(self, body: dict[str, Any]) -> None:
-                """A Messages answer: 'native answer to: <the last user text>'."""
-                last = next(m for m in reversed(body.get("messages", [])) if m["role"] == "user")
+                """A Messages answer: 'native answer to: <the last user text>', or a tool call
+                (`agent_steps`)."""
+                messages = body.get("messages", [])
+                last = next(m for m in reversed(messages) if m["role"] == "user")
                 content = last["content"]
                 asked = content if isinstance(content, str) else content[-1].get("text", "")
                 text = f"native answer to: {asked}"
-                usage = {"input_tokens": 11, "output_tokens": count_tokens(text)}
+                block: dict[str, Any] = {"type": "text", "text": text}
+                offered = [t.get("name") for t in body.get("tools") or []]
+                calls = {**AGENT_TOOLS, **cloud.agent_tools}
+                tool = next((t for t in calls if t in offered), None)
+                # Tool results since the user's last words: this turn's steps so far.
+                results = 0
+                for m in messages:
+                    blocks = m["content"] if isinstance(m["content"], list) else []
+                    if m["role"] == "user" and (
+                        isinstance(m["content"], str)
+                        or any(isinstance(b, dict) and b.get("type") == "text" for b in blocks)
+                    ):
+                        results = 0
+                    results += sum(
+                        1 for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"
+                    )
+                if tool is not None and results < cloud.agent_steps:
+                    block = {
+                        "type": "tool_use", "id": f"toolu_fake{results}", "name": tool,
+                        "input": calls[tool],
+                    }  # fmt: skip
+                output = count_tokens(text) if block["type"] == "text" else 12
+                usage = cloud._anthropic_usage(body, output)
+                stop = "tool_use" if block["type"] == "tool_use" else "end_turn"
                 message = {
                     "id": "msg_fake", "type": "message", "role": "assistant",
-                    "model": body.get("model"), "stop_reason": "end_turn",
-                    "stop_sequence": None, "usage": usage,
-                    "content": [{"type": "text", "text": text}],
+                    "model": body.get("model"), "stop_reason": stop,
+                    "stop_sequence": None, "usage": usage, "content": [block],
                 }  # fmt: skip
                 if not body.get("stream"):
                     self._json(200, message, {})
                     return
                 self._stream_head()
                 start = {**message, "content": [], "stop_reason": None}
-                start["usage"] = {"input_tokens": 11, "output_tokens": 0}
+                start["usage"] = {**usage, "output_tokens": 0}
                 self._event({"type": "message_start", "message": start}, "message_start")
-                block = {"type": "text", "text": ""}
+                empty = {**block, "input": {}} if stop == "tool_use" else {**block, "text": ""}
                 self._event(
-                    {"type": "content_block_start", "index": 0, "content_block": block},
+                    {"type": "content_block_start", "index": 0, "content_block": empty},
                     "content_block_start",
                 )
-                for i, word in enumerate(text.split(" ")):
-                    delta = {"type": "text_delta", "text": word if i == 0 else " " + word}
+                if stop == "tool_use":
+                    parts = [
+                        {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+                    ]
+                else:
+                    parts = [
+                        {"type": "text_delta", "text": word if i == 0 else " " + word}
+                        for i, word in enumerate(text.split(" "))
+                    ]
+                for delta in parts:
                     self._event(
                         {"type": "content_block_delta", "index": 0, "delta": delta},
                         "content_block_delta",
                     )
                 self._event({"type": "content_block_stop", "index": 0}, "content_block_stop")
-                end = {"stop_reason": "end_turn", "stop_sequence": None}
+                end = {"stop_reason": stop, "stop_sequence": None}
                 self._event(
                     {
                         "type": "message_delta",

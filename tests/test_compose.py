@@ -91,3 +91,49 @@ def test_every_documented_command_is_one_the_cli_accepts(tmp_path: Path) -> None
     )
     assert out.returncode == 0, out.stderr
     assert re.search(r"\brk-\w+", out.stdout + out.stderr)
+
+
+def test_the_compose_config_serves_claude_code_and_codex_model_names(
+    tmp_path: Path, fake_cloud: Any, monkeypatch: Any
+) -> None:
+    """docs/compose/models.toml extends the shipped file, so the agents' model names resolve
+    (its [aliases]), and the replicas' environment points OpenAI's client at a gateway: the
+    real router, on that file, answers both agents' names through the stand-in cloud."""
+    import httpx
+
+    from router import Router
+    from router.backends import FunctionBackend
+    from router.config import load_config
+    from router.server import create_app
+    from tests.conftest import HARD_PROMPT
+    from tests.server_harness import ServerThread
+
+    replica = yaml.safe_load((COMPOSE / "compose.yaml").read_text())["x-replica"]["environment"]
+    assert {"OPENAI_BASE_URL", "OPENAI_API_BASE", "OPENAI_API_KEY"} <= set(replica)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_cloud.base_url)  # as compose passes it
+    config = load_config(COMPOSE / "models.toml")
+    assert config.resolve("claude-sonnet-4-5") == config.resolve("gpt-5-codex") == "auto"
+    local = {"smollm2": FunctionBackend("smollm2", lambda r, p: "local")}
+    with Router(config, backends=local) as router, ServerThread(create_app(router)) as server:
+        claude = httpx.post(
+            server.url + "/v1/messages",
+            json={
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 64,
+                "messages": [{"role": "user", "content": HARD_PROMPT}],
+            },
+            timeout=30,
+        )
+        codex = httpx.post(
+            server.url + "/v1/responses",
+            json={"model": "gpt-5-codex", "input": HARD_PROMPT},
+            timeout=30,
+        )
+        rows = router.ledger.entries()
+    assert claude.status_code == 200 and codex.status_code == 200, claude.text + codex.text
+    assert "cloud answer to:" in claude.json()["content"][0]["text"]
+    assert [(r.api, r.model) for r in rows] == [
+        ("messages", "gpt-4o-mini"),
+        ("responses", "gpt-4o-mini"),
+    ]

@@ -22,6 +22,7 @@ from router.chunks import collect
 from router.config import CloudModel
 from router.errors import CloudError
 from router.types import SAMPLING_PARAMS, ChatRequest
+from router.units import Tokens
 
 log = logging.getLogger("router.cloud")
 
@@ -230,17 +231,13 @@ def _clean_message(message: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _clean_usage(usage: Any) -> dict[str, int] | None:
+def _clean_usage(usage: Any) -> dict[str, Any] | None:
+    """A provider's usage as chat's: the totals and its prompt cache's reads and writes."""
     if not usage:
         return None
-    usage = dict(usage)
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+    if hasattr(usage, "model_dump"):
+        usage = usage.model_dump()
+    return Tokens.of(dict(usage)).usage()
 
 
 class CloudBackend:

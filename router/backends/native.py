@@ -22,6 +22,7 @@ from typing import Any
 from router.backends import hangup as hangups
 from router.config import CloudModel
 from router.types import ChatRequest
+from router.units import Tokens
 
 # What a model that speaks Anthropic's API is sent of a request, the one allow-list of that path
 # (router.wire.messages_native keeps these fields at the edge, and checks them): the documented
@@ -169,18 +170,20 @@ def complete(
     }
 
 
-def _usage(usage: Mapping[str, Any]) -> dict[str, int]:
-    """Anthropic's usage as chat's: every input token read, cache reads and writes included."""
-    prompt = sum(
-        int(usage.get(k) or 0)
-        for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    )
-    completion = int(usage.get("output_tokens") or 0)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+def _usage(usage: Mapping[str, Any]) -> dict[str, Any]:
+    """Anthropic's usage as chat's: every input token read, cache reads and writes included
+    (and named in `prompt_tokens_details`, as LiteLLM writes them)."""
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    write = int(usage.get("cache_creation_input_tokens") or 0)
+    split = usage.get("cache_creation") or {}
+    hour = int(split.get("ephemeral_1h_input_tokens") or 0) if isinstance(split, Mapping) else 0
+    return Tokens(
+        prompt=int(usage.get("input_tokens") or 0) + read + write,
+        completion=int(usage.get("output_tokens") or 0),
+        cache_read=read,
+        cache_write=write,
+        cache_write_1h=min(hour, write),
+    ).usage()
 
 
 def stream(

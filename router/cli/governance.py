@@ -28,8 +28,21 @@ def budget_set(
     monthly_tokens: Annotated[int | None, typer.Option(min=0)] = None,
     daily_usd: Annotated[float | None, typer.Option(min=0)] = None,
     monthly_usd: Annotated[float | None, typer.Option(min=0)] = None,
+    session_max_tokens: Annotated[
+        int | None, typer.Option(min=0, help="The most tokens one session may use.")
+    ] = None,
+    session_max_usd: Annotated[
+        float | None, typer.Option(min=0, help="The most dollars one session may spend.")
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            help="Reserve each call's max_tokens (never overrun) instead of its expected use."
+        ),
+    ] = False,
     on_exceed: Annotated[
-        OnExceed, typer.Option(help="block (HTTP 429) or local-only (answer on the local tier).")
+        OnExceed,
+        typer.Option(help="block (refused: HTTP 400/402) or local-only (answer locally)."),
     ] = OnExceed.block,
     config: ConfigOption = None,
 ) -> None:
@@ -53,6 +66,9 @@ def budget_set(
                 "monthly_tokens": monthly_tokens,
                 "daily_usd": daily_usd,
                 "monthly_usd": monthly_usd,
+                "session_tokens": session_max_tokens,
+                "session_usd": session_max_usd,
+                "strict": strict,
                 "on_exceed": on_exceed.value,
             }
         )
@@ -110,7 +126,9 @@ def budget_show(as_json: JsonOption = False, config: ConfigOption = None) -> Non
         typer.echo("no budgets: add [[budgets]] to models.toml or use 'router budget set'")
     for r in rows:
         parts = [
-            f"{k} {money(r['used'][k])}/{money(v)}"
+            f"{k} {money(v) if k.endswith('usd') else f'{v:,}'} each"  # one session's cap
+            if k not in r["used"]
+            else f"{k} {money(r['used'][k])}/{money(v)}"
             if k.endswith("usd")
             else f"{k} {r['used'][k]:,}/{v:,}"
             for k, v in r["limits"].items()

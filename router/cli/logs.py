@@ -76,6 +76,13 @@ def stats(
     ]
     if parts:
         typer.echo("saved by: " + "; ".join(parts))
+    if totals["cache_read_tokens"] or totals["cache_write_tokens"]:
+        typer.echo(
+            f"provider prompt cache: {totals['cache_read_tokens']:,} tokens read, "
+            f"{totals['cache_write_tokens']:,} written (priced at their own rates)"
+        )
+    if totals["refusals"]:
+        typer.echo(f"refused: {totals['refusals']} requests (router logs shows why)")
     if quality["assessed"]:  # what the savings cost in quality, where anyone looked
         typer.echo("quality: " + describe(quality))
 
@@ -88,6 +95,9 @@ def logs(
         ),
     ] = 10,
     user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user's.")] = None,
+    session: Annotated[
+        str | None, typer.Option("--session", "-s", help="Only this session's (an agent run).")
+    ] = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
@@ -100,7 +110,7 @@ def logs(
 
     cfg = load_config(config)
     with open_ledger(cfg) as ledger:
-        rows = ledger.recent(count, user)
+        rows = ledger.recent(count, user, session)
     if as_json:
         out = []
         for e in rows:
@@ -118,8 +128,12 @@ def logs(
         head = (
             f"{when}  {e.user or '-'}  {e.tier} · {e.model}"
             + (f" via {e.api}" if e.api != "chat" else "")
+            + (f"  session {e.session[:12]}" if e.session else "")
+            + (f"  REFUSED ({e.refusal})" if e.refusal else "")
             + f"  score {e.score:.2f}  "
-            f"{e.prompt_tokens}+{e.completion_tokens} tokens  {money(e.cost_usd)}  "
+            f"{e.prompt_tokens}+{e.completion_tokens} tokens"
+            + (f" ({e.cache_read_tokens} cached)" if e.cache_read_tokens else "")
+            + f"  {money(e.cost_usd)}  "
             f"saved {money(e.usd_saved)}  {e.latency_ms:.0f} ms"
             + ("  cache hit" if e.cache_hit else "")
             + (f"  [{e.flags}]" if e.flags else "")

@@ -85,6 +85,10 @@ def summary(
             # no key, a budget kept the request local): savings nobody chose (saved_by).
             "usd_saved_fallback": totals["saved_by"]["fallback"]["usd_saved"],
             "cost_usd": totals["cost_usd"],
+            # Of the requests, those refused (a spent budget, a guardrail), and the prompt
+            # tokens the providers read from their caches (priced at a tenth or so).
+            "refusals": totals["refusals"],
+            "cache_read_tokens": totals["cache_read_tokens"],
         },
         # Exactly `router stats --since S --json` and `router audit --since S --format json`.
         "stats": stats_report(ledger, since, start, "tier", totals=totals, user=user),

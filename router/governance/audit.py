@@ -1,9 +1,14 @@
 """Waste audits over the ledger: who uses how much, on what, and what looks wrong.
 
+The flags are about cost without value, not free tokens: `usage` and `spike` compare paid use
+(dollars; cloud tokens where nothing has a price), and the local tokens are shown beside it.
+Refused requests (a spent budget, a guardrail) are counted per account.
+
 Flags, each with its reason:
-- `usage`: tokens at least USAGE_FACTOR × the average of the other accounts (needs a peer);
-- `spike`: the last day's tokens at least SPIKE_FACTOR × the account's own daily average over
-  the days before it in the window (needs two earlier days of history);
+- `usage`: paid dollars (or cloud tokens) at least USAGE_FACTOR × the average of the other
+  accounts (needs a peer);
+- `spike`: the last day's paid tokens at least SPIKE_FACTOR × the account's own daily average
+  over the days before it in the window (needs two earlier days of history);
 - `low-value`: at least LOW_VALUE_SHARE of the account's requests were flagged low-value
   (trivial documents, retry storms), with at least LOW_VALUE_MIN of them.
 """
@@ -37,6 +42,10 @@ class Account:
     usd_saved: float = 0.0
     tokens_saved: int = 0
     low_value: int = 0
+    paid_tokens: int = 0  # cloud tokens that were not cache hits: what cost money
+    local_tokens: int = 0  # answered on the local tier: free
+    cache_read_tokens: int = 0  # of the paid prompts: read from the provider's prompt cache
+    refusals: int = 0  # requests refused: a spent budget, a guardrail
     # Dollars saved, by why the answer cost less (router.types.SAVED_BY): only "routed" is the
     # estimator's doing; "fallback" is money saved because the cloud failed or could not be used.
     saved_by: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SAVED_BY, 0.0))
@@ -87,37 +96,56 @@ def audit(
             why = r["saved_by"] or UNRECORDED
             a.saved_by[why] = a.saved_by.get(why, 0.0) + r["usd_saved"]
             a.low_value += r["low_value"]
+            a.paid_tokens += r["paid_tokens"] or 0
+            a.local_tokens += r["local_tokens"] or 0
+            a.cache_read_tokens += r["cache_read_tokens"] or 0
+            a.refusals += r["refusals"] or 0
             a.categories[r["category"]] = a.categories.get(r["category"], 0) + r["requests"]
     end = now if now is not None else max(r["last_ts"] for r in found)
     days = ledger.days(since, end, by, user=user, teams=teams if by == "team" else None)
     for name, a in accounts.items():
         # By count, then name: the same order whatever order the rows came in.
         a.categories = dict(sorted(a.categories.items(), key=lambda c: (-c[1], c[0])))
-        peers = [p.tokens for p in accounts.values() if p.name != name]
-        _flag(a, peers, days.get(name))
+        priced = any(p.cost_usd > 0 for p in accounts.values())
+        peers = [_paid(p, priced) for p in accounts.values() if p.name != name]
+        _flag(a, priced, peers, days.get(name))
     return sorted(accounts.values(), key=lambda a: (-a.tokens, a.name))
 
 
 UNRECORDED = "unrecorded"  # rows written before the ledger said why (migration 8)
-_SUMS = ("requests", "tokens", "cost_usd", "usd_saved", "tokens_saved", "low_value", "last_ts")
+_SUMS = (
+    "requests", "tokens", "cost_usd", "usd_saved", "tokens_saved", "low_value", "last_ts",
+    "paid_tokens", "local_tokens", "cache_read_tokens", "refusals",
+)  # fmt: skip
 
 
-def _flag(a: Account, peers: list[int], days: dict[str, int] | None) -> None:
-    """Add the usage, spike and low-value flags that `a` earns; `days`: its tokens per day
-    (router.rollups.select_days)."""
+def _paid(a: Account, priced: bool) -> float:
+    """What `a` used that cost money: dollars, or cloud tokens where nothing has a price."""
+    return a.cost_usd if priced else float(a.paid_tokens)
+
+
+def _flag(a: Account, priced: bool, peers: list[float], days: dict[str, int] | None) -> None:
+    """Add the usage, spike and low-value flags that `a` earns; `days`: its paid tokens per
+    day (router.rollups.select_days)."""
     if peers:
         average = sum(peers) / len(peers)
-        if average > 0 and a.tokens >= USAGE_FACTOR * average:
+        mine = _paid(a, priced)
+        if average > 0 and mine >= USAGE_FACTOR * average:
+            said = (
+                (money(mine), money(average))
+                if priced
+                else (f"{mine:,.0f} cloud tokens", f"{average:,.0f}")
+            )
             a.flags.append(
-                f"usage: {a.tokens:,} tokens is {a.tokens / average:.1f}× the peer "
-                f"average of {average:,.0f}"
+                f"usage: {said[0]} paid is {mine / average:.1f}× the peer average of "
+                f"{said[1]} (local tokens: {a.local_tokens:,})"
             )
     if days is not None and days["active"] >= 2 and days["span"] >= 1:
         # The average over every day from the oldest to yesterday, quiet days included.
         baseline = days["earlier"] / days["span"]
         if baseline > 0 and days["today"] >= SPIKE_FACTOR * baseline:
             a.flags.append(
-                f"spike: {days['today']:,} tokens in the last day is "
+                f"spike: {days['today']:,} paid tokens in the last day is "
                 f"{days['today'] / baseline:.1f}× its own daily average of {baseline:,.0f}"
             )
     if a.low_value >= LOW_VALUE_MIN and a.low_value_share >= LOW_VALUE_SHARE:
@@ -132,6 +160,9 @@ COLUMNS = (
     "requests",
     "tokens",
     "cost_usd",
+    "paid_tokens",
+    "local_tokens",
+    "refusals",
     "usd_saved",
     "saved_by",  # CSV: one usd_saved_<why> column per reason instead
     "low_value_share",
@@ -158,6 +189,9 @@ def _row(a: Account, raw: bool = False) -> list[str]:
         str(a.requests),
         str(a.tokens),
         usd(a.cost_usd),
+        str(a.paid_tokens),
+        str(a.local_tokens),
+        str(a.refusals),
         usd(a.usd_saved),
         *saved_by,
         f"{a.low_value_share:.0%}",

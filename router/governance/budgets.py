@@ -1,14 +1,20 @@
 """Budgets that cannot be overrun, even by concurrent requests.
 
-Before a cloud call the engine reserves the call's worst case (estimated prompt tokens +
-max_tokens, priced at the chosen model) against every budget that applies to the user and
+Before a cloud call the engine reserves what the call is expected to use (a pessimistic
+prompt estimate + the completion the user's recent answers on that model took, their 95th
+percentile, at least EXPECTED_FLOOR, or `[router] reserve_completion_tokens`; never more than
+max_tokens), priced at the chosen model, against every budget that applies to the user and
 their teams, in one SQLite `BEGIN IMMEDIATE` transaction: the check and the reservation are
 atomic across threads and processes sharing the file. After the call the reservation is settled
-to the real usage (never more than reserved, since the prompt estimate is pessimistic and the
-answer is capped by max_tokens); on failure it is released. When the caller did not set
-max_tokens and a budget has less left than the default needs, max_tokens is lowered to what is
-left instead of refusing the call. A refusal says whether the budget is spent (retry after the
-reset) or only held by requests still running (retry in seconds).
+to the real usage; on failure it is released. So a budget is overrun by at most what the calls
+already in flight use beyond their reservations. A `strict` budget reserves the worst case
+(max_tokens) instead and is never overrun; when the caller did not set max_tokens and it has
+less left than the default needs, max_tokens is lowered to what is left instead of refusing the
+call. A refusal says whether the budget is spent (final until the reset) or only held by
+requests still running (retry in seconds).
+
+Token budgets count what a call is billed as tokens: fresh input, prompt-cache writes and output
+in full, prompt-cache reads as their price's share of the input price (Price.budget_tokens).
 
 `BudgetStore` is the seam (reserve/settle/release/usage); SQLite is the embedded default and a
 shared database can take its place.
@@ -34,11 +40,21 @@ LIMITS = (
     ("monthly_tokens", "month", "tokens"),
     ("daily_usd", "day", "usd"),
     ("monthly_usd", "month", "usd"),
+    ("session_tokens", "session", "tokens"),
+    ("session_usd", "session", "usd"),
 )
+NEVER = dt.datetime.max.replace(tzinfo=dt.timezone.utc)  # a session's budget never resets
 
 
-def period(kind: str, now: float) -> tuple[str, dt.datetime]:
-    """The period's key and when it resets (UTC)."""
+def kinds(session: str | None) -> tuple[str, ...]:
+    """The period kinds a request is counted in: the day, the month, and its session."""
+    return ("day", "month", "session") if session else ("day", "month")
+
+
+def period(kind: str, now: float, session: str | None = None) -> tuple[str, dt.datetime]:
+    """The period's key and when it resets (UTC); a session's, never."""
+    if kind == "session":
+        return f"session:{session}", NEVER
     t = dt.datetime.fromtimestamp(now, dt.timezone.utc)
     if kind == "day":
         start = t.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -49,6 +65,17 @@ def period(kind: str, now: float) -> tuple[str, dt.datetime]:
 
 
 MIN_COMPLETION_TOKENS = 64  # the least max_tokens a budget nearly spent may lower a call to
+EXPECTED_FLOOR = 256  # the least completion a non-strict reservation expects
+EXPECTED_PERCENTILE = 0.95
+
+
+def expected_completion(recent: list[int], floor: int = EXPECTED_FLOOR) -> int:
+    """The completion to reserve for, from the user's recent completions on the model: their
+    95th percentile, never under `floor` (a user with no history gets the floor)."""
+    if not recent:
+        return floor
+    ordered = sorted(recent)
+    return max(floor, ordered[min(len(ordered) - 1, int(EXPECTED_PERCENTILE * len(ordered)))])
 
 
 @dataclass(frozen=True)
@@ -87,7 +114,7 @@ def _limits(budgets: list[Budget], usage: Usage, tokens: int, usd: float) -> Ite
     for budget in budgets:
         for field, kind, unit in LIMITS:
             limit = getattr(budget, field)
-            if limit is None:
+            if limit is None or kind not in usage[budget.scope]:  # no session: no session limit
                 continue
             used_tokens, used_usd, settled_tokens, settled_usd = usage[budget.scope][kind]
             if unit == "tokens":
@@ -165,6 +192,7 @@ class BudgetStore(Store):
         *,
         flexible_tokens: int = 0,
         usd_per_token: float = 0.0,
+        session: str | None = None,
     ) -> Reservation | None:
         """Reserve `tokens` and `usd` on every budget of `user`, or raise BudgetExceededError
         naming the first budget that cannot take it (nothing is reserved then).
@@ -177,13 +205,14 @@ class BudgetStore(Store):
             return None
         now = time.time() if now is None else now
         # One row per (scope, period) that has a limit.
+        counted = kinds(session)
         rows = tuple(
             sorted(
                 {
-                    (b.scope, period(kind, now)[0])
+                    (b.scope, period(kind, now, session)[0])
                     for b in budgets
                     for field, kind, _ in LIMITS
-                    if getattr(b, field) is not None
+                    if getattr(b, field) is not None and kind in counted
                 }
             )
         )
@@ -196,7 +225,7 @@ class BudgetStore(Store):
             return cut, tokens - cut, max(0.0, usd - cut * usd_per_token)
 
         rid = uuid.uuid4().hex
-        cut = self._hold(budgets, rows, rid, now, decide)
+        cut = self._hold(budgets, rows, rid, now, decide, session)
         return Reservation(rid, tuple(b.scope for b in budgets), cut, rows)
 
     def _hold(
@@ -206,6 +235,7 @@ class BudgetStore(Store):
         rid: str,
         now: float,
         decide: Callable[[Usage], tuple[int, int, float]],
+        session: str | None = None,
     ) -> int:
         """Read the usage, `decide`, and hold the result on every row, atomically; the tokens
         cut. Here: one SQLite BEGIN IMMEDIATE transaction (atomic across threads and
@@ -213,7 +243,7 @@ class BudgetStore(Store):
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                usage = {b.scope: self._used(b.scope, now) for b in budgets}
+                usage = {b.scope: self._used(b.scope, now, session) for b in budgets}
                 cut, tokens, usd = decide(usage)
                 self._db.executemany(
                     "INSERT INTO budget_usage VALUES (?, ?, ?, ?, ?, 0, ?)",
@@ -225,11 +255,13 @@ class BudgetStore(Store):
                 raise
         return cut
 
-    def _used(self, scope: str, now: float) -> dict[str, tuple[float, float, float, float]]:
+    def _used(
+        self, scope: str, now: float, session: str | None = None
+    ) -> dict[str, tuple[float, float, float, float]]:
         """Per period kind: (tokens, usd) used in all, and (tokens, usd) of settled calls."""
         out = {}
-        for kind in ("day", "month"):
-            key, _ = period(kind, now)
+        for kind in kinds(session):
+            key, _ = period(kind, now, session)
             out[kind] = self._db.execute(
                 "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(usd), 0), "
                 "COALESCE(SUM(tokens * settled), 0), COALESCE(SUM(usd * settled), 0) "
@@ -275,18 +307,40 @@ class BudgetStore(Store):
         raise AssertionError("no limit is exceeded")  # pragma: no cover
 
     def reserve_call(
-        self, user: str, prompt: int, completion: int, price: Price, *, shorten: bool
+        self,
+        user: str,
+        prompt: int,
+        completion: int,
+        price: Price,
+        *,
+        shorten: bool,
+        expected: Callable[[], int] | None = None,
+        session: str | None = None,
     ) -> Reservation | None:
-        """Reserve a call of `prompt` + up to `completion` tokens at `price`. With `shorten`
-        (the caller left max_tokens to the default) a budget nearly spent cuts the completion,
-        down to MIN_COMPLETION_TOKENS or half of it, instead of refusing the call."""
-        floor = min(MIN_COMPLETION_TOKENS, completion // 2)
+        """Reserve a call of `prompt` + up to `completion` tokens at `price`.
+
+        With `expected` (what an answer of this user on this model is expected to take) and
+        no `strict` budget, the reservation is `prompt` + that, not the ceiling: an agent
+        sends max_tokens of 32,000 for answers of a few hundred. The call settles to its real
+        usage, so a budget may be overrun by at most what the calls in flight use beyond
+        their reservations (each at most its max_tokens less its expectation).
+
+        Strict (or without `expected`), the whole ceiling is reserved. Either way, with
+        `shorten` (the caller left max_tokens to the default) a budget nearly spent cuts the
+        completion, down to MIN_COMPLETION_TOKENS or half of it, instead of refusing the call."""
+        budgets = self.applicable(user)
+        if not budgets:
+            return None
+        strict = expected is None or any(b.strict for b in budgets)
+        want = completion if strict or expected is None else max(1, min(completion, expected()))
+        floor = min(MIN_COMPLETION_TOKENS, want // 2)
         return self.reserve(
             user,
-            prompt + completion,
-            price.cost(prompt, completion),
-            flexible_tokens=completion - floor if shorten else 0,
+            prompt + want,
+            price.cost(prompt, want),
+            flexible_tokens=want - floor if shorten else 0,
             usd_per_token=price.output_per_mtok / 1e6,
+            session=session,
         )
 
     def settle(self, reservation: Reservation | None, tokens: int, usd: float) -> None:
@@ -339,8 +393,9 @@ def budget_rows(store: BudgetStore, scopes: list[str] | None = None) -> list[dic
             {
                 "scope": scope,
                 "on_exceed": budget.on_exceed,
+                "strict": budget.strict,
                 "limits": limits,
-                "used": {k: used[k] for k in limits},
+                "used": {k: used[k] for k in limits if k in used},  # a session's: its own
             }
         )
     return rows

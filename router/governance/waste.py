@@ -124,11 +124,13 @@ def guard(config: Config, request: ChatRequest, decision: Decision) -> Decision:
         return decision
     what = f"low-value request ({', '.join(decision.flags)})"
     if config.guardrails.low_value == "block":
-        raise RequestError(
+        refused = RequestError(
             f"{what} refused (guardrails.low_value = block): send the document itself, "
             "or stop repeating the same request",
             param="messages",
         )
+        refused.refusal = "guardrail"
+        raise refused
     local = tuple(n for n in decision.candidates if config.models[n].tier == "local")
     if not local:
         asked = (
@@ -136,5 +138,7 @@ def guard(config: Config, request: ChatRequest, decision: Decision) -> Decision:
             if request.model == "auto"
             else f"{request.model!r} was asked for: ask with model 'auto' or 'local'"
         )
-        raise NoRouteError(f"{what} is kept off the cloud (guardrails.low_value = local); {asked}")
+        kept = NoRouteError(f"{what} is kept off the cloud (guardrails.low_value = local); {asked}")
+        kept.refusal = "guardrail"
+        raise kept
     return replace(decision, candidates=local, reason=f"{decision.reason}; {what}: kept local")

@@ -20,14 +20,24 @@ class Metrics:
         self._tokens_saved = 0
         self._usd_saved = 0.0
         self._usd_cost = 0.0
+        self._cache_read = 0  # prompt tokens read from providers' prompt caches
+        self._cache_write = 0
+        self._refusals: dict[str, int] = defaultdict(int)  # by kind: budget, guardrail
         self._latency: dict[str, list[int]] = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
         self._latency_sum: dict[str, float] = defaultdict(float)
 
     def observe(
-        self, status: int, seconds: float, routing: Routing | None = None, api: str = "chat"
+        self,
+        status: int,
+        seconds: float,
+        routing: Routing | None = None,
+        api: str = "chat",
+        refusal: str = "",
     ) -> None:
         tier = routing.tier if routing else "none"
         with self._lock:
+            if refusal:
+                self._refusals[refusal] += 1
             self._requests[(api, tier, str(status))] += 1
             self._latency[tier][bisect.bisect_left(BUCKETS, seconds)] += 1  # its own bucket
             self._latency_sum[tier] += seconds
@@ -36,6 +46,8 @@ class Metrics:
                 self._tokens_saved += routing.tokens_saved
                 self._usd_saved += routing.usd_saved
                 self._usd_cost += routing.cost_usd
+                self._cache_read += routing.cache_read_tokens
+                self._cache_write += routing.cache_write_tokens
 
     def render(self) -> str:
         with self._lock:
@@ -61,8 +73,28 @@ class Metrics:
                     "Dollars saved against the baseline model.",
                 ),
                 ("router_usd_cost_total", "counter", self._usd_cost, "Dollars paid."),
+                (
+                    "router_provider_cache_read_tokens_total",
+                    "counter",
+                    self._cache_read,
+                    "Prompt tokens the providers read from their prompt caches.",
+                ),
+                (
+                    "router_provider_cache_write_tokens_total",
+                    "counter",
+                    self._cache_write,
+                    "Prompt tokens the providers wrote to their prompt caches.",
+                ),
             ):
                 out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+            out += [
+                "# HELP router_refusals_total Requests refused, by why (budget, guardrail).",
+                "# TYPE router_refusals_total counter",
+            ]
+            out += [
+                f'router_refusals_total{{kind="{k}"}} {n}'
+                for k, n in sorted(self._refusals.items())
+            ]
             out += [
                 "# HELP router_request_duration_seconds Time to answer (to the end of a stream).",
                 "# TYPE router_request_duration_seconds histogram",

@@ -6,7 +6,9 @@ page the owner visits can reach it:
 - A page can POST cross-origin without asking first when the request is "simple" (for example
   `Content-Type: text/plain`): the browser sends it and only hides the answer. So a request
   whose `Origin` is not allowed is refused before it runs, and a POST must say
-  `Content-Type: application/json` (which no simple request can).
+  `Content-Type: application/json` (which no simple request can). Ollama's API (/api/*) also
+  takes a body without it from a program (no `Origin`, no `Sec-Fetch-Site`), as Ollama does:
+  its own curl examples send none.
 - A GET carries no `Origin`, so a page can make the router do work with `<img src=...>`: a
   request that the browser marks as another site's and not CORS (`Sec-Fetch-Site`,
   `Sec-Fetch-Mode`) is refused, except a navigation to the dashboard's page.
@@ -168,7 +170,7 @@ class BrowserGuard:
             )
         if method == "POST":
             media = headers.get("content-type", "").split(";")[0].strip().lower()
-            if media != "application/json":
+            if media != "application/json" and not _scripted_ollama(path, headers):
                 return _error(
                     path,
                     415,
@@ -177,3 +179,10 @@ class BrowserGuard:
                     "unsupported_media_type",
                 )
         return None
+
+
+def _scripted_ollama(path: str, headers: Headers) -> bool:
+    """An Ollama API call from a program (curl, a script): Ollama's own examples send no JSON
+    Content-Type, and Ollama reads the body all the same. A browser's POST always carries
+    `Origin` (and `Sec-Fetch-Site`), so a web page's request is still refused."""
+    return path.startswith("/api/") and "origin" not in headers and "sec-fetch-site" not in headers

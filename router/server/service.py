@@ -33,6 +33,7 @@ from router.types import Completion, Routing
 from router.wire import chat
 from router.wire.api import FORWARDABLE, ROUTING_HEADER, Asked, Call, Renderer, routing_json
 from router.wire.http import HTTPError, http_error
+from router.wire.identity import header_session
 
 log = logging.getLogger("router.server")
 T = TypeVar("T")
@@ -252,6 +253,7 @@ class Service:
         }
         return Asked(
             user=viewer.name if viewer is not None else None,
+            session=header_session(request.headers),
             cache=not no_cache,
             category=request.headers.get("x-router-category"),
             # OpenAI's and Anthropic's SDKs say so: they retry 5xx and 429 themselves.
@@ -308,6 +310,7 @@ class Service:
         request id, under which the server's log has the whole story (a provider's message,
         a URL, a pid)."""
         err = http_error(exc)
+        err.refusal = exc.refusal
         # What `router chat` through this server exits with: the same as in process.
         err.headers = {**(err.headers or {}), "x-router-exit-code": str(exit_code(exc))}
         if err.status >= 500:
@@ -335,7 +338,8 @@ class Service:
 
     @staticmethod
     def error_response(renderer: Renderer, err: HTTPError) -> Response:
-        return JSONResponse(renderer.error(err), status_code=err.status, headers=err.headers)
+        status = err.statuses.get(renderer.api, err.status)
+        return JSONResponse(renderer.error(err), status_code=status, headers=err.headers)
 
     # ---------------------------------------------------------------- answers
 
@@ -347,8 +351,8 @@ class Service:
         started = time.perf_counter()
         api = renderer.api
 
-        def observe(status: int, routing: Routing | None = None) -> None:
-            self.metrics.observe(status, time.perf_counter() - started, routing, api)
+        def observe(status: int, routing: Routing | None = None, refusal: str = "") -> None:
+            self.metrics.observe(status, time.perf_counter() - started, routing, api, refusal)
 
         try:
             viewer = self.authenticate(request)
@@ -415,7 +419,7 @@ class Service:
             if call.options.get("routing"):
                 headers[ROUTING_HEADER] = routing_json(done.routing)
             return FastJSONResponse(body, headers=headers)
-        observe(err.status)
+        observe(err.status, refusal=err.refusal)
         return self.error_response(renderer, err)
 
     async def run(
@@ -442,5 +446,5 @@ class Service:
         else:
             self.metrics.observe(200, time.perf_counter() - started, routing, api)
             return JSONResponse(body, headers=routing_headers(routing))
-        self.metrics.observe(err.status, time.perf_counter() - started, None, api)
+        self.metrics.observe(err.status, time.perf_counter() - started, None, api, err.refusal)
         return JSONResponse(error(err), status_code=err.status, headers=err.headers)

@@ -30,7 +30,7 @@ from typing import Any
 
 from router.config import Budget, Config
 from router.errors import BudgetStoreDownError, UnavailableError
-from router.governance.budgets import BudgetStore, Reservation, Usage, period
+from router.governance.budgets import BudgetStore, Reservation, Usage, kinds, period
 from router.shared import Link, errors
 
 KEEP_SECONDS = 40 * 86400
@@ -110,6 +110,7 @@ class RedisBudgetStore(BudgetStore):
         rid: str,
         now: float,
         decide: Callable[[Usage], tuple[int, int, float]],
+        session: str | None = None,
     ) -> int:
         """Here: WATCH the rows' keys, read, decide, MULTI/EXEC the holds; a replica that
         changed a watched key in between makes EXEC fail, and it is decided again."""
@@ -122,7 +123,7 @@ class RedisBudgetStore(BudgetStore):
                 with self._link.client.pipeline() as pipe:
                     try:
                         pipe.watch(*watched)  # type: ignore[no-untyped-call]
-                        usage, expired = self._usage(budgets, now)
+                        usage, expired = self._usage(budgets, now, session)
                         cut, tokens, usd = decide(usage)
                         pipe.multi()
                         for scope, key in rows:
@@ -146,14 +147,16 @@ class RedisBudgetStore(BudgetStore):
         busy = "the budget store is too busy to reserve; retry"
         raise UnavailableError(busy, retry_after=1).publicly(busy)
 
-    def _usage(self, budgets: list[Budget], now: float) -> tuple[Usage, list[tuple[str, str]]]:
+    def _usage(
+        self, budgets: list[Budget], now: float, session: str | None = None
+    ) -> tuple[Usage, list[tuple[str, str]]]:
         """Per scope and period kind: (tokens, usd) used (settled + live reservations) and
         settled; and the expired reservations to drop. One round trip (a pipeline: reads from
         another connection do not disturb the reserving connection's WATCH)."""
         keys = [
-            (b.scope, kind, *self._keys(b.scope, period(kind, now)[0]))
+            (b.scope, kind, *self._keys(b.scope, period(kind, now, session)[0]))
             for b in budgets
-            for kind in ("day", "month")
+            for kind in kinds(session)
         ]
         reader = self._link.client.pipeline(transaction=False)
         for _, _, held_key, settled_key in keys:

@@ -35,6 +35,7 @@ from router import rollups
 from router.errors import LedgerUnavailableError, UnavailableError
 from router.ledger import Entry, Verdict, summary_of, totals_of
 from router.reachability import Reachability
+from router.rollups import where_equal
 from router.sqlite import GroupCommit, migrate, open_db
 
 log = logging.getLogger("router.ledger")
@@ -42,7 +43,11 @@ log = logging.getLogger("router.ledger")
 _COLUMNS = [f.name for f in fields(Entry)]
 _QUOTED = ", ".join(f'"{c}"' for c in _COLUMNS)
 BATCH = 500
-_NEW = {"pending": False, "api": "chat", "saved_by": ""}  # rows queued before these columns existed
+# Rows queued before these columns existed.
+_NEW = {
+    "pending": False, "api": "chat", "saved_by": "", "cache_read_tokens": 0,
+    "cache_write_tokens": 0, "session": "", "refusal": "",
+}  # fmt: skip
 
 # The SQLite ledger's migrations, one for one, in PostgreSQL's dialect ("user" is reserved).
 _MIGRATIONS = [
@@ -97,6 +102,13 @@ _MIGRATIONS = [
     """,
     """
     ALTER TABLE requests ADD COLUMN saved_by TEXT NOT NULL DEFAULT '';
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN cache_read_tokens BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE requests ADD COLUMN cache_write_tokens BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE requests ADD COLUMN session TEXT NOT NULL DEFAULT '';
+    ALTER TABLE requests ADD COLUMN refusal TEXT NOT NULL DEFAULT '';
+    CREATE INDEX requests_session ON requests (session) WHERE session <> '';
     """,
 ]
 _QUEUE = [
@@ -319,9 +331,11 @@ class PostgresLedger:
         )
         return [Entry(**dict(zip(_COLUMNS, r, strict=True))) for r in rows]
 
-    def recent(self, limit: int, user: str | None = None) -> list[Entry]:
+    def recent(
+        self, limit: int, user: str | None = None, session: str | None = None
+    ) -> list[Entry]:
         self._synced()
-        where, args = ('WHERE "user" = %s', [user]) if user is not None else ("", [])
+        where, args = where_equal({"user": user, "session": session}, "%s")
         rows = self._run(
             f"SELECT {_QUOTED} FROM requests {where} ORDER BY id DESC LIMIT %s", (*args, limit)
         )

@@ -26,6 +26,7 @@ class Asked:
     """What the HTTP layer knows of a request besides its body."""
 
     user: str | None = None  # the API key's owner (wins over a user named in the body)
+    session: str | None = None  # the session the headers name (router.wire.identity)
     cache: bool = True  # False: `Cache-Control: no-cache` or `no-store`
     category: str | None = None  # the x-router-category header
     client_retries: bool = False  # the client's SDK retries itself (x-stainless-retry-count)

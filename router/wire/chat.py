@@ -32,6 +32,7 @@ def parse(raw: bytes, asked: Asked) -> Call:
             model=checked.model,
             params=checked.params(),
             user=asked.user or checked.user,
+            session=asked.session,
             cache=asked.cache,
             category=asked.category or metadata.get("category"),
             client_retries=asked.client_retries,

@@ -54,6 +54,7 @@ def parse(raw: bytes, asked: Asked) -> Call:
             model,
             {k: data[k] for k in PARAMS if data.get(k) is not None},
             user=asked.user or (user if isinstance(user, str) else None),
+            session=asked.session,
             cache=asked.cache,
             category=asked.category,
             client_retries=asked.client_retries,

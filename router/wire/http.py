@@ -35,6 +35,9 @@ class HTTPError(Exception):
     param: str | None = None
     code: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # The status an API answers with where it is not `status` (its clients' own rules).
+    statuses: dict[str, int] = field(default_factory=dict)
+    refusal: str = ""  # the RouterError's refusal ("budget", "guardrail"), for the metrics
 
     def body(self) -> dict[str, Any]:
         return {
@@ -61,13 +64,15 @@ def http_error(exc: RouterError) -> HTTPError:
     if isinstance(exc, RequestError):
         return HTTPError(400, exc.public, param=exc.param)
     if isinstance(exc, BudgetExceededError):
-        return HTTPError(
-            429,
-            exc.public,
-            "budget_exceeded_error",
-            code="budget_in_use" if exc.in_flight else "budget_exceeded",
-            headers={"Retry-After": str(max(1, round(exc.retry_after())))},
-        )
+        if exc.in_flight:  # requests still running hold it: seconds away, retry
+            return HTTPError(
+                429,
+                exc.public,
+                "budget_exceeded_error",
+                code="budget_in_use",
+                headers={"Retry-After": str(max(1, round(exc.retry_after())))},
+            )
+        return budget_spent(exc.public)
     if isinstance(exc, BusyError):
         retry = str(max(1, round(exc.retry_after or 1)))
         return HTTPError(
@@ -97,6 +102,25 @@ def http_error(exc: RouterError) -> HTTPError:
     if isinstance(exc, BackendError):  # a model failed mid-answer: a stream's error event
         return HTTPError(503, exc.public, "service_unavailable_error", code="model_failed")
     return HTTPError(500, exc.public, "server_error")
+
+
+def budget_spent(message: str) -> HTTPError:
+    """A budget that cannot take the request until it resets: a final answer, never a wait.
+
+    OpenAI's code for it, `insufficient_quota`, with a 400 and `x-should-retry: false`: the
+    status every client treats as final. (Codex 0.171 stops on a 429 `insufficient_quota` at
+    once but prints its own "Quota exceeded" without the budget's words; it retries a 402 or
+    403 five times; it prints a 400's message and stops.) Anthropic's clients get its
+    `billing_error`, a 402, which Claude Code and Anthropic's SDKs do not retry. No
+    Retry-After: the reset is hours away, and clients that honour it look hung."""
+    return HTTPError(
+        400,
+        message,
+        "insufficient_quota",
+        code="insufficient_quota",
+        headers={"x-should-retry": "false"},
+        statuses={"messages": 402},
+    )
 
 
 FEEDBACK_FIELDS = {"id", "rating", "comment"}

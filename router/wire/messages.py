@@ -28,6 +28,7 @@ from router.errors import RequestError
 from router.types import ChatRequest, Completion, Message, Routing
 from router.wire.api import Asked, Call, bad, finish_of, parse_object, sse, unknown, usage_of
 from router.wire.http import HTTPError, http_error
+from router.wire.identity import agent_user
 from router.wire.messages_native import Dropped, native
 
 KNOWN = {
@@ -46,6 +47,7 @@ ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     408: "timeout_error",
+    402: "billing_error",
     413: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",
@@ -102,12 +104,14 @@ def parse(raw: bytes, asked: Asked) -> Call:
     named = (metadata or {}).get("user_id")
     if named is not None and not isinstance(named, str):
         raise bad("metadata.user_id", "a string")
+    person, session = agent_user(named) if named else (None, None)
     try:
         request = ChatRequest(
             messages,
             model,
             params,
-            user=asked.user or (named[:256] if named else None),
+            user=asked.user or person or (named[:256] if named else None),
+            session=asked.session or session,
             cache=asked.cache,
             category=asked.category,
             client_retries=asked.client_retries,
@@ -302,23 +306,29 @@ class MessagesApi:
             "content": blocks,
             "stop_reason": "tool_use" if calls else STOP.get(finish, "end_turn"),
             "stop_sequence": None,
-            "usage": _usage(prompt, completion),
+            "usage": _usage(
+                prompt,
+                completion,
+                done.routing.cache_read_tokens,
+                done.routing.cache_write_tokens,
+            ),
         }
 
     def writer(self, call: Call, routing: Routing) -> MessagesWriter:
         return MessagesWriter(call, routing)
 
     def error(self, err: HTTPError) -> dict[str, Any]:
-        kind = ERROR_TYPES.get(err.status, "api_error")
+        kind = ERROR_TYPES.get(err.statuses.get("messages", err.status), "api_error")
         return {"type": "error", "error": {"type": kind, "message": err.message}}
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
+def _usage(prompt: int, completion: int, read: int = 0, write: int = 0) -> dict[str, int]:
+    """Usage in Anthropic's words: input tokens beside the provider's cache reads and writes."""
     return {
-        "input_tokens": prompt,
+        "input_tokens": max(0, prompt - read - write),
         "output_tokens": completion,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": write,
+        "cache_read_input_tokens": read,
     }
 
 
@@ -409,7 +419,12 @@ class MessagesWriter:
         delta = {
             "type": "message_delta",
             "delta": {"stop_reason": stop, "stop_sequence": None},
-            "usage": _usage(routing.prompt_tokens, routing.completion_tokens),
+            "usage": _usage(
+                routing.prompt_tokens,
+                routing.completion_tokens,
+                routing.cache_read_tokens,
+                routing.cache_write_tokens,
+            ),
         }
         return (
             self._head()

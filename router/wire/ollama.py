@@ -105,6 +105,7 @@ def _call(
             model,
             params,
             user=asked.user,
+            session=asked.session,
             cache=asked.cache,
             category=asked.category,
             client_retries=asked.client_retries,

@@ -30,6 +30,7 @@ from router.errors import RequestError
 from router.types import ChatRequest, Completion, Message, Routing
 from router.wire.api import Asked, Call, bad, finish_of, parse_object, sse, text_of, unknown
 from router.wire.http import HTTPError, http_error
+from router.wire.identity import session_id
 
 CARRIED = {
     "model", "input", "instructions", "tools", "tool_choice", "max_output_tokens",
@@ -72,6 +73,7 @@ def parse(raw: bytes, asked: Asked) -> Call:
             model,
             params,
             user=asked.user or (user if isinstance(user, str) else None),
+            session=asked.session or session_id(data.get("prompt_cache_key")),
             cache=asked.cache,
             category=asked.category,
             client_retries=asked.client_retries,
@@ -218,12 +220,14 @@ def _response(call: Call, rid: str, status: str, output: list[Any], usage: Any) 
     }
 
 
-def _usage(prompt: int, completion: int) -> dict[str, Any]:
+def _usage(routing: Routing) -> dict[str, Any]:
+    """The answer's usage in OpenAI's words: input tokens with the provider's cache reads."""
+    prompt, completion = routing.prompt_tokens, routing.completion_tokens
     return {
         "input_tokens": prompt,
         "output_tokens": completion,
         "total_tokens": prompt + completion,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": routing.cache_read_tokens},
         "output_tokens_details": {"reasoning_tokens": 0},
     }
 
@@ -262,7 +266,7 @@ class ResponsesApi:
         if done.text or not calls:
             output.append(_message_item(f"msg_{rid[5:]}", done.text))
         output += [_call_item(f"fc_{rid[5:21]}{i}", c) for i, c in enumerate(calls)]
-        usage = _usage(done.routing.prompt_tokens, done.routing.completion_tokens)
+        usage = _usage(done.routing)
         status = "incomplete" if finish == "length" else "completed"
         return _response(call, rid, status, output, usage)
 
@@ -340,7 +344,7 @@ class ResponsesWriter:
     def end(self, routing: Routing) -> bytes:
         out = self._close()
         status = "incomplete" if self._finish == "length" else "completed"
-        usage = _usage(routing.prompt_tokens, routing.completion_tokens)
+        usage = _usage(routing)
         final = _response(self._call, self._rid, status, self._items, usage)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         return out + self._event(kind, response=final)

@@ -104,7 +104,8 @@ def test_fifty_concurrent_requests_never_overrun_a_budget(
     prompts = [f"Please answer question number {i:02d} about the weather." for i in range(50)]
     worst = worst_prompt_tokens(ChatRequest(ask(prompts[0]))) + 40
     budget = int(worst * 10.5)  # room for about ten worst cases
-    extra = NO_REPEATS + f'\n[[budgets]]\nuser = "load"\ndaily_tokens = {budget}\n'
+    # strict: each call reserves its worst case, so the budget is never overrun at all.
+    extra = NO_REPEATS + f'\n[[budgets]]\nuser = "load"\ndaily_tokens = {budget}\nstrict = true\n'
     path = write_config(tmp_path, fake_cloud.base_url, extra)
     results: list[httpx.Response] = []
     lock = threading.Lock()
@@ -135,27 +136,28 @@ def test_fifty_concurrent_requests_never_overrun_a_budget(
         rows = [e for e in router.ledger.entries() if e.user == "load"]
         used = router.budgets.usage("user:load")["daily_tokens"]
     ok = [r for r in results if r.status_code == 200]
-    refused = [r for r in results if r.status_code == 429]
+    refused = [r for r in results if r.status_code in (400, 429)]
     assert len(results) == 50 and len(ok) + len(refused) == 50
     assert 10 <= len(ok) < 50 and refused
-    ledger_tokens = sum(e.prompt_tokens + e.completion_tokens for e in rows)
-    assert len(rows) == len(ok)
+    answered = [e for e in rows if not e.refusal]
+    ledger_tokens = sum(e.prompt_tokens + e.completion_tokens for e in answered)
+    assert len(answered) == len(ok) and len(rows) - len(answered) == len(refused)
     assert ledger_tokens <= budget and used == ledger_tokens
     for r in refused:
         error = r.json()["error"]
-        assert error["type"] == "budget_exceeded_error"
         limit = f"user:load daily_tokens = {budget:,} tokens"
         if error["code"] == "budget_in_use":  # refused while others' reservations were open
+            assert r.status_code == 429 and error["type"] == "budget_exceeded_error"
             assert f"{limit} is held by requests still running" in error["message"]
             assert r.headers["retry-after"] == "2"
-        else:
-            assert error["code"] == "budget_exceeded"
+        else:  # spent until the reset: final, no Retry-After
+            assert r.status_code == 400 and error["code"] == "insufficient_quota"
             assert f"{limit} is spent" in error["message"] or (
                 f"{limit} would be exceeded" in error["message"]
                 and "this request needs up to" in error["message"]
             )
             assert "resets at" in error["message"]
-            assert int(r.headers["retry-after"]) > 2
+            assert "retry-after" not in r.headers and r.headers["x-should-retry"] == "false"
 
 
 @pytest.mark.slow
@@ -326,8 +328,15 @@ def test_low_value_requests_are_kept_local_flagged_or_blocked(
         for _ in range(3):
             last = router.complete(ask("What is 7 times 6?"), max_tokens=4, cache=False)
         assert last.routing.flags == ["repeat"]
-        flags = [e.flags for e in router.ledger.entries()]
-        assert flags == ["trivial-document", "", "", "repeat"]
+        rows = router.ledger.entries()
+        assert [(e.flags, e.refusal) for e in rows] == [
+            ("trivial-document", ""),
+            ("", "guardrail"),  # the refusal, a row of its own with no tokens
+            ("", ""),
+            ("", ""),
+            ("repeat", ""),
+        ]
+        assert rows[1].prompt_tokens == 0 and "kept off the cloud" in rows[1].reason
         # A real document is not low-value.
         real = router.complete(
             ask("Summarize: The committee met on Monday and agreed to fund two new parks."),
@@ -341,7 +350,9 @@ def test_low_value_requests_are_kept_local_flagged_or_blocked(
         before = len(router.ledger.entries())  # the same ledger file as above
         with pytest.raises(RequestError, match=r"low-value request \(trivial-document\) refused"):
             router.complete(ask("Please rewrite the following text:"))
-        assert len(router.ledger.entries()) == before
+        after = router.ledger.entries()
+        assert len(after) == before + 1 and after[-1].refusal == "guardrail"
+        assert after[-1].cost_usd == 0 and "guardrails.low_value = block" in after[-1].reason
 
 
 # ------------------------------------------------------------------------------ audits
@@ -428,7 +439,7 @@ def test_audit_spike_against_own_history(tmp_path: Path) -> None:
         accounts = {a.name: a for a in audit(ledger, config, "user", now=now)}
     assert [f.split(":")[0] for f in accounts["fay"].flags] == ["spike"]
     assert accounts["gus"].flags == []
-    assert "1,000 tokens in the last day" in accounts["fay"].flags[0]
+    assert "1,000 paid tokens in the last day" in accounts["fay"].flags[0]
     assert render(list(accounts.values()), "csv").count("\n") == 3
 
 

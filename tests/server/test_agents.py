@@ -122,3 +122,128 @@ def test_codex_works_through_the_router(
     assert not any(row["pending"] for row in rows) and any(r["tier"] == "cloud" for r in rows)
     asked = [r for r in fake_cloud.requests if "Say hello." in str(r.get("messages"))]
     assert asked and asked[-1].get("tools")
+
+
+# ------------------------------------------------------------------ governed agent sessions
+
+NATIVE = """
+[models.claude]
+tier = "cloud"
+litellm_model = "anthropic/claude-sonnet-4-5"
+api_key_env = "{env}"
+api_base = "{base}"
+timeout_seconds = 10
+
+[aliases]
+"claude-*" = "claude"
+"gpt-5*" = "auto"
+"""
+
+
+def router_cli(config: Path, *args: str) -> str:
+    argv = [sys.executable, "-m", "router", *args, "--config", str(config)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout + done.stderr
+
+
+@pytest.fixture
+def governed(tmp_path: Path, fake_cloud: FakeCloud) -> Iterator[Served]:
+    """`router serve` with Claude's models passed through to a stand-in Anthropic API that
+    caches prompts and calls tools; Codex's through chat."""
+    native = NATIVE.format(env=CLOUD_KEY_ENV, base=fake_cloud.base_url.removesuffix("/v1"))
+    config = write_config(tmp_path, fake_cloud.base_url, native)
+    log = tmp_path / "serve.log"
+    args = [sys.executable, "-m", "router", "serve", "--port", "0", "--config", str(config)]
+    env = {**os.environ, CLOUD_KEY_ENV: CLOUD_KEY}
+    notes = tmp_path / "notes.txt"  # what the stand-in's tool calls read
+    notes.write_text("remember the milk\n")
+    tools = {"Read": {"file_path": str(notes)}}
+    with fake_cloud.caching(agent_steps=4, tools=tools), log.open("wb") as err:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        try:
+            deadline = time.monotonic() + 90
+            while not (found := re.search(r"http://127\.0\.0\.1:(\d+)/v1", log.read_text())):
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            yield Served(config, f"http://127.0.0.1:{found.group(1)}")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def key_for(served: Served, user: str) -> str:
+    found = re.search(r"\brk-[\w-]+", router_cli(served.config, "keys", "create", "--user", user))
+    assert found
+    return found.group(0)
+
+
+def test_a_claude_code_session_is_priced_budgeted_and_refused_as_it_should_be(
+    governed: Served, tmp_path: Path
+) -> None:
+    """Real Claude Code, a 20,000-token daily budget: a tool loop of five turns and more runs
+    (each turn reserves what it is expected to use, not Claude Code's max_tokens), every row
+    is priced as LiteLLM prices it, the session is parsed; once spent, Claude Code stops at
+    once with the budget named."""
+    router_cli(governed.config, "budget", "set", "cara", "--daily-tokens", "20000")
+    env = offline_env(
+        tmp_path / "home",
+        ANTHROPIC_BASE_URL=governed.url,
+        ANTHROPIC_API_KEY=key_for(governed, "cara"),
+    )
+    args = [agent("claude"), "-p", "List the text files here, then say what they hold."]
+    done = run(args, env, tmp_path)
+    assert "native answer to:" in done.stdout
+    rows = [r for r in governed.rows() if r["tier"] == "cloud"]
+    turns = [r for r in rows if r["completion_tokens"] and r["cache_read_tokens"]]
+    assert len(rows) >= 5 and len(turns) >= 4, rows  # the tool loop's turns, cache warm
+    assert {r["user"] for r in rows} == {"cara"}  # the key's owner, over Claude Code's id
+    sessions = {r["session"] for r in rows}
+    assert len(sessions) == 1 and re.fullmatch(r"[0-9a-f-]{36}", sessions.pop())
+    from router.units import Tokens
+    from tests.governance.test_agents import litellm_cost
+
+    for r in rows:
+        tokens = Tokens(
+            r["prompt_tokens"],
+            r["completion_tokens"],
+            r["cache_read_tokens"],
+            r["cache_write_tokens"],
+        )
+        assert abs(r["cost_usd"] - litellm_cost(tokens)) <= 1e-5
+    # Spent: a final answer, not a wait.
+    router_cli(governed.config, "budget", "set", "cara", "--daily-tokens", "1")
+    started = time.monotonic()
+    refused = subprocess.run(
+        args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60
+    )
+    assert time.monotonic() - started < 10 and refused.returncode != 0
+    assert "budget user:cara daily_tokens" in refused.stdout + refused.stderr
+    assert any(r["refusal"] == "budget" and r["user"] == "cara" for r in governed.rows())
+
+
+def test_codex_sessions_are_parsed_and_a_spent_budget_ends_it_at_once(
+    governed: Served, tmp_path: Path
+) -> None:
+    home = tmp_path / "codex"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        'model = "gpt-5-codex"\nmodel_provider = "router"\n'
+        "[model_providers.router]\n"
+        f'name = "router"\nbase_url = "{governed.url}/v1"\nenv_key = "ROUTER_KEY"\n'
+        'wire_api = "responses"\n'
+    )
+    env = offline_env(tmp_path / "home", CODEX_HOME=str(home), ROUTER_KEY=key_for(governed, "dan"))
+    args = [agent("codex"), "exec", "--skip-git-repo-check", "Say hello."]
+    run(args, env, tmp_path)
+    args[-1] = "Say hello again."  # not the cached answer: a cache hit costs nothing
+    rows = governed.rows()
+    assert rows and {r["user"] for r in rows} == {"dan"}
+    assert len({r["session"] for r in rows}) == 1 and rows[0]["session"]  # its session-id
+    router_cli(governed.config, "budget", "set", "dan", "--daily-tokens", "1")
+    started = time.monotonic()
+    refused = subprocess.run(
+        args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60
+    )
+    assert time.monotonic() - started < 10 and refused.returncode != 0
+    assert "budget user:dan daily_tokens" in refused.stdout + refused.stderr

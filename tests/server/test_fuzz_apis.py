@@ -226,7 +226,9 @@ def messages_bodies() -> Any:
         "top_p": number,
         "top_k": small,
         "stream": anything,
-        "metadata": st.one_of(st.fixed_dictionaries({"user_id": anything}), anything),
+        "metadata": st.one_of(
+            st.fixed_dictionaries({"user_id": st.one_of(anything, claude_code_ids())}), anything
+        ),
         "thinking": anything,
         "context_management": anything,
         "frobnicate": anything,
@@ -267,6 +269,41 @@ def messages_bodies() -> Any:
         },
     )
     return _mix(good, params, hostile)
+
+
+def session_ids() -> Any:
+    """Session ids as agents send them, and broken ones (too long, spaces, odd characters)."""
+    from hypothesis import strategies as st
+
+    printable = "".join(chr(c) for c in range(32, 127))
+    return st.one_of(
+        st.uuids().map(str),
+        st.text(alphabet=printable, max_size=200),
+        st.sampled_from(["", " ", "a" * 129, "ok-1", "x:y@z"]),
+    )
+
+
+def claude_code_ids() -> Any:
+    """Claude Code's metadata.user_id: its JSON and its older string, whole and broken."""
+    from hypothesis import strategies as st
+
+    anything = st.one_of(st.none(), st.integers(), session_ids(), st.lists(st.integers()))
+    parts = st.fixed_dictionaries(
+        {}, optional={"device_id": anything, "account_uuid": anything, "session_id": anything}
+    )
+    legacy = st.tuples(session_ids(), session_ids(), session_ids()).map(
+        lambda p: f"user_{p[0]}_account_{p[1]}_session_{p[2]}"
+    )
+    return st.one_of(parts.map(json.dumps), legacy, st.just("{not json"))
+
+
+def session_headers() -> Any:
+    """Session headers (x-session-id, Claude Code's, Codex's), sometimes none."""
+    from hypothesis import strategies as st
+
+    names = ["x-session-id", "x-claude-code-session-id", "session-id", "conversation_id"]
+    sendable = session_ids().map(str.strip)  # HTTP trims a header's surrounding spaces
+    return st.dictionaries(st.sampled_from(names), sendable, max_size=2)
 
 
 def responses_bodies() -> Any:
@@ -314,7 +351,7 @@ def responses_bodies() -> Any:
         "include": anything,
         "reasoning": anything,
         "previous_response_id": st.one_of(text, anything),
-        "prompt_cache_key": anything,
+        "prompt_cache_key": st.one_of(anything, session_ids()),
         "parallel_tool_calls": anything,
         "text": anything,
         "frobnicate": anything,
@@ -591,8 +628,10 @@ def fuzz(endpoint: Endpoint, name: str, router: Router, cloud: FakeCloud, exampl
     seen: dict[int, int] = {}
 
     def left_behind() -> tuple[Any, ...]:
-        """The newest ledger row (pending ones too), the cache's size, the cloud's calls."""
-        newest = [(e.response_id, e.ts, e.pending) for e in router.ledger.recent(1)]
+        """The newest ledger row (pending ones too; a refusal's own row is not left behind:
+        it records the refusal), the cache's size, the cloud's calls."""
+        rows = [e for e in router.ledger.recent(50) if not e.refusal]
+        newest = [(e.response_id, e.ts, e.pending) for e in rows[-1:]]
         return newest, len(router._cache.cache), len(cloud.requests)  # type: ignore[arg-type]
 
     with ServerThread(create_app(router)) as server, httpx.Client(base_url=server.url) as http:
@@ -603,11 +642,12 @@ def fuzz(endpoint: Endpoint, name: str, router: Router, cloud: FakeCloud, exampl
             database=None,
             suppress_health_check=list(HealthCheck),
         )
-        @given(body=endpoint.bodies())
-        def one(body: Any) -> None:
+        @given(body=endpoint.bodies(), sessions=session_headers())
+        def one(body: Any, sessions: dict[str, str]) -> None:
             before = left_behind()
             raw = json.dumps(body, ensure_ascii=True).encode()
-            r = http.post(endpoint.path, content=raw, timeout=60, headers=HEADERS)
+            headers = {**HEADERS, **sessions}
+            r = http.post(endpoint.path, content=raw, timeout=60, headers=headers)
             seen[r.status_code] = seen.get(r.status_code, 0) + 1
             assert r.status_code < 500, (body, r.text)
             if r.status_code >= 400:

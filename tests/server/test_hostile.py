@@ -41,7 +41,9 @@ class Served:
         return self.http.post(URL, content=raw, **kwargs)
 
     def rows(self) -> int:
-        return len(self.router.ledger.entries())
+        """Rows of answered requests (a refusal's own row says who was refused: not an
+        answer)."""
+        return sum(1 for e in self.router.ledger.entries() if not e.refusal)
 
     def cached(self) -> int:
         return len(self.router._cache.cache)  # type: ignore[arg-type]
@@ -425,11 +427,11 @@ def test_a_nearly_spent_budget_shortens_the_answer_instead_of_refusing(
     assert s.cloud.requests[-1]["max_tokens"] == 21
     assert "max_tokens lowered by 3 to fit the budget" in s.router.ledger.entries()[-1].reason
     assert s.router.budgets.usage("user:ana")["daily_tokens"] <= 150
-    # An explicit max_tokens is the caller's choice: refused, not shortened.
+    # An explicit max_tokens is the caller's choice: refused, not shortened (and final).
     error = s.refused(
-        {"model": "cloud-mini", "messages": ask("hi"), "user": "ana", "max_tokens": 24}, 429
+        {"model": "cloud-mini", "messages": ask("hi"), "user": "ana", "max_tokens": 24}, 400
     )
-    assert error["code"] == "budget_exceeded"
+    assert error["code"] == "insufficient_quota"
 
 
 # ---------------------------------------------------------------- the fuzz

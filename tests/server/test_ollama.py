@@ -124,3 +124,21 @@ def test_line_separators_in_an_answer_keep_each_line_whole(
         generated = list(client(server.url).generate(model="local", prompt="Hi", stream=True))
     assert "".join(p.message.content or "" for p in pieces) == said
     assert "".join(p.response for p in generated) == said
+
+
+def test_curl_without_a_json_content_type_is_answered_as_ollama_does(
+    served: tuple[Router, str],
+) -> None:
+    """Ollama's docs: `curl http://localhost:11434/api/chat -d '{...}'` (curl sends a form's
+    Content-Type). A program's request is read; a web page's never (it carries Origin)."""
+    _, url = served
+    body = '{"model": "auto", "messages": [{"role": "user", "content": "Hi"}], "stream": false}'
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    done = httpx.post(url + "/api/chat", content=body, headers=form, timeout=30)
+    assert done.status_code == 200 and done.json()["message"]["content"] == "Hello from the router."
+    page = {**form, "origin": f"{url}", "sec-fetch-site": "same-origin"}
+    refused = httpx.post(url + "/api/chat", content=body, headers=page, timeout=30)
+    assert refused.status_code == 415 and "application/json" in refused.json()["error"]
+    # The OpenAI API keeps asking for it: its clients all send it.
+    chat = httpx.post(url + "/v1/chat/completions", content=body, headers=form, timeout=30)
+    assert chat.status_code == 415

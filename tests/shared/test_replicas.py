@@ -89,7 +89,7 @@ def ledger_rows(url: str, user: str, *, pending: bool = False) -> list[tuple[str
             (str(a), str(b), int(c))
             for a, b, c in conn.execute(
                 'SELECT response_id, tier, prompt_tokens + completion_tokens FROM requests '
-                'WHERE "user" = %s AND pending = %s', (user, pending),
+                'WHERE "user" = %s AND pending = %s AND refusal = \'\'', (user, pending),
             )
         ]  # fmt: skip
 
@@ -133,7 +133,8 @@ def test_two_served_replicas_behave_as_one_router(tmp_path: Path, fake_cloud: Fa
                     lambda i: ask((a, b)[i % 2], f"{HARD_PROMPT} ({i})", "load")[0], range(100)
                 )
             )
-        assert set(results) <= {200, 429} and 5 <= results.count(200) <= 30
+        # Refused: 429 while others' reservations hold it, 400 once it is spent.
+        assert set(results) <= {200, 400, 429} and 5 <= results.count(200) <= 30
         cfg = load_config(a.config)
         store = budget_store(cfg)
         rows = ledger_rows(database, "load")
@@ -151,7 +152,9 @@ def test_two_served_replicas_behave_as_one_router(tmp_path: Path, fake_cloud: Fa
         with urllib.request.urlopen(f"{a.url}/v1/router/summary?since=24h", timeout=30) as r:
             summary = json.loads(r.read())
         total = len(ledger_rows(database, "load")) + len(ledger_rows(database, "someone"))
-        assert summary["headline"]["requests"] == total
+        refused = len(results) - results.count(200)  # each refusal is a row of its own
+        assert summary["headline"]["refusals"] == refused
+        assert summary["headline"]["requests"] == total + refused
 
         # kill -9 one replica mid-load: no answered row is lost, no reservation outlives its TTL.
         fake_cloud.inject(*[Fault(status=200, delay=1.5) for _ in range(6)])

@@ -1,0 +1,94 @@
+"""What follows a streamed answer, once its last chunk is out: account its usage, settle its
+budget, record its row, and cache it and offer it to shadow judging when it is whole."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from router import policy
+from router.attempts import Attempts
+from router.backends.hangup import Hangup
+from router.bookkeeping import Books
+from router.cache import CachePolicy
+from router.chunks import assemble
+from router.errors import BackendError
+from router.governance.budgets import Reservation
+from router.shadow import Shadow
+from router.types import ChatRequest, Routing
+
+
+class StreamEnd:
+    def __init__(
+        self,
+        account: Callable[[Routing, Mapping[str, Any]], None],
+        attempts: Attempts,
+        books: Books,
+        cache: CachePolicy,
+        shadow: Shadow,
+    ) -> None:
+        self._account = account
+        self._attempts = attempts
+        self._books = books
+        self._cache = cache
+        self.shadow = shadow
+
+    def stream(
+        self,
+        request: ChatRequest,
+        key: str,
+        chunks: Iterator[dict[str, Any]],
+        first: dict[str, Any] | None,
+        routing: Routing,
+        started: float,
+        reservation: Reservation | None = None,
+        hangup: Hangup | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Pass chunks through; at the end account, cache and record the whole answer."""
+        text: list[str] = []
+        finish_reason: str | None = None
+        usage: dict[str, Any] | None = None
+        tool_calls = False
+        complete = False
+        try:
+            pending = [first] if first is not None else []
+            for chunk in itertools.chain(pending, chunks):
+                chunk = {**chunk, "id": routing.response_id}
+                for choice in chunk.get("choices", []):
+                    delta = choice.get("delta", {})
+                    text.append(delta.get("content") or "")
+                    tool_calls = tool_calls or bool(delta.get("tool_calls"))
+                    finish_reason = choice.get("finish_reason") or finish_reason
+                usage = chunk.get("usage") or usage
+                yield chunk
+            # A backend that stopped for the client's hang-up ends its stream early, or gives
+            # none: an answer cut short, never one to cache.
+            complete = hangup is None or not hangup.cut
+        except BackendError as exc:  # the model failed mid-answer (a worker crash, a cut)
+            routing.note(f"; answer cut: {exc}", f"; answer cut: {exc.public}")
+            raise
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # frees a local model for the next caller when the consumer stops
+            if usage is None:
+                # No usage from the backend (stopped early): count the chunks delivered and
+                # estimate the prompt, and say so.
+                usage = {
+                    "prompt_tokens": policy.estimate_prompt_tokens(request),
+                    "completion_tokens": sum(1 for t in text if t),
+                }
+                if complete:
+                    routing.reason += " (tokens estimated)"
+                elif hangup is not None and hangup.fired:
+                    routing.reason += "; answer cut: client disconnected (tokens estimated)"
+                else:
+                    routing.reason += " (stream stopped before the end; tokens estimated)"
+            self._account(routing, usage)
+            self._attempts.settle(reservation, routing)
+            self._books.record(request, key, routing, started, stream=True)
+            if complete and not tool_calls:
+                response = assemble(first, routing.model, "".join(text), finish_reason, usage)
+                self._cache.set(request, key, response, routing)
+                self.shadow.offer(request, routing, "".join(text))

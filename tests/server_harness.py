@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import uvicorn
 
 from router.config_sections import ServerSettings
@@ -78,3 +79,34 @@ def raw_post(url: str, path: str, body: dict[str, Any]) -> socket.socket:
     head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
     sock.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
     return sock
+
+
+def at_once(url: str, prompts: list[str], user: str) -> list[httpx.Response]:
+    """One chat request a prompt, for `user`, all sent at the same moment (max_tokens 40,
+    no cache): the answers, in the order they came."""
+    results: list[httpx.Response] = []
+    lock = threading.Lock()
+    start = threading.Barrier(len(prompts))
+
+    def send(text: str) -> None:
+        start.wait(timeout=30)
+        r = httpx.post(
+            url + "/v1/chat/completions",
+            timeout=60,
+            headers={"Cache-Control": "no-cache"},
+            json={
+                "model": "cloud",
+                "messages": [{"role": "user", "content": text}],
+                "max_tokens": 40,
+                "user": user,
+            },
+        )
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=send, args=(text,)) for text in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results

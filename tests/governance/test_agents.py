@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from router.server.keys import KeyStore
 from router.units import Tokens
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
 from tests.fakecloud import FakeCloud
-from tests.server_harness import ServerThread
+from tests.server_harness import ServerThread, at_once
 
 CLAUDE = "anthropic/claude-sonnet-4-5"
 DEVICE = "1ee5c9257279198287e45ac6647f63c10af7b4fea2ef7a990486e7ddfd203638"
@@ -221,31 +220,8 @@ def test_fifty_concurrent_requests_overrun_a_budget_by_at_most_their_excess(
     path = write_config(tmp_path, fake_cloud.base_url, extra)
     text = path.read_text().replace("[router]\n", "[router]\nreserve_completion_tokens = 1\n", 1)
     path.write_text(text)
-    statuses: list[int] = []
-    lock = threading.Lock()
     with Router(path) as router, ServerThread(create_app(router)) as server:
-        start = threading.Barrier(50)
-
-        def send(i: int) -> None:
-            start.wait(timeout=30)
-            r = httpx.post(
-                server.url + "/v1/chat/completions",
-                timeout=60,
-                json={
-                    "model": "cloud",
-                    "messages": [{"role": "user", "content": prompts[i]}],
-                    "max_tokens": 40,
-                    "user": "load",
-                },
-            )
-            with lock:
-                statuses.append(r.status_code)
-
-        threads = [threading.Thread(target=send, args=(i,)) for i in range(50)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        statuses = [r.status_code for r in at_once(server.url, prompts, "load")]
         rows = [e for e in router.ledger.entries() if e.user == "load"]
         used = router.budgets.usage("user:load")["daily_tokens"]
     answered = [e for e in rows if not e.refusal]
@@ -450,3 +426,15 @@ def test_a_session_never_moves_down_mid_session(
     assert first.routing.model == "cloud-mini" and alone.routing.model == "smollm2"
     assert kept.routing.model == "cloud-mini"
     assert "kept on cloud-mini, its session's model" in kept.routing.reason
+
+
+def test_agent_routes_must_name_a_mode_or_a_model(tmp_path: Path) -> None:
+    from router.config import load_config
+    from router.errors import ConfigError
+
+    path = write_config(tmp_path, None, '\n[agents]\nbackground = "tiny"\n')
+    with pytest.raises(ConfigError, match=r"agents.background = 'tiny': give auto, local"):
+        load_config(path)
+    path = write_config(tmp_path, None, "\n[agents]\nsticky_seconds = 0\n")
+    with pytest.raises(ConfigError, match="sticky_seconds"):
+        load_config(path)

@@ -4,7 +4,6 @@ waste audits, on ledgers filled through the real pipeline."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from router.policy import worst_prompt_tokens
 from router.server import create_app
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
 from tests.fakecloud import FakeCloud
-from tests.server_harness import ServerThread
+from tests.server_harness import ServerThread, at_once
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 NO_REPEATS = "\n[guardrails]\nrepeat_window_seconds = 0\n"
@@ -107,32 +106,8 @@ def test_fifty_concurrent_requests_never_overrun_a_budget(
     # strict: each call reserves its worst case, so the budget is never overrun at all.
     extra = NO_REPEATS + f'\n[[budgets]]\nuser = "load"\ndaily_tokens = {budget}\nstrict = true\n'
     path = write_config(tmp_path, fake_cloud.base_url, extra)
-    results: list[httpx.Response] = []
-    lock = threading.Lock()
     with Router(path) as router, ServerThread(create_app(router)) as server:
-        start = threading.Barrier(50)
-
-        def send(i: int) -> None:
-            start.wait(timeout=30)
-            r = httpx.post(
-                server.url + "/v1/chat/completions",
-                timeout=60,
-                headers={"Cache-Control": "no-cache"},
-                json={
-                    "model": "cloud",
-                    "messages": ask(prompts[i]),
-                    "max_tokens": 40,
-                    "user": "load",
-                },
-            )
-            with lock:
-                results.append(r)
-
-        threads = [threading.Thread(target=send, args=(i,)) for i in range(50)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        results = at_once(server.url, prompts, "load")
         rows = [e for e in router.ledger.entries() if e.user == "load"]
         used = router.budgets.usage("user:load")["daily_tokens"]
     ok = [r for r in results if r.status_code == 200]

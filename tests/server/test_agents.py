@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,10 @@ class Served:
         return rows
 
 
-@pytest.fixture
-def serving(tmp_path: Path, fake_cloud: FakeCloud) -> Iterator[Served]:
-    config = write_config(tmp_path, fake_cloud.base_url, ALIASES)
-    log = tmp_path / "serve.log"
+@contextmanager
+def router_serve(config: Path) -> Iterator[Served]:
+    """`router serve --port 0` on `config` until the block ends (stopped by its PID)."""
+    log = config.parent / "serve.log"
     args = [sys.executable, "-m", "router", "serve", "--port", "0", "--config", str(config)]
     env = {**os.environ, CLOUD_KEY_ENV: CLOUD_KEY}
     with log.open("wb") as err:
@@ -66,6 +67,12 @@ def serving(tmp_path: Path, fake_cloud: FakeCloud) -> Iterator[Served]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture
+def serving(tmp_path: Path, fake_cloud: FakeCloud) -> Iterator[Served]:
+    with router_serve(write_config(tmp_path, fake_cloud.base_url, ALIASES)) as server:
+        yield server
 
 
 def offline_env(home: Path, **extra: str) -> dict[str, str]:
@@ -153,23 +160,11 @@ def governed(tmp_path: Path, fake_cloud: FakeCloud) -> Iterator[Served]:
     caches prompts and calls tools; Codex's through chat."""
     native = NATIVE.format(env=CLOUD_KEY_ENV, base=fake_cloud.base_url.removesuffix("/v1"))
     config = write_config(tmp_path, fake_cloud.base_url, native)
-    log = tmp_path / "serve.log"
-    args = [sys.executable, "-m", "router", "serve", "--port", "0", "--config", str(config)]
-    env = {**os.environ, CLOUD_KEY_ENV: CLOUD_KEY}
     notes = tmp_path / "notes.txt"  # what the stand-in's tool calls read
     notes.write_text("remember the milk\n")
     tools = {"Read": {"file_path": str(notes)}}
-    with fake_cloud.caching(agent_steps=4, tools=tools), log.open("wb") as err:
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env)
-        try:
-            deadline = time.monotonic() + 90
-            while not (found := re.search(r"http://127\.0\.0\.1:(\d+)/v1", log.read_text())):
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
-            yield Served(config, f"http://127.0.0.1:{found.group(1)}")
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with fake_cloud.caching(agent_steps=4, tools=tools), router_serve(config) as server:
+        yield server
 
 
 def key_for(served: Served, user: str) -> str:

@@ -128,6 +128,16 @@ class FakeCloud:
                 self._cached.clear()
                 self.prompt_cache, self.agent_steps, self.agent_tools = False, 0, {}
 
+    def _openai_cached(self, messages: list[dict[str, Any]], total: int) -> int:
+        """OpenAI's prompt caching: the prompt tokens the last request with the same first
+        message had (in 128-token steps past the first 1,024, as OpenAI caches)."""
+        key = json.dumps(messages[:1])
+        with self._lock:
+            before = self._cached.get(key, 0)
+            self._cached[key] = total
+        cached = min(before, total)
+        return 0 if cached < 1024 else 1024 + (cached - 1024) // 128 * 128
+
     def _anthropic_usage(self, body: dict[str, Any], output: int) -> dict[str, Any]:
         """Anthropic's usage for `body`: 11 input tokens; with `prompt_cache`, the whole
         prompt's tokens, of which what the last request with the same system prompt and tools
@@ -250,11 +260,15 @@ class FakeCloud:
                 if words:
                     text = " ".join(f"w{i}" for i in range(words))
                 prompt_tokens = sum(count_tokens(str(m.get("content") or "")) for m in messages)
-                usage = {
+                usage: dict[str, Any] = {
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": count_tokens(text),
                     "total_tokens": prompt_tokens + count_tokens(text),
                 }
+                if cloud.prompt_cache:  # OpenAI's: the cached share of the prompt tokens
+                    usage["prompt_tokens_details"] = {
+                        "cached_tokens": cloud._openai_cached(messages, prompt_tokens)
+                    }
                 base = {
                     "id": "chatcmpl-fake",
                     "created": int(time.time()),

@@ -438,3 +438,26 @@ def test_agent_routes_must_name_a_mode_or_a_model(tmp_path: Path) -> None:
     path = write_config(tmp_path, None, "\n[agents]\nsticky_seconds = 0\n")
     with pytest.raises(ConfigError, match="sticky_seconds"):
         load_config(path)
+
+
+def test_openai_cached_tokens_are_priced_as_litellm_prices_them(
+    agent_server: tuple[Router, str],
+) -> None:
+    """Codex through the Responses API to an OpenAI model (chat, through LiteLLM): the
+    provider's `prompt_tokens_details.cached_tokens` reach the ledger and its price."""
+    router, url = agent_server
+    history = "word " * 1500  # past OpenAI's 1,024-token caching threshold
+    for ask in ("first", "second"):
+        body = {"model": "cloud-mini", "input": [
+            {"type": "message", "role": "user", "content": history},
+            {"type": "message", "role": "user", "content": ask},
+        ]}  # fmt: skip
+        r = httpx.post(url + "/v1/responses", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+    rows = router.ledger.entries()
+    assert rows[0].cache_read_tokens == 0 and rows[1].cache_read_tokens >= 1024
+    assert r.json()["usage"]["input_tokens_details"]["cached_tokens"] == rows[1].cache_read_tokens
+    for row in rows:
+        tokens = Tokens(row.prompt_tokens, row.completion_tokens, row.cache_read_tokens)
+        assert row.cost_usd == pytest.approx(litellm_cost(tokens, "openai/gpt-4o-mini"), rel=1e-3)
+    assert rows[1].cost_usd < rows[0].cost_usd  # cached input at half the price

@@ -33,7 +33,7 @@ from router.types import Completion, Routing
 from router.wire import chat
 from router.wire.api import FORWARDABLE, ROUTING_HEADER, Asked, Call, Renderer, routing_json
 from router.wire.http import HTTPError, http_error
-from router.wire.identity import header_session
+from router.wire.identity import raw_session
 
 log = logging.getLogger("router.server")
 T = TypeVar("T")
@@ -253,7 +253,7 @@ class Service:
         }
         return Asked(
             user=viewer.name if viewer is not None else None,
-            session=header_session(request.headers),
+            session=raw_session(request.scope["headers"]),
             cache=not no_cache,
             category=request.headers.get("x-router-category"),
             # OpenAI's and Anthropic's SDKs say so: they retry 5xx and 429 themselves.

@@ -44,6 +44,16 @@ def session_id(value: Any) -> str | None:
     return None
 
 
+_NAMES = frozenset(n.encode() for n in (SESSION_HEADER, *AGENT_SESSION_HEADERS))
+
+
+def raw_session(raw: list[tuple[bytes, bytes]]) -> str | None:
+    """`header_session` of an ASGI scope's raw headers, in one pass (most requests have none
+    of them: the hot path pays one set lookup a header)."""
+    found = {k.decode(): v.decode("latin-1") for k, v in raw if k in _NAMES}
+    return header_session(found) if found else None
+
+
 def header_session(headers: Mapping[str, str]) -> str | None:
     """The session the headers name; HTTPError(400) for a bad `x-session-id`."""
     given = headers.get(SESSION_HEADER)

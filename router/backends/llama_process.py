@@ -104,21 +104,51 @@ def _counting_llama() -> type:
         # Checked at every token: True ends the generation there (a non-streamed answer
         # whose client hung up: llama-cpp-python has no other way in).
         stop_when: Callable[[], bool] | None = None
+        guard = True  # stop an answer that repeats itself (loops)
+        looped = False  # the last generation was stopped for looping
+        made: list[int]  # the last generation's tokens (set by generate)
 
         def generate(  # type: ignore[override]
             self, tokens: Any, *args: Any, **kwargs: Any
         ) -> Iterator[int]:
             self.last_prompt_tokens = len(tokens)
             self.last_completion_tokens = 0
+            self.looped = False
             vocab = self._model.vocab
+            made = self.made = []
             for token in super().generate(tokens, *args, **kwargs):
                 if self.stop_when is not None and self.stop_when():
                     return
                 if not llama_cpp.llama_vocab_is_eog(vocab, token):
                     self.last_completion_tokens += 1
+                made.append(token)
+                if self.guard and len(made) % LOOP_CHECK_EVERY == 0 and looping(made):
+                    self.looped = True
+                    return
                 yield token
 
     return CountingLlama
+
+
+LOOP_MIN_SPAN = 32  # tokens: a loop is found once its repeats cover this many
+LOOP_MAX_BLOCK = 64  # tokens: the longest repeated block looked for
+LOOP_REPEATS = 3  # a block repeated at least this many times in a row
+LOOP_CHECK_EVERY = 4  # tokens between two checks
+
+
+def looping(tokens: list[int]) -> bool:
+    """Whether the answer's last tokens repeat one block of 1 to LOOP_MAX_BLOCK tokens at
+    least LOOP_REPEATS times in a row, over LOOP_MIN_SPAN tokens or more ("la Femme la Femme
+    la Femme…", a sentence said again and again): a small model's loop, which would otherwise
+    run to max_tokens."""
+    for block in range(1, LOOP_MAX_BLOCK + 1):
+        span = max(LOOP_MIN_SPAN, LOOP_REPEATS * block)
+        if span > len(tokens):
+            break
+        tail = tokens[-span:]
+        if tail[block:] == tail[:-block]:  # periodic with this block
+            return True
+    return False
 
 
 def load_llama(
@@ -293,6 +323,13 @@ def _generate(
         finally:
             llm.stop_when = None
         cut = cancels.cancelled(rid)
+        if llm.looped:  # cut short: say so as a length stop, and why
+            # llama-cpp-python writes a whole answer's text only when a stop condition of its
+            # own ends it: the text up to the cut, from the tokens made.
+            text = llm.detokenize(llm.made).decode("utf-8", errors="ignore").strip()
+            response["choices"][0]["message"]["content"] = text
+            response["choices"][0]["finish_reason"] = "length"
+            response["stopped"] = "repetition"
         channel.send({"ev": "result", "id": rid, "response": response, "cancelled": cut})
         return
     chunks = llm.create_chat_completion(messages=op["messages"], stream=True, **op["kwargs"])
@@ -304,6 +341,10 @@ def _generate(
                 break
             if crash is not None and sent[0] == crash[1]:
                 _crash(crash[0])
+            if llm.looped:  # the last chunk of an answer the guard stopped
+                for choice in chunk.get("choices") or []:
+                    if choice.get("finish_reason"):
+                        choice["finish_reason"] = "length"
             channel.send({"ev": "chunk", "id": rid, "chunk": chunk})
             sent[0] += 1
     finally:
@@ -314,7 +355,10 @@ def _generate(
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
-    channel.send({"ev": "end", "id": rid, "usage": usage, "cancelled": cancelled})
+    end = {"ev": "end", "id": rid, "usage": usage, "cancelled": cancelled}
+    if llm.looped:
+        end["stopped"] = "repetition"
+    channel.send(end)
 
 
 class _Abort:

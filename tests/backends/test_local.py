@@ -11,7 +11,7 @@ import pytest
 from router import Router
 from router.backends.local import LocalBackend
 from router.ledger import SQLiteLedger
-from router.pricing import lookup
+from router.ledger.pricing import lookup
 from tests.conftest import EASY_PROMPT, write_config
 
 pytestmark = pytest.mark.slow
@@ -244,3 +244,31 @@ def test_a_json_schema_is_honoured_by_the_in_process_model(
     assert done.routing.tier == "local"
     data = json.loads(done.text)
     jsonschema.validate(data, schema)
+
+
+def test_an_answer_that_loops_is_stopped_and_saves_nothing(
+    make_router: Callable[..., Router],
+) -> None:
+    """The embedded model loops on "What is the capital of France?" ("la femme au martyre, la
+    femme au martyre…"): the guard stops it long before max_tokens, the answer says it was cut
+    (finish_reason length), and its row counts no saving and is not cached."""
+    router = make_router()
+    ask = [{"role": "user", "content": "What is the capital of France?"}]
+    done = router.complete(ask, model="local", max_tokens=400, temperature=0)
+    assert done.response["choices"][0]["finish_reason"] == "length" and done.text
+    assert "stopped" not in done.response  # the router's own mark never reaches a client
+    assert 32 <= done.routing.completion_tokens < 200, done.text
+    assert done.routing.saved_by == "looped" and "repeated itself" in done.routing.reason
+    assert done.routing.tokens_saved == 0 and done.routing.usd_saved == 0
+    streamed = router.stream(ask, model="local", max_tokens=400, temperature=0)
+    chunks = list(streamed)
+    assert all("stopped" not in c for c in chunks)
+    assert streamed.routing.saved_by == "looped" and streamed.routing.completion_tokens < 200
+    assert not streamed.routing.cache_hit  # the first answer was not cached
+    rows = router.ledger.entries()
+    assert [r.saved_by for r in rows] == ["looped", "looped"]
+    assert router.ledger.totals()["saved_by"]["looped"] == {
+        "requests": 2,
+        "tokens_saved": 0,
+        "usd_saved": 0,
+    }

@@ -217,3 +217,15 @@ def test_the_worker_dies_with_its_parent(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert gone(int(out.stdout.strip()))  # stdin reached EOF: the worker exited
+
+
+def test_the_loop_guard_finds_repeated_blocks_and_nothing_else() -> None:
+    from router.backends.llama_process import LOOP_MIN_SPAN, looping
+
+    sentence = list(range(100, 117))  # a 17-token sentence, said again and again
+    assert looping([1, 2, 3] + sentence * 3)
+    assert looping(list(range(50)) + [7, 8] * (LOOP_MIN_SPAN // 2))  # "la femme, la femme"
+    assert not looping([7, 8] * (LOOP_MIN_SPAN // 2 - 1))  # too short to say
+    assert not looping(list(range(300)))  # no two alike
+    assert not looping(sentence * 2)  # said twice: could be on purpose
+    assert not looping(list(range(0, 200)) + list(range(0, 40)))  # one long echo, once

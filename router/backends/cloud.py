@@ -8,6 +8,7 @@ router (backends/retry.py, engine.py) so they are the same for every backend.
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import os
 import threading
@@ -67,20 +68,63 @@ def _import_litellm() -> None:
         _imported.set()
 
 
+_WARM_CHUNKS = (
+    b'data: {"id":"w","object":"chat.completion.chunk","created":0,"model":"gpt-4o-mini",'
+    b'"choices":[{"index":0,"delta":{"role":"assistant","content":"ok"},"finish_reason":null}]}'
+    b'\n\ndata: {"id":"w","object":"chat.completion.chunk","created":0,"model":"gpt-4o-mini",'
+    b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    b'data: {"id":"w","object":"chat.completion.chunk","created":0,"model":"gpt-4o-mini",'
+    b'"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2,'
+    b'"prompt_tokens_details":{"cached_tokens":0}}}\n\ndata: [DONE]\n\n'
+)
+_WARM_ANSWER = (
+    b'{"id":"w","object":"chat.completion","created":0,"model":"gpt-4o-mini","choices":[{'
+    b'"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],'
+    b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}'
+)
+
+
 def _first_call(litellm: Any) -> None:
-    """What LiteLLM does on its first call only, done ahead (a few hundred ms): the stream
-    machinery and the tokenizer a stream's usage may be counted with (tiktoken's), the OpenAI
-    SDK's lazily imported resources. No network: a mocked answer, a client never used."""
+    """What LiteLLM and the OpenAI SDK do on their first call only, done ahead: LiteLLM's
+    request and stream machinery, the tokenizer a stream's usage may be counted with
+    (tiktoken's), the SDK's lazily imported resources, and the pydantic schemas of its answer
+    types, built on the first answer parsed (tens of ms, 150 on a slower Intel Xeon). One
+    streamed and one whole call through LiteLLM's real OpenAI path, answered by an httpx
+    transport in this process: no network."""
     try:
-        messages = [{"role": "user", "content": "warm"}]
-        for _ in litellm.completion(
-            model="openai/gpt-4o-mini", messages=messages, mock_response="ok", stream=True
-        ):
-            pass
+        import httpx
         import openai
 
-        client = openai.OpenAI(api_key="warm", base_url="http://127.0.0.1:9/v1")
-        _ = client.chat.completions, client.embeddings
+        def answer(request: httpx.Request) -> httpx.Response:
+            if json.loads(request.content or b"{}").get("stream"):
+                headers = {"content-type": "text/event-stream"}
+                return httpx.Response(200, content=_WARM_CHUNKS, headers=headers)
+            return httpx.Response(200, content=_WARM_ANSWER)
+
+        http = httpx.Client(transport=httpx.MockTransport(answer))
+        client = openai.OpenAI(api_key="warm", base_url="http://warm.invalid/v1", http_client=http)
+        messages = [{"role": "user", "content": "warm"}]
+        for _ in litellm.completion(
+            model="openai/gpt-4o-mini", messages=messages, client=client, stream=True,
+            stream_options={"include_usage": True},
+        ):  # fmt: skip
+            pass
+        litellm.completion(model="openai/gpt-4o-mini", messages=messages, client=client)
+        _ = client.embeddings
+        http.close()
+        # The HTTP client every OpenAI-compatible model's calls go through (LiteLLM's
+        # `client_session`: one connection pool, its TLS context built now), else LiteLLM
+        # builds one, TLS context and certificates included, on each model's first call.
+        if litellm.client_session is None:
+            from litellm.llms.custom_httpx.http_handler import get_ssl_configuration
+
+            litellm.client_session = httpx.Client(
+                verify=get_ssl_configuration(),
+                follow_redirects=True,
+                # As many connections as the server takes requests ([server] max_connections'
+                # default): LiteLLM's own gave each model and timeout a pool of 100.
+                limits=httpx.Limits(max_connections=1024, max_keepalive_connections=128),
+            )
     except Exception:  # warming is an optimisation: a failure here costs the first call time
         log.debug("warming LiteLLM's first call failed", exc_info=True)
 

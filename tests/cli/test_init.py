@@ -80,3 +80,28 @@ def test_init_refuses_half_a_server(tmp_path: Path) -> None:
     out = router("init", "--path", target, "--local-url", "http://x", cwd=tmp_path)
     assert out.returncode == 2 and "--local-url and --local-model go together" in out.stderr
     assert not (tmp_path / "m.toml").exists()
+
+
+def test_the_quickstart_then_init_reaches_the_new_local_server_in_the_clone_root(
+    fake_cloud: FakeCloud, tmp_path: Path
+) -> None:
+    """The Quickstart runs at the root of a clone, whose models.toml is the shipped default:
+    it must not hide the file `router init` writes (before, `router chat` there never reached
+    the server init had just named)."""
+    root = Path(__file__).resolve().parents[2]
+    assert (root / "models.toml").is_file()
+    server = fake_cloud.base_url.removesuffix("/v1")
+    init = router("init", "--probe", server, "--local-url", server, "--local-model", "gpt-4o",
+                  cwd=root)  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    assert "is read before" not in init.stderr  # the clone's own file shadows nothing now
+    before = len(fake_cloud.requests)
+    chat = router("chat", "-m", "local", "--no-cache", "Hi from the clone root!", cwd=root)
+    assert chat.returncode == 0, chat.stderr
+    asked = [r for r in fake_cloud.requests[before:] if r.get("model") == "gpt-4o"]
+    assert asked and "Hi from the clone root!" in json.dumps(asked[-1]["messages"])
+    # A models.toml of the user's own in the working directory still comes first, and init
+    # says so.
+    (tmp_path / "models.toml").write_text('[models.m]\ntier = "local"\npath = "m.gguf"\n')
+    again = router("init", "--force", "--probe", server, cwd=tmp_path)
+    assert "models.toml is read before" in again.stderr, again.stderr

@@ -8,7 +8,7 @@ import pytest
 
 from router import ConfigError, load_config
 from router.config import LocalModel, shipped_default_path
-from router.pricing import baseline_price, price_table
+from router.ledger.pricing import baseline_price, price_table
 
 GOOD_LOCAL = """
 [models.smollm2]
@@ -196,3 +196,18 @@ def test_allowed_origins_must_be_origins(tmp_path: Path) -> None:
             load_config(path)
     path.write_text(f'[server]\nallowed_origins = ["*", "http://[::1]:8080"]\n{base}')
     assert load_config(path).server.allowed_origins == ["*", "http://[::1]:8080"]
+
+
+def test_the_ledger_is_named_where_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`router stats` titles its table with the ledger it read: the PostgreSQL database (no
+    password) when one is set, not the SQLite file beside it that nothing reads."""
+    from router.config import parse_toml
+
+    base = '[models.m]\ntier = "local"\npath = "m.gguf"\n'
+    local = parse_toml(base + '[ledger]\npath = "books.sqlite3"\n', tmp_path / "models.toml")
+    assert local.ledger_where().endswith("books.sqlite3")
+    url = "postgresql://router:secret@db.example:5432/router"
+    shared = parse_toml(base + f'[ledger]\nurl = "{url}"\n', tmp_path / "models.toml")
+    assert shared.ledger_where() == "PostgreSQL postgresql://***@db.example:5432/router"
+    monkeypatch.setenv("ROUTER_DATABASE_URL", "postgresql://other.example/books")
+    assert local.ledger_where() == "PostgreSQL postgresql://other.example/books"

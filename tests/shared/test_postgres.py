@@ -90,6 +90,11 @@ def test_two_replicas_write_one_ledger_that_every_command_reads(
     assert stats.returncode == 0, stats.stderr
     report = json.loads(stats.stdout)
     assert report["requests"] == 5 and report["by_tier"] == {"cloud": 1, "local": 4}
+    # The table's title names the database it read, never the unused SQLite file's path.
+    table = run("stats")
+    assert table.returncode == 0, table.stderr
+    title = " ".join(table.stdout.split()[:12])
+    assert "PostgreSQL postgresql://" in title and "ledger.sqlite3" not in table.stdout, title
     audit = run("audit", "--format", "json")
     assert audit.returncode == 0, audit.stderr
     assert {r["name"] for r in json.loads(audit.stdout)} >= {"ann", "bob"}

@@ -9,7 +9,7 @@ in the local models' worker processes.
 """
 
 from router.config import Config, load_config
-from router.engine import Router
+from router.engine.pipeline import Router
 from router.errors import (
     BackendError,
     BusyError,

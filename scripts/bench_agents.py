@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_server import GGUF, free_port, router_serve, table  # noqa: E402
 
-from router.pricing import lookup  # noqa: E402
+from router.ledger.pricing import lookup  # noqa: E402
 from router.units import Tokens, money  # noqa: E402
 from tests.fakecloud import FakeCloud  # noqa: E402
 

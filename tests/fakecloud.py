@@ -45,7 +45,7 @@ def longer_wins(a: str, b: str) -> str:
 
 
 def judged(messages: list[dict[str, Any]], rule: Callable[[str, str], str]) -> str | None:
-    """The JSON verdict for a judging prompt (router.shadow's), else None."""
+    """The JSON verdict for a judging prompt (router.engine.shadow's), else None."""
     text = str(messages[-1].get("content") or "") if messages else ""
     match = re.search(r"\[Answer A\]\n(.*)\n\n\[Answer B\]\n(.*)\n\nWhich answer", text, re.S)
     if match is None:

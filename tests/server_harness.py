@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from router.config_sections import ServerSettings
+from router.config.sections import ServerSettings
 from router.server.connections import server_config
 
 

@@ -1,5 +1,6 @@
-"""The package's shape: no import cycles (imports inside functions included: a lazy import that
-dodges a cycle is still one), no module past 500 lines, heavy imports confined to one module."""
+"""The package's shape: its top-level parts stack in layers (LAYERS), no import cycles (imports
+inside functions included: a lazy import that dodges a cycle is still one), no module past 500
+lines, heavy imports confined to one module."""
 
 from __future__ import annotations
 
@@ -89,6 +90,52 @@ def test_no_import_cycles_even_through_imports_inside_functions() -> None:
     known = modules()
     graph = {name: imports(path, known)["router"] - {name} for name, path in known.items()}
     assert cycles(graph) == []
+
+
+# router/'s top-level parts (packages and loose modules), top to bottom: each imports only the
+# parts below it, imports inside functions and under TYPE_CHECKING included. A new part gets
+# its place here.
+LAYERS = (
+    "cli",  # commands: a thin layer over the library or a running server
+    "server",  # HTTP: the app, keys, connections, streams, admin, metrics
+    "wire",  # each API's shapes <-> the engine's types
+    "engine",  # the pipeline: cache, score, decide, attempts, bookkeeping; which store is used
+    "shared",  # Redis and PostgreSQL implementations of the stores
+    "dashboard",  # the savings summary and its page
+    "governance",  # budgets, categories, guardrails, audits, quality
+    "complexity",  # the estimators
+    "ledger",  # the books: the ledger, its sums, prices, SQLite
+    "backends",  # the Backend seam: local workers, servers, the cloud
+    "config",  # models.toml
+    "types",  # requests, decisions, results, and the checks they make
+    "errors",
+    "units",  # the vocabulary below everything
+    "reachability",
+    "chunks",
+)
+MAX_LOOSE = 8  # loose top-level modules, besides __init__ and __main__
+
+
+def part(module: str) -> str | None:
+    bits = module.split(".")
+    return bits[1] if len(bits) > 1 and bits[1] != "__main__" else None
+
+
+def test_the_top_level_parts_stack_in_layers() -> None:
+    known = modules()
+    upward = []
+    for name, path in known.items():
+        here = part(name)
+        if here is None:
+            continue
+        assert here in LAYERS, f"{here}: give it its place in LAYERS"
+        for target in imports(path, known)["router"]:
+            there = part(target)
+            if there is not None and there != here and LAYERS.index(there) < LAYERS.index(here):
+                upward.append(f"{name} imports {target} ({here} is below {there})")
+    assert upward == []
+    loose = [p.stem for p in ROOT.glob("*.py") if p.stem not in ("__init__", "__main__")]
+    assert len(loose) <= MAX_LOOSE, sorted(loose)
 
 
 def test_no_module_is_longer_than_500_lines() -> None:

@@ -34,6 +34,7 @@ from router.backends.restarts import RestartPolicy
 from router.backends.transcript import for_local
 from router.backends.worker import Worker, WorkerFailure, WorkerLoadError, describe_exit
 from router.config import Config, LocalModel
+from router.config.model_files import hub_cached, local_path, local_problem
 from router.errors import (
     BackendError,
     BusyError,
@@ -42,7 +43,6 @@ from router.errors import (
     RequestError,
     RouterError,
 )
-from router.model_files import hub_cached, local_path, local_problem
 from router.types import SAMPLING_PARAMS, ChatRequest
 
 log = logging.getLogger("router.local")
@@ -125,6 +125,7 @@ class LocalBackend:
                     event = self._event(worker, rid)
                     if event["ev"] == "end":
                         usage: dict[str, Any] = event["usage"]
+                        stopped = event.get("stopped")  # "repetition": the guard cut it
                         break
                     chunk: dict[str, Any] = event["chunk"]
                     chunk["model"] = self.name
@@ -145,6 +146,7 @@ class LocalBackend:
             "model": self.name,
             "choices": [],
             "usage": usage,
+            **({"stopped": stopped} if stopped else {}),
         }
 
     def embed(

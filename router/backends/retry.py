@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from router.backends import Backend, Embedder, deadline
-from router.config_sections import RetrySettings
+from router.config.sections import RetrySettings
 from router.errors import BackendError
 from router.types import ChatRequest
 

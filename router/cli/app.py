@@ -147,7 +147,7 @@ def chat(
     from router.cli import conversation as conv
     from router.cli.remote import find_server
     from router.config import load_config
-    from router.engine import Router
+    from router.engine.pipeline import Router
 
     params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
     words = prompt or []
@@ -221,8 +221,8 @@ def explain(
 ) -> None:
     """Show the score, the signals behind it and the routing decision. Calls no model."""
     from router.cli import conversation as conv
-    from router.engine import Router
-    from router.policy import blockers, estimate_prompt_tokens
+    from router.engine.pipeline import Router
+    from router.engine.policy import blockers, estimate_prompt_tokens
     from router.types import ChatRequest
 
     words = prompt or []

@@ -101,7 +101,7 @@ def calibrate(
     from router.complexity import calibration as cal
     from router.complexity import estimator_name, load_estimator
     from router.config import load_config, shipped_default_path
-    from router.shared.stores import open_ledger
+    from router.engine.stores import open_ledger
 
     if (local_share is None) == (max_cloud_usd_per_day is None):
         raise RequestError("give one target: --local-share 0.7 or --max-cloud-usd-per-day 5")

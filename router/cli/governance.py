@@ -50,7 +50,7 @@ def budget_set(
     from pydantic import ValidationError
 
     from router.config import Budget, load_config
-    from router.shared.stores import budget_store
+    from router.engine.stores import budget_store
 
     cfg = load_config(config)
     if team is not None and team not in cfg.teams:
@@ -89,7 +89,7 @@ def budget_rm(
 ) -> None:
     """Remove the budget 'router budget set' gave USER or --team NAME."""
     from router.config import load_config
-    from router.shared.stores import budget_store
+    from router.engine.stores import budget_store
 
     if (user is None) == (team is None):
         raise RequestError("name a USER or give --team NAME (one of them)")
@@ -113,8 +113,8 @@ def budget_rm(
 def budget_show(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """Every budget with what has been used this day and month."""
     from router.config import load_config
+    from router.engine.stores import budget_store
     from router.governance.budgets import budget_rows
-    from router.shared.stores import budget_store
 
     cfg = load_config(config)
     with budget_store(cfg) as store:
@@ -147,8 +147,8 @@ def audit(
 ) -> None:
     """Per user or team: usage, cost, savings, category mix, low-value share and flags."""
     from router.config import load_config
+    from router.engine.stores import open_ledger
     from router.governance import audit as audit_mod
-    from router.shared.stores import open_ledger
 
     if by not in ("user", "team"):
         raise RequestError(f"--by {by!r}: choose user or team")

@@ -130,7 +130,7 @@ def init(
     """Write your models.toml: the shipped settings, plus your local server as the local tier."""
     import platformdirs
 
-    from router.config import APP_NAME, parse_toml
+    from router.config import APP_NAME, is_shipped_default, parse_toml
 
     if bool(local_url) != bool(local_model):
         raise RequestError("--local-url and --local-model go together: give both, or neither")
@@ -160,6 +160,13 @@ def init(
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text, encoding="utf-8")
     typer.echo(f"wrote {target}")
+    here = Path.cwd() / "models.toml"
+    if here.is_file() and here.resolve() != target.resolve() and not is_shipped_default(here):
+        typer.echo(
+            f"note: {here} is read before {target} in this directory (`router models` says "
+            "which file is in use); run from elsewhere, or pass --config",
+            err=True,
+        )
     if not local_url and found:
         typer.echo(
             "next: router init --force --local-url URL --local-model NAME, with a server and "

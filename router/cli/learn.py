@@ -148,7 +148,7 @@ def ledger_label(entry: Entry) -> float | None:
 
 
 def read_ledger(cfg: Config, since: str) -> Labels:
-    from router.shared.stores import open_ledger
+    from router.engine.stores import open_ledger
     from router.types import ChatRequest
 
     labels = Labels(f"the ledger, last {since}")

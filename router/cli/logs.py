@@ -25,8 +25,8 @@ def stats(
     """Requests, tokens, cost and savings from the ledger."""
     from router.config import load_config
     from router.dashboard import stats_report
+    from router.engine.stores import open_ledger
     from router.governance.quality import describe
-    from router.shared.stores import open_ledger
 
     if by is not None and by not in GROUPS:
         raise RequestError(f"--by {by!r}: choose one of {', '.join(GROUPS)}")
@@ -42,7 +42,7 @@ def stats(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"router stats, last {since} ({cfg.ledger_path()})")
+    table = Table(title=f"router stats, last {since} ({cfg.ledger_where()})")
     columns = (
         by or "tier",
         "requests",
@@ -106,7 +106,7 @@ def logs(
     import datetime
 
     from router.config import load_config
-    from router.shared.stores import open_ledger
+    from router.engine.stores import open_ledger
 
     cfg = load_config(config)
     with open_ledger(cfg) as ledger:
@@ -121,7 +121,7 @@ def logs(
         typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
         return
     if not rows:
-        typer.echo(f"no requests recorded yet in {cfg.ledger_path()}", err=True)
+        typer.echo(f"no requests recorded yet in {cfg.ledger_where()}", err=True)
         return
     for e in rows:
         when = datetime.datetime.fromtimestamp(e.ts).strftime("%Y-%m-%d %H:%M:%S")
@@ -183,7 +183,7 @@ def report(
 
     from router import dashboard
     from router.config import load_config
-    from router.shared.stores import budget_store, open_ledger
+    from router.engine.stores import budget_store, open_ledger
 
     cfg = load_config(config)
     with (

@@ -28,9 +28,9 @@ def models(
     """List configured models: tier, usable now, context size, prices, ceiling; with --probe,
     what each configured server endpoint serves."""
     from router.config import LocalModel, load_config
-    from router.engine import Router
+    from router.engine.pipeline import Router
     from router.errors import ConfigError as _ConfigError
-    from router.pricing import model_price
+    from router.ledger.pricing import model_price
 
     cfg = load_config(config)
     if probe:
@@ -120,7 +120,7 @@ def models(
 def _file(cfg: Any, model: Any) -> str | None:
     """Where a GGUF run by this router is (or will be, for a hub model not yet pulled)."""
     from router.config import LocalModel
-    from router.model_files import local_path
+    from router.config.model_files import local_path
 
     if not isinstance(model, LocalModel) or model.remote:
         return None
@@ -254,8 +254,8 @@ def pull(
     """Download a hub model's GGUF file ahead of its first request: a progress bar, resumed
     where an interrupted download stopped, and checked against the hub's SHA-256."""
     from router.config import LocalModel, load_config
+    from router.config.model_files import local_problem
     from router.errors import RequestError, UnknownModelError
-    from router.model_files import local_problem
 
     cfg = load_config(config)
     model = cfg.models.get(name)
@@ -269,7 +269,7 @@ def pull(
             typer.echo(f"{name}: its file is already here; nothing to download", err=True)
             return
         raise RequestError(f"{name}: {problem}; only hf_repo models are downloaded by pull")
-    from router.hub import download
+    from router.config.hub import download
 
     path = download(model.hf_repo, str(model.hf_file))
     size = path.stat().st_size / 2**20

@@ -23,8 +23,8 @@ def quality(
     95% lower bound, per group; the judge's spend; what each local ceiling would keep local
     and how acceptable those answers were."""
     from router.config import load_config
+    from router.engine.stores import open_ledger
     from router.governance.quality import GROUPINGS, report
-    from router.shared.stores import open_ledger
 
     if by not in GROUPINGS:
         raise RequestError(f"--by {by!r}: choose one of {', '.join(GROUPINGS)}")

@@ -19,7 +19,7 @@ from typing import Any
 from router.cli.common import echo_err, money, status_line, write_stream
 from router.cli.conversation import save_last, with_system
 from router.cli.remote import ServerRouter
-from router.engine import Router
+from router.engine.pipeline import Router
 from router.errors import RouterError
 from router.types import Message, Routing
 

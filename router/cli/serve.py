@@ -29,7 +29,7 @@ def serve(
     """Serve the OpenAI-compatible API (POST /v1/chat/completions, GET /v1/models, ...)."""
     import logging
 
-    from router.engine import Router
+    from router.engine.pipeline import Router
 
     # Worker starts (pid, extra buffers), crashes and restarts belong in the server's log.
     logger = logging.getLogger("router")

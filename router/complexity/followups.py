@@ -7,7 +7,7 @@ after its first turn. A conversation is scored here by its user turns, one at a 
 last one as it is, each earlier one discounted by DECAY per turn back, and the highest wins.
 A follow-up to a hard task ("Now do it in Rust") keeps most of the task's score; a trivial
 question after small talk stays trivial however long the chat gets. The conversation's size
-still counts where it matters: whether it fits a model's context (`router.policy`).
+still counts where it matters: whether it fits a model's context (`router.engine.policy`).
 
 Measured by `scripts/bench_followups.py` on MT-Bench's 80 two-turn questions and on
 synthetic chats of everyday requests (CLINC150): see docs/benchmarks.md.

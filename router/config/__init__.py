@@ -1,7 +1,13 @@
-"""models.toml → validated pydantic models. The only place configuration is read.
+"""The configuration: models.toml → validated pydantic models. The only place it is read.
 
 Lookup order (first hit wins): an explicit path (`--config`), `$ROUTER_CONFIG`, `./models.toml`,
 the user's config dir (`router/models.toml` there), then the default shipped in the package.
+A `./models.toml` that is the shipped default itself (a clone's root) is passed over.
+
+This package also holds `sections` (the tables other than models, teams and budgets' own,
+and the Price and Budget models), `errors` (pydantic's errors worded as file, key and
+expectation), `model_files` (where a local GGUF is, and why a model cannot load now) and `hub`
+(downloads for `router pull`).
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from pydantic import (
     model_validator,
 )
 
-from router.config_errors import describe
-from router.config_sections import (
+from router.config.errors import describe
+from router.config.sections import (
     AgentSettings,
     CacheSettings,
     GuardrailSettings,
@@ -36,9 +42,10 @@ from router.config_sections import (
     SharedSettings,
     _Strict,
 )
-from router.config_sections import Budget as Budget  # re-exported: budgets are config
-from router.config_sections import Price as Price  # re-exported: prices are config
+from router.config.sections import Budget as Budget  # re-exported: budgets are config
+from router.config.sections import Price as Price  # re-exported: prices are config
 from router.errors import ConfigError
+from router.reachability import safe_url
 from router.types import CATEGORIES, ROUTING_MODES
 
 if sys.version_info >= (3, 11):
@@ -358,6 +365,14 @@ class Config(_Strict):
             return self._resolve(self.ledger.path)
         return Path(platformdirs.user_data_dir(APP_NAME)) / "ledger.sqlite3"
 
+    def ledger_where(self) -> str:
+        """Where the ledger is, as people read it: the PostgreSQL database (credentials left
+        out) when [ledger] url or $ROUTER_DATABASE_URL names one, else the SQLite file."""
+        url = self.ledger.resolved_url()
+        if url:
+            return f"PostgreSQL {safe_url(url)}"
+        return str(self.ledger_path())
+
     def estimator_path(self) -> Path | None:
         """The learned estimator file `[router] estimator` names (relative to models.toml)."""
         return self._resolve(self.router.estimator) if self.router.estimator else None
@@ -378,7 +393,7 @@ class Config(_Strict):
 
 def shipped_default_path() -> Path:
     """The models.toml shipped in the wheel (or the checkout's, when running from source)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # router/
     packaged = here / "_default_models.toml"
     return packaged if packaged.exists() else here.parent / "models.toml"
 
@@ -399,9 +414,20 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
         Path.cwd() / "models.toml",
         Path(platformdirs.user_config_dir(APP_NAME)) / "models.toml",
     ):
-        if candidate.is_file():
+        if candidate.is_file() and not is_shipped_default(candidate):
             return candidate
     return shipped_default_path()
+
+
+def is_shipped_default(path: Path) -> bool:
+    """Whether `path` is the project's own shipped models.toml (a clone's root, where the
+    Quickstart runs, holds it), or a copy of it word for word: the defaults, never a user's
+    file, so the lookup goes on to the user's config (what `router init` wrote)."""
+    shipped = shipped_default_path()
+    try:
+        return path.resolve() == shipped.resolve() or path.read_bytes() == shipped.read_bytes()
+    except OSError:
+        return False
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

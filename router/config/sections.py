@@ -241,7 +241,7 @@ class Budget(_Strict):
 
 class AgentSettings(_Strict):
     """[agents]: coding agents' requests by scenario, each to a mode or model of this file
-    (unset: routed as any request), and sticky sessions (router.governance.agents)."""
+    (unset: routed as any request), and sticky sessions (router.engine.agents)."""
 
     background: str | None = None  # tool-less side requests: titles, topic checks, summaries
     tools: str | None = None  # turns that carry tools

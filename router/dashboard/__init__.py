@@ -23,7 +23,7 @@ from router.governance.budgets import BudgetStore, budget_rows, scopes_of
 from router.governance.quality import headline
 from router.governance.quality import report as quality_report
 from router.ledger import Sums, parse_since, summary_of, totals_of
-from router.rollups import slot, total
+from router.ledger.rollups import slot, total
 
 WINDOWS = ("24h", "7d", "30d")
 _EMBED = "/*SUMMARY*/null"

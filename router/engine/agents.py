@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from router.config import Config, Price
-from router.policy import ModelView, blockers, estimate_prompt_tokens
+from router.engine.policy import ModelView, blockers, estimate_prompt_tokens
 from router.types import ROUTING_MODES, ChatRequest, Decision
 
 MAX_SESSIONS = 10_000

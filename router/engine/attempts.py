@@ -1,7 +1,7 @@
 """The candidates of a decision, tried in order until one answers.
 
 For each model the decision names: a paid call is written ahead to the ledger (the first one
-only: router.bookkeeping), its worst case is reserved on the user's budgets, the call is made
+only: router.engine.bookkeeping), its worst case is reserved on the user's budgets, the call is made
 within the request's deadline, and a failure moves on to the next model. A cloud model that
 refused the call as configured or as written (401, 404, 400) is not answered locally instead.
 When every model failed, the request's pending row goes and the error says why.
@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from router import policy
 from router.backends import deadline
 from router.backends import hangup as hangups
 from router.backends import retry as retries
-from router.bookkeeping import Books
 from router.config import CloudModel, Config, Price
+from router.engine import policy
+from router.engine.bookkeeping import Books
+from router.engine.policy import ModelView
 from router.errors import (
     BackendError,
     BudgetExceededError,
@@ -32,7 +33,6 @@ from router.errors import (
     UnavailableError,
 )
 from router.governance.budgets import BudgetStore, Reservation, shortened
-from router.policy import ModelView
 from router.types import ChatRequest, Decision, Routing
 from router.units import Tokens
 

@@ -14,9 +14,9 @@ from typing import Protocol, TypeGuard, runtime_checkable
 
 from router.backends import Backend
 from router.config import CloudModel, Config, LocalModel
-from router.model_files import local_path, local_problem
-from router.policy import ModelView
-from router.pricing import context_window, output_limit
+from router.config.model_files import local_path, local_problem
+from router.engine.policy import ModelView
+from router.ledger.pricing import context_window, output_limit
 
 
 @runtime_checkable

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from router import policy
-from router.cache import sampled
 from router.config import Config, Price
+from router.engine import policy
+from router.engine.cache import sampled
 from router.errors import LedgerUnavailableError, RouterError
 from router.governance.budgets import expected_completion
 from router.governance.waste import RepeatDetector

@@ -3,7 +3,7 @@
 No complexity score picks the model: `auto` is the first usable embedding model, local ones
 first (they cost nothing); `local` and `cloud` keep to their tier; a name picks that model (an
 alias may give it). Otherwise an embedding request goes the way a chat request does, through
-router.attempts: a paid call written ahead to the ledger and reserved on the user's budgets,
+router.engine.attempts: a paid call written ahead to the ledger and reserved on the user's budgets,
 a failure falling back to the next model, a row with `api = "embeddings"`, the tokens read and
 their cost. Savings are measured against `[router] embedding_baseline` when it is set.
 """
@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from router.attempts import Attempts
 from router.backends import Embedder
 from router.backends import hangup as hangups
 from router.backends.hangup import Hangup
-from router.bookkeeping import Books
 from router.chunks import new_id
 from router.config import FREE, Config, Price
+from router.engine.attempts import Attempts
+from router.engine.bookkeeping import Books
+from router.engine.policy import ModelView
 from router.errors import (
     BackendError,
     ClientGoneError,
@@ -30,8 +31,7 @@ from router.errors import (
     UnavailableError,
     UnknownModelError,
 )
-from router.policy import ModelView
-from router.pricing import account, lookup
+from router.ledger.pricing import account, lookup
 from router.types import ROUTING_MODES, ChatRequest, Decision, Routing
 
 MAX_TEXTS = 2048  # inputs in one request (OpenAI's limit)

@@ -14,15 +14,20 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from router import policy
-from router.attempts import Attempts
-from router.availability import Availability
 from router.backends import Backend
 from router.backends import hangup as hangups
 from router.backends.factory import create_backend
 from router.backends.hangup import Hangup
-from router.bookkeeping import Books
-from router.cache import (
+from router.chunks import new_id, replay
+from router.complexity import Estimator, estimator_name, load_estimator
+from router.complexity.followups import conversation_score
+from router.config import Config, load_config
+from router.engine import policy
+from router.engine.agents import Agents
+from router.engine.attempts import Attempts
+from router.engine.availability import Availability
+from router.engine.bookkeeping import Books
+from router.engine.cache import (
     CachePolicy,
     Lookup,
     ResponseCache,
@@ -31,27 +36,22 @@ from router.cache import (
     routing_fingerprint,
     sampled,
 )
-from router.chunks import new_id, replay
-from router.complexity import Estimator, estimator_name, load_estimator
-from router.complexity.followups import conversation_score
-from router.config import Config, load_config
-from router.embedding import Embedding, Embeddings, check_dimensions, check_texts
-from router.errors import UnknownModelError
-from router.governance import waste
-from router.governance.agents import Agents
-from router.governance.budgets import BudgetStore
-from router.governance.categories import classify
-from router.ledger import Ledger, rate_answer
-from router.pricing import account, baseline_price, price_table
-from router.shadow import Shadow
-from router.shared.stores import (
+from router.engine.embedding import Embedding, Embeddings, check_dimensions, check_texts
+from router.engine.shadow import Shadow
+from router.engine.stores import (
     budget_store,
     link_for,
     open_ledger,
     repeat_detector,
     shared_cache,
 )
-from router.stream_end import StreamEnd
+from router.engine.stream_end import StreamEnd
+from router.errors import UnknownModelError
+from router.governance import waste
+from router.governance.budgets import BudgetStore
+from router.governance.categories import classify
+from router.ledger import Ledger, rate_answer
+from router.ledger.pricing import account, baseline_price, price_table
 from router.types import (
     ROUTING_MODES,
     ChatRequest,
@@ -292,6 +292,8 @@ class Router:
         # The router's own id for every answer: unique (providers and test servers repeat
         # theirs) and the key the client gives back with feedback.
         response = {**response, "id": routing.response_id}
+        if response.pop("stopped", None) == "repetition":
+            routing.loop_stopped()
         usage = response.get("usage")
         if hangup is not None and hangup.fired:
             routing.reason += (
@@ -304,8 +306,9 @@ class Router:
         self._attempts.settle(reservation, routing)
         self._books.record(request, key, routing, started, stream=False)  # the row first: paid
         done = Completion(response, routing)
-        if hangup is None or not hangup.fired:  # calls are never unrecorded; a cut answer is
-            self._cache.set(request, key, response, routing)  # no answer to give again
+        if (hangup is None or not hangup.fired) and routing.saved_by != "looped":
+            # Calls are never unrecorded; a cut answer is no answer to give again.
+            self._cache.set(request, key, response, routing)
             self.shadow.offer(request, routing, done.text)  # judged later, if sampled
         return done
 
@@ -348,7 +351,7 @@ class Router:
         dimensions: int | None = None,
         truncate: bool = False,
     ) -> Embeddings:
-        """One vector a text from an embedding model (router.embedding): `auto` picks the
+        """One vector a text from an embedding model (router.engine.embedding): `auto` picks the
         first usable one, local first. `dimensions`: the size wanted (a cloud model's provider
         shortens its vectors; a local model gives only its own size). `truncate`: a text
         longer than a local model reads is cut to what it reads, not refused."""

@@ -34,9 +34,9 @@ from typing import Any
 
 from router.backends import Backend
 from router.config import Config, Price
+from router.engine.policy import ModelView, estimate_prompt_tokens, worst_prompt_tokens
 from router.errors import BackendError, RouterError
 from router.ledger import Ledger, Verdict
-from router.policy import ModelView, estimate_prompt_tokens, worst_prompt_tokens
 from router.types import ChatRequest, Routing, sample
 
 log = logging.getLogger("router.shadow")

@@ -4,8 +4,8 @@ router.server.keys), so every command acts on the same state as the running repl
 
 from __future__ import annotations
 
-from router.cache import DiskResponseCache, ResponseCache
 from router.config import Config
+from router.engine.cache import DiskResponseCache, ResponseCache
 from router.governance.budgets import BudgetStore
 from router.governance.waste import RepeatDetector
 from router.ledger import Ledger, SQLiteLedger

@@ -7,15 +7,15 @@ import itertools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from router import policy
-from router.attempts import Attempts
 from router.backends.hangup import Hangup
-from router.bookkeeping import Books
-from router.cache import CachePolicy
 from router.chunks import assemble
+from router.engine import policy
+from router.engine.attempts import Attempts
+from router.engine.bookkeeping import Books
+from router.engine.cache import CachePolicy
+from router.engine.shadow import Shadow
 from router.errors import BackendError
 from router.governance.budgets import Reservation
-from router.shadow import Shadow
 from router.types import ChatRequest, Routing
 
 
@@ -61,6 +61,9 @@ class StreamEnd:
                     tool_calls = tool_calls or bool(delta.get("tool_calls"))
                     finish_reason = choice.get("finish_reason") or finish_reason
                 usage = chunk.get("usage") or usage
+                if "stopped" in chunk:  # the local model's loop guard cut the answer
+                    chunk = {k: v for k, v in chunk.items() if k != "stopped"}
+                    routing.loop_stopped()
                 yield chunk
             # A backend that stopped for the client's hang-up ends its stream early, or gives
             # none: an answer cut short, never one to cache.
@@ -88,7 +91,7 @@ class StreamEnd:
             self._account(routing, usage)
             self._attempts.settle(reservation, routing)
             self._books.record(request, key, routing, started, stream=True)
-            if complete and not tool_calls:
+            if complete and not tool_calls and routing.saved_by != "looped":
                 response = assemble(first, routing.model, "".join(text), finish_reason, usage)
                 self._cache.set(request, key, response, routing)
                 self.shadow.offer(request, routing, "".join(text))

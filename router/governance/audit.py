@@ -23,7 +23,7 @@ from typing import Any
 
 from router.config import Config
 from router.ledger import Sums
-from router.rollups import NO_TEAM
+from router.ledger.rollups import NO_TEAM
 from router.types import SAVED_BY
 from router.units import money
 
@@ -126,7 +126,7 @@ def _paid(a: Account, priced: bool) -> float:
 
 def _flag(a: Account, priced: bool, peers: list[float], days: dict[str, int] | None) -> None:
     """Add the usage, spike and low-value flags that `a` earns; `days`: its paid tokens per
-    day (router.rollups.select_days)."""
+    day (router.ledger.rollups.select_days)."""
     if peers:
         average = sum(peers) / len(peers)
         mine = _paid(a, priced)

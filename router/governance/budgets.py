@@ -33,7 +33,7 @@ from typing import Any
 
 from router.config import Budget, Config, Price
 from router.errors import BudgetExceededError
-from router.sqlite import Store, migrate, open_db
+from router.ledger.sqlite import Store, migrate, open_db
 
 LIMITS = (
     ("daily_tokens", "day", "tokens"),

@@ -2,7 +2,7 @@
 
 Two kinds of evidence, both in the ledger:
 - people's ratings (`/good`, `/bad`, `POST /v1/feedback`, `Router.feedback`);
-- the judge's verdicts from shadow judging ([quality], router.shadow), on both sides of the
+- the judge's verdicts from shadow judging ([quality], router.engine.shadow), on both sides of the
   ceiling: on answers served locally, and on what the local model would have answered to
   requests the cloud served.
 A served local answer is *assessed* by its rating when a person gave one (people know best),
@@ -19,9 +19,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from router import rollups
 from router.config import Config
-from router.ledger import Sums
+from router.ledger import Sums, rollups
 
 Z95 = 1.959964  # the two-sided 95% normal quantile
 GROUPINGS = ("category", "model", "score")

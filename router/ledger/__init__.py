@@ -1,8 +1,12 @@
-"""The savings ledger: one row per answered request.
+"""The books: the savings ledger, one row per request (answered or refused), and what its
+figures are made of.
 
 `Ledger` is the seam (record/entries/totals/close); `SQLiteLedger` is the embedded default
 (WAL, numbered migrations in PRAGMA user_version); router.shared.postgres.PostgresLedger puts
-the same schema on PostgreSQL for several replicas.
+the same schema on PostgreSQL for several replicas. In this package too: `rollups` (the
+ledger's sums in SQL, for SQLite and PostgreSQL), `pricing` (what an answer costs and saves,
+LiteLLM's prices), `sqlite` (the embedded stores' SQLite: connections, migrations, group
+commits).
 """
 
 from __future__ import annotations
@@ -18,15 +22,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from router import rollups
 from router.chunks import canonical_id
 from router.errors import LedgerUnavailableError, NotFoundError, RequestError
+from router.ledger import rollups
+from router.ledger.rollups import GROUPS as GROUPS  # re-exported: what `stats --by` groups by
+from router.ledger.rollups import summary_of as summary_of
+from router.ledger.rollups import totals_of as totals_of
+from router.ledger.rollups import where_equal
+from router.ledger.sqlite import GroupCommit, Store, migrate, open_db
 from router.reachability import Reachability
-from router.rollups import GROUPS as GROUPS  # re-exported: what `stats --by` groups by
-from router.rollups import summary_of as summary_of
-from router.rollups import totals_of as totals_of
-from router.rollups import where_equal
-from router.sqlite import GroupCommit, Store, migrate, open_db
 from router.types import Routing
 
 T = TypeVar("T")
@@ -83,7 +87,7 @@ class Entry:
     shadow_model: str = ""
     votes: str = ""
     shadow_usd: float = 0.0
-    # Written ahead of a paid call with the call's worst case (router.bookkeeping); the final
+    # Written ahead of a paid call with the call's worst case (router.engine.bookkeeping); the final
     # row replaces it. One that stays pending is a call the router did not see finish.
     pending: bool = False
     api: str = "chat"  # the API the request came through (router.types.APIS)
@@ -112,7 +116,7 @@ _FROM_ROUTING: dict[type, list[str]] = {}
 
 
 class Sums(Protocol):
-    """What the figures read of a ledger (router.rollups): sums in SQL, never rows."""
+    """What the figures read of a ledger (router.ledger.rollups): sums in SQL, never rows."""
 
     def rollup(
         self,
@@ -379,7 +383,7 @@ class SQLiteLedger(Store):
         user: str | None = None,
         ceilings: Sequence[float] = (),
     ) -> list[dict[str, Any]]:
-        """Sums per group of `keys` over the rows since `since` (router.rollups.select)."""
+        """Sums per group of `keys` over the rows since `since` (router.ledger.rollups.select)."""
         with self._lock:
             sql, args = rollups.select(
                 rollups.SQLITE,
@@ -402,7 +406,7 @@ class SQLiteLedger(Store):
         user: str | None = None,
         teams: Mapping[str, Sequence[str]] | None = None,
     ) -> dict[str, dict[str, int]]:
-        """Each account's tokens per day before `end` (router.rollups.select_days)."""
+        """Each account's tokens per day before `end` (router.ledger.rollups.select_days)."""
         with self._lock:
             sql, args = rollups.select_days(
                 rollups.SQLITE, since, end, account, user=user, teams=teams, scan=self._scan(since)

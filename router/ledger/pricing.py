@@ -156,12 +156,16 @@ def account(routing: Routing, usage: Mapping[str, Any], price: Price, baseline: 
         )
     routing.baseline_usd = baseline.cost_of(tokens)
     routing.cost_usd = 0.0 if routing.cache_hit else price.cost_of(tokens)
-    # Tokens that never reached a paid provider: local answers and cache hits.
+    # Tokens that never reached a paid provider: local answers and cache hits. A looping
+    # answer the guard stopped saved nothing: it was no answer.
     sent_to_cloud = routing.tier == "cloud" and not routing.cache_hit
-    routing.tokens_saved = 0 if sent_to_cloud else prompt + completion
-    routing.usd_saved = routing.baseline_usd - routing.cost_usd
+    looped = routing.saved_by == "looped" and not routing.cache_hit
+    routing.tokens_saved = 0 if sent_to_cloud or looped else prompt + completion
+    routing.usd_saved = 0.0 if looped else routing.baseline_usd - routing.cost_usd
     if routing.cache_hit:
         routing.saved_by = "cache"
+    elif looped:
+        pass
     elif sent_to_cloud:
         routing.saved_by = "cloud"
     elif routing.saved_by not in SAVED_BY:

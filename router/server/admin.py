@@ -14,8 +14,8 @@ from starlette.routing import Route
 from router import dashboard
 from router.backends.cloud import litellm_state
 from router.config import LocalModel
+from router.engine.policy import ModelView
 from router.errors import RouterError
-from router.policy import ModelView
 from router.server.metrics import (
     cache_gauges,
     endpoint_gauges,

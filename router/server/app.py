@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from router import policy
-from router.engine import Router
+from router.engine import policy
+from router.engine.pipeline import Router
 from router.server import admin, ollama
 from router.server.connections import AccessLog
 from router.server.keys import Keys

@@ -28,7 +28,7 @@ import uvicorn
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from router.config_sections import ServerSettings
+from router.config.sections import ServerSettings
 from router.wire.http import HTTPError
 
 log = logging.getLogger("router.server")

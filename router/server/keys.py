@@ -18,8 +18,8 @@ from typing import Protocol
 
 from router.config import Config
 from router.errors import UnavailableError
+from router.ledger.sqlite import Store, migrate, open_db
 from router.shared import Link, errors
-from router.sqlite import Store, migrate, open_db
 
 PREFIX = "rk-"
 ROLES = ("user", "admin")

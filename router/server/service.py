@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.backends.hangup import Hangup
 from router.chunks import replay
-from router.engine import Router
+from router.engine.pipeline import Router
 from router.errors import ClientGoneError, RouterError, exit_code
 from router.server.connections import UNDER_WAY, AccessLog
 from router.server.keys import PREFIX, KeyOwner, Keys

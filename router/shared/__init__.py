@@ -1,7 +1,7 @@
 """State shared by several router replicas, on Redis (`[shared] redis_url` or
 $ROUTER_REDIS_URL): the response cache, budget reservations, the repeat detector and API keys.
 
-Each store implements the seam its embedded default does (router.cache.ResponseCache,
+Each store implements the seam its embedded default does (router.engine.cache.ResponseCache,
 router.governance.budgets.BudgetStore, router.governance.waste.RepeatDetector,
 router.server.keys.KeyStore), so the pipeline does not know which one it has. `Link` is the
 connection and its health: every store reports failures to it, `/health` and `/metrics` read

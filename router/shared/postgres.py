@@ -31,12 +31,11 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from router import rollups
 from router.errors import LedgerUnavailableError, UnavailableError
-from router.ledger import Entry, Verdict, summary_of, totals_of
+from router.ledger import Entry, Verdict, rollups, summary_of, totals_of
+from router.ledger.rollups import where_equal
+from router.ledger.sqlite import GroupCommit, migrate, open_db
 from router.reachability import Reachability
-from router.rollups import where_equal
-from router.sqlite import GroupCommit, migrate, open_db
 
 log = logging.getLogger("router.ledger")
 
@@ -236,7 +235,7 @@ class PostgresLedger:
         """Commit `row` to the queue on local disk (LedgerUnavailableError when the disk will
         not take it: then nothing paid may be answered) and wake the drain."""
         text = json.dumps(row, ensure_ascii=False)
-        try:  # concurrent rows, one commit (router.sqlite.GroupCommit)
+        try:  # concurrent rows, one commit (router.ledger.sqlite.GroupCommit)
             self._queue_writes.run(
                 lambda db: db.execute("INSERT INTO pending (row) VALUES (?)", (text,))
             )

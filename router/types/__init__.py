@@ -1,4 +1,8 @@
-"""Requests, routing decisions and results: the nouns every other module speaks."""
+"""Requests, routing decisions and results: the nouns every other module speaks.
+
+With them, what checks a request on construction: `body` (bounded JSON, text checks) and
+`schema` (the OpenAI chat request's messages and parameters as pydantic models).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ from functools import cached_property
 from typing import Any, Literal
 
 from router.errors import RequestError
-from router.wire.body import BodyError, check_text
-from router.wire.schema import ChatParams, validate_messages, validate_params
+from router.types.body import BodyError, check_text
+from router.types.schema import ChatParams, validate_messages, validate_params
 
 Tier = Literal["local", "cloud"]
 # What a request's `model` may name besides a models.toml model: route by complexity, or force
@@ -17,7 +21,7 @@ Tier = Literal["local", "cloud"]
 ROUTING_MODES = ("auto", "local", "cloud")
 Message = dict[str, Any]
 
-# OpenAI chat parameters the router passes to a backend (router.wire.schema.ChatParams). Anything
+# OpenAI chat parameters the router passes to a backend (router.types.schema.ChatParams). Anything
 # else is rejected so that a typo ("max_token") fails loudly instead of being silently ignored.
 SAMPLING_PARAMS = frozenset(ChatParams.model_fields)
 
@@ -210,7 +214,7 @@ class Decision:
 
 
 # Why an answer cost what it did (Routing.saved_by): every answer is one of these.
-SAVED_BY = ("routed", "fallback", "cache", "cloud")
+SAVED_BY = ("routed", "fallback", "cache", "cloud", "looped")
 
 
 @dataclass
@@ -239,8 +243,15 @@ class Routing:
     # Why it cost what it did (SAVED_BY): "routed" (a local answer the score
     # sent there), "fallback" (a local answer for a request the score sent to the cloud: the
     # cloud failed or could not be used, a budget or guardrail kept it local), "cache" (a
-    # cache hit) or "cloud" (a paid answer).
+    # cache hit), "cloud" (a paid answer) or "looped" (a local answer stopped for repeating
+    # itself: no answer worth its tokens, so it saved nothing).
     saved_by: str = ""
+
+    def loop_stopped(self) -> None:
+        """The local model's answer was cut for repeating itself (backends.llama_process)."""
+        self.saved_by = "looped"
+        self.reason += "; answer stopped: it repeated itself (not counted as a saving)"
+
     # What the operator's words in `reason` and `attempts` (a provider's error text, a
     # worker's pid) read as for a client: each private text and its public one.
     shown: dict[str, str] = field(default_factory=dict, repr=False, compare=False)

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from router.backends.native import HEADERS
-from router.types import ChatRequest, Completion, Routing
-from router.wire import body
+from router.types import ChatRequest, Completion, Routing, body
 from router.wire.http import HTTPError
 
 
@@ -109,7 +108,7 @@ def ndjson(payload: Mapping[str, Any]) -> bytes:
 
 
 def parse_object(raw: bytes, what: str) -> dict[str, Any]:
-    """A body as a JSON object (bounded: router.wire.body), or a 400 saying what to send."""
+    """A body as a JSON object (bounded: router.types.body), or a 400 saying what to send."""
     try:
         data = body.parse(raw)
     except body.BodyError as exc:

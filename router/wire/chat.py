@@ -1,5 +1,5 @@
 """OpenAI's chat completions (`POST /v1/chat/completions`): the router's own shape, so the body
-is checked (router.wire.schema) and answered as it is."""
+is checked (router.types.schema) and answered as it is."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from router.errors import RequestError
-from router.types import ChatRequest, Completion, Routing
-from router.wire import body, schema
+from router.types import ChatRequest, Completion, Routing, body, schema
 from router.wire.api import ROUTING_EVENT, Asked, Call, routing_json, sse
 from router.wire.http import HTTPError, http_error
 

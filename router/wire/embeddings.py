@@ -1,5 +1,5 @@
 """Embeddings in OpenAI's shape (`POST /v1/embeddings`) and Ollama's (`/api/embed`,
-`/api/embeddings`): the request's texts in, the vectors out (router.embedding does the work).
+`/api/embeddings`): the request's texts in, the vectors out (router.engine.embedding does the work).
 
 OpenAI's `encoding_format: "base64"` (what the `openai` SDK asks for) is each vector's float32
 values, little-endian, in base64. Token-id inputs are refused: send text. `dimensions` goes to
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from router.backends.hangup import Hangup
-from router.embedding import Embeddings
+from router.engine.embedding import Embeddings
 from router.types import Routing
 from router.wire.api import Asked, bad, parse_object
 from router.wire.ollama import name_of

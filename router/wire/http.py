@@ -22,7 +22,7 @@ from router.errors import (
     UnavailableError,
     UnknownModelError,
 )
-from router.wire import body
+from router.types import body
 
 
 @dataclass

@@ -16,7 +16,7 @@ from router.backends import FunctionBackend
 from router.cli import app
 from router.complexity.calibration import for_cloud_budget, for_local_share, set_max_score
 from router.config import load_config
-from router.engine import Router
+from router.engine.pipeline import Router
 from router.errors import ConfigError
 from router.ledger import Entry, SQLiteLedger
 from router.types import ChatRequest

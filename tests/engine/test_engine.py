@@ -463,7 +463,7 @@ def test_a_local_model_file_that_goes_away_is_noticed_within_a_second(tmp_path: 
     of a cache hit): a model whose file was deleted is unusable a second later, not never."""
     import shutil
 
-    from router.model_files import local_path
+    from router.config.model_files import local_path
 
     copy = tmp_path / "model.gguf"
     config_path = write_config(tmp_path, None)

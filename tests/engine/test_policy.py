@@ -6,7 +6,7 @@ import pytest
 
 from router import ChatRequest, NoRouteError, UnavailableError, UnknownModelError
 from router.complexity import HeuristicEstimator
-from router.policy import ModelView, decide
+from router.engine.policy import ModelView, decide
 
 LOCAL = ModelView("small", "local", 0.35, 2048, supports_tools=False, supports_json=False)
 BIG_LOCAL = ModelView("phi", "local", 0.6, 4096, supports_tools=False, supports_json=True)

@@ -18,8 +18,8 @@ from router.errors import LedgerUnavailableError
 from router.governance.budgets import BudgetStore
 from router.ledger import _MIGRATIONS as ledger_migrations
 from router.ledger import SQLiteLedger
+from router.ledger.sqlite import GroupCommit, migrate, open_db
 from router.server.keys import KeyOwner, KeyStore
-from router.sqlite import GroupCommit, migrate, open_db
 from tests.conftest import write_config
 
 
@@ -89,7 +89,7 @@ def test_concurrent_ledger_rows_share_commits_and_each_is_in_when_its_call_retur
 ) -> None:
     """Group commit: 32 rows from 8 threads take fewer commits than rows, and every row is
     visible to another connection (committed) the moment its `record` returns."""
-    from tests.test_rollups import random_entries
+    from tests.ledger.test_rollups import random_entries
 
     path = tmp_path / "ledger.sqlite3"
     entries = random_entries(32, time.time(), 1)
@@ -133,7 +133,7 @@ def test_rows_recorded_from_an_event_loop_share_a_commit_and_are_in_when_awaited
     moment its `arecord` returns, and one bad row fails its own caller only."""
     import asyncio
 
-    from tests.test_rollups import random_entries
+    from tests.ledger.test_rollups import random_entries
 
     path = tmp_path / "ledger.sqlite3"
     entries = random_entries(24, time.time(), 1)
@@ -193,7 +193,7 @@ def test_one_bad_write_in_a_group_fails_alone(tmp_path: Path) -> None:
 def test_the_disk_cache_keeps_what_it_read_in_memory_within_its_bound(tmp_path: Path) -> None:
     """Entries read or written are also kept in memory (a hit without a SQLite read), within
     FRONT_BYTES; each get is a fresh copy; another process's entries come from disk."""
-    from router.cache import DiskResponseCache
+    from router.engine.cache import DiskResponseCache
 
     cache = DiskResponseCache(tmp_path / "c", ttl_seconds=0, size_limit_mb=64)
     cache.FRONT_BYTES = 4096  # type: ignore[misc]

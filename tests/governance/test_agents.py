@@ -21,9 +21,9 @@ from router import ChatRequest, Router
 from router.backends import FunctionBackend
 from router.cli import app
 from router.config import Budget
+from router.engine.policy import worst_prompt_tokens
 from router.governance.audit import audit
-from router.policy import worst_prompt_tokens
-from router.pricing import cost_map, lookup
+from router.ledger.pricing import cost_map, lookup
 from router.server import create_app
 from router.server.keys import KeyStore
 from router.units import Tokens

@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 from router import ChatRequest, RequestError, Router
 from router.cli import app
 from router.config import Budget
+from router.engine.policy import worst_prompt_tokens
 from router.errors import BudgetExceededError
 from router.governance.audit import audit, render
 from router.governance.budgets import BudgetStore, period
 from router.governance.categories import classify
 from router.ledger import Entry, SQLiteLedger
-from router.policy import worst_prompt_tokens
 from router.server import create_app
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
 from tests.fakecloud import FakeCloud

@@ -167,7 +167,7 @@ def test_the_embedded_model_in_embedding_mode(
 
 def test_an_input_without_text_is_refused_before_any_model() -> None:
     """The fuzz sent "\\x16": zero tokens made llama-cpp-python fail (a 503 and a restart)."""
-    from router.embedding import check_texts
+    from router.engine.embedding import check_texts
     from router.errors import RequestError
 
     with pytest.raises(RequestError, match=r"'input\[1\]' has no text to embed"):

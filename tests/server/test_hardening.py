@@ -1,7 +1,7 @@
 """Hardening II: the hostile tester's second round against `router serve`, one test (or more)
 per finding, each failing on the code before the fix.
 
-1. one GET took the machine down (windows: tests/test_rollups.py; cross-site GETs here);
+1. one GET took the machine down (windows: tests/ledger/test_rollups.py; cross-site GETs here);
 2. a client that hangs up on a non-streamed request kept the local model generating;
 3. paid calls made no ledger row on a full or read-only disk;
 4. provider error text (keys, hostnames, ids) reached the client;

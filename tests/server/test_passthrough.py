@@ -25,7 +25,7 @@ import pytest
 from router import Router
 from router.backends.cloud import litellm_module
 from router.backends.native import NATIVE
-from router.cache import CachePolicy, answered
+from router.engine.cache import CachePolicy, answered
 from router.server.app import create_app
 from router.types import SAMPLING_PARAMS, ChatRequest, Decision
 from tests.conftest import write_config
@@ -162,7 +162,7 @@ def test_no_litellm_argument_is_on_the_allow_list() -> None:
     assert {"custom_llm_provider", "api_base", "mock_response", "extra_headers"} <= arguments
     assert set(NATIVE) & arguments <= SHARED
     # Every other API reaches LiteLLM as a chat request: its checked messages and these
-    # OpenAI parameters (router.wire.schema.ChatParams), each one LiteLLM passes on as itself
+    # OpenAI parameters (router.types.schema.ChatParams), each one LiteLLM passes on as itself
     # and none of LiteLLM's own settings.
     from litellm.types.router import GenericLiteLLMParams
 
@@ -229,7 +229,7 @@ def test_a_body_supplied_answer_is_never_served_charged_or_cached(
 def test_a_cache_entry_that_names_no_model_call_is_never_served(tmp_path: Path) -> None:
     """An entry of an older router (no `row`), or one written by anything but a model call,
     is a miss."""
-    from router.cache import DiskResponseCache
+    from router.engine.cache import DiskResponseCache
 
     disk = DiskResponseCache(tmp_path / "c", ttl_seconds=60, size_limit_mb=8)
     policy = CachePolicy(disk)

@@ -19,11 +19,11 @@ import pytest
 
 from router import Router
 from router.backends import FunctionBackend
+from router.engine.stores import budget_store
 from router.errors import BudgetExceededError, UnavailableError
 from router.server.app import create_app
 from router.server.keys import KeyOwner, key_store
 from router.shared.budgets import RedisBudgetStore
-from router.shared.stores import budget_store
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
 from tests.fakecloud import FakeCloud
 from tests.redis_server import CountingProxy, RedisServer

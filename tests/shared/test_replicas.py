@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from router.config import load_config
-from router.shared.stores import budget_store
+from router.engine.stores import budget_store
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
 from tests.fakecloud import FakeCloud, Fault
 from tests.postgres_server import PostgresServer

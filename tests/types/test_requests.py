@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from router import ChatRequest, NoRouteError, RequestError, Router
-from router.cache import DiskResponseCache, cache_key
+from router.engine.cache import DiskResponseCache, cache_key
 from tests.conftest import write_config
 
 

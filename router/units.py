@@ -44,6 +44,8 @@ class Tokens:
         `prompt_tokens_details.cached_tokens` (or Anthropic's `cache_read_input_tokens`),
         writes in `cache_creation_input_tokens` (or the details' `cache_creation_tokens`)."""
         details = usage.get("prompt_tokens_details") or {}
+        if not details and not (_CACHE_KEYS & usage.keys()):  # most answers: no cache in play
+            return cls(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
         if not isinstance(details, Mapping):
             details = {}
         read = _count(details.get("cached_tokens")) or _count(usage.get("cache_read_input_tokens"))
@@ -80,6 +82,9 @@ class Tokens:
                 }
             out["prompt_tokens_details"] = details
         return out
+
+
+_CACHE_KEYS = frozenset({"cache_read_input_tokens", "cache_creation_input_tokens"})
 
 
 def _count(value: Any) -> int:

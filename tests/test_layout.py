@@ -157,3 +157,13 @@ def test_heavy_dependencies_have_one_home_each() -> None:
     assert homes["litellm"] == {"router.backends.cloud"}
     assert all(name.startswith("router.server.") for name in homes["starlette"])  # the package
     assert homes["uvicorn"] == {"router.server.connections"}
+
+
+def test_no_folder_of_scripts_or_tests_shadows_the_standard_library() -> None:
+    """A script run by its path (`python tests/llama_server.py`) has its folder first on
+    sys.path: a `tests/types/` there hides the standard library's `types` from everything."""
+    import sys
+
+    top = ROOT.parent
+    names = {p.stem for folder in ("tests", "scripts") for p in (top / folder).iterdir()}
+    assert names & set(sys.stdlib_module_names) == set()

@@ -260,7 +260,7 @@ class Config(_Strict):
     # this file. Keys are glob patterns ("claude-*"); the first that matches wins.
     aliases: dict[str, str] = Field(default_factory=dict)
     budgets: list[Budget] = Field(default_factory=list)
-    agents: AgentSettings | None = None  # [agents]: scenario routes (governance.agents)
+    agents: AgentSettings | None = None  # [agents]: scenario routes (engine.agents)
     models: dict[str, ModelConfig]
     source: Path | None = Field(default=None, exclude=True)
 

@@ -33,7 +33,7 @@ from router.types import Completion, Routing
 from router.wire import chat
 from router.wire.api import FORWARDABLE, ROUTING_HEADER, Asked, Call, Renderer, routing_json
 from router.wire.http import HTTPError, http_error
-from router.wire.identity import raw_session
+from router.wire.identity import raw_identity
 
 log = logging.getLogger("router.server")
 T = TypeVar("T")
@@ -251,9 +251,11 @@ class Service:
         no_cache = {"no-cache", "no-store"} & {
             v.strip() for v in request.headers.get("cache-control", "").lower().split(",")
         }
+        session, device = raw_identity(request.scope["headers"])
         return Asked(
             user=viewer.name if viewer is not None else None,
-            session=raw_session(request.scope["headers"]),
+            session=session,
+            device=device,
             cache=not no_cache,
             category=request.headers.get("x-router-category"),
             # OpenAI's and Anthropic's SDKs say so: they retry 5xx and 429 themselves.

@@ -26,6 +26,7 @@ class Asked:
 
     user: str | None = None  # the API key's owner (wins over a user named in the body)
     session: str | None = None  # the session the headers name (router.wire.identity)
+    device: str | None = None  # the user an agent's headers name, when nothing else does
     cache: bool = True  # False: `Cache-Control: no-cache` or `no-store`
     category: str | None = None  # the x-router-category header
     client_retries: bool = False  # the client's SDK retries itself (x-stainless-retry-count)

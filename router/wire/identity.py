@@ -10,6 +10,9 @@ keep its model. Where it comes from, first found wins:
 - in the body: Claude Code's `metadata.user_id` (its session part) and the Responses API's
   `prompt_cache_key` (Codex sets it to its session).
 
+Codex names no user in its body; its `x-codex-turn-metadata` header names its installation,
+which is the user (`device-…`) of a Codex request that has no key and names no user.
+
 Claude Code's `metadata.user_id` names a device, an account and a session, as JSON
 (`{"device_id": …, "account_uuid": …, "session_id": …}`) or as the older
 `user_<device>_account_<uuid>_session_<uuid>`. Its user is the account, else the device
@@ -44,14 +47,30 @@ def session_id(value: Any) -> str | None:
     return None
 
 
-_NAMES = frozenset(n.encode() for n in (SESSION_HEADER, *AGENT_SESSION_HEADERS))
+CODEX_METADATA = "x-codex-turn-metadata"  # Codex's JSON: installation_id, session_id, ...
+_NAMES = frozenset(n.encode() for n in (SESSION_HEADER, *AGENT_SESSION_HEADERS, CODEX_METADATA))
 
 
-def raw_session(raw: list[tuple[bytes, bytes]]) -> str | None:
-    """`header_session` of an ASGI scope's raw headers, in one pass (most requests have none
-    of them: the hot path pays one set lookup a header)."""
+def raw_identity(raw: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """(session, device user) from an ASGI scope's raw headers, in one pass (most requests
+    have none of them: the hot path pays one set lookup a header). The device user is Codex's
+    installation (`device-` and its first 16 characters), the user of a request that names
+    none otherwise."""
     found = {k.decode(): v.decode("latin-1") for k, v in raw if k in _NAMES}
-    return header_session(found) if found else None
+    if not found:
+        return None, None
+    return header_session(found), codex_device(found.get(CODEX_METADATA))
+
+
+def codex_device(metadata: str | None) -> str | None:
+    """The user Codex's turn metadata names: its installation, as a device."""
+    if metadata is None or len(metadata) > 8192:
+        return None
+    try:
+        data = json.loads(metadata)
+    except ValueError:
+        return None
+    return _person(None, data.get("installation_id")) if isinstance(data, dict) else None
 
 
 def header_session(headers: Mapping[str, str]) -> str | None:

@@ -72,7 +72,7 @@ def parse(raw: bytes, asked: Asked) -> Call:
             messages,
             model,
             params,
-            user=asked.user or (user if isinstance(user, str) else None),
+            user=asked.user or (user if isinstance(user, str) else None) or asked.device,
             session=asked.session or session_id(data.get("prompt_cache_key")),
             cache=asked.cache,
             category=asked.category,

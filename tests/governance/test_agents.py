@@ -323,9 +323,11 @@ def test_sessions_and_users_come_from_what_agents_send(agent_server: tuple[Route
         url + "/v1/chat/completions", json=ask, headers={"x-session-id": "a b"}, timeout=30
     )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-session-id"
+    codex_turn = json.dumps({"installation_id": "d80970c6-4a9f-40af-88be", "session_id": "x"})
     responses = httpx.post(
         url + "/v1/responses",
         json={"model": "claude", "input": "Hi.", "prompt_cache_key": "codex-8"},
+        headers={"x-codex-turn-metadata": codex_turn},
         timeout=30,
     )
     assert responses.status_code == 200
@@ -333,7 +335,7 @@ def test_sessions_and_users_come_from_what_agents_send(agent_server: tuple[Route
     assert [(e.user, e.session) for e in rows] == [
         ("8f1e2d3c-aaaa-bbbb-cccc-111122223333", "abcd-1234"),
         (None, "codex-7"),
-        (None, "codex-8"),
+        ("device-d80970c6-4a9f-40", "codex-8"),  # Codex's installation, as a device
     ]
     source = str(router.config.source)
     run = CliRunner().invoke(app, ["stats", "--by", "session", "--json", "--config", source])

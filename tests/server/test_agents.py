@@ -126,6 +126,8 @@ def test_codex_works_through_the_router(
     assert "cloud answer to:" in done.stdout
     rows = serving.rows()
     assert rows and {row["api"] for row in rows} == {"responses"}
+    # No key: the user is Codex's installation, the session its session-id.
+    assert {r["user"][:7] for r in rows} == {"device-"} and all(r["session"] for r in rows)
     assert not any(row["pending"] for row in rows) and any(r["tier"] == "cloud" for r in rows)
     asked = [r for r in fake_cloud.requests if "Say hello." in str(r.get("messages"))]
     assert asked and asked[-1].get("tools")

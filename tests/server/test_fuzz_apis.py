@@ -301,8 +301,10 @@ def session_headers() -> Any:
     """Session headers (x-session-id, Claude Code's, Codex's), sometimes none."""
     from hypothesis import strategies as st
 
-    names = ["x-session-id", "x-claude-code-session-id", "session-id", "conversation_id"]
-    sendable = session_ids().map(str.strip)  # HTTP trims a header's surrounding spaces
+    names = ["x-session-id", "x-claude-code-session-id", "session-id", "conversation_id",
+             "x-codex-turn-metadata"]  # fmt: skip
+    codex = st.fixed_dictionaries({}, optional={"installation_id": session_ids()}).map(json.dumps)
+    sendable = st.one_of(session_ids(), codex).map(str.strip)  # HTTP trims surrounding spaces
     return st.dictionaries(st.sampled_from(names), sendable, max_size=2)
 
 

@@ -167,10 +167,19 @@ def test_two_served_replicas_behave_as_one_router(tmp_path: Path, fake_cloud: Fa
         ok = [raw.parse().id for status, raw in answered if status == 200]
         assert any(status == 0 for status, _ in answered)  # some died with the replica
         a.start()  # the same queue file: what was queued goes in
+        paid = [r for r in fake_cloud.requests if "[crash" in str(r.get("messages"))]
+
+        def landed() -> bool:
+            """The answered rows, and a row for every paid call (the queue's pending rows
+            reach PostgreSQL after the restart, in the background)."""
+            done, pending = (
+                ledger_rows(database, "crash"),
+                ledger_rows(database, "crash", pending=True),
+            )
+            return {r for r, _, _ in done} >= set(ok) and len(paid) == len(done) - 2 + len(pending)
+
         ends = time.monotonic() + 30
-        while time.monotonic() < ends:
-            if {r for r, _, _ in ledger_rows(database, "crash")} >= set(ok):
-                break
+        while time.monotonic() < ends and not landed():
             time.sleep(0.2)
         crash_rows = ledger_rows(database, "crash")
         assert {r for r, _, _ in crash_rows} >= set(ok)
@@ -182,7 +191,6 @@ def test_two_served_replicas_behave_as_one_router(tmp_path: Path, fake_cloud: Fa
         unfinished = ledger_rows(database, "crash", pending=True)
         assert 1 <= len(unfinished) <= died and all(t > 0 for _, _, t in unfinished)
         # Every paid call has its row, finished or pending.
-        paid = [r for r in fake_cloud.requests if "[crash" in str(r.get("messages"))]
         assert len(paid) == len(crash_rows) - 2 + len(unfinished)  # (2: replica b's)
     finally:
         for r in replicas:

@@ -7,8 +7,8 @@ context. claude-code-router routes these by scenario; so does this module. A req
 agent's when it came through the Messages or Responses API or names a session. In order:
 
 - `long_context`: a prompt of more than `long_context_tokens` goes to that model;
-- `thinking`: a request asking for extended thinking (Anthropic's `thinking`, the Responses
-  API's `reasoning`) goes to that model;
+- `thinking`: a request asking for extended thinking (Anthropic's `thinking`) goes to that
+  model;
 - `background`: a request with no tools and no tool calls in its history goes to that model or
   mode (`local`, or a cheap cloud model) when the prompt fits it, else as it came;
 - `tools`: a turn that carries tools goes to that model.
@@ -49,14 +49,11 @@ def has_tools(request: ChatRequest) -> bool:
 
 
 def thinks(request: ChatRequest) -> bool:
-    """Whether the request asks for extended thinking (Anthropic's `thinking` enabled, or a
-    Responses `reasoning` effort above low)."""
+    """Whether the request asks for extended thinking: Anthropic's `thinking` enabled (the
+    Responses API's `reasoning` is dropped at the edge, and chat takes no such parameter)."""
     body = request.native.body if request.native is not None else {}
     thinking = body.get("thinking")
-    if isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive"):
-        return True
-    effort = request.params.get("reasoning_effort")
-    return isinstance(effort, str) and effort in ("medium", "high", "xhigh")
+    return isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive")
 
 
 class Agents:

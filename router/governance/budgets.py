@@ -216,6 +216,8 @@ class BudgetStore(Store):
                 }
             )
         )
+        if not rows:  # only session limits, and a request of no session: nothing to hold
+            return None
 
         def decide(usage: Usage) -> tuple[int, int, float]:
             """(tokens cut, tokens and usd to hold) on these figures, or the refusal."""

@@ -463,3 +463,39 @@ def test_openai_cached_tokens_are_priced_as_litellm_prices_them(
         tokens = Tokens(row.prompt_tokens, row.completion_tokens, row.cache_read_tokens)
         assert row.cost_usd == pytest.approx(litellm_cost(tokens, "openai/gpt-4o-mini"), rel=1e-3)
     assert rows[1].cost_usd < rows[0].cost_usd  # cached input at half the price
+
+
+def test_long_context_and_thinking_routes_and_a_session_moving_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+    agents = (
+        '\n[agents]\nlong_context = "cloud-mini"\nlong_context_tokens = 150\n'
+        'thinking = "cloud-mini"\nsticky = true\n'
+    )
+    with agent_router(tmp_path, agents) as router:
+
+        def ask(text: str, session: str, **kwargs: Any) -> Any:
+            request = ChatRequest(
+                [{"role": "user", "content": text}], cache=False, session=session, **kwargs
+            )
+            return router.complete_request(request).routing
+
+        long = ask("word " * 200, "s-1")
+        assert long.model == "cloud-mini" and "agent long context" in long.reason
+        with ServerThread(create_app(router)) as server:
+            thinking = {"type": "enabled", "budget_tokens": 1024}
+            body = {"model": "smollm2", "max_tokens": 2000, "thinking": thinking,
+                    "messages": [{"role": "user", "content": "thanks!"}]}  # fmt: skip
+            r = httpx.post(server.url + "/v1/messages", json=body, timeout=30)
+            assert r.status_code == 200 and r.json()["content"][0]["text"] == "cloud answer"
+        thought = router.ledger.entries()[-1]
+        assert thought.model == "cloud-mini" and "agent asks for thinking" in thought.reason
+        # A session that began on the local model moves up when the score asks for the cloud,
+        # and a model the client names is followed even below the session's.
+        easy = ask("thanks!", "s-3")
+        hard = ask(HARD_PROMPT, "s-3")
+        named = ask("thanks!", "s-3", model="smollm2")
+    assert easy.model == "smollm2"
+    assert hard.model == "cloud-mini" and "session moved up from smollm2" in hard.reason
+    assert named.model == "smollm2" and "kept on" not in named.reason

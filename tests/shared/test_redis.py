@@ -374,3 +374,27 @@ def test_hits_served_on_the_loop_are_counted_on_redis_and_in_process_when_it_fai
         served = [http.post("/v1/chat/completions", json=body) for _ in range(2)]
         assert [r.status_code for r in served] == [200, 200]
         assert len(router.ledger.entries()) == 4
+
+
+def test_a_session_limit_holds_across_replicas(
+    tmp_path: Path, redis_server: RedisServer, fake_cloud: FakeCloud, cloud_key: None
+) -> None:
+    """`session_usd`: what one session may spend in all, on Redis as on SQLite: one replica's
+    spending counts on the other, and another session starts afresh."""
+    from router.config import Budget
+
+    with (
+        replica(tmp_path, "a", redis_server, fake_cloud) as a,
+        replica(tmp_path, "b", redis_server, fake_cloud) as b,
+    ):
+        a.budgets.set(Budget(user="ana", session_tokens=1))
+        store = b.budgets
+        deadline = time.monotonic() + 5
+        while "user:ana" not in store.budgets() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first = store.reserve("ana", 1, 0.0, session="s-1")
+        store.settle(first, 1, 0.0)
+        with pytest.raises(BudgetExceededError, match=r"session_tokens.*start a new one"):
+            a.budgets.reserve("ana", 1, 0.0, session="s-1")
+        assert a.budgets.reserve("ana", 1, 0.0, session="s-2") is not None
+        assert a.budgets.reserve("ana", 1, 0.0) is None  # no session: nothing to hold, no refusal

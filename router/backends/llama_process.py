@@ -3,15 +3,16 @@
 Started by `router.backends.worker.Worker` as its own Python process (Ollama's runner model),
 so a native crash in llama.cpp (SIGSEGV, abort, the OOM killer) ends this process and one
 request, never the server, the REPL or the script that uses the router. It is run as a file,
-not as `-m router...`, so it imports nothing of the router: stdlib and llama_cpp only. This is
-the only module that imports llama_cpp, and only inside functions.
+not as `-m router...`, so it imports nothing of the router package: stdlib, llama_cpp, and its
+sibling file prompt_cache.py (stdlib only), loaded by path. This is the only module that
+imports llama_cpp, and only inside functions.
 
 Protocol: JSON, one object per line. The parent writes to this process's stdin; this process
 answers on the pipe that was its stdout (fd 1 is then pointed at stderr, so whatever llama.cpp
 prints cannot corrupt the protocol).
 
     parent -> worker   {"op": "load", "path", "n_ctx", "n_threads", "n_gpu_layers",
-                        "chat_format", "extra_buffers"}                  first line, once
+                        "chat_format", "extra_buffers", "kv_cache_mb"}  first line, once
                        {"op": "chat", "id", "messages", "kwargs", "stream"}
                        {"op": "count", "id", "texts"}  each text's tokens, before embedding
                        {"op": "embed", "id", "texts", "truncate"}  (a model loaded with
@@ -21,13 +22,17 @@ prints cannot corrupt the protocol).
     worker -> parent   {"ev": "ready", "pid", "extra_buffers", "extra_buffers_why", "n_embd",
                         "system_info", "load_seconds"}
                        {"ev": "chunk", "id", "chunk"}            a chat.completion.chunk
-                       {"ev": "end", "id", "usage", "cancelled"} after the last chunk
+                       {"ev": "end", "id", "usage", "cancelled", "kv"} after the last chunk
                        {"ev": "counts", "id", "tokens", "cancelled"}   tokens: one count a text
                        {"ev": "embedding", "id", "vectors", "tokens", "cancelled"}  (none when
                                                    cancelled: a decode is stopped half-way)
-                       {"ev": "result", "id", "response", "cancelled"}  a whole chat.completion
-                                                   (cut short when cancelled)
+                       {"ev": "result", "id", "response", "cancelled", "kv"}  a whole
+                                                   chat.completion (cut short when cancelled)
                        {"ev": "error", "id", "kind", "message"}  kind: load | request | internal
+
+    A chat's usage says how many prompt tokens were not read again (OpenAI's
+    `prompt_tokens_details.cached_tokens`); `kv` is the saved conversations' state
+    (router/backends/prompt_cache.py), null when kv_cache_mb = 0.
 
 One generation runs at a time; the parent never sends a second `chat` before the first has
 ended. A reader thread takes `cancel` while the main thread generates, so a client that hangs
@@ -37,52 +42,49 @@ text on a CPU) is stopped half-way by llama.cpp's abort callback, asked between 
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
+import importlib.util
 import json
 import os
 import queue
-import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import IO, Any, Literal
-
-ExtraBuffers = bool | Literal["auto"]
-
-AMX_ISSUE = "llama.cpp issue 20824"
-
-# Test hook, inert unless this variable is set: when the file it names exists at the start of a
-# generation, the worker crashes as the file says ("segv", "abort", "kill", "hang" or "exit",
-# then optionally "after=N" chunks and "repeat" to keep the file). Tests use it to prove that a
-# native crash costs one request, never the parent.
-CRASH_FILE_ENV = "ROUTER_WORKER_CRASH_FILE"
+from typing import IO, TYPE_CHECKING, Any
 
 
-def parse_system_info(info: str) -> dict[str, str]:
-    """llama.cpp's system info ("CPU : SSE3 = 1 | AVX = 1 | AMX_INT8 = 1 | ...") as a dict."""
-    return {m[1]: m[2] for m in re.finditer(r"([A-Za-z0-9_]+)\s*=\s*([^|\s]+)", info)}
+def _sibling(name: str) -> Any:
+    """A stdlib-only module beside this file, loaded by path: this file runs outside the
+    router package (the tests, which import the package, get the same module)."""
+    qualified = f"router.backends.{name}"
+    if qualified in sys.modules:
+        return sys.modules[qualified]
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location(qualified, os.path.join(here, f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[qualified] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
-def extra_buffers_choice(setting: ExtraBuffers, info: str) -> tuple[bool, str]:
-    """Whether to load weights into llama.cpp's extra buffer types, and why.
+if TYPE_CHECKING:
+    from router.backends import buffers, crash_hook, loop_guard, prompt_cache
+else:
+    buffers, crash_hook = _sibling("buffers"), _sibling("crash_hook")
+    loop_guard, prompt_cache = _sibling("loop_guard"), _sibling("prompt_cache")
 
-    Extra buffer types are where llama.cpp repacks weights for a faster kernel: AMX tiles on
-    Intel Sapphire Rapids and later, interleaved blocks for AVX2/NEON. On builds with AMX, any
-    decode of two or more tokens at once crashes in the AMX matmul (SIGSEGV or SIGILL), so
-    `auto` turns them off there and keeps llama.cpp's default everywhere else.
-    """
-    if setting is True:
-        return True, "extra_buffers = true in models.toml"
-    if setting is False:
-        return False, "extra_buffers = false in models.toml"
-    if parse_system_info(info).get("AMX_INT8") == "1":
-        return False, (
-            "auto: this llama.cpp build uses AMX (AMX_INT8 = 1), whose repacked weights crash "
-            f"multi-token decodes ({AMX_ISSUE}); loaded without extra buffers"
-        )
-    return True, "auto: llama.cpp's default (no AMX in this build)"
+# What the tests, scripts and `router models` import from here.
+CRASH_FILE_ENV = crash_hook.CRASH_FILE_ENV
+LOOP_CHECK_EVERY, LOOP_MIN_SPAN, looping = (
+    loop_guard.LOOP_CHECK_EVERY,
+    loop_guard.LOOP_MIN_SPAN,
+    loop_guard.looping,
+)
+AMX_ISSUE, extra_buffers_choice = buffers.AMX_ISSUE, buffers.choice
+parse_system_info = buffers.parse_system_info
 
 
 def system_info() -> str:
@@ -107,10 +109,27 @@ def _counting_llama() -> type:
         guard = True  # stop an answer that repeats itself (loops)
         looped = False  # the last generation was stopped for looping
         made: list[int]  # the last generation's tokens (set by generate)
+        kv: Any = None  # the saved conversations (prompt_cache.Conversations), if kept
+        reused = 0  # of the last prompt's tokens, how many were not read again
+
+        def eval(self, tokens: Any) -> None:
+            """llama-cpp-python's eval, never with a batch of one token inside a prompt:
+            llama.cpp computes one token with other kernels, and a prompt read in two parts
+            would then differ from one read at once (see prompt_cache.Conversations)."""
+            tokens = list(tokens)
+            if len(tokens) > self.n_batch and len(tokens) % self.n_batch == 1:
+                super().eval(tokens[:-2])
+                tokens = tokens[-2:]
+            super().eval(tokens)
 
         def generate(  # type: ignore[override]
             self, tokens: Any, *args: Any, **kwargs: Any
         ) -> Iterator[int]:
+            tokens = list(tokens)
+            if self.kv is not None:
+                self.reused = self.kv.prepare(tokens)
+            else:
+                self.reused = prompt_cache.reusable(self._input_ids.tolist(), tokens)
             self.last_prompt_tokens = len(tokens)
             self.last_completion_tokens = 0
             self.looped = False
@@ -128,27 +147,6 @@ def _counting_llama() -> type:
                 yield token
 
     return CountingLlama
-
-
-LOOP_MIN_SPAN = 32  # tokens: a loop is found once its repeats cover this many
-LOOP_MAX_BLOCK = 64  # tokens: the longest repeated block looked for
-LOOP_REPEATS = 3  # a block repeated at least this many times in a row
-LOOP_CHECK_EVERY = 4  # tokens between two checks
-
-
-def looping(tokens: list[int]) -> bool:
-    """Whether the answer's last tokens repeat one block of 1 to LOOP_MAX_BLOCK tokens at
-    least LOOP_REPEATS times in a row, over LOOP_MIN_SPAN tokens or more ("la Femme la Femme
-    la Femme…", a sentence said again and again): a small model's loop, which would otherwise
-    run to max_tokens."""
-    for block in range(1, LOOP_MAX_BLOCK + 1):
-        span = max(LOOP_MIN_SPAN, LOOP_REPEATS * block)
-        if span > len(tokens):
-            break
-        tail = tokens[-span:]
-        if tail[block:] == tail[:-block]:  # periodic with this block
-            return True
-    return False
 
 
 def load_llama(
@@ -250,45 +248,72 @@ def _read_ops(ops: queue.Queue[dict[str, Any]], cancels: _Cancels, channel: _Cha
     os._exit(0)
 
 
-def _armed_crash() -> tuple[str, int] | None:
-    path = os.environ.get(CRASH_FILE_ENV)
-    if not path:
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            words = f.read().split()
-    except OSError:
-        return None
-    if "repeat" not in words:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    after = next((int(w[6:]) for w in words if w.startswith("after=")), 0)
-    return (words[0] if words else "segv"), after
-
-
-def _crash(how: str) -> None:
-    sys.stderr.write(f"worker: crashing on purpose ({how}, {CRASH_FILE_ENV})\n")
-    sys.stderr.flush()
-    if how == "segv":
-        import ctypes
-
-        ctypes.string_at(0)  # a null read: SIGSEGV, as a native bug would
-    elif how == "abort":
-        os.abort()
-    elif how == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif how == "hang":
-        time.sleep(3600)
-    elif how == "decode":  # what llama.cpp reports when it finds no room in its KV cache
-        raise RuntimeError("llama_decode returned 1")
-    os._exit(3)
-
-
 def _fresh_context(llm: Any) -> None:
-    """Forget every token the context holds (KV cache included): after a failed decode, what
-    llama-cpp-python believes is cached and what llama.cpp holds may differ."""
+    """Forget every token the context holds (KV cache included), and the saved conversations:
+    after a failed decode, what llama-cpp-python believes is cached and what llama.cpp holds
+    may differ."""
     llm.reset()
     llm._ctx.kv_cache_clear()
+    if llm.kv is not None:
+        llm.kv.clear()
+
+
+class _Context:
+    """prompt_cache.Engine over a CountingLlama: its context's tokens, and its KV state saved
+    to and put back from host memory (sequence 0, the only one llama-cpp-python uses)."""
+
+    def __init__(self, llm: Any) -> None:
+        import llama_cpp
+
+        self._llm = llm
+        self._c = llama_cpp
+
+    def live(self) -> list[int]:
+        tokens: list[int] = self._llm._input_ids.tolist()
+        return tokens
+
+    def save(self) -> tuple[Any, int] | None:
+        ctx = self._llm._ctx.ctx
+        size = int(self._c.llama_state_seq_get_size(ctx, 0))
+        if size <= 0:
+            return None
+        state = bytearray(size)  # zeroed lazily by the OS: no copy before llama.cpp's
+        view = (ctypes.c_uint8 * size).from_buffer(state)
+        written = int(self._c.llama_state_seq_get_data(ctx, view, size, 0))
+        del view
+        if written <= 0:
+            return None
+        if written < size:
+            del state[written:]
+        return state, written
+
+    def restore(self, state: Any, tokens: list[int]) -> bool:
+        llm, c = self._llm, self._c
+        c.llama_memory_seq_rm(c.llama_get_memory(llm._ctx.ctx), 0, -1, -1)
+        view = (ctypes.c_uint8 * len(state)).from_buffer(state)
+        read = int(c.llama_state_seq_set_data(llm._ctx.ctx, view, len(state), 0))
+        del view
+        if read <= 0:
+            llm.reset()
+            llm._ctx.kv_cache_clear()
+            return False
+        llm.input_ids[: len(tokens)] = tokens
+        llm.n_tokens = len(tokens)
+        llm._requires_eval = True  # KV only, no logits
+        return True
+
+    def truncate(self, n: int) -> list[int]:
+        llm, c = self._llm, self._c
+        if n < llm.n_tokens:
+            c.llama_memory_seq_rm(c.llama_get_memory(llm._ctx.ctx), 0, n, -1)
+            llm.n_tokens = n
+            llm._requires_eval = True
+        return self.live()
+
+
+def _cached(llm: Any, usage: dict[str, Any]) -> dict[str, Any]:
+    """`usage` with the prompt tokens not read again, in OpenAI's words."""
+    return {**usage, "prompt_tokens_details": {"cached_tokens": llm.reused}}
 
 
 def _chat(llm: Any, op: dict[str, Any], channel: _Channel, cancels: _Cancels) -> None:
@@ -313,9 +338,9 @@ def _generate(
     llm: Any, op: dict[str, Any], channel: _Channel, cancels: _Cancels, sent: list[int]
 ) -> None:
     rid = int(op["id"])
-    crash = _armed_crash()
+    crash = crash_hook.armed()
     if crash is not None and crash[1] == 0:
-        _crash(crash[0])
+        crash_hook.crash(crash[0])
     if not op.get("stream"):
         llm.stop_when = lambda: cancels.cancelled(rid)
         try:
@@ -330,7 +355,10 @@ def _generate(
             response["choices"][0]["message"]["content"] = text
             response["choices"][0]["finish_reason"] = "length"
             response["stopped"] = "repetition"
-        channel.send({"ev": "result", "id": rid, "response": response, "cancelled": cut})
+        if isinstance(response.get("usage"), dict):
+            response["usage"] = _cached(llm, response["usage"])
+        kv = llm.kv.stats() if llm.kv is not None else None
+        channel.send({"ev": "result", "id": rid, "response": response, "cancelled": cut, "kv": kv})
         return
     chunks = llm.create_chat_completion(messages=op["messages"], stream=True, **op["kwargs"])
     cancelled = False
@@ -340,7 +368,7 @@ def _generate(
                 cancelled = True
                 break
             if crash is not None and sent[0] == crash[1]:
-                _crash(crash[0])
+                crash_hook.crash(crash[0])
             if llm.looped:  # the last chunk of an answer the guard stopped
                 for choice in chunk.get("choices") or []:
                     if choice.get("finish_reason"):
@@ -355,7 +383,8 @@ def _generate(
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
-    end = {"ev": "end", "id": rid, "usage": usage, "cancelled": cancelled}
+    kv = llm.kv.stats() if llm.kv is not None else None
+    end = {"ev": "end", "id": rid, "usage": _cached(llm, usage), "cancelled": cancelled, "kv": kv}
     if llm.looped:
         end["stopped"] = "repetition"
     channel.send(end)
@@ -457,6 +486,9 @@ def main() -> None:
         }
     )
 
+    budget = int(load.get("kv_cache_mb") or 0) * 2**20
+    if budget and not load.get("embedding") and not (llm._is_recurrent or llm._is_hybrid):
+        llm.kv = prompt_cache.Conversations(_Context(llm), budget)
     ops: queue.Queue[dict[str, Any]] = queue.Queue()
     cancels = _Cancels()
     abort = _Abort(llm, cancels) if load.get("embedding") else None

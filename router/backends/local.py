@@ -17,7 +17,6 @@ and never the process using the router. This module is the supervisor behind the
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 import uuid
@@ -31,7 +30,7 @@ from router.backends import batching
 from router.backends import hangup as hangups
 from router.backends.batching import EMBED_GROUP
 from router.backends.restarts import RestartPolicy
-from router.backends.transcript import for_local
+from router.backends.transcript import for_local, llama_kwargs
 from router.backends.worker import Worker, WorkerFailure, WorkerLoadError, describe_exit
 from router.config import Config, LocalModel
 from router.config.model_files import hub_cached, local_path, local_problem
@@ -43,7 +42,7 @@ from router.errors import (
     RequestError,
     RouterError,
 )
-from router.types import SAMPLING_PARAMS, ChatRequest
+from router.types import ChatRequest
 
 log = logging.getLogger("router.local")
 
@@ -88,6 +87,7 @@ class LocalBackend:
         self._starting = False
         self._outcomes = {"completed": 0, "cancelled": 0, "failed": 0}
         self._last_info: dict[str, Any] = {}
+        self._kv: dict[str, Any] | None = None  # the worker's saved conversations, last seen
 
     # ---------------------------------------------------------------- the Backend seam
 
@@ -107,7 +107,7 @@ class LocalBackend:
                 if forget is not None:
                     forget()
             cut = bool(event.get("cancelled"))
-            self._finished("cancelled" if cut else "completed")
+            self._finished("cancelled" if cut else "completed", event.get("kv"))
         if cut and hangup is not None:
             hangup.cut_short()
         out: dict[str, Any] = event["response"]
@@ -126,13 +126,14 @@ class LocalBackend:
                     if event["ev"] == "end":
                         usage: dict[str, Any] = event["usage"]
                         stopped = event.get("stopped")  # "repetition": the guard cut it
+                        kv = event.get("kv")
                         break
                     chunk: dict[str, Any] = event["chunk"]
                     chunk["model"] = self.name
                     last = chunk
                     yield chunk
                 ended = True
-                self._finished("completed")
+                self._finished("completed", kv)
             except BackendError:
                 ended = True  # the worker is gone or said the generation failed
                 raise
@@ -274,7 +275,15 @@ class LocalBackend:
                 "generations": dict(self._outcomes),
                 "in_flight": self._in_flight,  # answering + waiting for the model
                 "max_queue": self._model_config.max_queue,
+                "kv_cache": self._kv_view(),
             }
+
+    def _kv_view(self) -> dict[str, Any] | None:
+        """The saved conversations (under the state lock), none yet or None when kept none."""
+        budget = self._model_config.kv_cache_mb
+        if not budget or self._model_config.embeddings:
+            return None
+        return self._kv or {"conversations": 0, "mb": 0.0, "budget_mb": float(budget), "saved": []}
 
     def close(self) -> None:
         with self._state_lock:
@@ -349,6 +358,7 @@ class LocalBackend:
             "chat_format": cfg.chat_format,
             "extra_buffers": cfg.extra_buffers,
             "embedding": cfg.embeddings,
+            "kv_cache_mb": cfg.kv_cache_mb,
         }
         with self._state_lock:
             self._starting = True
@@ -388,6 +398,7 @@ class LocalBackend:
             self._worker = worker
             self._starts += 1
             self._last_info = info
+            self._kv = None  # a new worker remembers nothing
         log.info(
             "%s: worker pid %d ready in %.2f s (extra buffers %s: %s)",
             self.name,
@@ -415,7 +426,7 @@ class LocalBackend:
     ) -> int:
         try:
             messages = for_local(request.messages, tools=self._model_config.supports_tools)
-            return worker.chat(messages, _kwargs(params), stream)
+            return worker.chat(messages, llama_kwargs(params), stream)
         except WorkerFailure as exc:
             self._fail(worker, str(exc))
             raise BackendError(f"{self.name}: {exc}", public=self._failed(exc)) from None
@@ -473,26 +484,10 @@ class LocalBackend:
             return
         self._finished("cancelled")
 
-    def _finished(self, outcome: str) -> None:
-        """A generation ended with the worker alive: it works, whatever the request got."""
+    def _finished(self, outcome: str, kv: dict[str, Any] | None = None) -> None:
+        """A generation ended with the worker alive: it works, whatever the request got
+        (`kv`: its saved conversations now)."""
         with self._state_lock:
             self._restarts.succeeded()
             self._outcomes[outcome] += 1
-
-
-def _kwargs(params: dict[str, Any]) -> dict[str, Any]:
-    """llama-cpp-python arguments for one generation. Every generation gets a seed: without
-    one, llama-cpp-python derives the next seed from the last request's, so one client's `seed`
-    would make the next client's answers predictable."""
-    # `tools` only reach a model whose models.toml says supports_tools = true (its chat_format
-    # must then handle them, e.g. "chatml-function-calling"); response_format is translated.
-    kwargs = {k: v for k, v in params.items() if k in SAMPLING_PARAMS and k != "response_format"}
-    # llama.cpp takes a 32-bit seed; -1 stays 0xFFFFFFFF, llama.cpp's "random".
-    kwargs["seed"] = params["seed"] % (1 << 32) if "seed" in params else secrets.randbits(32)
-    fmt = params.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
-        kwargs["response_format"] = {"type": "json_object"}
-    elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        kwargs["response_format"] = {"type": "json_object", "schema": schema or {}}
-    return kwargs
+            self._kv = kv if kv is not None else self._kv

@@ -1,17 +1,24 @@
 """Endpoints serving one model, and which one gets the next request.
 
 Least outstanding requests: the endpoint answering the fewest requests now gets the next one
-(ties go round the pool). An endpoint that cannot be reached or times out is ejected at once;
-one that answers 5xx or 429 is ejected after `eject_after` such answers in a row (one bad
-request is weak evidence: Envoy's outlier detection waits for 5). Ejected, it is left out for
-`eject_seconds`, doubled each time it is ejected again in a row (at most 10 minutes). When that
-time is up it is probed (`GET <api_base>/models`, a few seconds at most) before it gets
-requests again; a failed probe ejects it again. A request that succeeds on it resets both
-counts. Either way the failed request itself goes on to the next endpoint.
+(ties go round the pool). A request of a conversation (`affinity`: its session, or its first
+messages) goes where that conversation went before, so the server's prompt cache still holds
+its prefix (llama-server, Ollama and vLLM each keep one), unless that endpoint has more than one
+request in flight above the least loaded (rendezvous hashing with a bounded load: an endpoint
+that leaves moves only its own conversations).
+
+An endpoint that cannot be reached or times out is ejected at once; one that answers 5xx or 429
+is ejected after `eject_after` such answers in a row (one bad request is weak evidence: Envoy's
+outlier detection waits for 5). Ejected, it is left out for `eject_seconds`, doubled each time
+it is ejected again in a row (at most 10 minutes). When that time is up it is probed (`GET
+<api_base>/models`, a few seconds at most) before it gets requests again; a failed probe ejects
+it again. A request that succeeds on it resets both counts. Either way the failed request itself
+goes on to the next endpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -56,11 +63,12 @@ class Pool:
         self._lock = threading.Lock()
         self._turn = 0
 
-    def acquire(self, tried: set[str]) -> Endpoint | None:
+    def acquire(self, tried: set[str], affinity: str | None = None) -> Endpoint | None:
         """The endpoint for the next attempt (its request counted), or None when every
-        endpoint not yet `tried` is ejected or fails its probe. Endpoints whose ejection is
-        over are probed: in the background while another endpoint can take the request, or
-        first (a few seconds at most) when none can."""
+        endpoint not yet `tried` is ejected or fails its probe; `affinity`: the
+        conversation. Endpoints whose ejection is over are probed: in the background while
+        another endpoint can take the request, or first (a few seconds at most) when none
+        can."""
         while True:
             with self._lock:
                 now = self._clock()
@@ -76,6 +84,10 @@ class Pool:
                     self._turn += 1
                     order = self.endpoints[start:] + self.endpoints[:start]
                     chosen = min(up, key=lambda e: (e.in_flight, order.index(e)))
+                    if affinity is not None:
+                        home = max(up, key=lambda e: _weight(affinity, e.url))
+                        if home.in_flight <= chosen.in_flight + 1:
+                            chosen = home
                     chosen.in_flight += 1
             if chosen is not None:
                 for e in due:
@@ -157,6 +169,12 @@ class Pool:
                 }
                 for e in self.endpoints
             ]
+
+
+def _weight(affinity: str, url: str) -> int:
+    """Rendezvous hashing: the endpoint of highest weight is a conversation's home."""
+    digest = hashlib.blake2b(f"{affinity}\0{url}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def _short(exc: BaseException) -> str:

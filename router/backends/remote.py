@@ -91,7 +91,7 @@ class RemoteBackend:
                 response.close()
 
         try:
-            endpoint, raw = self._on_some_endpoint(attempt)
+            endpoint, raw = self._on_some_endpoint(attempt, conversation(request))
         except _HungUp:
             hangup = hangups.current()
             if hangup is not None:
@@ -121,19 +121,23 @@ class RemoteBackend:
                     disarm()
 
         try:
-            endpoint, (response, events, first) = self._on_some_endpoint(attempt)
+            endpoint, (response, events, first) = self._on_some_endpoint(
+                attempt, conversation(request)
+            )
         except _HungUp:  # nothing generated for a client that left: an empty answer
             if hangup is not None:
                 hangup.cut_short(estimated=True)
             return
         yield from self._relay(endpoint, response, first, events)
 
-    def _on_some_endpoint(self, attempt: Callable[[Endpoint], T]) -> tuple[Endpoint, T]:
+    def _on_some_endpoint(
+        self, attempt: Callable[[Endpoint], T], affinity: str | None = None
+    ) -> tuple[Endpoint, T]:
         """`attempt` on the pool's endpoints in turn until one succeeds (its request is still
         counted on it); an endpoint that fails is ejected, and every failure is reported."""
         tried: set[str] = set()
         errors: list[str] = []
-        while (endpoint := self.pool.acquire(tried)) is not None:
+        while (endpoint := self.pool.acquire(tried, affinity)) is not None:
             tried.add(endpoint.url)
             try:
                 return endpoint, attempt(endpoint)
@@ -391,6 +395,19 @@ class RemoteBackend:
             retry_after=wait or None,
             public=f"{self.name}: every server failed",
         )
+
+
+def conversation(request: ChatRequest) -> str:
+    """What stays the same across a conversation's turns: its session, else its messages up
+    to the first user message (the system prompt and the opening question)."""
+    if request.session:
+        return f"session:{request.session}"
+    opening: list[Any] = []
+    for message in request.messages:
+        opening.append(message)
+        if message.get("role") == "user" or len(opening) >= 4:
+            break
+    return json.dumps(opening, sort_keys=True, default=str)
 
 
 def _shut(sock: socket.socket | None) -> None:

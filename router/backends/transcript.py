@@ -1,4 +1,5 @@
-"""OpenAI conversations → what a local GGUF model's chat template can take.
+"""OpenAI conversations and sampling parameters → what a local GGUF model (its chat template,
+llama-cpp-python's arguments) can take.
 
 Chat templates expect `{role, content: str}`. OpenAI conversations also carry content as a list
 of parts, assistant turns whose `content` is null because they only called tools, `tool`
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 from typing import Any
 
-from router.types import Message, message_text
+from router.types import SAMPLING_PARAMS, Message, message_text
 
 
 def for_local(messages: list[Message], *, tools: bool) -> list[dict[str, Any]]:
@@ -48,3 +50,21 @@ def _call_line(call: dict[str, Any]) -> str:
     with contextlib.suppress(ValueError):  # compact, stable spacing whatever was sent
         arguments = json.dumps(json.loads(arguments), ensure_ascii=False)
     return f"[called tool {function.get('name', '?')}({arguments})]"
+
+
+def llama_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """llama-cpp-python arguments for one generation. Every generation gets a seed: without
+    one, llama-cpp-python derives the next seed from the last request's, so one client's `seed`
+    would make the next client's answers predictable."""
+    # `tools` only reach a model whose models.toml says supports_tools = true (its chat_format
+    # must then handle them, e.g. "chatml-function-calling"); response_format is translated.
+    kwargs = {k: v for k, v in params.items() if k in SAMPLING_PARAMS and k != "response_format"}
+    # llama.cpp takes a 32-bit seed; -1 stays 0xFFFFFFFF, llama.cpp's "random".
+    kwargs["seed"] = params["seed"] % (1 << 32) if "seed" in params else secrets.randbits(32)
+    fmt = params.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        kwargs["response_format"] = {"type": "json_object"}
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        kwargs["response_format"] = {"type": "json_object", "schema": schema or {}}
+    return kwargs

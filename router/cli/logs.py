@@ -81,6 +81,11 @@ def stats(
             f"provider prompt cache: {totals['cache_read_tokens']:,} tokens read, "
             f"{totals['cache_write_tokens']:,} written (priced at their own rates)"
         )
+    if totals["prompt_cached_tokens"]:
+        typer.echo(
+            f"local KV cache: {totals['prompt_cached_tokens']:,} prompt tokens reused, "
+            "not read again"
+        )
     if totals["refusals"]:
         typer.echo(f"refused: {totals['refusals']} requests (router logs shows why)")
     if quality["assessed"]:  # what the savings cost in quality, where anyone looked
@@ -133,6 +138,7 @@ def logs(
             + f"  score {e.score:.2f}  "
             f"{e.prompt_tokens}+{e.completion_tokens} tokens"
             + (f" ({e.cache_read_tokens} cached)" if e.cache_read_tokens else "")
+            + (f" ({e.prompt_cached_tokens} reused)" if e.prompt_cached_tokens else "")
             + f"  {money(e.cost_usd)}  "
             f"saved {money(e.usd_saved)}  {e.latency_ms:.0f} ms"
             + ("  cache hit" if e.cache_hit else "")

@@ -240,7 +240,7 @@ def _llama_build() -> str:
 
 def _extra_buffers(model: LocalModel, build: str) -> dict[str, Any]:
     """Whether the worker will load `model` with llama.cpp's extra buffer types, and why."""
-    from router.backends.llama_process import extra_buffers_choice
+    from router.backends.buffers import choice as extra_buffers_choice
 
     enabled, why = extra_buffers_choice(model.extra_buffers, build)
     summary = ("on" if enabled else "off") + (" (auto)" if model.extra_buffers == "auto" else "")
@@ -335,16 +335,26 @@ def ps(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(f"{'MODEL':<16} {'STATE':<12} {'PID':>7} {'MEMORY':>9} {'BUSY':>6}  GENERATIONS")
+    typer.echo(
+        f"{'MODEL':<16} {'STATE':<12} {'PID':>7} {'MEMORY':>9} {'BUSY':>6}  {'KV CACHE':<22} "
+        "GENERATIONS"
+    )
     for r in rows:
         state = str(r.get("state", "?"))
         memory = f"{r['rss_mb']:,.0f} MB" if r.get("rss_mb") else "-"
         busy = f"{r.get('in_flight', 0)}" + (f"/{r['max_queue']}" if r.get("max_queue") else "")
         done = ", ".join(f"{k} {v}" for k, v in (r.get("generations") or {}).items()) or "-"
+        kv = r.get("kv_cache")
+        held = f"{kv['conversations']} conv, {kv['mb']:g}/{kv['budget_mb']:g} MB" if kv else "-"
         typer.echo(
             f"{r['name']:<16} {state.split(';')[0][:12]:<12} {r.get('pid') or '-':>7} "
-            f"{memory:>9} {busy:>6}  {done}"
+            f"{memory:>9} {busy:>6}  {held:<22} {done}"
         )
+        for c in (kv or {}).get("saved", []):  # each saved conversation, newest first
+            typer.echo(
+                f"  conversation: {c['tokens']:,} tokens, {c['mb']:g} MB, idle {c['idle_s']:.0f} "
+                f"s, resumed {c['restored']} times"
+            )
         for e in r.get("endpoints") or []:  # a remote model: each server of its pool
             out = f", out {e['ejected_for_seconds']:.0f} s more" if e["state"] == "ejected" else ""
             why = f" ({e['last_error']})" if e.get("last_error") else ""

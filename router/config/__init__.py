@@ -125,6 +125,11 @@ class LocalModel(_Strict):
     # (scripts/bench_embeddings.py); raise it for a GPU or a faster CPU.
     max_embedding_tokens: Annotated[int, Field(ge=1, le=10_000_000)] = 4096
     max_queue: Annotated[int, Field(ge=1, le=10_000)] = 16
+    # Host memory for the KV states of recent conversations (router/backends/prompt_cache.py):
+    # a follow-up turn reads only what is new even when other conversations ran in between.
+    # Least recently used out; 0 turns it off. The worker's memory is the model, its context,
+    # and at most this.
+    kv_cache_mb: Annotated[int, Field(ge=0, le=1_048_576)] = 256
     extra_buffers: Literal["auto"] | bool = "auto"
     timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     price: Price | None = None

@@ -98,6 +98,7 @@ class Entry:
     # Why the request was refused, with no model called ("budget", "guardrail", "rate"): a
     # row of zero tokens whose reason is the refusal; "" for every answered request.
     refusal: str = ""
+    prompt_cached_tokens: int = 0  # of a local model's prompt: reused from its KV cache
 
     @classmethod
     def from_routing(cls, routing: Routing, **rest: Any) -> Entry:
@@ -242,6 +243,9 @@ _MIGRATIONS = [
     ALTER TABLE requests ADD COLUMN session TEXT NOT NULL DEFAULT '';
     ALTER TABLE requests ADD COLUMN refusal TEXT NOT NULL DEFAULT '';
     CREATE INDEX requests_session ON requests (session) WHERE session != '';
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN prompt_cached_tokens INTEGER NOT NULL DEFAULT 0;
     """,
 ]
 

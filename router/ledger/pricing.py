@@ -147,6 +147,9 @@ def account(routing: Routing, usage: Mapping[str, Any], price: Price, baseline: 
     their own rates, LiteLLM's rules); the baseline, what the baseline model would have charged
     for the same fresh and cached tokens."""
     tokens = Tokens.of(usage)
+    if routing.tier == "local":  # its cached tokens are its own KV cache's: not priced apart
+        routing.prompt_cached_tokens = 0 if routing.cache_hit else tokens.cache_read
+        tokens = Tokens(tokens.prompt, tokens.completion)
     prompt, completion = tokens.prompt, tokens.completion
     routing.prompt_tokens, routing.completion_tokens = prompt, completion
     if not routing.cache_hit:  # a hit read nothing from a provider's prompt cache

@@ -63,6 +63,7 @@ SUMS = {
     "cache_hits": _count("cache_hit"),
     "cache_read_tokens": "SUM(cache_read_tokens)",
     "cache_write_tokens": "SUM(cache_write_tokens)",
+    "prompt_cached_tokens": "SUM(prompt_cached_tokens)",
     "refusals": _count("refusal <> ''"),
     # What was paid for: cloud tokens that were not a cache hit, and their dollars.
     "paid_tokens": "SUM(CASE WHEN tier = 'cloud' AND NOT cache_hit THEN "
@@ -270,6 +271,7 @@ SUMMARY_COLUMNS = (
     "cache_hits",
     "cache_read_tokens",
     "cache_write_tokens",
+    "prompt_cached_tokens",
     "refusals",
 )
 GROUPS = ("day", "user", "tier", "model", "category", "api", "saved_by", "session")  # `stats --by`

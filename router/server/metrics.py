@@ -22,6 +22,7 @@ class Metrics:
         self._usd_cost = 0.0
         self._cache_read = 0  # prompt tokens read from providers' prompt caches
         self._cache_write = 0
+        self._kv_reused = 0  # local prompt tokens reused from the model's KV cache
         self._refusals: dict[str, int] = defaultdict(int)  # by kind: budget, guardrail
         self._latency: dict[str, list[int]] = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
         self._latency_sum: dict[str, float] = defaultdict(float)
@@ -48,6 +49,7 @@ class Metrics:
                 self._usd_cost += routing.cost_usd
                 self._cache_read += routing.cache_read_tokens
                 self._cache_write += routing.cache_write_tokens
+                self._kv_reused += routing.prompt_cached_tokens
 
     def render(self) -> str:
         with self._lock:
@@ -84,6 +86,12 @@ class Metrics:
                     "counter",
                     self._cache_write,
                     "Prompt tokens the providers wrote to their prompt caches.",
+                ),
+                (
+                    "router_local_prompt_cached_tokens_total",
+                    "counter",
+                    self._kv_reused,
+                    "Prompt tokens local models reused from their KV cache, not read again.",
                 ),
             ):
                 out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]

@@ -45,7 +45,7 @@ BATCH = 500
 # Rows queued before these columns existed.
 _NEW = {
     "pending": False, "api": "chat", "saved_by": "", "cache_read_tokens": 0,
-    "cache_write_tokens": 0, "session": "", "refusal": "",
+    "cache_write_tokens": 0, "session": "", "refusal": "", "prompt_cached_tokens": 0,
 }  # fmt: skip
 
 # The SQLite ledger's migrations, one for one, in PostgreSQL's dialect ("user" is reserved).
@@ -108,6 +108,9 @@ _MIGRATIONS = [
     ALTER TABLE requests ADD COLUMN session TEXT NOT NULL DEFAULT '';
     ALTER TABLE requests ADD COLUMN refusal TEXT NOT NULL DEFAULT '';
     CREATE INDEX requests_session ON requests (session) WHERE session <> '';
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN prompt_cached_tokens BIGINT NOT NULL DEFAULT 0;
     """,
 ]
 _QUEUE = [

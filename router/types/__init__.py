@@ -231,6 +231,9 @@ class Routing:
     # Of the prompt tokens, those a provider read from and wrote to its prompt cache.
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    # Of a local model's prompt tokens, those it did not read again: its KV cache held them
+    # (the worker's saved conversations, or a local server's prompt cache).
+    prompt_cached_tokens: int = 0
     cost_usd: float = 0.0
     baseline_usd: float = 0.0
     tokens_saved: int = 0

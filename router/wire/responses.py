@@ -227,7 +227,9 @@ def _usage(routing: Routing) -> dict[str, Any]:
         "input_tokens": prompt,
         "output_tokens": completion,
         "total_tokens": prompt + completion,
-        "input_tokens_details": {"cached_tokens": routing.cache_read_tokens},
+        "input_tokens_details": {
+            "cached_tokens": routing.cache_read_tokens + routing.prompt_cached_tokens
+        },
         "output_tokens_details": {"reasoning_tokens": 0},
     }
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from router import Router, load_config
-from router.backends.pool import Pool
-from router.backends.remote import RemoteBackend
+from router.backends.pool import Pool, _weight
+from router.backends.remote import RemoteBackend, conversation
 from router.config import LocalModel
 from router.errors import BackendError
 from router.server import create_app
@@ -81,6 +81,35 @@ def test_a_failed_endpoint_is_ejected_doubling_then_probed_before_it_returns() -
     assert pool.seconds_until_usable() == 30
 
 
+def test_a_conversation_keeps_its_endpoint_unless_that_one_is_busier() -> None:
+    """Its server's prompt cache holds its prefix: each turn goes to the same endpoint, while
+    conversations spread over the pool and a busy home is passed over."""
+    pool = Pool(["a", "b", "c"], eject_seconds=30, probe=lambda url: None)
+    turns = [
+        [{"role": "system", "content": f"app {n}"}, {"role": "user", "content": "Hi."}]
+        for n in range(12)
+    ]
+    homes = {}
+    for n, opening in enumerate(turns):
+        for follow in range(3):  # later turns: the same opening, more after it
+            more = [{"role": "assistant", "content": "Yes."}, {"role": "user", "content": "?"}]
+            e = pool.acquire(set(), conversation(ChatRequest(opening + more * follow)))
+            assert e is not None
+            pool.succeeded(e)
+            assert homes.setdefault(n, e.url) == e.url
+    assert len(set(homes.values())) == 3  # twelve conversations over the three
+    session = conversation(ChatRequest(turns[0], session="s-1"))
+    assert session == conversation(ChatRequest(turns[5], session="s-1"))
+    # Its home has two requests in flight more than another endpoint: it goes elsewhere.
+    key = conversation(ChatRequest(turns[0]))
+    home = pool.acquire(set(), key)
+    other = pool.acquire(set(), key)
+    assert home is not None and other is not None
+    assert home.url == homes[0] and other.url == homes[0]  # one more in flight: still home
+    third = pool.acquire(set(), key)
+    assert third is not None and third.url != homes[0]
+
+
 def remote(fake: FakeCloud | None, *bases: str, **extra: Any) -> RemoteBackend:
     urls = [*bases] + ([fake.base_url] if fake else [])
     model = LocalModel(tier="local", api_base=urls, remote_model="team-model", **extra)
@@ -95,16 +124,22 @@ def test_a_request_moves_to_another_endpoint_and_the_dead_one_is_ejected(
     fake_cloud: FakeCloud,
 ) -> None:
     backend = remote(fake_cloud, DEAD)
-    for _ in range(3):
-        done = backend.complete(ask("Hi"), {"max_tokens": 8})
+    # Six conversations: each goes to its own home endpoint, some of them the dead one.
+    texts = [f"Hi {n}" for n in range(6)]
+    assert any(
+        max(backend.pool.endpoints, key=lambda e: _weight(conversation(ask(t)), e.url)).url == DEAD
+        for t in texts
+    )
+    for text in texts:
+        done = backend.complete(ask(text), {"max_tokens": 8})
         assert done["choices"][0]["message"]["content"] == answer_for(
-            [{"role": "user", "content": "Hi"}]
+            [{"role": "user", "content": text}]
         )
         assert done["model"] == "team" and done["usage"]["completion_tokens"] > 0
     states = {e["url"]: e for e in backend.health()["endpoints"]}
     assert states[DEAD]["state"] == "ejected" and "cannot reach it" in states[DEAD]["last_error"]
     assert states[DEAD]["failures"] == 1  # tried once, then left alone
-    assert states[fake_cloud.base_url]["served"] == 3
+    assert states[fake_cloud.base_url]["served"] == 6
     assert fake_cloud.requests[-1]["model"] == "team-model"  # the name the server knows
     chunks = list(backend.stream(ask("Hello"), {"max_tokens": 8}))
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])

@@ -51,9 +51,7 @@ WORDS = ["amber", "basil", "cedar", "delta", "ember", "fjord", "garnet", "harbor
 def system_prompt(n: int, tokens: int) -> str:
     """About `tokens` tokens (SmolLM2's tokenizer: ~10 a rule), different for each `n`."""
     rules = max(1, tokens // 10)
-    return " ".join(
-        f"Rule {k}: say {WORDS[(k * (n + 3)) % len(WORDS)]} {n}." for k in range(rules)
-    )
+    return " ".join(f"Rule {k}: say {WORDS[(k * (n + 3)) % len(WORDS)]} {n}." for k in range(rules))
 
 
 def turn(base: str, messages: list[dict[str, str]]) -> tuple[float, str, int | None]:

@@ -3,9 +3,9 @@
 Started by `router.backends.worker.Worker` as its own Python process (Ollama's runner model),
 so a native crash in llama.cpp (SIGSEGV, abort, the OOM killer) ends this process and one
 request, never the server, the REPL or the script that uses the router. It is run as a file,
-not as `-m router...`, so it imports nothing of the router package: stdlib, llama_cpp, and its
-sibling file prompt_cache.py (stdlib only), loaded by path. This is the only module that
-imports llama_cpp, and only inside functions.
+not as `-m router...`, so it imports nothing of the router package: stdlib, llama_cpp, and
+its sibling files (prompt_cache, pipe, buffers, loop_guard, crash_hook: stdlib only), loaded
+by path. This is the only module that imports llama_cpp, and only inside functions.
 
 Protocol: JSON, one object per line. The parent writes to this process's stdin; this process
 answers on the pipe that was its stdout (fd 1 is then pointed at stderr, so whatever llama.cpp
@@ -52,7 +52,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 
 def _sibling(name: str) -> Any:
@@ -72,9 +72,12 @@ def _sibling(name: str) -> Any:
 
 if TYPE_CHECKING:
     from router.backends import buffers, crash_hook, loop_guard, prompt_cache
+    from router.backends.pipe import Cancels, Channel, read_ops
 else:
     buffers, crash_hook = _sibling("buffers"), _sibling("crash_hook")
     loop_guard, prompt_cache = _sibling("loop_guard"), _sibling("prompt_cache")
+    pipe = _sibling("pipe")
+    Cancels, Channel, read_ops = pipe.Cancels, pipe.Channel, pipe.read_ops
 
 # What the tests, scripts and `router models` import from here.
 CRASH_FILE_ENV = crash_hook.CRASH_FILE_ENV
@@ -205,49 +208,6 @@ def has_extra_buffers_switch() -> bool:
 # ---------------------------------------------------------------------- the process
 
 
-class _Channel:
-    """The protocol pipe to the parent (the original stdout)."""
-
-    def __init__(self, out: IO[bytes]) -> None:
-        self._out = out
-        self._lock = threading.Lock()
-
-    def send(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
-        with self._lock:
-            self._out.write(data)
-            self._out.flush()
-
-
-class _Cancels:
-    """The highest generation id the parent has cancelled (ids only grow)."""
-
-    def __init__(self) -> None:
-        self.up_to = -1
-
-    def cancelled(self, rid: int) -> bool:
-        return rid <= self.up_to
-
-
-def _read_ops(ops: queue.Queue[dict[str, Any]], cancels: _Cancels, channel: _Channel) -> None:
-    """Reader thread: cancels act at once, chats queue for the main thread; EOF means the
-    parent is gone, so the worker goes too (never an orphan holding the model's memory)."""
-    for line in sys.stdin.buffer:
-        try:
-            op = json.loads(line)
-        except ValueError as exc:  # e.g. an integer over Python's digit limit: refuse it
-            channel.send({"ev": "error", "id": None, "kind": "request", "message": str(exc)})
-            continue
-        kind = op.get("op")
-        if kind == "cancel":
-            cancels.up_to = max(cancels.up_to, int(op["id"]))
-        elif kind == "exit":
-            break
-        else:
-            ops.put(op)
-    os._exit(0)
-
-
 def _fresh_context(llm: Any) -> None:
     """Forget every token the context holds (KV cache included), and the saved conversations:
     after a failed decode, what llama-cpp-python believes is cached and what llama.cpp holds
@@ -316,7 +276,7 @@ def _cached(llm: Any, usage: dict[str, Any]) -> dict[str, Any]:
     return {**usage, "prompt_tokens_details": {"cached_tokens": llm.reused}}
 
 
-def _chat(llm: Any, op: dict[str, Any], channel: _Channel, cancels: _Cancels) -> None:
+def _chat(llm: Any, op: dict[str, Any], channel: Channel, cancels: Cancels) -> None:
     """A generation; when llama.cpp fails to decode (`llama_decode returned 1`: no free slot in
     its KV cache, seen once in a thousand fuzz cases), the context starts afresh and, when the
     client has had nothing yet, the generation is tried once more from a clean cache."""
@@ -335,7 +295,7 @@ def _chat(llm: Any, op: dict[str, Any], channel: _Channel, cancels: _Cancels) ->
 
 
 def _generate(
-    llm: Any, op: dict[str, Any], channel: _Channel, cancels: _Cancels, sent: list[int]
+    llm: Any, op: dict[str, Any], channel: Channel, cancels: Cancels, sent: list[int]
 ) -> None:
     rid = int(op["id"])
     crash = crash_hook.armed()
@@ -394,7 +354,7 @@ class _Abort:
     """llama.cpp's abort callback for an embedding model: true while the request being
     decoded has been cancelled, so llama_decode stops half-way (it returns 2)."""
 
-    def __init__(self, llm: Any, cancels: _Cancels) -> None:
+    def __init__(self, llm: Any, cancels: Cancels) -> None:
         import llama_cpp
 
         self.active: int | None = None
@@ -407,7 +367,7 @@ class _Abort:
         return active is not None and self._cancels.cancelled(active)
 
 
-def _count(llm: Any, op: dict[str, Any], channel: _Channel, cancels: _Cancels) -> None:
+def _count(llm: Any, op: dict[str, Any], channel: Channel, cancels: Cancels) -> None:
     """Each text's tokens as the embedding reads them (BOS included); a text with none is
     refused (llama-cpp-python reads NULL on zero tokens)."""
     rid, tokens = int(op["id"]), list[int]()
@@ -422,9 +382,7 @@ def _count(llm: Any, op: dict[str, Any], channel: _Channel, cancels: _Cancels) -
     channel.send({"ev": "counts", "id": rid, "tokens": tokens, "cancelled": False})
 
 
-def _embed(
-    llm: Any, op: dict[str, Any], channel: _Channel, cancels: _Cancels, abort: _Abort
-) -> None:
+def _embed(llm: Any, op: dict[str, Any], channel: Channel, cancels: Cancels, abort: _Abort) -> None:
     rid = int(op["id"])
     if cancels.cancelled(rid):
         channel.send({"ev": "embedding", "id": rid, "vectors": [], "tokens": 0, "cancelled": True})
@@ -452,7 +410,7 @@ def main() -> None:
     os.dup2(2, 1)  # native prints (llama.cpp, ggml) go to stderr, never into the protocol
     sys.stdout = sys.stderr
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the parent
-    channel = _Channel(out)
+    channel = Channel(out)
 
     load = json.loads(sys.stdin.buffer.readline() or b"{}")
     try:
@@ -490,9 +448,9 @@ def main() -> None:
     if budget and not load.get("embedding") and not (llm._is_recurrent or llm._is_hybrid):
         llm.kv = prompt_cache.Conversations(_Context(llm), budget)
     ops: queue.Queue[dict[str, Any]] = queue.Queue()
-    cancels = _Cancels()
+    cancels = Cancels()
     abort = _Abort(llm, cancels) if load.get("embedding") else None
-    threading.Thread(target=_read_ops, args=(ops, cancels, channel), daemon=True).start()
+    threading.Thread(target=read_ops, args=(ops, cancels, channel), daemon=True).start()
     while True:
         op = ops.get()
         try:

@@ -4,10 +4,8 @@ Lookup order (first hit wins): an explicit path (`--config`), `$ROUTER_CONFIG`, 
 the user's config dir (`router/models.toml` there), then the default shipped in the package.
 A `./models.toml` that is the shipped default itself (a clone's root) is passed over.
 
-This package also holds `sections` (the tables other than models, teams and budgets' own,
-and the Price and Budget models), `errors` (pydantic's errors worded as file, key and
-expectation), `model_files` (where a local GGUF is, and why a model cannot load now) and `hub`
-(downloads for `router pull`).
+Also here: `sections` (the other tables; Price, Budget), `errors` (pydantic's errors as file,
+key and expectation), `model_files` (where a GGUF is, why it cannot load), `hub` (`router pull`).
 """
 
 from __future__ import annotations
@@ -125,10 +123,7 @@ class LocalModel(_Strict):
     # (scripts/bench_embeddings.py); raise it for a GPU or a faster CPU.
     max_embedding_tokens: Annotated[int, Field(ge=1, le=10_000_000)] = 4096
     max_queue: Annotated[int, Field(ge=1, le=10_000)] = 16
-    # Host memory for the KV states of recent conversations (router/backends/prompt_cache.py):
-    # a follow-up turn reads only what is new even when other conversations ran in between.
-    # Least recently used out; 0 turns it off. The worker's memory is the model, its context,
-    # and at most this.
+    # Host memory for recent conversations' KV states (backends/prompt_cache.py); 0: off.
     kv_cache_mb: Annotated[int, Field(ge=0, le=1_048_576)] = 256
     extra_buffers: Literal["auto"] | bool = "auto"
     timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] = 300.0

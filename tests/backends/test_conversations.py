@@ -4,6 +4,7 @@ in between, its answer at temperature 0 is the answer of a fresh read, and every
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -13,10 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from router import Router
 from router.backends.llama_process import CRASH_FILE_ENV
 from router.backends.local import LocalBackend
+from router.cli import app
 from router.config import load_config
 from router.ledger import SQLiteLedger
 from router.server.app import create_app
@@ -24,6 +27,7 @@ from tests.conftest import write_config
 from tests.server_harness import ServerThread
 
 pytestmark = pytest.mark.slow
+runner = CliRunner()
 
 
 def system(n: int) -> str:
@@ -210,6 +214,7 @@ def test_every_api_resumes_its_conversation_streamed_or_not(tmp_path: Path) -> N
     ]
     with make(tmp_path, 256, "kept") as router, ServerThread(create_app(router)) as server:
         http = httpx.Client(base_url=server.url, timeout=120, headers={"x-api-key": "k"})
+        ledger = Path(router.config.ledger.path)
         for i, (path, body) in enumerate(apis):
             for stream in (False, True):
                 n = 10 * i + int(stream)
@@ -218,7 +223,20 @@ def test_every_api_resumes_its_conversation_streamed_or_not(tmp_path: Path) -> N
                     with http.stream("POST", path, json=asked) as response:
                         assert response.status_code == 200, response.read()
                         response.read()
-                rows = SQLiteLedger(Path(router.config.ledger.path)).recent(3)
+                rows = SQLiteLedger(ledger).recent(3)
                 first, follow_up = rows[0], rows[2]
                 assert follow_up.api == rows[0].api and follow_up.stream is stream
                 assert follow_up.prompt_cached_tokens >= first.prompt_tokens - 10, (path, stream)
+        # What the CLI shows of it: the ledger's sum, and the server's saved conversations.
+        config = str(tmp_path / "kept" / "models.toml")
+        reused = sum(r.prompt_cached_tokens for r in SQLiteLedger(ledger).recent(100))
+        stats = json.loads(runner.invoke(app, ["stats", "--json", "--config", config]).output)
+        assert stats["prompt_cached_tokens"] == reused > 0
+        text = runner.invoke(app, ["stats", "--config", config]).output
+        assert f"local KV cache: {reused:,} prompt tokens reused" in text
+        ps = json.loads(runner.invoke(app, ["ps", "--url", server.url, "--json"]).output)
+        assert ps[0]["kv_cache"]["conversations"] >= 2 and ps[0]["kv_cache"]["budget_mb"] == 256
+        text = runner.invoke(app, ["ps", "--url", server.url]).output
+        assert "/256 MB" in text and "conversation: " in text and "resumed" in text
+        metrics = http.get("/metrics").text
+        assert f"router_local_prompt_cached_tokens_total {reused}" in metrics

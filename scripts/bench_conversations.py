@@ -1,12 +1,13 @@
 """Follow-up turns of interleaved conversations on the local tier: time to first token, alone
 and with 1, 3 and 7 other conversations in between, side by side with llama_cpp.server.
 
-    python scripts/bench_conversations.py [--system-tokens 600] [--only router,peer]
+    python scripts/bench_conversations.py [--system-tokens 600] [--kv-cache-mb 256]
+        [--only router,router-nokv,peer,peer-cache]
 
 Each setup is its own server on loopback, started in turn (never two at once), with the
 shipped SmolLM2-135M, the same n_ctx, threads and extra-buffer setting:
 
-- router: `router serve` with the worker's saved conversations (kv_cache_mb = 256);
+- router: `router serve` with the worker's saved conversations (kv_cache_mb = --kv-cache-mb);
 - router, kv_cache_mb = 0: the router before them (llama-cpp-python keeps the last prompt);
 - llama_cpp.server: no cache (it keeps the last prompt too);
 - llama_cpp.server --cache true: its LlamaRAMCache (whole-context states, 2 GiB).
@@ -156,6 +157,7 @@ def main() -> None:
     ap.add_argument("--system-tokens", type=int, default=600, help="each system prompt's size")
     ap.add_argument("--n-ctx", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--kv-cache-mb", type=int, default=256, help="the router setup's budget")
     ap.add_argument(
         "--only",
         default="router,router-nokv,peer,peer-cache",
@@ -177,7 +179,7 @@ def main() -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         if name.startswith("router"):
-            kv = 0 if name == "router-nokv" else 256
+            kv = 0 if name == "router-nokv" else args.kv_cache_mb
             cmd = router_serve(port, write_config(folder, kv, args.n_ctx, args.threads, port))
             health = base + "/health"
         else:
@@ -198,7 +200,7 @@ def main() -> None:
 
 
 LABELS = {
-    "router": "router (kv_cache_mb = 256)",
+    "router": "router (kv_cache_mb = {kv})",
     "router-nokv": "router, kv_cache_mb = 0",
     "peer": "llama_cpp.server",
     "peer-cache": "llama_cpp.server --cache true",
@@ -215,7 +217,8 @@ def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) ->
     print("|" + "---|" * len(head))
     for name, r in results.items():
         alone = statistics.median(r["alone"])
-        cells = [LABELS.get(name, name), f"{statistics.median(r['cold']) * 1000:,.0f}"]
+        label = LABELS.get(name, name).format(kv=args.kv_cache_mb)
+        cells = [label, f"{statistics.median(r['cold']) * 1000:,.0f}"]
         cells.append(f"{alone * 1000:,.0f}")
         for k in OTHERS:
             m = statistics.median(r[k])

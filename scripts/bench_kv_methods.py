@@ -60,7 +60,7 @@ def load(n_ctx: int, sequences: int) -> Any:
 
 def prompt(llm: Any, n: int, tokens: int) -> list[int]:
     text = " ".join(f"Rule {k} of app {n}: say word {k * (n + 3)}." for k in range(tokens // 12))
-    return list(llm.tokenize(f"<|im_start|>system\n{text}<|im_end|>\n".encode(), special=True))
+    return list(llm.tokenize(f"<|im_start|>system\n{text}".encode(), special=True))[:tokens]
 
 
 def decode_speed(llm: Any, count: int = 48) -> float:

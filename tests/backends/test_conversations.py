@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,8 +133,9 @@ def test_the_budget_bounds_what_is_kept_and_the_worker_memory(tmp_path: Path) ->
         kv = worker["kv_cache"]
         assert kv["conversations"] == 2 and kv["mb"] <= 30 and kv["evictions"] >= 3
         assert all(c["tokens"] > 400 for c in kv["saved"])
-        # The worker grew by the kept states at most (and allocator slack), not by the six.
-        assert worker["rss_mb"] - start_mb <= 30 + 16, (start_mb, worker["rss_mb"])
+        # The worker grew by the kept states at most (and a little slack), not by the six:
+        # evicted states' pages go back to the OS.
+        assert worker["rss_mb"] - start_mb <= 30 + 8, (start_mb, worker["rss_mb"])
 
 
 def test_a_failed_decode_a_crash_and_a_hang_up_leave_nothing_stale(
@@ -234,9 +237,12 @@ def test_every_api_resumes_its_conversation_streamed_or_not(tmp_path: Path) -> N
         assert stats["prompt_cached_tokens"] == reused > 0
         text = runner.invoke(app, ["stats", "--config", config]).output
         assert f"local KV cache: {reused:,} prompt tokens reused" in text
-        ps = json.loads(runner.invoke(app, ["ps", "--url", server.url, "--json"]).output)
+        # 'router ps' in its own process: this one's stdout also carries the server's access log
+        ps_cmd = [sys.executable, "-m", "router", "ps", "--url", server.url]
+        shown = subprocess.run([*ps_cmd, "--json"], capture_output=True, text=True, timeout=60)
+        ps = json.loads(shown.stdout)
         assert ps[0]["kv_cache"]["conversations"] >= 2 and ps[0]["kv_cache"]["budget_mb"] == 256
-        text = runner.invoke(app, ["ps", "--url", server.url]).output
+        text = subprocess.run(ps_cmd, capture_output=True, text=True, timeout=60).stdout
         assert "/256 MB" in text and "conversation: " in text and "resumed" in text
         metrics = http.get("/metrics").text
         assert f"router_local_prompt_cached_tokens_total {reused}" in metrics

@@ -388,9 +388,11 @@ def test_ps_shows_the_loaded_local_model_of_a_running_server(tmp_path: Path) -> 
         served.complete([{"role": "user", "content": "Hi"}], model="local", max_tokens=2)
         out = router("ps", "--url", srv.url, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    header, row = out.stdout.splitlines()
-    assert header.split() == ["MODEL", "STATE", "PID", "MEMORY", "BUSY", "GENERATIONS"]
+    header, row = out.stdout.splitlines()  # "Hi" is too short a prompt to keep its KV state
+    columns = ["MODEL", "STATE", "PID", "MEMORY", "BUSY", "KV", "CACHE", "GENERATIONS"]
+    assert header.split() == columns
     fields = row.split()
     assert fields[:2] == ["smollm2", "ready"] and int(fields[2]) > 0
     assert fields[4] == "MB" and float(fields[3].replace(",", "")) > 50  # the model's memory
     assert fields[5] == "0/16"
+    assert fields[6:10] == ["0", "conv,", "0/256", "MB"]  # no conversation kept, of 256 MB

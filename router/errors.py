@@ -13,6 +13,7 @@ RouterError
  │    └── CloudRefusedError a cloud model refused the call (a wrong key, no such model;
  │                          HTTP 502): not answered locally instead
  ├── BudgetExceededError    a user's or team's budget cannot take the request (HTTP 429)
+ ├── RateLimitedError       a [[limits]] rpm or tpm is reached: retry after `retry_after` s (429)
  ├── ClientGoneError        the client hung up before an answer was under way
  └── BackendError           a model was called and failed
       ├── ModelLoadError    a local GGUF file could not be found, downloaded or loaded
@@ -22,6 +23,7 @@ RouterError
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any, TypeVar
 
 from router.units import money
@@ -229,6 +231,24 @@ class BudgetExceededError(RouterError):
         return IN_FLIGHT_RETRY_SECONDS if self.in_flight else self.seconds_to_reset()
 
 
+class RateLimitedError(RouterError):
+    """A rate limit ([[limits]] rpm or tpm, router.governance.limits) is reached for now."""
+
+    refusal = "rate_limited"
+
+    def __init__(self, scope: str, kind: str, limit: int, used: int, retry_after: float) -> None:
+        self.scope, self.kind, self.limit = scope, kind, limit
+        self.retry_after = max(0.0, retry_after)
+        what = "requests" if kind == "rpm" else "tokens"
+        super().__init__(
+            f"rate limit {scope} {kind} = {limit:,} reached: {used:,} {what} in the last "
+            f"minute; retry in {max(1, math.ceil(self.retry_after))} s"
+        )
+
+    def _default_public(self) -> str:
+        return str(self)  # the user's own limit
+
+
 class ClientGoneError(RouterError):
     """The client hung up before its answer was under way: nothing more is done for it.
     `model` and `tokens`: the model that was stopped and what it had read (an embedding)."""
@@ -305,13 +325,14 @@ class ServedError(RouterError):
 def exit_code(exc: RouterError) -> int:
     """The CLI's exit status for `exc` (router.cli.app), in process or through a server (whose
     error answers carry it as x-router-exit-code): 5 a budget is spent; 3 no model available,
-    every model failed, or a model that could answer cannot be used (its key, its file); 2
+    every model failed, a model that could answer cannot be used (its key, its file), or a
+    rate limit is reached; 2
     configuration, request and usage errors."""
     if isinstance(exc, ServedError):
         return exc.exit_status
     if isinstance(exc, BudgetExceededError):
         return 5
-    if isinstance(exc, (UnavailableError, BackendError)):
+    if isinstance(exc, (UnavailableError, BackendError, RateLimitedError)):
         return 3
     if isinstance(exc, NoRouteError) and exc.models_down:
         return 3

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import importlib.util
 import os
 import re
 import sys
@@ -28,6 +27,7 @@ from pydantic import (
 )
 
 from router.config.errors import describe
+from router.config.files import package_file as package_file  # re-exported
 from router.config.sections import (
     AgentSettings,
     CacheSettings,
@@ -39,9 +39,11 @@ from router.config.sections import (
     ServerSettings,
     SharedSettings,
     _Strict,
+    check_scopes,
 )
 from router.config.sections import Budget as Budget  # re-exported: budgets are config
 from router.config.sections import Price as Price  # re-exported: prices are config
+from router.config.sections import RateLimit as RateLimit  # re-exported
 from router.errors import ConfigError
 from router.reachability import safe_url
 from router.types import CATEGORIES, ROUTING_MODES
@@ -260,6 +262,7 @@ class Config(_Strict):
     # this file. Keys are glob patterns ("claude-*"); the first that matches wins.
     aliases: dict[str, str] = Field(default_factory=dict)
     budgets: list[Budget] = Field(default_factory=list)
+    limits: list[RateLimit] = Field(default_factory=list)  # [[limits]]: rpm and tpm
     agents: AgentSettings | None = None  # [agents]: scenario routes (engine.agents)
     models: dict[str, ModelConfig]
     source: Path | None = Field(default=None, exclude=True)
@@ -285,13 +288,8 @@ class Config(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _budget_teams(self) -> Config:
-        for i, budget in enumerate(self.budgets):
-            if budget.team is not None and budget.team not in self.teams:
-                raise ValueError(
-                    f"budgets[{i}].team {budget.team!r} is not defined; add [teams.{budget.team}] "
-                    f"users = [...] (known teams: {', '.join(self.teams) or 'none'})"
-                )
+    def _scopes(self) -> Config:
+        check_scopes(self.budgets, self.limits, [*self.teams], [*ROUTING_MODES, *self.models])
         return self
 
     @model_validator(mode="after")
@@ -482,18 +480,3 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     except ValidationError as exc:
         raise ConfigError(describe(exc, source)) from None
     return config
-
-
-def package_file(package: str, file: str) -> Path | None:
-    """A file inside an installed package, located without importing the package."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / file
-        if candidate.is_file():
-            return candidate
-    return None

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from router.types import ROUTING_MODES
 from router.units import Tokens
 
 _ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[^/\s:\[\]]+)(:[0-9]{1,5})?/?$")
@@ -254,3 +255,54 @@ class AgentSettings(_Strict):
     def routes(self) -> dict[str, str]:
         names = ("background", "tools", "thinking", "long_context")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+WINDOW_SECONDS = 60  # rpm and tpm are counted over the last minute, sliding
+
+
+class RateLimit(_Strict):
+    """[[limits]]: requests (`rpm`) and tokens (`tpm`) a minute, over a sliding window, for one
+    user (`user`), one team together (`team`), or, naming neither, each user on their own;
+    `model`: only requests asking for that mode or model (after [aliases]). A user's own
+    limit replaces the each-user one for the same `model` (router.governance.limits)."""
+
+    user: str | None = None
+    team: str | None = None
+    model: str | None = None
+    rpm: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    tpm: Annotated[int, Field(ge=1, le=10_000_000_000)] | None = None
+
+    @model_validator(mode="after")
+    def _scope(self) -> RateLimit:
+        if self.user is not None and self.team is not None:
+            raise ValueError("a limit names 'user' or 'team', not both (neither: each user)")
+        if self.rpm is None and self.tpm is None:
+            raise ValueError("a limit needs rpm (requests a minute) or tpm (tokens a minute)")
+        return self
+
+    @property
+    def scope(self) -> str:
+        if self.team is not None:
+            return f"team:{self.team}"
+        return f"user:{self.user}" if self.user is not None else "each user"
+
+
+def check_scopes(
+    budgets: list[Budget], limits: list[RateLimit], teams: list[str], names: list[str]
+) -> None:
+    """Every team a budget or limit names is defined; every model a limit names is a mode or
+    a model of the file (`names`)."""
+    named = [(f"budgets[{i}]", b.team) for i, b in enumerate(budgets)]
+    named += [(f"limits[{i}]", r.team) for i, r in enumerate(limits)]
+    for where, team in named:
+        if team is not None and team not in teams:
+            raise ValueError(
+                f"{where}.team {team!r} is not defined; add [teams.{team}] users = [...] "
+                f"(known teams: {', '.join(teams) or 'none'})"
+            )
+    for i, rule in enumerate(limits):
+        if rule.model is not None and rule.model not in names:
+            raise ValueError(
+                f"limits[{i}].model {rule.model!r}: give auto, local, cloud or a model of this "
+                f"file (models: {', '.join(n for n in names if n not in ROUTING_MODES)})"
+            )

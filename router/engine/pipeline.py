@@ -42,14 +42,16 @@ from router.engine.stores import (
     budget_store,
     link_for,
     open_ledger,
+    rate_limits,
     repeat_detector,
     shared_cache,
 )
 from router.engine.stream_end import StreamEnd
 from router.errors import UnknownModelError
-from router.governance import waste
+from router.governance import limits, waste
 from router.governance.budgets import BudgetStore
 from router.governance.categories import classify
+from router.governance.limits import Window
 from router.ledger import Ledger, rate_answer
 from router.ledger.pricing import account, baseline_price, price_table
 from router.types import (
@@ -99,6 +101,7 @@ class Router:
         self._ledger = ledger or open_ledger(self.config)
         self._budgets = budgets or budget_store(self.config, self.link)
         self._repeats = repeat_detector(self.config, self.link)
+        self._limits = rate_limits(self.config, self.link)  # [[limits]]
         self._sized = Sizing()  # score and category by cache key
         self._backends: dict[str, Backend] = dict(backends or {})
         self._owned: list[str] = []  # the backends created here, closed by close()
@@ -268,6 +271,22 @@ class Router:
         routing.response_id = response["id"]
         self._account(routing, response.get("usage") or {})
         return Completion(response, routing)
+
+    def admit(self, request: ChatRequest) -> list[Window]:
+        """Count `request` in the rate limits ([[limits]]) of its user and their teams, or
+        write its refusal's ledger row and raise RateLimitedError. The windows it counts in:
+        give them to `used` with its answer (the server does; a library call is not limited
+        unless it calls this)."""
+        if not self.config.limits:
+            return []
+        with self._books.refusals(request, time.perf_counter()):
+            return limits.check(self._limits, self.config, request.user, request.model)
+
+    def used(self, counted: list[Window], routing: Routing | None) -> None:
+        """Add an answer's tokens (what models worked on: none for a cache hit) to the windows
+        `admit` counted its request in."""
+        if counted and routing is not None and not routing.cache_hit:
+            self._limits.used(counted, routing.prompt_tokens + routing.completion_tokens)
 
     def complete_request(
         self, request: ChatRequest, hangup: Hangup | None = None, *, looked: Lookup | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 from router.config import Config
 from router.engine.cache import DiskResponseCache, ResponseCache
 from router.governance.budgets import BudgetStore
+from router.governance.limits import Limits, MemoryLimits
 from router.governance.waste import RepeatDetector
 from router.ledger import Ledger, SQLiteLedger
 from router.shared import Link
@@ -59,3 +60,12 @@ def budget_store(config: Config, link: Link | None = None) -> BudgetStore:
     from router.shared.budgets import RedisBudgetStore
 
     return RedisBudgetStore(link, config)
+
+
+def rate_limits(config: Config, link: Link | None) -> Limits:
+    """[[limits]]' windows: in this process, or on Redis (in total across replicas)."""
+    if link is None or not config.limits:
+        return MemoryLimits()
+    from router.shared.limits import RedisLimits
+
+    return RedisLimits(link)

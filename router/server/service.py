@@ -25,6 +25,7 @@ from router.backends.hangup import Hangup
 from router.chunks import replay
 from router.engine.pipeline import Router
 from router.errors import ClientGoneError, RouterError, exit_code
+from router.governance.limits import Window
 from router.server.connections import UNDER_WAY, AccessLog
 from router.server.keys import PREFIX, KeyOwner, Keys
 from router.server.metrics import Metrics
@@ -353,8 +354,11 @@ class Service:
         started = time.perf_counter()
         api = renderer.api
 
+        counted: list[Window] = []  # the rate limits' windows the request counts in
+
         def observe(status: int, routing: Routing | None = None, refusal: str = "") -> None:
             self.metrics.observe(status, time.perf_counter() - started, routing, api, refusal)
+            self.router.used(counted, routing)  # the answer's tokens, for tpm
 
         try:
             viewer = self.authenticate(request)
@@ -365,8 +369,10 @@ class Service:
             call = known or parse(raw, asked)
             if call.ready is not None:
                 return JSONResponse(call.ready)
-            hangup = Hangup()
             router = self.router
+            if router.config.limits:  # [[limits]]: counted, or a 429 and its ledger row
+                counted = await anyio.to_thread.run_sync(router.admit, call.request)
+            hangup = Hangup()
             looked = await router.alook_up(call.request)
             if looked is not None and looked.hit is not None:  # a hit: no thread, no model
                 if known is None:

@@ -1,5 +1,6 @@
 """State shared by several router replicas, on Redis (`[shared] redis_url` or
-$ROUTER_REDIS_URL): the response cache, budget reservations, the repeat detector and API keys.
+$ROUTER_REDIS_URL): the response cache, budget reservations, rate limits, the repeat detector
+and API keys.
 
 Each store implements the seam its embedded default does (router.engine.cache.ResponseCache,
 router.governance.budgets.BudgetStore, router.governance.waste.RepeatDetector,
@@ -8,7 +9,7 @@ connection and its health: every store reports failures to it, `/health` and `/m
 it, and the next successful call marks Redis up again.
 
 What each feature does while Redis is down (docs/scaling.md): the cache is skipped (answers
-come from the models); the repeat detector counts in process; budgets follow
+come from the models); the repeat detector and rate limits count in process; budgets follow
 `on_redis_down` ("local-only" answers budgeted users locally, "refuse" refuses their cloud
 calls), never unlimited; API keys cannot be checked, so keyed requests get 503.
 """

@@ -5,6 +5,7 @@ No HTTP framework here: the server moves bytes, this module decides what they me
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from router.errors import (
     LedgerUnavailableError,
     NoRouteError,
     NotFoundError,
+    RateLimitedError,
     RequestError,
     RouterError,
     TooLargeError,
@@ -73,6 +75,14 @@ def http_error(exc: RouterError) -> HTTPError:
                 headers={"Retry-After": str(max(1, round(exc.retry_after())))},
             )
         return budget_spent(exc.public)
+    if isinstance(exc, RateLimitedError):  # seconds away: every client retries a 429
+        return HTTPError(
+            429,
+            exc.public,
+            "rate_limit_error",
+            code="rate_limited",
+            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))},
+        )
     if isinstance(exc, BusyError):
         retry = str(max(1, round(exc.retry_after or 1)))
         return HTTPError(

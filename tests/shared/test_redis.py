@@ -398,3 +398,94 @@ def test_a_session_limit_holds_across_replicas(
             a.budgets.reserve("ana", 1, 0.0, session="s-1")
         assert a.budgets.reserve("ana", 1, 0.0, session="s-2") is not None
         assert a.budgets.reserve("ana", 1, 0.0) is None  # no session: nothing to hold, no refusal
+
+
+def test_a_rate_limit_holds_in_total_across_two_served_replicas(
+    tmp_path: Path, redis_server: RedisServer, cloud_key: None
+) -> None:
+    """rpm = 10 on Redis is 10 in all, whichever replica a request reaches; with each
+    replica's own counters (no [shared]) the same burst gets 10 from each."""
+    rule = '\n[[limits]]\nuser = "burst"\nrpm = 10\ntpm = 1000000\n'
+
+    def burst(routers: list[Router]) -> list[int]:
+        with (
+            ServerThread(create_app(routers[0])) as one,
+            ServerThread(create_app(routers[1])) as two,
+            httpx.Client(timeout=60) as http,
+            ThreadPoolExecutor(32) as pool,
+        ):
+
+            def post(i: int) -> int:
+                body = {"model": "local", "user": "burst", "messages": [
+                    {"role": "user", "content": f"Say {i}."}]}  # fmt: skip
+                url = (one, two)[i % 2].url + "/v1/chat/completions"
+                return http.post(url, json=body).status_code
+
+            return list(pool.map(post, range(100)))
+
+    with (
+        replica(tmp_path, "a", redis_server, None, rule) as a,
+        replica(tmp_path, "b", redis_server, None, rule) as b,
+    ):
+        statuses = burst([a, b])
+        assert statuses.count(200) == 10 and statuses.count(429) == 90, statuses
+        served = [sum(1 for e in r.ledger.entries() if not e.refusal) for r in (a, b)]
+        assert sum(served) == 10  # whichever replica won each race
+        refused = [sum(e.refusal == "rate_limited" for e in r.ledger.entries()) for r in (a, b)]
+        assert sum(refused) == 90
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    routers = []
+    for name in ("c", "d"):
+        (alone / name).mkdir()
+        config = write_config(alone / name, None, rule)
+        local = FunctionBackend("smollm2", lambda r, p: "local")
+        routers.append(Router(config, backends={"smollm2": local}))
+    try:
+        assert burst(routers).count(200) == 20  # what a limit per replica would let through
+    finally:
+        for r in routers:
+            r.close()
+
+
+def test_rate_limits_count_in_process_while_redis_is_down(tmp_path: Path) -> None:
+    from router.errors import RateLimitedError
+    from router.governance.limits import Window
+    from router.shared import Link
+    from router.shared.limits import RedisLimits
+
+    limits = RedisLimits(Link("redis://127.0.0.1:9/0", "router:", 0.5))
+    w = [Window("user:ana", "user:ana", 2, 100)]
+    limits.admit(w)
+    limits.used(w, 5)
+    limits.admit(w)
+    with pytest.raises(RateLimitedError, match="rpm = 2 reached"):
+        limits.admit(w)  # never unlimited: this replica's own count
+
+
+def test_redis_rate_limits_say_when_to_retry_and_count_tokens(redis_server: RedisServer) -> None:
+    from router.errors import RateLimitedError
+    from router.governance.limits import Window
+    from router.shared import Link
+    from router.shared.limits import RedisLimits
+
+    link = Link(redis_server.url, "router:", 2.0)
+    one, other = RedisLimits(link), RedisLimits(link)  # two replicas' views
+    tokens = [Window("user:tok", "user:tok", None, 100)]
+    one.admit(tokens)
+    other.used(tokens, 150)
+    with pytest.raises(RateLimitedError) as caught:
+        one.admit(tokens)
+    assert caught.value.kind == "tpm" and 58 <= caught.value.retry_after <= 61
+    assert "150 tokens in the last minute" in str(caught.value)
+    requests = [Window("user:ana", "user:ana", 2, None), Window("team:eng", "team:eng", 50, None)]
+    one.admit(requests)
+    time.sleep(0.5)
+    other.admit(requests)
+    with pytest.raises(RateLimitedError) as caught:
+        one.admit(requests)
+    assert caught.value.kind == "rpm" and 59 <= caught.value.retry_after <= 60  # the first's
+    # Refused in one window, counted in none: the team's holds the two admitted.
+    assert link.client.zcard(link.key("limits", "team:eng", "hits")) == 2
+    assert 0 < link.client.ttl(link.key("limits", "user:ana", "hits")) <= 65

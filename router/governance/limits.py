@@ -1,0 +1,167 @@
+"""Rate limits ([[limits]] in models.toml): requests and tokens a minute, per user or team.
+
+A budget caps a day or a month; a rate limit stops one runaway script from spending it in a
+minute, or from holding the local model while everyone else waits. Each rule counts over the
+last 60 seconds, sliding (no fixed minute boundary to burst across):
+
+- `rpm`: requests admitted. Exact: a request is counted as it is admitted, under a lock (or
+  in one Redis script), so 100 concurrent requests against rpm = 10 get 10 answers.
+- `tpm`: the tokens models worked on (prompt and completion; a cache hit counts none), added
+  as each answer ends. A request is admitted while the window holds fewer than `tpm`, so the
+  answers under way when it is reached may go past it (a request's size is unknown before).
+
+A rule names a `user`, a `team` (its members share one window) or neither (each user has a
+window of their own, the anonymous requests of a server without keys one together);
+`model` narrows it to the requests asking for that mode or model. A user's own rule
+replaces the each-user rule for the same `model`; team rules apply on top.
+
+`MemoryLimits` counts in this process (the embedded default: `router serve` is one process);
+router.shared.limits counts on Redis, in total across replicas. A refusal is a
+RateLimitedError: a 429 `rate_limited` with Retry-After, and a ledger row.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from router.config import Config
+from router.config.sections import WINDOW_SECONDS
+from router.errors import RateLimitedError
+
+MAX_WINDOWS = 100_000  # windows kept in process; idle ones go first past it
+
+
+@dataclass(frozen=True)
+class Window:
+    """One counter: `key` names what it counts (a user's or team's requests, for a model or
+    all), `rpm` and `tpm` its limits (None: not limited), `scope` its words."""
+
+    key: str
+    scope: str
+    rpm: int | None
+    tpm: int | None
+
+
+def windows(config: Config, user: str | None, model: str) -> list[Window]:
+    """The windows a request by `user` asking for `model` (after [aliases]) counts in."""
+    rules = [r for r in config.limits if r.model is None or r.model == model]
+    own = {r.model for r in rules if r.user is not None and r.user == user}
+    found: dict[str, Window] = {}
+    for rule in rules:
+        if rule.team is not None:
+            if user is None or user not in config.teams[rule.team].users:
+                continue
+            key, scope = f"team:{rule.team}", f"team:{rule.team}"
+        elif rule.user is not None:
+            if rule.user != user:
+                continue
+            key, scope = f"user:{user}", f"user:{user}"
+        elif rule.model in own:
+            continue  # the user's own rule replaces the each-user one
+        else:
+            key, scope = f"user:{user or ''}", f"user:{user}" if user else "anonymous"
+        if rule.model is not None:
+            key, scope = f"{key}|model:{rule.model}", f"{scope} model:{rule.model}"
+        was = found.get(key)
+        found[key] = Window(
+            key,
+            scope,
+            _least(was.rpm if was else None, rule.rpm),
+            _least(was.tpm if was else None, rule.tpm),
+        )
+    return list(found.values())
+
+
+def _least(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+class Limits(Protocol):
+    """What the pipeline needs of a rate-limit store (in process here, or Redis)."""
+
+    def admit(self, counted: list[Window]) -> None:
+        """Count one request in every window, or none and raise RateLimitedError."""
+
+    def used(self, counted: list[Window], tokens: int) -> None:
+        """Add an answer's tokens to the windows with a tpm."""
+
+
+class MemoryLimits:
+    """Sliding windows in this process: the admitted requests' times, and the answers'
+    (time, tokens), each pruned to the last WINDOW_SECONDS as it is read."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hits: dict[str, deque[float]] = {}
+        self._tokens: dict[str, deque[tuple[float, int]]] = {}
+        self._sums: dict[str, int] = {}
+
+    def admit(self, counted: list[Window], now: float | None = None) -> None:
+        if not counted:
+            return
+        now = time.time() if now is None else now
+        since = now - WINDOW_SECONDS
+        with self._lock:
+            for w in counted:
+                if w.rpm is not None:
+                    hits = self._hits.get(w.key) or deque()
+                    while hits and hits[0] <= since:
+                        hits.popleft()
+                    if len(hits) >= w.rpm:  # the oldest that must leave before one more fits
+                        wait = hits[len(hits) - w.rpm] + WINDOW_SECONDS - now
+                        raise RateLimitedError(w.scope, "rpm", w.rpm, len(hits), wait)
+                if w.tpm is not None:
+                    spent = self._prune_tokens(w.key, since)
+                    if spent >= w.tpm:
+                        wait = self._tokens_wait(w.key, spent, w.tpm, now)
+                        raise RateLimitedError(w.scope, "tpm", w.tpm, spent, wait)
+            if len(self._hits) + len(self._tokens) > MAX_WINDOWS:
+                self._sweep(since)
+            for w in counted:
+                if w.rpm is not None:
+                    self._hits.setdefault(w.key, deque()).append(now)
+
+    def used(self, counted: list[Window], tokens: int, now: float | None = None) -> None:
+        if tokens <= 0:
+            return
+        now = time.time() if now is None else now
+        with self._lock:
+            for w in counted:
+                if w.tpm is not None:
+                    self._tokens.setdefault(w.key, deque()).append((now, tokens))
+                    self._sums[w.key] = self._sums.get(w.key, 0) + tokens
+
+    def _prune_tokens(self, key: str, since: float) -> int:
+        answers = self._tokens.get(key)
+        if not answers:
+            return 0
+        while answers and answers[0][0] <= since:
+            self._sums[key] -= answers.popleft()[1]
+        return self._sums[key]
+
+    def _tokens_wait(self, key: str, spent: int, tpm: int, now: float) -> float:
+        """Seconds until the window holds fewer than `tpm` tokens."""
+        for at, tokens in self._tokens[key]:
+            spent -= tokens
+            if spent < tpm:
+                return at + WINDOW_SECONDS - now
+        return WINDOW_SECONDS
+
+    def _sweep(self, since: float) -> None:
+        for key in [k for k, hits in self._hits.items() if not hits or hits[-1] <= since]:
+            del self._hits[key]
+        for key in [k for k, a in self._tokens.items() if not a or a[-1][0] <= since]:
+            del self._tokens[key]
+            del self._sums[key]
+
+
+def check(limits: Limits, config: Config, user: str | None, model: str) -> list[Window]:
+    """Admit a request by `user` for `model` on every limit that applies (RateLimitedError when
+    one is reached); the windows, for `used` once its answer's tokens are known."""
+    counted = windows(config, user, config.resolve(model)) if config.limits else []
+    limits.admit(counted)
+    return counted

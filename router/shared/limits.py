@@ -1,0 +1,131 @@
+"""Rate limits on Redis: one window for every replica, so rpm = 10 is 10 in total.
+
+The rules are router.governance.limits'. Per window two keys: `hits`, a sorted set of the
+admitted requests (score: Redis's own clock, so replicas' clocks do not matter), and
+`tokens`, a hash of second -> tokens of the answers that ended in it. One Lua script prunes,
+checks every window of a request and, only when all admit it, counts it in each: atomic, so
+replicas can never both take the last request of a window. Keys expire a minute after their
+last write.
+
+While Redis is down, requests are counted in this process (MemoryLimits): the limits hold
+per replica until Redis answers again, never not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from router.config.sections import WINDOW_SECONDS
+from router.errors import RateLimitedError
+from router.governance.limits import MemoryLimits, Window
+from router.shared import Link, errors
+
+log = logging.getLogger("router.shared")
+
+# KEYS: hits and tokens of each window. ARGV: window seconds, a unique member, then each
+# window's rpm and tpm (0: none). Returns {0}, or {window index, kind, used, seconds to wait}.
+ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local span = tonumber(ARGV[1])
+local n = #KEYS / 2
+for i = 1, n do
+  local rpm = tonumber(ARGV[1 + 2 * i])
+  local tpm = tonumber(ARGV[2 + 2 * i])
+  local hits, tokens = KEYS[2 * i - 1], KEYS[2 * i]
+  if rpm > 0 then
+    redis.call('ZREMRANGEBYSCORE', hits, '-inf', now - span)
+    local count = redis.call('ZCARD', hits)
+    if count >= rpm then
+      local oldest = redis.call('ZRANGE', hits, count - rpm, count - rpm, 'WITHSCORES')
+      return {i, 'rpm', count, tostring(tonumber(oldest[2]) + span - now)}
+    end
+  end
+  if tpm > 0 then
+    local all = redis.call('HGETALL', tokens)
+    local sum, kept = 0, {}
+    for j = 1, #all, 2 do
+      local second = tonumber(all[j])
+      if second + 1 <= now - span then
+        redis.call('HDEL', tokens, all[j])
+      else
+        sum = sum + tonumber(all[j + 1])
+        table.insert(kept, {second, tonumber(all[j + 1])})
+      end
+    end
+    if sum >= tpm then
+      table.sort(kept, function(a, b) return a[1] < b[1] end)
+      local left, wait = sum, span
+      for _, b in ipairs(kept) do
+        left = left - b[2]
+        if left < tpm then
+          wait = b[1] + 1 + span - now
+          break
+        end
+      end
+      return {i, 'tpm', sum, tostring(wait)}
+    end
+  end
+end
+for i = 1, n do
+  if tonumber(ARGV[1 + 2 * i]) > 0 then
+    redis.call('ZADD', KEYS[2 * i - 1], now, ARGV[2])
+    redis.call('EXPIRE', KEYS[2 * i - 1], span + 5)
+  end
+end
+return {0}
+"""
+
+
+class RedisLimits:
+    def __init__(self, link: Link) -> None:
+        self._link = link
+        self._script: Any = link.client.register_script(ADMIT)
+        self._local = MemoryLimits()  # while Redis is down
+
+    def _keys(self, w: Window) -> tuple[str, str]:
+        return self._link.key("limits", w.key, "hits"), self._link.key("limits", w.key, "tokens")
+
+    def admit(self, counted: list[Window]) -> None:
+        if not counted:
+            return
+        keys = [k for w in counted for k in self._keys(w)]
+        args: list[Any] = [WINDOW_SECONDS, uuid.uuid4().hex]
+        args += [v for w in counted for v in (w.rpm or 0, w.tpm or 0)]
+        try:
+            out = self._script(keys=keys, args=args)
+        except errors() as exc:
+            self._down(exc)
+            self._local.admit(counted)
+            return
+        self._link.ok()
+        if int(out[0]) == 0:
+            return
+        w, kind = counted[int(out[0]) - 1], str(out[1])
+        limit = (w.rpm if kind == "rpm" else w.tpm) or 0
+        raise RateLimitedError(w.scope, kind, limit, int(out[2]), float(out[3]))
+
+    def used(self, counted: list[Window], tokens: int) -> None:
+        timed = [w for w in counted if w.tpm is not None]
+        if tokens <= 0 or not timed:
+            return
+        second = str(int(time.time()))
+        try:
+            pipe = self._link.client.pipeline(transaction=False)
+            for w in timed:
+                key = self._keys(w)[1]
+                pipe.hincrby(key, second, tokens)
+                pipe.expire(key, WINDOW_SECONDS + 5)
+            pipe.execute()
+        except errors() as exc:
+            self._down(exc)
+            self._local.used(counted, tokens)
+            return
+        self._link.ok()
+
+    def _down(self, exc: BaseException) -> None:
+        self._link.failed(exc)
+        log.warning("rate limits: Redis cannot be reached (%s); counting in this process", exc)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -272,15 +272,15 @@ class Router:
         self._account(routing, response.get("usage") or {})
         return Completion(response, routing)
 
-    def admit(self, request: ChatRequest) -> list[Window]:
-        """Count `request` in the rate limits ([[limits]]) of its user and their teams, or
-        write its refusal's ledger row and raise RateLimitedError. The windows it counts in:
-        give them to `used` with its answer (the server does; a library call is not limited
-        unless it calls this)."""
-        if not self.config.limits:
+    def admit(self, request: ChatRequest, own: Sequence[Window] = ()) -> list[Window]:
+        """Count `request` in the rate limits ([[limits]]) of its user and their teams, and in
+        `own` (an API key's), or write its refusal's ledger row and raise RateLimitedError.
+        The windows it counts in: give them to `used` with its answer (the server does; a
+        library call is not limited unless it calls this)."""
+        if not self.config.limits and not own:
             return []
         with self._books.refusals(request, time.perf_counter()):
-            return limits.check(self._limits, self.config, request.user, request.model)
+            return limits.check(self._limits, self.config, request.user, request.model, own)
 
     def used(self, counted: list[Window], routing: Routing | None) -> None:
         """Add an answer's tokens (what models worked on: none for a cache hit) to the windows

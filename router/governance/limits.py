@@ -25,6 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -159,9 +160,13 @@ class MemoryLimits:
             del self._sums[key]
 
 
-def check(limits: Limits, config: Config, user: str | None, model: str) -> list[Window]:
-    """Admit a request by `user` for `model` on every limit that applies (RateLimitedError when
-    one is reached); the windows, for `used` once its answer's tokens are known."""
+def check(
+    limits: Limits, config: Config, user: str | None, model: str, own: Sequence[Window] = ()
+) -> list[Window]:
+    """Admit a request by `user` for `model` on every limit that applies and on `own` (an API
+    key's window), or raise RateLimitedError; the windows, for `used` once its answer's tokens
+    are known."""
     counted = windows(config, user, config.resolve(model)) if config.limits else []
+    counted += own
     limits.admit(counted)
     return counted

@@ -443,6 +443,12 @@ MAX_WINDOW_DAYS = 400  # the longest window any read takes: a year and a bit
 def parse_since(value: str, name: str = "--since") -> float:
     """A ledger window, '30m', '24h', '7d' or '2w', as the Unix time that long ago; at most
     MAX_WINDOW_DAYS. RequestError (naming `name`, the option or parameter) otherwise."""
+    return time.time() - duration(value, name)
+
+
+def duration(value: str, name: str) -> int:
+    """'30m', '24h', '7d' or '2w' in seconds, at most MAX_WINDOW_DAYS; RequestError naming
+    `name` otherwise."""
     match = _SINCE.match(value.strip().lower()) if len(value) <= 40 else None
     if not match:
         raise RequestError(
@@ -456,7 +462,7 @@ def parse_since(value: str, name: str = "--since") -> float:
             f"({MAX_WINDOW_DAYS}d)",
             param=name.lstrip("-"),
         )
-    return time.time() - seconds
+    return seconds
 
 
 MAX_COMMENT = 2000

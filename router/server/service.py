@@ -6,6 +6,8 @@ serving a call in any API: authenticate, read the body (bounded in size and time
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import functools
 import hashlib
 import logging
@@ -35,6 +37,12 @@ from router.wire import chat
 from router.wire.api import FORWARDABLE, ROUTING_HEADER, Asked, Call, Renderer, routing_json
 from router.wire.http import HTTPError, http_error
 from router.wire.identity import raw_identity
+
+
+def _utc(at: float | None) -> str:
+    stamp = datetime.datetime.fromtimestamp(at or 0, datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 log = logging.getLogger("router.server")
 T = TypeVar("T")
@@ -228,7 +236,37 @@ class Service:
                 "authentication_error",
                 code="invalid_api_key",
             )
+        if owner.expired():
+            raise HTTPError(
+                401,
+                f"API key {owner.key_id} expired at {_utc(owner.expires)}: ask for a new one "
+                f"('router keys rotate {owner.key_id}' or 'router keys create')",
+                "authentication_error",
+                code="key_expired",
+            )
+        if self.keys is not None:  # its last use, written at most once a minute; a lost
+            with contextlib.suppress(RouterError):  # one is not worth a refusal
+                self.keys.touch(owner)
         return owner
+
+    def in_scope(self, viewer: KeyOwner | None, model: str) -> list[Window]:
+        """Whether `viewer`'s key may ask for `model` (a 403 naming what it may ask for), and
+        the rate-limit window of its own rpm, if it has one."""
+        if viewer is None:
+            return []
+        if viewer.models and self.router.config.resolve(model) not in viewer.models:
+            raise HTTPError(
+                403,
+                f"API key {viewer.key_id} may ask for {', '.join(viewer.models)} only, not "
+                f"{model[:80]!r}",
+                "permission_error",
+                param="model",
+                code="model_not_allowed",
+            )
+        if viewer.rpm is None:
+            return []
+        scope = f"key:{viewer.key_id}"
+        return [Window(scope, scope, viewer.rpm, None)]
 
     @staticmethod
     def own_only(viewer: KeyOwner | None) -> str | None:
@@ -263,6 +301,7 @@ class Service:
             client_retries="x-stainless-retry-count" in request.headers,
             routing=ROUTING_HEADER in request.headers,
             forward=_forwardable(request) if forward else (),
+            models=viewer.models if viewer is not None else (),
         )
 
     # ---------------------------------------------------------------- the body
@@ -370,8 +409,9 @@ class Service:
             if call.ready is not None:
                 return JSONResponse(call.ready)
             router = self.router
-            if router.config.limits:  # [[limits]]: counted, or a 429 and its ledger row
-                counted = await anyio.to_thread.run_sync(router.admit, call.request)
+            own = self.in_scope(viewer, call.request.model)  # a 403 out of the key's scope
+            if router.config.limits or own:  # [[limits]]: counted, or a 429 and its ledger row
+                counted = await anyio.to_thread.run_sync(router.admit, call.request, own)
             hangup = Hangup()
             looked = await router.alook_up(call.request)
             if looked is not None and looked.hit is not None:  # a hit: no thread, no model

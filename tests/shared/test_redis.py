@@ -489,3 +489,38 @@ def test_redis_rate_limits_say_when_to_retry_and_count_tokens(redis_server: Redi
     # Refused in one window, counted in none: the team's holds the two admitted.
     assert link.client.zcard(link.key("limits", "team:eng", "hits")) == 2
     assert 0 < link.client.ttl(link.key("limits", "user:ana", "hits")) <= 65
+
+
+def test_scoped_keys_on_redis_rotate_and_a_revocation_reaches_the_other_replica_at_once(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    with (
+        replica(tmp_path, "a", redis_server, None) as a,
+        replica(tmp_path, "b", redis_server, None) as b,
+    ):
+        store, other = key_store(a.config), key_store(b.config)
+        key, key_id = store.create("ana", expires=time.time() + 600, models=("local",), rpm=5)
+        seen = other.owner(key)
+        assert seen is not None and (seen.key_id, seen.models, seen.rpm) == (key_id, ("local",), 5)
+        other.touch(seen)
+        assert next(k for k in store.list() if k.key_id == key_id).last_used is not None
+        made = store.rotate(key_id, 60)
+        assert made is not None
+        new_owner = other.owner(made[0])
+        assert new_owner is not None and new_owner.models == ("local",) and new_owner.rpm == 5
+        old = other.owner(key)
+        assert old is not None and 0 < (old.expires or 0) - time.time() <= 60  # its grace
+        body = {"model": "local", "messages": [{"role": "user", "content": "Hi"}]}
+        headers = {"Authorization": f"Bearer {made[0]}"}
+        apps = [create_app(r, keys=key_store(r.config), require_keys=True) for r in (a, b)]
+        with ServerThread(apps[0]) as one, ServerThread(apps[1]) as two:
+            assert httpx.post(f"{two.url}/v1/chat/completions", json=body,
+                              headers=headers).status_code == 200  # fmt: skip
+            assert store.revoke(made[1])  # on replica a's side
+            started = time.monotonic()
+            refused = httpx.post(f"{two.url}/v1/chat/completions", json=body, headers=headers)
+            assert refused.status_code == 401 and time.monotonic() - started < 1.0
+            assert httpx.post(f"{one.url}/v1/chat/completions", json=body,
+                              headers=headers).status_code == 401  # fmt: skip
+        other.touch(new_owner)  # a revoked key's last use does not bring it back
+        assert other.owner(made[0]) is None

@@ -32,11 +32,12 @@ from router.cli.common import (
 from router.cli.estimator import calibrate, evaluate, score
 from router.cli.governance import audit, budget_app
 from router.cli.init import init
+from router.cli.keys import keys_app
 from router.cli.learn import learn
 from router.cli.logs import logs, report, stats
 from router.cli.models import models, ps, pull
 from router.cli.quality import quality
-from router.cli.serve import keys_app, serve
+from router.cli.serve import serve
 from router.errors import RequestError, RouterError, exit_code
 from router.types import ROUTING_MODES
 

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from router.cli import admin_client
+from router.cli.admin_client import KeyOption, UrlOption
 from router.cli.common import ConfigOption, JsonOption, money, parse_since
 from router.errors import RequestError
 
@@ -44,38 +46,34 @@ def budget_set(
         OnExceed,
         typer.Option(help="block (refused: HTTP 400/402) or local-only (answer locally)."),
     ] = OnExceed.block,
+    url: UrlOption = None,
+    key: KeyOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Set (replace) the budget of USER or --team NAME; it overrides models.toml's."""
-    from pydantic import ValidationError
-
-    from router.config import Budget, load_config
+    from router.config import load_config
     from router.engine.stores import budget_store
+    from router.governance.budgets import parse_budget
 
+    fields = {
+        "user": user,
+        "team": team,
+        "daily_tokens": daily_tokens,
+        "monthly_tokens": monthly_tokens,
+        "daily_usd": daily_usd,
+        "monthly_usd": monthly_usd,
+        "session_tokens": session_max_tokens,
+        "session_usd": session_max_usd,
+        "strict": strict,
+        "on_exceed": on_exceed.value,
+    }
+    if url is not None:
+        sent = {k: v for k, v in fields.items() if v is not None}
+        shown = admin_client.call(url, key, "PUT", "/budgets", sent)
+        typer.echo(f"budget for {shown['scope']} set at {url}", err=True)
+        return
     cfg = load_config(config)
-    if team is not None and team not in cfg.teams:
-        raise RequestError(
-            f"team {team!r} is not in models.toml (known: {', '.join(cfg.teams) or 'none'})"
-        )
-    try:
-        budget = Budget.model_validate(
-            {
-                "user": user,
-                "team": team,
-                "daily_tokens": daily_tokens,
-                "monthly_tokens": monthly_tokens,
-                "daily_usd": daily_usd,
-                "monthly_usd": monthly_usd,
-                "session_tokens": session_max_tokens,
-                "session_usd": session_max_usd,
-                "strict": strict,
-                "on_exceed": on_exceed.value,
-            }
-        )
-    except ValidationError as exc:
-        raise RequestError(
-            "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        ) from None
+    budget = parse_budget(fields, cfg)
     with budget_store(cfg) as store:
         store.set(budget)
     typer.echo(f"budget for {budget.scope} set", err=True)
@@ -85,6 +83,8 @@ def budget_set(
 def budget_rm(
     user: Annotated[str | None, typer.Argument(help="The user (or give --team).")] = None,
     team: Annotated[str | None, typer.Option("--team", help="A team from models.toml.")] = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Remove the budget 'router budget set' gave USER or --team NAME."""
@@ -94,6 +94,10 @@ def budget_rm(
     if (user is None) == (team is None):
         raise RequestError("name a USER or give --team NAME (one of them)")
     scope = f"user:{user}" if user is not None else f"team:{team}"
+    if url is not None:
+        admin_client.call(url, key, "DELETE", "/budgets" + admin_client.query(user=user, team=team))
+        typer.echo(f"budget for {scope} removed at {url}", err=True)
+        return
     cfg = load_config(config)
     in_file = any(b.scope == scope for b in cfg.budgets)
     with budget_store(cfg) as store:
@@ -110,15 +114,22 @@ def budget_rm(
 
 
 @budget_app.command("show")
-def budget_show(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+def budget_show(
+    as_json: JsonOption = False,
+    url: UrlOption = None,
+    key: KeyOption = None,
+    config: ConfigOption = None,
+) -> None:
     """Every budget with what has been used this day and month."""
     from router.config import load_config
     from router.engine.stores import budget_store
     from router.governance.budgets import budget_rows
 
-    cfg = load_config(config)
-    with budget_store(cfg) as store:
-        rows = budget_rows(store)
+    if url is not None:
+        rows = admin_client.call(url, key, "GET", "/budgets")["budgets"]
+    else:
+        with budget_store(load_config(config)) as store:
+            rows = budget_rows(store)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

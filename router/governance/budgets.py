@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from router.config import Budget, Config, Price
-from router.errors import BudgetExceededError
+from router.errors import BudgetExceededError, RequestError
 from router.ledger.sqlite import Store, migrate, open_db
 
 LIMITS = (
@@ -401,3 +401,41 @@ def budget_rows(store: BudgetStore, scopes: list[str] | None = None) -> list[dic
             }
         )
     return rows
+
+
+BUDGET_FIELDS = (
+    "user", "team", "daily_tokens", "monthly_tokens", "daily_usd", "monthly_usd",
+    "session_tokens", "session_usd", "strict", "on_exceed",
+)  # fmt: skip
+
+
+def parse_budget(fields: dict[str, Any], config: Config) -> Budget:
+    """A budget from `router budget set`'s options or the admin API's body, checked as
+    models.toml's are (RequestError naming what to fix): a known team, at least one limit."""
+    from pydantic import ValidationError
+
+    unknown = sorted(set(fields) - set(BUDGET_FIELDS))
+    if unknown:
+        raise RequestError(
+            f"unknown field {unknown[0][:40]!r}: give {', '.join(BUDGET_FIELDS)}",
+            param=unknown[0][:40],
+        )
+    team = fields.get("team")
+    if isinstance(team, str) and team not in config.teams:
+        known = ", ".join(config.teams) or "none"
+        raise RequestError(
+            f"team {team[:80]!r} is not in models.toml (known: {known})", param="team"
+        )
+    try:
+        return Budget.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or None
+        raise RequestError(
+            "; ".join(
+                (f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "")
+                + e["msg"].removeprefix("Value error, ")
+                for e in exc.errors()
+            ),
+            param=where,
+        ) from None

@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from router.engine import policy
 from router.engine.pipeline import Router
-from router.server import admin, ollama
+from router.server import admin, admin_api, ollama
 from router.server.connections import AccessLog
 from router.server.keys import Keys
 from router.server.origins import BrowserGuard
@@ -149,6 +149,7 @@ def create_app(
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", get_model, methods=["GET"]),
             *admin.routes(service),
+            *admin_api.routes(service),
             *ollama.routes(service),
         ],
         exception_handlers={HTTPException: http_exception, Exception: server_error},

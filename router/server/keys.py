@@ -13,6 +13,7 @@ minute per key and process (a write per request would cost the hot path).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -25,9 +26,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from router.config import Config
-from router.errors import UnavailableError
+from router.errors import RequestError, UnavailableError
+from router.ledger import duration
 from router.ledger.sqlite import Store, migrate, open_db
 from router.shared import Link, errors
+from router.types import ROUTING_MODES
 
 PREFIX = "rk-"
 ROLES = ("user", "admin")
@@ -159,7 +162,23 @@ class Keys(Protocol):
 
     def rotate(self, key_id: str, grace_seconds: float) -> tuple[str, str] | None: ...
 
+    def change(self, key_id: str, **scope: Any) -> KeyInfo | None: ...
+
     def touch(self, owner: KeyOwner) -> None: ...
+
+
+SCOPE = ("expires", "models", "rpm")  # what `change` may set
+
+
+def changed(old: KeyInfo, scope: dict[str, Any]) -> KeyInfo:
+    """`old` with `scope`'s fields (SCOPE) set, checked (ValueError naming what to fix)."""
+    unknown = sorted(set(scope) - set(SCOPE))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: a key's scope is {', '.join(SCOPE)}")
+    fields: dict[str, Any] = {k: tuple(v) if k == "models" else v for k, v in scope.items()}
+    new = dataclasses.replace(old, **fields)
+    check_scope(new.user, new.role, new.models, new.rpm)
+    return new
 
 
 def new_key() -> tuple[str, str]:
@@ -255,6 +274,19 @@ class KeyStore(Store):
             )
         return made
 
+    def change(self, key_id: str, **scope: Any) -> KeyInfo | None:
+        """Set a key's expiry, models or rpm (None: no such key)."""
+        old = next((k for k in self.list() if k.key_id == key_id), None)
+        if old is None:
+            return None
+        new = changed(old, scope)
+        with self._lock, self._db:
+            cur = self._db.execute(
+                "UPDATE api_keys SET expires = ?, models = ?, rpm = ? WHERE key_id = ?",
+                (new.expires, json.dumps(list(new.models)), new.rpm, key_id),
+            )
+        return new if cur.rowcount else None
+
     def touch(self, owner: KeyOwner) -> None:
         """Record the key's use now (at most once a minute per key and process)."""
         now = time.time()
@@ -338,6 +370,14 @@ class RedisKeyStore:
         self._update(key_id, expires=min(ends, old.expires or ends))
         return made
 
+    def change(self, key_id: str, **scope: Any) -> KeyInfo | None:
+        old = next((k for k in self.list() if k.key_id == key_id), None)
+        if old is None:
+            return None
+        new = changed(old, scope)
+        self._update(key_id, expires=new.expires, models=list(new.models), rpm=new.rpm)
+        return new
+
     def touch(self, owner: KeyOwner) -> None:
         if owner.key_id and self._touches.due(owner.key_id, time.time()):
             self._update(owner.key_id, last_used=time.time())
@@ -373,6 +413,65 @@ class RedisKeyStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def scope_of(data: dict[str, Any], config: Config, *, create: bool) -> dict[str, Any]:
+    """A key's scope from the admin API's body or `router keys`' options, checked (RequestError
+    naming the field): `expires` a duration from now ("30d"; null: never), `models` modes and
+    models of the file ([] or null: any), `rpm` 1 to 10,000,000 (null: none). With `create`,
+    `user` and `role` too."""
+    allowed = (*(("user", "role") if create else ()), *SCOPE)
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise RequestError(
+            f"unknown field {unknown[0][:40]!r}: give {', '.join(allowed)}", param=unknown[0][:40]
+        )
+    out: dict[str, Any] = {}
+    for name in ("user", "role"):
+        if name in data and not isinstance(data[name], str):
+            raise RequestError(f"{name}: a string", param=name)
+        if name in data:
+            out[name] = data[name]
+    if create and "user" not in out:
+        raise RequestError("user: who the key belongs to", param="user")
+    if "expires" in data:
+        value = data["expires"]
+        if value is not None and not isinstance(value, str):
+            raise RequestError(
+                'expires: a duration such as "30d" or "12h", or null', param="expires"
+            )
+        out["expires"] = None if value is None else time.time() + duration(value, "expires")
+    if "models" in data:
+        out["models"] = scoped_models(data["models"] or [], config)
+    if "rpm" in data:
+        rpm = data["rpm"]
+        if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int)):
+            raise RequestError("rpm: a whole number of requests a minute, or null", param="rpm")
+        out["rpm"] = rpm
+    try:
+        check_scope(out.get("user", "x"), out.get("role", "user"), out.get("models", ()),
+                    out.get("rpm"))  # fmt: skip
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    return out
+
+
+def scoped_models(names: Any, config: Config, name: str = "models") -> tuple[str, ...]:
+    """The modes and models a key may ask for, each a mode or a model of the file."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise RequestError(
+            f'{name}: a list of modes and models, such as ["auto", "local"]', param=name
+        )
+    known = [*ROUTING_MODES, *config.models]
+    unknown = [n for n in names if n not in known]
+    if unknown or len(names) > MAX_MODELS:
+        shown = unknown[0][:80] if unknown else f"{len(names)} names"
+        raise RequestError(
+            f"{name} {shown!r}: give at most {MAX_MODELS} modes or models of this file (known: "
+            f"{', '.join(known)})",
+            param=name,
+        )
+    return tuple(dict.fromkeys(names))
 
 
 def key_store(config: Config) -> KeyStore | RedisKeyStore:

@@ -39,12 +39,12 @@ def test_every_store_is_a_context_manager_and_migrates_once(tmp_path: Path) -> N
         assert keys.owner(key) == KeyOwner("ana", "user")
         owner = keys.owner(boss)
         assert owner is not None and owner.admin
-        assert [(u, r) for _, u, r, _ in keys.list()] == [("ana", "user"), ("bo", "admin")]
+        assert [(k.user, k.role) for k in keys.list()] == [("ana", "user"), ("bo", "admin")]
     with BudgetStore(tmp_path / "gov.sqlite3", config) as budgets:
         budgets.set(Budget(user="ana", daily_tokens=10))
     with SQLiteLedger(tmp_path / "ledger.sqlite3") as ledger:
         assert ledger.entries() == []
-    assert version(tmp_path / "keys.sqlite3") == 2 and version(tmp_path / "gov.sqlite3") == 1
+    assert version(tmp_path / "keys.sqlite3") == 3 and version(tmp_path / "gov.sqlite3") == 1
     assert version(tmp_path / "ledger.sqlite3") == len(ledger_migrations)
     with pytest.raises(sqlite3.ProgrammingError):  # closed at the end of the block
         keys.list()
@@ -230,3 +230,23 @@ def test_answer_ids_sort_by_time_so_ledger_rows_land_at_the_end_of_its_index() -
     stamp = int(later.removeprefix("chatcmpl-")[:12], 16) / 1000
     assert abs(stamp - time.time()) < 5
     assert public_id(later, "msg_") == "msg_" + later.removeprefix("chatcmpl-")
+
+
+def test_keys_made_before_scopes_keep_working_unscoped(tmp_path: Path) -> None:
+    from router.server.keys import _MIGRATIONS, digest
+
+    path = tmp_path / "keys.sqlite3"
+    with sqlite3.connect(path) as db:  # a key store of version 2: roles, no scopes
+        for step in _MIGRATIONS[:2]:
+            db.executescript(step)
+        db.execute("PRAGMA user_version = 2")
+        db.execute(
+            "INSERT INTO api_keys (key_hash, key_id, user, created, role) VALUES (?, ?, ?, ?, ?)",
+            (digest("rk-old"), "rk-old", "ana", 1.0, "admin"),
+        )
+    with KeyStore(path) as keys:
+        owner = keys.owner("rk-old")
+        assert owner is not None and owner.admin and owner.key_id == "rk-old"
+        assert (owner.models, owner.rpm, owner.expires, owner.expired()) == ((), None, None, False)
+        assert keys.list()[0].last_used is None
+    assert version(path) == 3

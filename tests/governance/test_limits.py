@@ -175,4 +175,12 @@ def _toml(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return "nan" if value != value else repr(value) if abs(value) != float("inf") else "inf"
-    return json.dumps(value, ensure_ascii=False)  # a str, an int, a list: TOML reads JSON's
+    if isinstance(value, str):  # every character TOML's way, escaped but the plain ones
+        return (
+            '"'
+            + "".join(
+                c if " " <= c <= "~" and c not in '"\\' else f"\\U{ord(c):08X}" for c in value
+            )
+            + '"'
+        )
+    return json.dumps(value)  # an int, a list of ints: TOML reads JSON's

@@ -176,7 +176,13 @@ def test_router_keys_creates_lists_and_rotates_scoped_keys(tmp_path: Path) -> No
     for args, said in {
         ("create", "--user", "x", "--expires", "soon"): "--expires 'soon': expected a number",
         ("create", "--user", "x", "--expires", "999d"): "the longest window is 400 days",
-        ("create", "--user", "x", "--models", "gpt-9"): "--models 'gpt-9': give modes or models",
+        (
+            "create",
+            "--user",
+            "x",
+            "--models",
+            "gpt-9",
+        ): "--models 'gpt-9': give at most 64 modes or models",
         ("create", "--user", "x", "--rpm", "0"): "rpm: 1 to 10,000,000",
         ("rotate", "rk-nothing"): "no key with id 'rk-nothing'",
         ("rotate", key_id, "--grace", "-1h"): "--grace '-1h'",

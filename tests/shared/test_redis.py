@@ -189,7 +189,7 @@ def test_commands_act_on_the_shared_stores(tmp_path: Path, redis_server: RedisSe
     assert budget_store(cfg).budgets()["user:ana"].daily_tokens == 5000
     shown = json.loads(run("budget", "show", "--json").stdout)
     assert [b["scope"] for b in shown] == ["user:ana"]
-    key_id = next(k for k, u, _, _ in key_store(cfg).list() if u == "ana")
+    key_id = next(k.key_id for k in key_store(cfg).list() if k.user == "ana")
     assert run("keys", "revoke", key_id).returncode == 0
     assert key_store(cfg).owner(key) is None
     assert not (tmp_path / "keys.sqlite3").exists()  # nothing went to the local files

@@ -1,0 +1,171 @@
+"""The admin API: keys and budgets over HTTP, JSON in and out, for an IT team's automation
+(what `router keys` and `router budget` do from the server's shell, with the same checks).
+
+    GET    /v1/router/admin/keys                  every key (never a key itself)
+    POST   /v1/router/admin/keys                  {"user", "role"?, "expires"?, "models"?,
+                                                  "rpm"?} -> 201, the key shown once
+    PATCH  /v1/router/admin/keys/{id}             {"expires"?, "models"?, "rpm"?}
+    POST   /v1/router/admin/keys/{id}/rotate      {"grace"?: "1h"} -> 201, the new key
+    DELETE /v1/router/admin/keys/{id}             revoke at once
+    GET    /v1/router/admin/budgets               every budget and its use
+    PUT    /v1/router/admin/budgets               {"user" | "team", limits...}: set (replace)
+    DELETE /v1/router/admin/budgets?user=NAME     (or ?team=NAME): remove what PUT set
+
+An admin key is required where the server requires keys; a user key is refused (403) on
+every route, on loopback too. Errors are OpenAI's shape, with `param` naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from router.errors import RequestError, RouterError
+from router.governance.budgets import budget_rows, parse_budget
+from router.ledger import duration
+from router.server.keys import KeyInfo, Keys, scope_of
+from router.server.service import Service
+from router.types import body as bodies
+from router.wire.chat import ChatApi
+from router.wire.http import HTTPError
+
+PREFIX = "/v1/router/admin"
+
+
+def routes(service: Service) -> list[Route]:
+    router = service.router
+    openai = ChatApi()
+
+    def guarded(
+        handler: Callable[[Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            try:
+                viewer = service.authenticate(request)
+                if viewer is not None and not viewer.admin:
+                    raise HTTPError(
+                        403,
+                        f"{request.url.path} needs an admin key ('router keys create --role "
+                        "admin'); this key is a user's",
+                        "permission_error",
+                        code="admin_key_required",
+                    )
+                return await handler(request)
+            except HTTPError as err:
+                return service.error_response(openai, err)
+            except RouterError as exc:
+                return service.error_response(openai, service.failure(request, exc))
+
+        return run
+
+    async def read(request: Request) -> dict[str, Any]:
+        raw = await service.read_body(request)
+        if not raw.strip():
+            return {}
+        try:
+            data = bodies.parse(raw)
+        except bodies.BodyError as exc:
+            raise HTTPError(400, str(exc), param=exc.param) from None
+        if not isinstance(data, dict):
+            raise HTTPError(400, "the body must be a JSON object")
+        return data
+
+    def keys() -> Keys:
+        if service.keys is None:
+            raise HTTPError(
+                404, "this server has no key store (it was started without one)", code="no_keys"
+            )
+        return service.keys
+
+    def shown(info: KeyInfo) -> dict[str, Any]:
+        return {**info.record(), "expired": info.owner().expired()}
+
+    def missing(key_id: str) -> HTTPError:
+        return HTTPError(404, f"no key with id {key_id[:40]!r}", param="id", code="not_found")
+
+    async def list_keys(request: Request) -> Response:
+        found = await anyio.to_thread.run_sync(keys().list)
+        return JSONResponse({"keys": [shown(k) for k in found]})
+
+    async def create_key(request: Request) -> Response:
+        scope = scope_of(await read(request), router.config, create=True)
+        store = keys()
+        user, role = scope.pop("user"), scope.pop("role", "user")
+        key, key_id = await anyio.to_thread.run_sync(lambda: store.create(user, role, **scope))
+        info = next(k for k in store.list() if k.key_id == key_id)
+        return JSONResponse({"key": key, **shown(info)}, status_code=201)
+
+    async def change_key(request: Request) -> Response:
+        key_id = request.path_params["key_id"]
+        scope = scope_of(await read(request), router.config, create=False)
+        store = keys()
+        try:
+            info = await anyio.to_thread.run_sync(lambda: store.change(key_id, **scope))
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        if info is None:
+            raise missing(key_id)
+        return JSONResponse(shown(info))
+
+    async def rotate_key(request: Request) -> Response:
+        key_id = request.path_params["key_id"]
+        data = await read(request)
+        unknown = sorted(set(data) - {"grace"})
+        if unknown:
+            raise HTTPError(400, f"unknown field {unknown[0][:40]!r}: only 'grace'", unknown[0])
+        grace = data.get("grace", "1h")
+        if not isinstance(grace, str):
+            raise HTTPError(400, 'grace: a duration such as "1h" or "0m"', param="grace")
+        seconds = duration(grace, "grace")
+        store = keys()
+        made = await anyio.to_thread.run_sync(lambda: store.rotate(key_id, seconds))
+        if made is None:
+            raise missing(key_id)
+        info = next(k for k in store.list() if k.key_id == made[1])
+        return JSONResponse({"key": made[0], "replaces": key_id, **shown(info)}, status_code=201)
+
+    async def revoke_key(request: Request) -> Response:
+        key_id = request.path_params["key_id"]
+        store = keys()
+        if not await anyio.to_thread.run_sync(lambda: store.revoke(key_id)):
+            raise missing(key_id)
+        return JSONResponse({"id": key_id, "revoked": True})
+
+    async def list_budgets(request: Request) -> Response:
+        rows = await anyio.to_thread.run_sync(lambda: budget_rows(router.budgets))
+        return JSONResponse({"budgets": rows})
+
+    async def set_budget(request: Request) -> Response:
+        budget = parse_budget(await read(request), router.config)
+        await anyio.to_thread.run_sync(lambda: router.budgets.set(budget))
+        rows = await anyio.to_thread.run_sync(lambda: budget_rows(router.budgets, [budget.scope]))
+        return JSONResponse(rows[0] if rows else {"scope": budget.scope})
+
+    async def remove_budget(request: Request) -> Response:
+        query = request.query_params
+        unknown = sorted(set(query) - {"user", "team"})
+        if unknown or len(query) != 1:
+            raise HTTPError(400, "give ?user=NAME or ?team=NAME (one of them)", param="user")
+        scope = "user:" + query["user"] if "user" in query else "team:" + query["team"]
+        removed = await anyio.to_thread.run_sync(lambda: router.budgets.remove(scope))
+        if removed:
+            return JSONResponse({"scope": scope, "removed": True})
+        if any(b.scope == scope for b in router.config.budgets):
+            raise HTTPError(409, f"the budget of {scope} is in models.toml: change it there")
+        raise HTTPError(404, f"no budget for {scope[:80]}", code="not_found")
+
+    return [
+        Route(f"{PREFIX}/keys", guarded(list_keys), methods=["GET"]),
+        Route(f"{PREFIX}/keys", guarded(create_key), methods=["POST"]),
+        Route(f"{PREFIX}/keys/{{key_id}}", guarded(change_key), methods=["PATCH"]),
+        Route(f"{PREFIX}/keys/{{key_id}}", guarded(revoke_key), methods=["DELETE"]),
+        Route(f"{PREFIX}/keys/{{key_id}}/rotate", guarded(rotate_key), methods=["POST"]),
+        Route(f"{PREFIX}/budgets", guarded(list_budgets), methods=["GET"]),
+        Route(f"{PREFIX}/budgets", guarded(set_budget), methods=["PUT"]),
+        Route(f"{PREFIX}/budgets", guarded(remove_budget), methods=["DELETE"]),
+    ]

@@ -1,0 +1,231 @@
+"""The admin API over real HTTP: a key created, used, rotated and revoked; budgets set, seen,
+enforced and removed; the same checks as the CLI; a user key refused on every admin route;
+and a fuzz of the routes (no answer at or above 500)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from router import Router
+from router.backends import FunctionBackend
+from router.server.app import create_app
+from router.server.keys import KeyStore
+from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, write_config
+from tests.server_harness import ServerThread
+
+ADMIN = "/v1/router/admin"
+HI = {"model": "local", "messages": [{"role": "user", "content": "Hi"}]}
+ROUTES = [
+    ("GET", "/keys"), ("POST", "/keys"), ("PATCH", "/keys/rk-abc"), ("DELETE", "/keys/rk-abc"),
+    ("POST", "/keys/rk-abc/rotate"), ("GET", "/budgets"), ("PUT", "/budgets"),
+    ("DELETE", "/budgets?user=ana"),
+]  # fmt: skip
+
+
+class Admin:
+    def __init__(self, router: Router, keys: KeyStore, url: str, key: str) -> None:
+        self.router, self.keys, self.url, self.key = router, keys, url, key
+        self.http = httpx.Client(base_url=url, timeout=60)
+
+    def call(self, method: str, path: str, body: Any = None, key: str | None = None) -> Any:
+        headers = {"authorization": f"Bearer {key or self.key}", "content-type": "application/json"}
+        content = None if body is None else json.dumps(body).encode()
+        return self.http.request(method, ADMIN + path, content=content, headers=headers)
+
+    def chat(self, key: str, **body: Any) -> httpx.Response:
+        return self.http.post(
+            "/v1/chat/completions", json={**HI, **body}, headers={"authorization": f"Bearer {key}"}
+        )
+
+
+@pytest.fixture
+def admin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Admin]:
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+    config = write_config(tmp_path, "http://127.0.0.1:9/v1", '\n[teams.ops]\nusers = ["zoe"]\n')
+    backends = {
+        "smollm2": FunctionBackend("smollm2", lambda r, p: "Hello from the router."),
+        "cloud-mini": FunctionBackend("cloud-mini", lambda r, p: "Hello from the cloud."),
+    }
+    with (
+        Router(config, backends=backends) as router,
+        KeyStore(tmp_path / "keys.sqlite3") as keys,
+        ServerThread(create_app(router, keys=keys, require_keys=True)) as server,
+    ):
+        key, _ = keys.create("lead", role="admin")
+        a = Admin(router, keys, server.url, key)
+        yield a
+        a.http.close()
+
+
+def test_a_key_is_created_used_changed_rotated_and_revoked_over_http(admin: Admin) -> None:
+    made = admin.call("POST", "/keys", {"user": "ana", "expires": "30d", "models": ["local"],
+                                        "rpm": 60})  # fmt: skip
+    assert made.status_code == 201, made.text
+    body = made.json()
+    key, key_id = body["key"], body["id"]
+    assert body["user"] == "ana" and body["models"] == ["local"] and body["rpm"] == 60
+    assert 29.9 * 86400 < body["expires"] - time.time() <= 30 * 86400
+    assert admin.chat(key).status_code == 200
+    listed = {k["id"]: k for k in admin.call("GET", "/keys").json()["keys"]}
+    assert key not in json.dumps(listed)  # never a key itself
+    assert listed[key_id]["last_used"] is not None and listed[key_id]["role"] == "user"
+
+    # Change its scope: the next request sees it.
+    assert admin.chat(key, model="auto").status_code == 403
+    changed = admin.call("PATCH", f"/keys/{key_id}", {"models": ["local", "auto"], "rpm": None})
+    assert changed.status_code == 200 and changed.json()["models"] == ["local", "auto"]
+    assert admin.chat(key, model="auto").status_code == 200
+
+    rotated = admin.call("POST", f"/keys/{key_id}/rotate", {"grace": "0m"})
+    assert rotated.status_code == 201 and rotated.json()["replaces"] == key_id
+    new = rotated.json()["key"]
+    assert rotated.json()["models"] == ["local", "auto"]
+    assert admin.chat(key).status_code == 401  # no grace: the old key stopped
+    assert admin.chat(new).status_code == 200
+
+    gone = admin.call("DELETE", f"/keys/{rotated.json()['id']}")
+    assert gone.status_code == 200 and gone.json()["revoked"] is True
+    assert admin.chat(new).status_code == 401
+    assert admin.call("DELETE", f"/keys/{rotated.json()['id']}").status_code == 404
+    assert admin.call("POST", "/keys/rk-nope/rotate").status_code == 404
+    assert admin.call("PATCH", "/keys/rk-nope", {"rpm": 5}).status_code == 404
+
+    # The same checks as the CLI, each naming its field.
+    for sent, param in [
+        ({}, "user"),
+        ({"user": "x", "role": "root"}, None),
+        ({"user": "x", "expires": "soon"}, "expires"),
+        ({"user": "x", "expires": 30}, "expires"),
+        ({"user": "x", "models": ["gpt-9"]}, "models"),
+        ({"user": "x", "models": "local"}, "models"),
+        ({"user": "x", "rpm": 0}, None),
+        ({"user": "x", "rpm": True}, "rpm"),
+        ({"user": "x", "colour": "red"}, "colour"),
+    ]:
+        r = admin.call("POST", "/keys", sent)
+        assert r.status_code == 400, (sent, r.text)
+        assert r.json()["error"]["param"] == param, (sent, r.json())
+    assert admin.call("POST", "/keys", [1, 2]).status_code == 400
+
+
+def test_budgets_are_set_enforced_and_removed_over_http(admin: Admin) -> None:
+    ana, _ = admin.keys.create("ana")
+    set_ = admin.call("PUT", "/budgets", {"user": "ana", "daily_tokens": 1, "strict": True})
+    assert set_.status_code == 200, set_.text
+    assert set_.json()["scope"] == "user:ana" and set_.json()["limits"] == {"daily_tokens": 1}
+    assert [b["scope"] for b in admin.call("GET", "/budgets").json()["budgets"]] == ["user:ana"]
+    refused = admin.chat(ana, model="cloud-mini")
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "insufficient_quota"
+    team = admin.call("PUT", "/budgets", {"team": "ops", "monthly_usd": 2.5})
+    assert team.status_code == 200, team.text
+    for sent, said in [
+        ({"team": "ghosts", "daily_tokens": 1}, "team 'ghosts' is not in models.toml"),
+        ({"user": "ana"}, "at least one limit"),
+        ({"user": "ana", "daily_tokens": -1}, "daily_tokens: Input should be greater than"),
+        ({"user": "ana", "team": "ops", "daily_tokens": 1}, "exactly one of 'user' or 'team'"),
+        ({"user": "ana", "daily_usd": "5"}, "daily_usd"),
+        ({"user": "ana", "weekly_usd": 5}, "unknown field 'weekly_usd'"),
+    ]:
+        r = admin.call("PUT", "/budgets", sent)
+        assert r.status_code == 400 and said in r.json()["error"]["message"], (sent, r.text)
+    assert admin.call("DELETE", "/budgets?user=ana").json() == {"scope": "user:ana",
+                                                               "removed": True}  # fmt: skip
+    assert admin.chat(ana, model="cloud-mini").status_code == 200
+    assert admin.call("DELETE", "/budgets?user=ana").status_code == 404
+    assert admin.call("DELETE", "/budgets").status_code == 400
+
+
+def test_a_user_key_is_refused_on_every_admin_route(admin: Admin) -> None:
+    user, _ = admin.keys.create("ana")
+    for method, path in ROUTES:
+        r = admin.call(method, path, {}, key=user)
+        assert r.status_code == 403, (method, path, r.text)
+        assert r.json()["error"]["code"] == "admin_key_required"
+        r = admin.call(method, path, {}, key="rk-forged-key")
+        assert r.status_code == 401, (method, path, r.text)
+    assert admin.keys.list()[-1].user == "ana"  # nothing was made or removed
+
+
+JSONS = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner,
+                                                                 max_size=4),
+    max_leaves=8,
+)  # fmt: skip
+FIELDS = st.dictionaries(
+    st.sampled_from(["user", "team", "role", "expires", "models", "rpm", "grace",
+                     "daily_tokens", "monthly_usd", "strict", "on_exceed", "session_usd"]),
+    JSONS | st.sampled_from(["ana", "ops", "30d", "0m", "local", ["auto"], "admin"]),
+    max_size=5,
+)  # fmt: skip
+
+
+def test_fuzz_the_admin_routes_never_answers_500(admin: Admin) -> None:
+    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(ROUTES), FIELDS | JSONS, st.text(max_size=12))
+    def one(route: tuple[str, str], body: Any, key_id: str) -> None:
+        method, path = route
+        path = path.replace("rk-abc", urllib.parse.quote(key_id, safe="") or "x")
+        r = admin.call(method, path, body)
+        assert r.status_code < 500, (method, path, body, r.text)
+        assert r.status_code in (200, 201, 400, 404, 405, 409), (method, path, body, r.text)
+
+    one()
+    assert admin.chat(admin.key).status_code == 200  # the server is fine afterwards
+
+
+def test_router_keys_and_budget_manage_a_running_server_with_url(
+    admin: Admin, tmp_path: Path
+) -> None:
+    """`--url` (and `--key` / $ROUTER_API_KEY): the CLI's commands, through the admin API."""
+    (tmp_path / "elsewhere").mkdir()
+    config = str(write_config(tmp_path / "elsewhere", None))  # not the server's stores
+
+    def run(*args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "router", *args, "--url", admin.url, "--config", config]
+        env = {**os.environ, "ROUTER_API_KEY": key or admin.key}
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+
+    made = run("keys", "create", "--user", "ana", "--models", "local", "--rpm", "9")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert admin.chat(key).status_code == 200
+    listed = json.loads(run("keys", "list", "--json").stdout)
+    ana = next(k for k in listed if k["user"] == "ana")
+    assert ana["models"] == ["local"] and ana["rpm"] == 9 and ana["last_used"] is not None
+    rotated = run("keys", "rotate", ana["id"], "--grace", "0m")
+    assert rotated.returncode == 0, rotated.stderr
+    assert admin.chat(key).status_code == 401 and admin.chat(rotated.stdout.strip()).is_success
+    assert run("keys", "revoke", "rk-nope").returncode != 0
+
+    assert run("budget", "set", "ana", "--daily-tokens", "500").returncode == 0
+    shown = json.loads(run("budget", "show", "--json").stdout)
+    assert [(b["scope"], b["limits"]) for b in shown] == [("user:ana", {"daily_tokens": 500})]
+    assert admin.router.budgets.budgets()["user:ana"].daily_tokens == 500  # the server's store
+    bad = run("budget", "set", "--team", "ghosts", "--daily-tokens", "1")
+    assert bad.returncode == 2 and "team 'ghosts' is not in models.toml" in bad.stderr
+    assert run("budget", "rm", "ana").returncode == 0
+    assert run("budget", "rm", "ana").returncode == 2
+
+    # A user key may not; a server that is not there says so.
+    user = run("keys", "list", key=rotated.stdout.strip())
+    assert user.returncode == 2 and "needs an admin key" in user.stderr
+    gone = subprocess.run(
+        [sys.executable, "-m", "router", "keys", "list", "--url", "http://127.0.0.1:9",
+         "--config", config], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert gone.returncode == 3 and "no router server answers at http://127.0.0.1:9" in gone.stderr

@@ -239,10 +239,11 @@ class RateLimitedError(RouterError):
     def __init__(self, scope: str, kind: str, limit: int, used: int, retry_after: float) -> None:
         self.scope, self.kind, self.limit = scope, kind, limit
         self.retry_after = max(0.0, retry_after)
-        what = "requests" if kind == "rpm" else "tokens"
+        what = {"rpm": "requests in the last minute", "tpm": "tokens in the last minute"}
         super().__init__(
-            f"rate limit {scope} {kind} = {limit:,} reached: {used:,} {what} in the last "
-            f"minute; retry in {max(1, math.ceil(self.retry_after))} s"
+            f"rate limit {scope} {kind} = {limit:,} reached: {used:,} "
+            f"{what.get(kind, 'requests in flight')}; retry in "
+            f"{max(1, math.ceil(self.retry_after))} s"
         )
 
     def _default_public(self) -> str:

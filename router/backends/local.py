@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,12 @@ from router.backends import hangup as hangups
 from router.backends.batching import EMBED_GROUP
 from router.backends.restarts import RestartPolicy
 from router.backends.transcript import for_local, llama_kwargs
+from router.backends.turns import Turns
 from router.backends.worker import Worker, WorkerFailure, WorkerLoadError, describe_exit
 from router.config import Config, LocalModel
 from router.config.model_files import hub_cached, local_path, local_problem
 from router.errors import (
     BackendError,
-    BusyError,
     ClientGoneError,
     ModelLoadError,
     RequestError,
@@ -79,10 +79,8 @@ class LocalBackend:
         self._clock = clock
         self._worker: Worker | None = None
         self._state_lock = threading.Lock()  # _worker, _restarts and the counters
-        self._generate_lock = batching.FairLock()  # the model's turn, in the order asked
-        self._queue_lock = threading.Lock()
-        self._in_flight = 0  # running + waiting for the model
-        self._seconds_per_request = 2.0  # moving average, for Retry-After
+        self._turns = Turns(name, model)  # the model's turns: max_queue, max_parallel
+        self._turn = self._turns.turn
         self._starts = 0
         self._starting = False
         self._outcomes = {"completed": 0, "cancelled": 0, "failed": 0}
@@ -93,7 +91,7 @@ class LocalBackend:
 
     def complete(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:
         hangup = hangups.current()
-        with self._turn():
+        with self._turn(chat=request):
             if hangup is not None and hangup.fired:  # gave up while queued: generate nothing
                 raise ClientGoneError(f"{self.name}: the client hung up while queued")
             worker = self._ready_worker()
@@ -115,7 +113,7 @@ class LocalBackend:
         return out
 
     def stream(self, request: ChatRequest, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        with self._turn():
+        with self._turn(chat=request):
             worker = self._ready_worker()
             rid = self._send(worker, request, params, stream=True)
             last: dict[str, Any] | None = None
@@ -273,7 +271,7 @@ class LocalBackend:
                 "last_failure": self._restarts.last,
                 "why_unusable": self._restarts.unusable(now),
                 "generations": dict(self._outcomes),
-                "in_flight": self._in_flight,  # answering + waiting for the model
+                "in_flight": self._turns.in_flight,  # answering + waiting for the model
                 "max_queue": self._model_config.max_queue,
                 "kv_cache": self._kv_view(),
             }
@@ -295,31 +293,6 @@ class LocalBackend:
     def worker_pid(self) -> int | None:
         with self._state_lock:
             return self._worker.pid if self._worker is not None else None
-
-    @contextmanager
-    def _turn(self, admitted: bool = False) -> Iterator[None]:
-        """Wait for this model, or refuse at once when `max_queue` requests already wait
-        (`admitted`: a request that had a turn already, back for its next group)."""
-        with self._queue_lock:
-            if not admitted and self._in_flight >= self._model_config.max_queue:
-                wait = self._in_flight * self._seconds_per_request
-                raise BusyError(
-                    f"local model {self.name!r} has {self._in_flight} requests in flight "
-                    f"(max_queue = {self._model_config.max_queue}); retry in {wait:.0f} s",
-                    retry_after=max(1.0, wait),
-                )
-            self._in_flight += 1
-        try:
-            with self._generate_lock:
-                started = time.monotonic()
-                try:
-                    yield
-                finally:
-                    took = time.monotonic() - started
-                    self._seconds_per_request += 0.2 * (took - self._seconds_per_request)
-        finally:
-            with self._queue_lock:
-                self._in_flight -= 1
 
     def _ready_worker(self) -> Worker:
         """The running worker, started (or restarted) if needed. Called during the turn."""

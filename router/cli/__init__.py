@@ -1,10 +1,12 @@
 """The command line: `router chat`, `serve`, `explain`, `stats`, `models`, `budget`, `audit`,
-`score`, `eval`, `calibrate`, `keys`.
+`score`, `eval`, `calibrate`, `keys`, `limits`.
 
 - `app`        the Typer app, the commands that need nothing else, exit codes and `main`
 - `common`     options and output pieces every command shares
 - `repl`       the interactive chat (`router chat` with no prompt)
-- `serve`      `router serve` and `router keys`
+- `serve`      `router serve`
+- `keys`       `router keys` (with `admin_client`: --url, a running server's admin API)
+- `limits`     `router limits`
 - `governance` `router budget` and `router audit`
 - `estimator`  `router score`, `eval` and `calibrate`
 """

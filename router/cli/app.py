@@ -34,6 +34,7 @@ from router.cli.governance import audit, budget_app
 from router.cli.init import init
 from router.cli.keys import keys_app
 from router.cli.learn import learn
+from router.cli.limits import limits_app
 from router.cli.logs import logs, report, stats
 from router.cli.models import models, ps, pull
 from router.cli.quality import quality
@@ -296,6 +297,7 @@ app.command(short_help="Requests, tokens, cost and savings, summed.")(stats)
 app.command(short_help="Write the savings dashboard as one HTML file.")(report)
 app.command(short_help="How often local answers were rated good enough.")(quality)
 app.add_typer(keys_app, name="keys")
+app.add_typer(limits_app, name="limits")
 app.add_typer(budget_app, name="budget")
 app.command(short_help="Flag accounts far above their peers.")(audit)
 app.command(short_help="Score JSON lines of prompts on stdin.")(score)

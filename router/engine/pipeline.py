@@ -43,6 +43,7 @@ from router.engine.stores import (
     link_for,
     open_ledger,
     rate_limits,
+    rate_rules,
     repeat_detector,
     shared_cache,
 )
@@ -51,7 +52,7 @@ from router.errors import UnknownModelError
 from router.governance import limits, waste
 from router.governance.budgets import BudgetStore
 from router.governance.categories import classify
-from router.governance.limits import Window
+from router.governance.limits import Rules, Window
 from router.ledger import Ledger, rate_answer
 from router.ledger.pricing import account, baseline_price, price_table
 from router.types import (
@@ -101,7 +102,8 @@ class Router:
         self._ledger = ledger or open_ledger(self.config)
         self._budgets = budgets or budget_store(self.config, self.link)
         self._repeats = repeat_detector(self.config, self.link)
-        self._limits = rate_limits(self.config, self.link)  # [[limits]]
+        self._limits = rate_limits(self.config, self.link)  # [[limits]]' windows
+        self._rules = rate_rules(self.config, self.link)  # and the rules, as set at run time
         self._sized = Sizing()  # score and category by cache key
         self._backends: dict[str, Backend] = dict(backends or {})
         self._owned: list[str] = []  # the backends created here, closed by close()
@@ -277,10 +279,20 @@ class Router:
         `own` (an API key's), or write its refusal's ledger row and raise RateLimitedError.
         The windows it counts in: give them to `used` with its answer (the server does; a
         library call is not limited unless it calls this)."""
-        if not self.config.limits and not own:
+        rules = self._rules.current()
+        if not rules and not own:
             return []
         with self._books.refusals(request, time.perf_counter()):
-            return limits.check(self._limits, self.config, request.user, request.model, own)
+            return limits.check(self._limits, self.config, request.user, request.model, own, rules)
+
+    def limited(self) -> bool:
+        """Whether any rate limit is in force (read at most once a second)."""
+        return bool(self._rules.current())
+
+    @property
+    def rate_rules(self) -> Rules:
+        """models.toml's [[limits]] and those set at run time (`router limits set`)."""
+        return self._rules
 
     def used(self, counted: list[Window], routing: Routing | None) -> None:
         """Add an answer's tokens (what models worked on: none for a cache hit) to the windows
@@ -418,6 +430,7 @@ class Router:
             self._cache.close()
             self._ledger.close()
             self._budgets.close()
+            self._rules.close()
             if self.link is not None:
                 self.link.close()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from router.config import Config
 from router.engine.cache import DiskResponseCache, ResponseCache
 from router.governance.budgets import BudgetStore
-from router.governance.limits import Limits, MemoryLimits
+from router.governance.limits import Limits, MemoryLimits, Rules, RuleStore
 from router.governance.waste import RepeatDetector
 from router.ledger import Ledger, SQLiteLedger
 from router.shared import Link
@@ -64,8 +64,19 @@ def budget_store(config: Config, link: Link | None = None) -> BudgetStore:
 
 def rate_limits(config: Config, link: Link | None) -> Limits:
     """[[limits]]' windows: in this process, or on Redis (in total across replicas)."""
-    if link is None or not config.limits:
+    if link is None:
         return MemoryLimits()
     from router.shared.limits import RedisLimits
 
     return RedisLimits(link)
+
+
+def rate_rules(config: Config, link: Link | None = None) -> Rules:
+    """models.toml's [[limits]] and those `router limits set` stored: beside the ledger
+    (limits.sqlite3), or on Redis."""
+    link = link or link_for(config)
+    if link is None:
+        return RuleStore(config.governance_path().with_name("limits.sqlite3"), config)
+    from router.shared.limits import RedisRules
+
+    return RedisRules(link, config)

@@ -22,16 +22,22 @@ RateLimitedError: a 429 `rate_limited` with Retry-After, and a ledger row.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
-from router.config import Config
+from router.config import Config, RateLimit
 from router.config.sections import WINDOW_SECONDS
-from router.errors import RateLimitedError
+from router.errors import RateLimitedError, RequestError, RouterError
+from router.ledger.sqlite import Store, migrate, open_db
+from router.types import ROUTING_MODES
+
+log = logging.getLogger("router.limits")
 
 MAX_WINDOWS = 100_000  # windows kept in process; idle ones go first past it
 
@@ -47,14 +53,19 @@ class Window:
     tpm: int | None
 
 
-def windows(config: Config, user: str | None, model: str) -> list[Window]:
-    """The windows a request by `user` asking for `model` (after [aliases]) counts in."""
-    rules = [r for r in config.limits if r.model is None or r.model == model]
+def windows(
+    config: Config, user: str | None, model: str, rules: Sequence[RateLimit] | None = None
+) -> list[Window]:
+    """The windows a request by `user` asking for `model` (after [aliases]) counts in, under
+    `rules` (default: models.toml's)."""
+    rules = [r for r in (config.limits if rules is None else rules)
+             if r.model is None or r.model == model]  # fmt: skip
     own = {r.model for r in rules if r.user is not None and r.user == user}
     found: dict[str, Window] = {}
     for rule in rules:
         if rule.team is not None:
-            if user is None or user not in config.teams[rule.team].users:
+            team = config.teams.get(rule.team)
+            if user is None or team is None or user not in team.users:
                 continue
             key, scope = f"team:{rule.team}", f"team:{rule.team}"
         elif rule.user is not None:
@@ -161,12 +172,156 @@ class MemoryLimits:
 
 
 def check(
-    limits: Limits, config: Config, user: str | None, model: str, own: Sequence[Window] = ()
+    limits: Limits,
+    config: Config,
+    user: str | None,
+    model: str,
+    own: Sequence[Window] = (),
+    rules: Sequence[RateLimit] | None = None,
 ) -> list[Window]:
-    """Admit a request by `user` for `model` on every limit that applies and on `own` (an API
-    key's window), or raise RateLimitedError; the windows, for `used` once its answer's tokens
-    are known."""
-    counted = windows(config, user, config.resolve(model)) if config.limits else []
+    """Admit a request by `user` for `model` on every limit of `rules` (default: models.toml's)
+    that applies and on `own` (an API key's window), or raise RateLimitedError; the windows,
+    for `used` once its answer's tokens are known."""
+    rules = config.limits if rules is None else rules
+    counted = windows(config, user, config.resolve(model), rules) if rules else []
     counted += own
     limits.admit(counted)
     return counted
+
+
+# ---------------------------------------------------------------- limits set at run time
+
+REREAD_SECONDS = 1.0  # how stale `router limits set` may be on a running server
+LIMIT_FIELDS = ("user", "team", "model", "rpm", "tpm")
+
+
+def rule_key(rule: RateLimit) -> str:
+    """What a rule limits: its scope and model (a rule set for the same replaces it)."""
+    return f"{rule.scope}|{rule.model or '*'}"
+
+
+def parse_limit(fields: dict[str, Any], config: Config) -> RateLimit:
+    """A rule from `router limits set`'s options or the admin API's body, checked as
+    models.toml's [[limits]] are (RequestError naming what to fix)."""
+    from pydantic import ValidationError
+
+    from router.config.sections import check_scopes
+
+    unknown = sorted(set(fields) - set(LIMIT_FIELDS))
+    if unknown:
+        raise RequestError(
+            f"unknown field {unknown[0][:40]!r}: give {', '.join(LIMIT_FIELDS)}",
+            param=unknown[0][:40],
+        )
+    try:
+        rule = RateLimit.model_validate({k: v for k, v in fields.items() if v is not None})
+        check_scopes([], [rule], [*config.teams], [*ROUTING_MODES, *config.models])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise RequestError(
+            "; ".join(
+                (f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "")
+                + e["msg"].removeprefix("Value error, ")
+                for e in exc.errors()
+            ),
+            param=".".join(str(p) for p in first["loc"]) or None,
+        ) from None
+    except ValueError as exc:
+        raise RequestError(str(exc).replace("limits[0].", "")) from None
+    return rule
+
+
+class Rules:
+    """models.toml's [[limits]], each replaced (by scope and model) by one `router limits set`
+    or the admin API stored; read again at most once a second (REREAD_SECONDS): a server
+    sees a change within a second, and a request costs no read."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._reading = threading.Lock()
+        self._current: list[RateLimit] = list(config.limits)
+        self._read_at = -REREAD_SECONDS
+
+    def stored(self) -> dict[str, RateLimit]:
+        raise NotImplementedError
+
+    def set(self, rule: RateLimit) -> None:
+        raise NotImplementedError
+
+    def remove(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Rules:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def current(self) -> list[RateLimit]:
+        now = time.monotonic()
+        if now - self._read_at < REREAD_SECONDS:
+            return self._current
+        with self._reading:
+            if now - self._read_at >= REREAD_SECONDS:
+                try:
+                    stored = self.stored()
+                except RouterError as exc:  # the shared store is down: the last rules read
+                    log.warning("rate limits set at run time cannot be read: %s", exc)
+                    stored = None
+                if stored is not None:
+                    merged = {rule_key(r): r for r in self._config.limits}
+                    merged.update(stored)
+                    self._current = list(merged.values())
+                self._read_at = now
+        return self._current
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every rule in force and where it comes from (`router limits show --json`)."""
+        stored = self.stored()
+        merged = {rule_key(r): (r, "models.toml") for r in self._config.limits}
+        merged.update({k: (r, "set") for k, r in stored.items()})
+        return [
+            {"key": k, "scope": r.scope, **r.model_dump(exclude_none=True), "source": source}
+            for k, (r, source) in sorted(merged.items())
+        ]
+
+
+class RuleStore(Rules, Store):
+    """The rules set at run time in SQLite beside the ledger (`limits.sqlite3`)."""
+
+    def __init__(self, path: Path, config: Config) -> None:
+        Rules.__init__(self, config)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = open_db(path)
+        migrate(self._db, _RULE_MIGRATIONS, path)
+
+    def close(self) -> None:
+        Store.close(self)
+
+    def stored(self) -> dict[str, RateLimit]:
+        with self._lock:
+            rows = self._db.execute("SELECT rule_key, rule FROM rate_limits").fetchall()
+        return {str(k): RateLimit.model_validate_json(v) for k, v in rows}
+
+    def set(self, rule: RateLimit) -> None:
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO rate_limits VALUES (?, ?)",
+                (rule_key(rule), rule.model_dump_json(exclude_none=True)),
+            )
+        self._read_at = -REREAD_SECONDS  # this process sees it at once
+
+    def remove(self, key: str) -> bool:
+        with self._lock, self._db:
+            cur = self._db.execute("DELETE FROM rate_limits WHERE rule_key = ?", (key,))
+        self._read_at = -REREAD_SECONDS
+        return cur.rowcount > 0
+
+
+_RULE_MIGRATIONS = [
+    "CREATE TABLE IF NOT EXISTS rate_limits (rule_key TEXT PRIMARY KEY, rule TEXT NOT NULL);"
+]

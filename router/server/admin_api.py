@@ -1,5 +1,6 @@
-"""The admin API: keys and budgets over HTTP, JSON in and out, for an IT team's automation
-(what `router keys` and `router budget` do from the server's shell, with the same checks).
+"""The admin API: keys, budgets and rate limits over HTTP, JSON in and out, for an IT team's
+automation (what `router keys`, `router budget` and `router limits` do from the server's
+shell, with the same checks).
 
     GET    /v1/router/admin/keys                  every key (never a key itself)
     POST   /v1/router/admin/keys                  {"user", "role"?, "expires"?, "models"?,
@@ -10,6 +11,10 @@
     GET    /v1/router/admin/budgets               every budget and its use
     PUT    /v1/router/admin/budgets               {"user" | "team", limits...}: set (replace)
     DELETE /v1/router/admin/budgets?user=NAME     (or ?team=NAME): remove what PUT set
+    GET    /v1/router/admin/limits                every rate limit in force, and its source
+    PUT    /v1/router/admin/limits                {"user" | "team" | neither (each user),
+                                                  "model"?, "rpm"?, "tpm"?}: set (replace)
+    DELETE /v1/router/admin/limits?user=NAME[&model=M]  (or ?team=, ?each_user=true)
 
 An admin key is required where the server requires keys; a user key is refused (403) on
 every route, on loopback too. Errors are OpenAI's shape, with `param` naming the field.
@@ -25,8 +30,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from router.config import RateLimit
 from router.errors import RequestError, RouterError
 from router.governance.budgets import budget_rows, parse_budget
+from router.governance.limits import parse_limit, rule_key
 from router.ledger import duration
 from router.server.keys import KeyInfo, Keys, scope_of
 from router.server.service import Service
@@ -159,7 +166,42 @@ def routes(service: Service) -> list[Route]:
             raise HTTPError(409, f"the budget of {scope} is in models.toml: change it there")
         raise HTTPError(404, f"no budget for {scope[:80]}", code="not_found")
 
+    async def list_limits(request: Request) -> Response:
+        rows = await anyio.to_thread.run_sync(router.rate_rules.rows)
+        return JSONResponse({"limits": rows})
+
+    async def set_limit(request: Request) -> Response:
+        rule = parse_limit(await read(request), router.config)
+        await anyio.to_thread.run_sync(lambda: router.rate_rules.set(rule))
+        shown = {"key": rule_key(rule), "scope": rule.scope, **rule.model_dump(exclude_none=True)}
+        return JSONResponse(shown)
+
+    async def remove_limit(request: Request) -> Response:
+        query = request.query_params
+        unknown = sorted(set(query) - {"user", "team", "each_user", "model"})
+        scopes = [k for k in ("user", "team", "each_user") if k in query]
+        if unknown or len(scopes) != 1:
+            raise HTTPError(
+                400, "give one of ?user=NAME, ?team=NAME or ?each_user=true (and ?model=M)",
+                param=(unknown or ["user"])[0][:40],
+            )  # fmt: skip
+        wanted = rule_key(
+            RateLimit.model_construct(
+                user=query.get("user"), team=query.get("team"), model=query.get("model")
+            )
+        )
+        if await anyio.to_thread.run_sync(lambda: router.rate_rules.remove(wanted)):
+            return JSONResponse({"key": wanted, "removed": True})
+        if any(rule_key(r) == wanted for r in router.config.limits):
+            raise HTTPError(
+                409, f"the rate limit {wanted[:120]} is in models.toml: change it there"
+            )
+        raise HTTPError(404, f"no rate limit set for {wanted[:120]}", code="not_found")
+
     return [
+        Route(f"{PREFIX}/limits", guarded(list_limits), methods=["GET"]),
+        Route(f"{PREFIX}/limits", guarded(set_limit), methods=["PUT"]),
+        Route(f"{PREFIX}/limits", guarded(remove_limit), methods=["DELETE"]),
         Route(f"{PREFIX}/keys", guarded(list_keys), methods=["GET"]),
         Route(f"{PREFIX}/keys", guarded(create_key), methods=["POST"]),
         Route(f"{PREFIX}/keys/{{key_id}}", guarded(change_key), methods=["PATCH"]),

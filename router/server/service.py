@@ -410,7 +410,7 @@ class Service:
                 return JSONResponse(call.ready)
             router = self.router
             own = self.in_scope(viewer, call.request.model)  # a 403 out of the key's scope
-            if router.config.limits or own:  # [[limits]]: counted, or a 429 and its ledger row
+            if own or router.limited():  # [[limits]]: counted, or a 429 and its ledger row
                 counted = await anyio.to_thread.run_sync(router.admit, call.request, own)
             hangup = Hangup()
             looked = await router.alook_up(call.request)

@@ -18,9 +18,10 @@ import time
 import uuid
 from typing import Any
 
+from router.config import Config, RateLimit
 from router.config.sections import WINDOW_SECONDS
-from router.errors import RateLimitedError
-from router.governance.limits import MemoryLimits, Window
+from router.errors import RateLimitedError, UnavailableError
+from router.governance.limits import REREAD_SECONDS, MemoryLimits, Rules, Window, rule_key
 from router.shared import Link, errors
 
 log = logging.getLogger("router.shared")
@@ -129,3 +130,44 @@ class RedisLimits:
     def _down(self, exc: BaseException) -> None:
         self._link.failed(exc)
         log.warning("rate limits: Redis cannot be reached (%s); counting in this process", exc)
+
+
+class RedisRules(Rules):
+    """The rules set at run time, one hash for every replica (rule key -> the rule's JSON)."""
+
+    def __init__(self, link: Link, config: Config) -> None:
+        super().__init__(config)
+        self._link = link
+        self._key = link.key("limits", "rules")
+
+    def stored(self) -> dict[str, RateLimit]:
+        try:
+            found = self._link.client.hgetall(self._key)
+        except errors() as exc:
+            raise self._down(exc) from None
+        return {str(k): RateLimit.model_validate_json(v) for k, v in found.items()}
+
+    def set(self, rule: RateLimit) -> None:
+        try:
+            self._link.client.hset(
+                self._key, rule_key(rule), rule.model_dump_json(exclude_none=True)
+            )
+        except errors() as exc:
+            raise self._down(exc) from None
+        self._read_at = -REREAD_SECONDS
+
+    def remove(self, key: str) -> bool:
+        try:
+            removed = int(self._link.client.hdel(self._key, key))
+        except errors() as exc:
+            raise self._down(exc) from None
+        self._read_at = -REREAD_SECONDS
+        return removed > 0
+
+    def _down(self, exc: BaseException) -> UnavailableError:
+        self._link.failed(exc)
+        return UnavailableError(
+            f"the rate limits set at run time (Redis at {self._link.safe_url}) cannot be "
+            f"reached: {exc}",
+            retry_after=5,
+        )

@@ -31,7 +31,8 @@ HI = {"model": "local", "messages": [{"role": "user", "content": "Hi"}]}
 ROUTES = [
     ("GET", "/keys"), ("POST", "/keys"), ("PATCH", "/keys/rk-abc"), ("DELETE", "/keys/rk-abc"),
     ("POST", "/keys/rk-abc/rotate"), ("GET", "/budgets"), ("PUT", "/budgets"),
-    ("DELETE", "/budgets?user=ana"),
+    ("DELETE", "/budgets?user=ana"), ("GET", "/limits"), ("PUT", "/limits"),
+    ("DELETE", "/limits?user=ana"),
 ]  # fmt: skip
 
 
@@ -167,8 +168,8 @@ JSONS = st.recursive(
     max_leaves=8,
 )  # fmt: skip
 FIELDS = st.dictionaries(
-    st.sampled_from(["user", "team", "role", "expires", "models", "rpm", "grace",
-                     "daily_tokens", "monthly_usd", "strict", "on_exceed", "session_usd"]),
+    st.sampled_from(["user", "team", "role", "expires", "models", "rpm", "grace", "tpm",
+                     "model", "daily_tokens", "monthly_usd", "strict", "on_exceed"]),
     JSONS | st.sampled_from(["ana", "ops", "30d", "0m", "local", ["auto"], "admin"]),
     max_size=5,
 )  # fmt: skip
@@ -229,3 +230,61 @@ def test_router_keys_and_budget_manage_a_running_server_with_url(
          "--config", config], capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert gone.returncode == 3 and "no router server answers at http://127.0.0.1:9" in gone.stderr
+
+
+def test_rate_limits_are_set_at_run_time_over_http_and_from_the_cli(
+    admin: Admin, tmp_path: Path
+) -> None:
+    ana, _ = admin.keys.create("ana")
+    set_ = admin.call("PUT", "/limits", {"user": "ana", "rpm": 1})
+    assert set_.status_code == 200, set_.text
+    assert set_.json() == {"key": "user:ana|*", "scope": "user:ana", "user": "ana", "rpm": 1}
+    assert admin.chat(ana).status_code == 200
+    limited = admin.chat(ana)
+    assert limited.status_code == 429 and "rate limit user:ana rpm = 1" in limited.text
+    rows = admin.call("GET", "/limits").json()["limits"]
+    assert [(r["key"], r["source"]) for r in rows] == [("user:ana|*", "set")]
+    for sent, said in [
+        ({"user": "ana"}, "a limit needs rpm"),
+        ({"team": "ghosts", "rpm": 1}, "team 'ghosts' is not defined"),
+        ({"model": "gpt-9", "rpm": 1}, "model 'gpt-9': give auto"),
+        ({"user": "ana", "rpm": 0}, "rpm: Input should be greater than or equal to 1"),
+        ({"user": "ana", "rpm": 5, "burst": 2}, "unknown field 'burst'"),
+    ]:
+        r = admin.call("PUT", "/limits", sent)
+        assert r.status_code == 400 and said in r.json()["error"]["message"], (sent, r.text)
+    gone = admin.call("DELETE", "/limits?user=ana")
+    assert gone.json() == {"key": "user:ana|*", "removed": True}
+    assert admin.chat(ana).status_code == 200  # the server saw it at once
+    assert admin.call("DELETE", "/limits?user=ana").status_code == 404
+    assert admin.call("DELETE", "/limits?user=ana&team=ops").status_code == 400
+
+    # `router limits` in another process, on the server's own files: seen within a second.
+    config = str(admin.router.config.source)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "router", "limits", *args, "--config", config]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    made = run("set", "--team", "ops", "--model", "local", "--rpm", "1", "--tpm", "900")
+    assert made.returncode == 0, made.stderr
+    zoe, _ = admin.keys.create("zoe")
+    time.sleep(1.1)
+    assert admin.chat(zoe).status_code == 200
+    assert admin.chat(zoe).status_code == 429  # the team's window, on the running server
+    assert admin.chat(zoe, model="cloud-mini").status_code == 200  # another model's requests
+    shown = json.loads(run("show", "--json").stdout)
+    assert shown == [{"key": "team:ops|local", "scope": "team:ops", "team": "ops",
+                      "model": "local", "rpm": 1, "tpm": 900, "source": "set"}]  # fmt: skip
+    assert "team:ops|local" in run("show").stdout
+    for args, said in {
+        ("set", "--rpm", "5"): "name a USER, or give --team NAME or --each-user",
+        ("set", "ana", "--team", "ops", "--rpm", "5"): "one of them",
+        ("set", "ana"): "a limit needs rpm",
+        ("set", "--team", "ghosts", "--rpm", "1"): "team 'ghosts' is not defined",
+        ("rm", "ana"): "no rate limit set for user:ana|*",
+    }.items():
+        out = run(*args)
+        assert out.returncode == 2 and said in out.stderr, (args, out.stderr)
+    assert run("rm", "--team", "ops", "--model", "local").returncode == 0
+    assert run("show", "--json").stdout.strip() == "[]"

@@ -24,6 +24,7 @@ from router.errors import BudgetExceededError, UnavailableError
 from router.server.app import create_app
 from router.server.keys import KeyOwner, key_store
 from router.shared.budgets import RedisBudgetStore
+from router.types import ChatRequest
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
 from tests.fakecloud import FakeCloud
 from tests.redis_server import CountingProxy, RedisServer
@@ -524,3 +525,25 @@ def test_scoped_keys_on_redis_rotate_and_a_revocation_reaches_the_other_replica_
                               headers=headers).status_code == 401  # fmt: skip
         other.touch(new_owner)  # a revoked key's last use does not bring it back
         assert other.owner(made[0]) is None
+
+
+def test_a_rate_limit_set_on_one_replica_holds_on_the_other_within_a_second(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    from router.config import RateLimit
+    from router.errors import RateLimitedError
+
+    with (
+        replica(tmp_path, "a", redis_server, None) as a,
+        replica(tmp_path, "b", redis_server, None) as b,
+    ):
+        assert not b.limited()
+        a.rate_rules.set(RateLimit(user="ana", rpm=1))
+        time.sleep(1.05)  # what b read of the rules is at most a second old
+        assert b.limited()
+        request = ChatRequest([{"role": "user", "content": "Hi"}], "local", user="ana")
+        b.admit(request)
+        with pytest.raises(RateLimitedError, match="user:ana rpm = 1"):
+            a.admit(request)  # one window for both
+        assert [r["source"] for r in b.rate_rules.rows()] == ["set"]
+        assert b.rate_rules.remove("user:ana|*") and not a.rate_rules.remove("user:ana|*")

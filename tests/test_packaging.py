@@ -289,7 +289,7 @@ def test_serving_beyond_loopback_requires_a_key(tmp_path: Path) -> None:
     key = created.stdout.strip()
     assert key.startswith("rk-") and len(key) > 40
     listed = router_cli("keys", "list", "--config", str(config), cwd=tmp_path)
-    key_id = listed.stdout.split()[0]
+    key_id = listed.stdout.splitlines()[1].split()[0]  # under the header line
     assert "dana" in listed.stdout and key not in listed.stdout and key.startswith(key_id)
     assert (
         router_cli("keys", "revoke", key_id, "--config", str(config), cwd=tmp_path).returncode == 0

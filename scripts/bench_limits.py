@@ -1,6 +1,7 @@
 """What rate limits cost on the hot path (issue 38): cache hits through `router serve` with
-no [[limits]], with a rule every request counts in (in process), and with the same rule on
-Redis (one Lua script a request), side by side in one run; wrk at 1 and 8 connections.
+no [[limits]] and with a rule every request counts in, embedded (counted in process) and with
+[shared] Redis (the cache there too; one Lua script a request), side by side in one run; wrk
+at 1 and 8 connections. Each server is compared with the same store's server without limits.
 
     python scripts/bench_limits.py [--runs 3] [--seconds 5]
 
@@ -45,7 +46,8 @@ def main() -> None:
         for name, rule, url in (
             ("no limits", "", None),
             ("limits, in process", RULE, None),
-            ("limits, on Redis", RULE, redis.url),
+            ("[shared] Redis, no limits", "", redis.url),
+            ("[shared] Redis, limits", RULE, redis.url),
         ):
             port = free_port()
             config = write_config(work / name.replace(" ", "-").replace(",", ""), cloud, port, url)
@@ -61,8 +63,11 @@ def main() -> None:
                     measured.setdefault(name, []).append(
                         load_wrk(base, "cloud", PROMPTS, clients, args.seconds, 8, work)
                     )
-            ref = statistics.median(r[0] for r in measured["no limits"])
-            for name, runs in measured.items():
+            for name, runs in measured.items():  # each against its store's server without
+                ref = statistics.median(
+                    r[0] for r in measured["[shared] Redis, no limits" if "Redis" in name
+                                           else "no limits"]
+                )  # fmt: skip
                 rps, p50, p99 = (statistics.median(r[i] for r in runs) for i in range(3))
                 rows.append((name, str(clients), f"{rps:,.0f}", f"{rps / ref:.2f}",
                              f"{p50:.2f}", f"{p99:.2f}"))  # fmt: skip

@@ -6,6 +6,7 @@ them together and keeps no state of its own beyond the lazily created backends.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -48,7 +49,7 @@ from router.engine.stores import (
     shared_cache,
 )
 from router.engine.stream_end import StreamEnd
-from router.errors import UnknownModelError
+from router.errors import RateLimitedError, UnknownModelError
 from router.governance import limits, waste
 from router.governance.budgets import BudgetStore
 from router.governance.categories import classify
@@ -284,6 +285,23 @@ class Router:
             return []
         with self._books.refusals(request, time.perf_counter()):
             return limits.check(self._limits, self.config, request.user, request.model, own, rules)
+
+    async def aadmit(self, request: ChatRequest, own: Sequence[Window] = ()) -> list[Window]:
+        """`admit` on the server's event loop: counted without a thread (in process, or with
+        the loop's Redis client); a refusal's ledger row is written off the loop."""
+        rules = self._rules.current()
+        if not rules and not own:
+            return []
+        counted = limits.windows(self.config, request.user, self.config.resolve(request.model),
+                                 rules) if rules else []  # fmt: skip
+        counted += own
+        try:
+            await self._limits.aadmit(counted)
+        except RateLimitedError as exc:
+            started = time.perf_counter()
+            await asyncio.to_thread(self._books.refused, request, exc, started)
+            raise
+        return counted
 
     def limited(self) -> bool:
         """Whether any rate limit is in force (read at most once a second)."""

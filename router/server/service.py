@@ -411,7 +411,7 @@ class Service:
             router = self.router
             own = self.in_scope(viewer, call.request.model)  # a 403 out of the key's scope
             if own or router.limited():  # [[limits]]: counted, or a 429 and its ledger row
-                counted = await anyio.to_thread.run_sync(router.admit, call.request, own)
+                counted = await router.aadmit(call.request, own)
             hangup = Hangup()
             looked = await router.alook_up(call.request)
             if looked is not None and looked.hit is not None:  # a hit: no thread, no model

@@ -14,6 +14,8 @@ per replica until Redis answers again, never not at all.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 import uuid
 from typing import Any
@@ -85,7 +87,10 @@ class RedisLimits:
     def __init__(self, link: Link) -> None:
         self._link = link
         self._script: Any = link.client.register_script(ADMIT)
+        self._async: tuple[Any, Any] | None = None  # (redis.asyncio client, its script)
         self._local = MemoryLimits()  # while Redis is down
+        self._writes: queue.SimpleQueue[tuple[list[Window], int]] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
 
     def _keys(self, w: Window) -> tuple[str, str]:
         return self._link.key("limits", w.key, "hits"), self._link.key("limits", w.key, "tokens")
@@ -103,16 +108,60 @@ class RedisLimits:
             self._local.admit(counted)
             return
         self._link.ok()
+        self._decided(counted, out)
+
+    async def aadmit(self, counted: list[Window]) -> None:
+        """`admit` on the event loop's lean connection (router.shared.resp; redis.asyncio for
+        a URL it does not speak): one round trip, no thread."""
+        if not counted:
+            return
+        keys = [k for w in counted for k in self._keys(w)]
+        args: list[Any] = [WINDOW_SECONDS, uuid.uuid4().hex]
+        args += [v for w in counted for v in (w.rpm or 0, w.tpm or 0)]
+        try:
+            lean = self._link.lean_client()
+            if lean is not None:  # Redis keeps the compiled script: EVAL costs its bytes only
+                out = (await lean.call(("EVAL", ADMIT, len(keys), *keys, *args)))[0]
+            else:
+                client = self._link.async_client()
+                if self._async is None or self._async[0] is not client:
+                    self._async = (client, client.register_script(ADMIT))
+                out = await self._async[1](keys=keys, args=args)
+        except errors() as exc:
+            self._down(exc)
+            self._local.admit(counted)
+            return
+        self._link.ok()
+        self._decided(counted, out)
+
+    @staticmethod
+    def _decided(counted: list[Window], out: Any) -> None:
         if int(out[0]) == 0:
             return
-        w, kind = counted[int(out[0]) - 1], str(out[1])
+        text = [x.decode() if isinstance(x, bytes) else x for x in out]  # the lean client's
+        w, kind = counted[int(text[0]) - 1], str(text[1])
         limit = (w.rpm if kind == "rpm" else w.tpm) or 0
-        raise RateLimitedError(w.scope, kind, limit, int(out[2]), float(out[3]))
+        raise RateLimitedError(w.scope, kind, limit, int(text[2]), float(text[3]))
 
     def used(self, counted: list[Window], tokens: int) -> None:
-        timed = [w for w in counted if w.tpm is not None]
-        if tokens <= 0 or not timed:
+        """Queue an answer's tokens for the writer thread: the request never waits for it."""
+        if tokens <= 0 or not any(w.tpm is not None for w in counted):
             return
+        self._writes.put((counted, tokens))
+        if self._writer is None or not self._writer.is_alive():
+            self._writer = threading.Thread(target=self._write, name="router-limits", daemon=True)
+            self._writer.start()
+
+    def _write(self) -> None:
+        while True:
+            try:
+                counted, tokens = self._writes.get(timeout=30)
+            except queue.Empty:
+                return  # idle: the next `used` starts another
+            self._add(counted, tokens)
+
+    def _add(self, counted: list[Window], tokens: int) -> None:
+        timed = [w for w in counted if w.tpm is not None]
         second = str(int(time.time()))
         try:
             pipe = self._link.client.pipeline(transaction=False)

@@ -16,7 +16,9 @@ from router.backends.cloud import litellm_state
 from router.config import LocalModel
 from router.engine.policy import ModelView
 from router.errors import RouterError
+from router.governance.budgets import budget_rows
 from router.server.metrics import (
+    budget_gauges,
     cache_gauges,
     endpoint_gauges,
     ledger_gauges,
@@ -144,6 +146,11 @@ def routes(service: Service) -> list[Route]:
         text = service.metrics.render() + endpoint_gauges(remote)
         text += shadow_counters(router.shadow.counts)
         text += ledger_gauges(await anyio.to_thread.run_sync(router.ledger.health))
+        try:  # each budget's used share: a store that cannot be read leaves them out
+            rows = await anyio.to_thread.run_sync(lambda: budget_rows(router.budgets))
+            text += budget_gauges(rows)
+        except RouterError:
+            pass
         text += cache_gauges(router.cache_health())
         if router.link is not None:
             text += redis_gauges(router.link.up, router.link.errors)

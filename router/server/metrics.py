@@ -24,6 +24,7 @@ class Metrics:
         self._cache_write = 0
         self._kv_reused = 0  # local prompt tokens reused from the model's KV cache
         self._refusals: dict[str, int] = defaultdict(int)  # by kind: budget, guardrail
+        self._limited: dict[str, int] = defaultdict(int)  # by rate limit: "user:ana rpm"
         self._latency: dict[str, list[int]] = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
         self._latency_sum: dict[str, float] = defaultdict(float)
 
@@ -34,11 +35,15 @@ class Metrics:
         routing: Routing | None = None,
         api: str = "chat",
         refusal: str = "",
+        limit: str = "",
     ) -> None:
         tier = routing.tier if routing else "none"
         with self._lock:
             if refusal:
                 self._refusals[refusal] += 1
+            if limit:  # one series a limit reached, a bounded number of them
+                known = limit in self._limited or len(self._limited) < MAX_LIMIT_SERIES
+                self._limited[limit if known else "other"] += 1
             self._requests[(api, tier, str(status))] += 1
             self._latency[tier][bisect.bisect_left(BUCKETS, seconds)] += 1  # its own bucket
             self._latency_sum[tier] += seconds
@@ -104,6 +109,14 @@ class Metrics:
                 for k, n in sorted(self._refusals.items())
             ]
             out += [
+                "# HELP router_rate_limited_total Requests refused by a rate limit, by limit.",
+                "# TYPE router_rate_limited_total counter",
+            ]
+            out += [
+                f"router_rate_limited_total{{limit={label(k)}}} {n}"
+                for k, n in sorted(self._limited.items())
+            ]
+            out += [
                 "# HELP router_request_duration_seconds Time to answer (to the end of a stream).",
                 "# TYPE router_request_duration_seconds histogram",
             ]
@@ -162,6 +175,33 @@ def redis_gauges(up: bool, errors: int) -> str:
         "# TYPE router_redis_errors_total counter\n"
         f"router_redis_errors_total {errors}\n"
     )
+
+
+MAX_LIMIT_SERIES = 10_000
+
+
+def label(value: str) -> str:
+    """A Prometheus label value, quoted and escaped (a user's name may hold anything)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def budget_gauges(rows: list[dict[str, Any]]) -> str:
+    """Each budget's used share of each of its limits this day, month or session (rows of
+    router.governance.budgets.budget_rows): 1 is spent."""
+    out = [
+        "# HELP router_budget_used_ratio A budget's use over its limit (1: spent).",
+        "# TYPE router_budget_used_ratio gauge",
+    ]
+    for r in rows:
+        for name, used in r["used"].items():
+            limit = r["limits"][name]
+            share = used / limit if limit else float(used > 0)
+            out.append(
+                f"router_budget_used_ratio{{scope={label(r['scope'])},limit={label(name)}}} "
+                f"{share:.6g}"
+            )
+    return "\n".join(out) + "\n"
 
 
 def ledger_gauges(health: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from router.backends.hangup import Hangup
 from router.chunks import replay
 from router.engine.pipeline import Router
-from router.errors import ClientGoneError, RouterError, exit_code
+from router.errors import ClientGoneError, RateLimitedError, RouterError, exit_code
 from router.governance.limits import Window
 from router.server.connections import UNDER_WAY, AccessLog
 from router.server.keys import PREFIX, KeyOwner, Keys
@@ -353,6 +353,8 @@ class Service:
         a URL, a pid)."""
         err = http_error(exc)
         err.refusal = exc.refusal
+        if isinstance(exc, RateLimitedError):
+            err.limit = f"{exc.scope} {exc.kind}"
         # What `router chat` through this server exits with: the same as in process.
         err.headers = {**(err.headers or {}), "x-router-exit-code": str(exit_code(exc))}
         if err.status >= 500:
@@ -395,8 +397,11 @@ class Service:
 
         counted: list[Window] = []  # the rate limits' windows the request counts in
 
-        def observe(status: int, routing: Routing | None = None, refusal: str = "") -> None:
-            self.metrics.observe(status, time.perf_counter() - started, routing, api, refusal)
+        def observe(
+            status: int, routing: Routing | None = None, refusal: str = "", limit: str = ""
+        ) -> None:
+            seconds = time.perf_counter() - started
+            self.metrics.observe(status, seconds, routing, api, refusal, limit)
             self.router.used(counted, routing)  # the answer's tokens, for tpm
 
         try:
@@ -467,7 +472,7 @@ class Service:
             if call.options.get("routing"):
                 headers[ROUTING_HEADER] = routing_json(done.routing)
             return FastJSONResponse(body, headers=headers)
-        observe(err.status, refusal=err.refusal)
+        observe(err.status, refusal=err.refusal, limit=err.limit)
         return self.error_response(renderer, err)
 
     async def run(

@@ -40,6 +40,7 @@ class HTTPError(Exception):
     # The status an API answers with where it is not `status` (its clients' own rules).
     statuses: dict[str, int] = field(default_factory=dict)
     refusal: str = ""  # the RouterError's refusal ("budget", "guardrail"), for the metrics
+    limit: str = ""  # a rate limit's scope and kind ("user:ana rpm"), for the metrics
 
     def body(self) -> dict[str, Any]:
         return {

@@ -146,6 +146,18 @@ def test_budgets_are_set_enforced_and_removed_over_http(admin: Admin) -> None:
                                                                "removed": True}  # fmt: skip
     assert admin.chat(ana, model="cloud-mini").status_code == 200
     assert admin.call("DELETE", "/budgets?user=ana").status_code == 404
+    # /metrics: each budget's used share of each limit.
+    assert admin.call("PUT", "/budgets", {"user": "ana", "daily_tokens": 1000}).status_code == 200
+    ho = admin.chat(ana, model="cloud-mini", messages=[{"role": "user", "content": "Ho"}])
+    assert ho.status_code == 200, ho.text
+    used = admin.router.budgets.usage("user:ana")["daily_tokens"]
+    metrics = admin.http.get("/metrics", headers={"authorization": f"Bearer {admin.key}"}).text
+    assert 0 < used < 1000
+    assert (
+        f'router_budget_used_ratio{{scope="user:ana",limit="daily_tokens"}} {used / 1000:.6g}'
+        in metrics
+    )
+    assert 'router_budget_used_ratio{scope="team:ops",limit="monthly_usd"} 0' in metrics
     assert admin.call("DELETE", "/budgets").status_code == 400
 
 

@@ -97,6 +97,7 @@ def test_a_burst_gets_exactly_its_rpm_and_every_api_a_429_in_its_shape(
         assert sum(1 for r in rows if not r.refusal) == 11
         metrics = http.get("/metrics").text
         assert f'router_refusals_total{{kind="rate_limited"}} {len(limited)}' in metrics
+        assert f'router_rate_limited_total{{limit="anonymous rpm"}} {len(limited)}' in metrics
 
 
 def test_tpm_counts_each_answers_tokens_streamed_or_not(served: tuple[Router, str]) -> None:

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
+from router.cli.alerts import alerts_app
 from router.cli.common import (
     ConfigOption,
     JsonOption,
@@ -298,6 +299,7 @@ app.command(short_help="Write the savings dashboard as one HTML file.")(report)
 app.command(short_help="How often local answers were rated good enough.")(quality)
 app.add_typer(keys_app, name="keys")
 app.add_typer(limits_app, name="limits")
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(budget_app, name="budget")
 app.command(short_help="Flag accounts far above their peers.")(audit)
 app.command(short_help="Score JSON lines of prompts on stdin.")(score)

@@ -30,6 +30,7 @@ from router.config.errors import describe
 from router.config.files import package_file as package_file  # re-exported
 from router.config.sections import (
     AgentSettings,
+    AlertSettings,
     CacheSettings,
     GuardrailSettings,
     LedgerSettings,
@@ -267,6 +268,7 @@ class Config(_Strict):
     budgets: list[Budget] = Field(default_factory=list)
     limits: list[RateLimit] = Field(default_factory=list)  # [[limits]]: rpm and tpm
     agents: AgentSettings | None = None  # [agents]: scenario routes (engine.agents)
+    alerts: AlertSettings | None = None  # [alerts]: events as they happen
     models: dict[str, ModelConfig]
     source: Path | None = Field(default=None, exclude=True)
 

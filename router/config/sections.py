@@ -306,3 +306,25 @@ def check_scopes(
                 f"limits[{i}].model {rule.model!r}: give auto, local, cloud or a model of this "
                 f"file (models: {', '.join(n for n in names if n not in ROUTING_MODES)})"
             )
+
+
+class AlertSettings(_Strict):
+    """[alerts]: events sent as they happen (router.governance.alerts), each once a window,
+    to a log line and, with `webhook`, an HTTP POST: JSON ({event, key, text, data, at}) or
+    Slack's incoming-webhook shape ({"text": ...})."""
+
+    webhook: str | None = None
+    format: Literal["json", "slack"] = "json"
+    alert_at: Annotated[float, Field(gt=0, lt=1)] = 0.8  # a budget's share that alerts
+    usd_per_hour: Annotated[float, Field(gt=0)] | None = None  # a burn rate that alerts
+    cloud_failures: Annotated[int, Field(ge=1, le=1000)] = 5  # failed calls in a row
+    window_seconds: Annotated[int, Field(ge=1, le=7 * 86400)] = 3600  # one alert a window
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+
+    @field_validator("webhook")
+    @classmethod
+    def _http(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^\s/]+", url):
+            raise ValueError("give the webhook's http:// or https:// URL")
+        return url

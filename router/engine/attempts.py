@@ -32,6 +32,7 @@ from router.errors import (
     LedgerUnavailableError,
     UnavailableError,
 )
+from router.governance.alerts import Alerts
 from router.governance.budgets import BudgetStore, Reservation, shortened
 from router.types import ChatRequest, Decision, Routing
 from router.units import Tokens
@@ -41,12 +42,18 @@ T = TypeVar("T")
 
 class Attempts:
     def __init__(
-        self, config: Config, budgets: BudgetStore, books: Books, prices: dict[str, Price]
+        self,
+        config: Config,
+        budgets: BudgetStore,
+        books: Books,
+        prices: dict[str, Price],
+        alerts: Alerts | None = None,
     ) -> None:
         self._config = config
         self._budgets = budgets
         self._books = books
         self._prices = prices
+        self._alerts = alerts  # [alerts]: budgets' shares, burn rate, failing cloud models
         self._settled = threading.Condition()  # notified when a reservation settles
 
     def first_answer(
@@ -102,6 +109,9 @@ class Attempts:
             )
             counted = math.ceil(self._prices[routing.model].budget_tokens(tokens))
             self._budgets.settle(reservation, counted, routing.cost_usd)
+        if self._alerts is not None and (reservation is not None or routing.cost_usd > 0):
+            scopes = reservation.budgets if reservation is not None else ()
+            self._alerts.settled(self._budgets, scopes, routing.cost_usd)
         self._wake_waiters(reservation)
 
     def _release(self, reservation: Reservation | None) -> None:
@@ -166,6 +176,8 @@ class Attempts:
                     result = call(name, shortened(params, reservation))
             except BackendError as exc:
                 self._release(reservation)
+                if paid and self._alerts is not None:
+                    self._alerts.call_failed(name, str(exc))
                 failures.append(str(exc))
                 shown.append(exc.public)
                 if isinstance(exc, CloudError) and exc.status and not exc.retryable:
@@ -176,6 +188,8 @@ class Attempts:
             except BaseException:
                 self._release(reservation)
                 raise
+            if paid and self._alerts is not None:
+                self._alerts.call_worked(name)
             return name, result, reservation, failures, shown
         if unrecorded is not None:
             raise unrecorded

@@ -23,6 +23,7 @@ from router.config import Config, Price
 from router.engine import policy
 from router.engine.cache import sampled
 from router.errors import LedgerUnavailableError, RouterError
+from router.governance.alerts import Alerts
 from router.governance.budgets import expected_completion
 from router.governance.waste import RepeatDetector
 from router.ledger import Entry, Ledger
@@ -54,6 +55,7 @@ class Books:
         self._repeats = repeats
         self._prices = prices
         self._estimator = estimator
+        self.alerts: Alerts | None = None  # [alerts]: a row the ledger did not take
         self._expected: dict[tuple[str | None, str], tuple[int, float]] = {}
 
     def begin(
@@ -81,7 +83,12 @@ class Books:
             flags=list(decision.flags),
             response_id=response_id,
         )
-        self._ledger.begin(self._entry(request, routing, stream, pending=True))
+        try:
+            self._ledger.begin(self._entry(request, routing, stream, pending=True))
+        except LedgerUnavailableError as exc:
+            if self.alerts is not None:
+                self.alerts.ledger_failed(str(exc))
+            raise
 
     def abandon(self, response_id: str) -> None:
         """Every model failed: remove the request's pending row, if it has one."""
@@ -190,8 +197,9 @@ class Books:
             self._repeats.answered(request.user, key)
         return self._entry(request, routing, stream)
 
-    @staticmethod
-    def _not_taken(routing: Routing) -> None:
+    def _not_taken(self, routing: Routing) -> None:
+        if self.alerts is not None:
+            self.alerts.ledger_failed(f"the row of {routing.response_id} was not taken")
         paid = routing.tier == "cloud" and not routing.cache_hit
         log.error(
             "the ledger did not take the row of %s (%s, %s): %s",

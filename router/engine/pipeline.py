@@ -40,6 +40,7 @@ from router.engine.cache import (
 from router.engine.embedding import Embedding, Embeddings, check_dimensions, check_texts
 from router.engine.shadow import Shadow
 from router.engine.stores import (
+    alerts_for,
     budget_store,
     link_for,
     open_ledger,
@@ -122,7 +123,11 @@ class Router:
         self._books = Books(
             self.config, self._ledger, self._repeats, self._prices, estimator_name(self.estimator)
         )
-        self._attempts = Attempts(self.config, self._budgets, self._books, self._prices)
+        self.alerts = alerts_for(self.config, self.link)  # [alerts]
+        self._books.alerts = self.alerts
+        self._attempts = Attempts(
+            self.config, self._budgets, self._books, self._prices, self.alerts
+        )
         self._embedding = Embedding(
             self.config, self._attempts, self._books, self._prices, self._backend
         )
@@ -289,19 +294,13 @@ class Router:
     async def aadmit(self, request: ChatRequest, own: Sequence[Window] = ()) -> list[Window]:
         """`admit` on the server's event loop: counted without a thread (in process, or with
         the loop's Redis client); a refusal's ledger row is written off the loop."""
-        rules = self._rules.current()
-        if not rules and not own:
-            return []
-        counted = limits.windows(self.config, request.user, self.config.resolve(request.model),
-                                 rules) if rules else []  # fmt: skip
-        counted += own
+        found = limits.counted(self.config, self._rules.current(), request.user, request.model, own)
         try:
-            await self._limits.aadmit(counted)
+            await self._limits.aadmit(found)  # none: at once
         except RateLimitedError as exc:
-            started = time.perf_counter()
-            await asyncio.to_thread(self._books.refused, request, exc, started)
+            await asyncio.to_thread(self._books.refused, request, exc, time.perf_counter())
             raise
-        return counted
+        return found
 
     def limited(self) -> bool:
         """Whether any rate limit is in force (read at most once a second)."""
@@ -449,6 +448,8 @@ class Router:
             self._ledger.close()
             self._budgets.close()
             self._rules.close()
+            if self.alerts is not None:
+                self.alerts.close()
             if self.link is not None:
                 self.link.close()
 

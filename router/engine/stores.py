@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from router.config import Config
 from router.engine.cache import DiskResponseCache, ResponseCache
+from router.governance.alerts import Alerts
 from router.governance.budgets import BudgetStore
 from router.governance.limits import Limits, MemoryLimits, Rules, RuleStore
 from router.governance.waste import RepeatDetector
@@ -80,3 +81,24 @@ def rate_rules(config: Config, link: Link | None = None) -> Rules:
     from router.shared.limits import RedisRules
 
     return RedisRules(link, config)
+
+
+def alerts_for(config: Config, link: Link | None = None) -> Alerts | None:
+    """[alerts], or None without the section. With [shared] Redis each event is claimed there
+    (SET NX with the window's expiry): one replica sends it."""
+    if config.alerts is None:
+        return None
+    if link is None:
+        return Alerts(config.alerts)
+    from router.shared import errors
+
+    here = Alerts(config.alerts)  # while Redis is down: claimed in this process
+
+    def claim(key: str, window: float) -> bool:
+        try:
+            return bool(link.client.set(link.key("alerts", key), "1", nx=True, ex=int(window)))
+        except errors() as exc:
+            link.failed(exc)
+            return here._claim_here(key, window)
+
+    return Alerts(config.alerts, claim)

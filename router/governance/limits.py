@@ -188,11 +188,22 @@ def check(
     """Admit a request by `user` for `model` on every limit of `rules` (default: models.toml's)
     that applies and on `own` (an API key's window), or raise RateLimitedError; the windows,
     for `used` once its answer's tokens are known."""
-    rules = config.limits if rules is None else rules
-    counted = windows(config, user, config.resolve(model), rules) if rules else []
-    counted += own
-    limits.admit(counted)
-    return counted
+    found = counted(config, config.limits if rules is None else rules, user, model, own)
+    limits.admit(found)
+    return found
+
+
+def counted(
+    config: Config,
+    rules: Sequence[RateLimit],
+    user: str | None,
+    model: str,
+    own: Sequence[Window] = (),
+) -> list[Window]:
+    """The windows a request by `user` for `model` (before [aliases]) counts in, under
+    `rules`, and `own` (an API key's)."""
+    found = windows(config, user, config.resolve(model), rules) if rules else []
+    return found + list(own)
 
 
 # ---------------------------------------------------------------- limits set at run time

@@ -56,6 +56,9 @@ class KeyOwner:
     def expired(self, now: float | None = None) -> bool:
         return self.expires is not None and self.expires <= (time.time() if now is None else now)
 
+    def expiry(self) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.expires or 0))
+
 
 @dataclass(frozen=True)
 class KeyInfo:

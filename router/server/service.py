@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import functools
 import hashlib
 import logging
@@ -37,12 +36,6 @@ from router.wire import chat
 from router.wire.api import FORWARDABLE, ROUTING_HEADER, Asked, Call, Renderer, routing_json
 from router.wire.http import HTTPError, http_error
 from router.wire.identity import raw_identity
-
-
-def _utc(at: float | None) -> str:
-    stamp = datetime.datetime.fromtimestamp(at or 0, datetime.timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 log = logging.getLogger("router.server")
 T = TypeVar("T")
@@ -239,7 +232,7 @@ class Service:
         if owner.expired():
             raise HTTPError(
                 401,
-                f"API key {owner.key_id} expired at {_utc(owner.expires)}: ask for a new one "
+                f"API key {owner.key_id} expired at {owner.expiry()}: ask for a new one "
                 f"('router keys rotate {owner.key_id}' or 'router keys create')",
                 "authentication_error",
                 code="key_expired",

@@ -24,6 +24,7 @@ from router.engine.stores import budget_store
 from router.errors import BudgetExceededError, UnavailableError
 from router.server.app import create_app
 from router.server.keys import KeyOwner, key_store
+from router.shared import Link
 from router.shared.budgets import RedisBudgetStore
 from router.types import ChatRequest
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
@@ -552,3 +553,23 @@ def test_a_rate_limit_set_on_one_replica_holds_on_the_other_within_a_second(
             a.admit(request)  # one window for both
         assert [r["source"] for r in b.rate_rules.rows()] == ["set"]
         assert b.rate_rules.remove("user:ana|*") and not a.rate_rules.remove("user:ana|*")
+
+
+def test_an_alert_is_sent_by_one_replica_only(tmp_path: Path, redis_server: RedisServer) -> None:
+    from router.engine.stores import alerts_for
+
+    extra = "\n[alerts]\nwindow_seconds = 60\n"  # no webhook: the log line is the alert
+    with (
+        replica(tmp_path, "a", redis_server, None, extra) as a,
+        replica(tmp_path, "b", redis_server, None, extra) as b,
+    ):
+        assert a.alerts is not None and b.alerts is not None
+        said = [r.alerts.deliver("cloud_failing", "cloud-mini", "failing", {}) for r in (a, b)]
+        assert said == [True, None]  # b found it claimed
+        assert b.alerts.deliver("cloud_failing", "other-model", "failing", {}) is True
+        key = a.link.key("alerts", "cloud_failing:cloud-mini") if a.link else ""
+        assert 0 < a.link.client.ttl(key) <= 60 if a.link else False
+        # Redis down: each replica claims in its own process, never silent.
+        down = alerts_for(a.config, Link("redis://127.0.0.1:9/0", "router:", 0.2))
+        assert down is not None and down.deliver("burn_rate", "hour", "x", {}) is True
+        assert down.deliver("burn_rate", "hour", "x", {}) is None

@@ -1,0 +1,247 @@
+"""Real-time alerts ([alerts]) to a webhook receiver on loopback: a budget crossing its alert
+share and being spent, a failing cloud model, an unwritable ledger, a burn rate; each once a
+window; `router alerts test`; and a dead receiver that delays no request."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router import Router
+from router.backends import FunctionBackend
+from router.config import AlertSettings, Budget
+from router.errors import CloudError, LedgerUnavailableError
+from router.governance.alerts import Alerts
+from router.governance.budgets import BudgetStore
+from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, write_config
+from tests.disks import fill_up, small_disk
+
+
+class Receiver:
+    """A webhook on loopback: every POST body it got, as JSON."""
+
+    def __init__(self) -> None:
+        got: list[dict[str, Any]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                size = int(self.headers.get("content-length", 0))
+                got.append(json.loads(self.rfile.read(size)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.got = got
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self) -> list[str]:
+        return [g.get("event", "") for g in self.got]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def alerts_section(url: str, extra: str = "") -> str:
+    return f'\n[alerts]\nwebhook = "{url}"\nretries = 0\n{extra}'
+
+
+def make(tmp_path: Path, extra: str, cloud: Any, **kwargs: Any) -> Router:
+    config = write_config(tmp_path, "http://127.0.0.1:9/v1", extra)
+    backends = {
+        "smollm2": FunctionBackend("smollm2", lambda r, p: "local"),
+        "cloud-mini": FunctionBackend("cloud-mini", cloud),
+    }
+    return Router(config, backends=backends, sleep=lambda s: None, **kwargs)
+
+
+def ask(router: Router, text: str, user: str = "ana", cache: bool = True) -> Any:
+    return router.complete(
+        [{"role": "user", "content": text}], "cloud-mini", user=user, cache=cache
+    )
+
+
+def test_a_budget_alerts_at_its_share_and_when_spent_each_once(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    store = BudgetStore(tmp_path / "gov.sqlite3", write_config_for(tmp_path))
+    store.set(Budget(user="ana", daily_tokens=1000))
+    alerts = Alerts(AlertSettings(webhook=receiver.url, retries=0))
+    store.settle(store.reserve("ana", 700, 0.0), 700, 0.0)
+    alerts.settled(store, ("user:ana",), 0.0)  # 70%: nothing
+    assert alerts.flush()  # (checked on the alerts' thread, with the usage it reads then)
+    store.settle(store.reserve("ana", 150, 0.0), 150, 0.0)
+    for _ in range(3):  # 85%, three times: one alert
+        alerts.settled(store, ("user:ana",), 0.0)
+    assert alerts.flush()
+    store.settle(store.reserve("ana", 150, 0.0), 150, 0.0)
+    alerts.settled(store, ("user:ana",), 0.0)  # 100%: spent
+    alerts.settled(store, ("user:ana",), 0.0)
+    assert alerts.flush()
+    assert receiver.events() == ["budget_alert", "budget_spent"]
+    first, spent = receiver.got
+    assert first["data"]["share"] == 0.85 and first["key"].startswith("user:ana daily_tokens day:")
+    assert "budget user:ana daily_tokens is 85% used: 850 tokens of 1,000 tokens" in first["text"]
+    assert spent["text"].startswith("budget user:ana daily_tokens is spent: 1,000 tokens of")
+    assert alerts.counts["repeated"] == 3
+    store.close()
+
+
+def write_config_for(tmp_path: Path) -> Any:
+    from router.config import load_config
+
+    return load_config(write_config(tmp_path, None))
+
+
+def test_paid_calls_alert_their_budget_and_the_burn_rate_through_the_router(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+    extra = alerts_section(receiver.url, "alert_at = 0.01\nusd_per_hour = 0.000001\n")
+    extra += '\n[[budgets]]\nuser = "ana"\ndaily_tokens = 1000\n'
+    with make(tmp_path, extra, lambda r, p: "Hello from the cloud.") as router:
+        for i in range(3):
+            assert ask(router, f"Hi {i}").routing.tier == "cloud"
+        assert router.alerts is not None and router.alerts.flush()
+    assert sorted(receiver.events()) == ["budget_alert", "burn_rate"]
+    burn = next(g for g in receiver.got if g["event"] == "burn_rate")
+    assert "paid in the last hour, over [alerts] usd_per_hour" in burn["text"]
+
+
+def test_a_failing_cloud_model_alerts_once_after_n_failures_in_a_row(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+    failing = {"on": True}
+
+    def cloud(request: Any, params: Any) -> str:
+        if failing["on"]:
+            raise CloudError("provider said 500", status=500, retryable=True)
+        return "fine"
+
+    extra = alerts_section(receiver.url, "cloud_failures = 3\n")
+    with make(tmp_path, extra, cloud) as router:
+        for i in range(2):  # two in a row, a success, then three: one alert
+            ask_auto(router, f"q{i}")
+        failing["on"] = False
+        ask_auto(router, "ok")
+        failing["on"] = True
+        for i in range(5):
+            ask_auto(router, f"r{i}")
+        assert router.alerts is not None and router.alerts.flush()
+    assert receiver.events() == ["cloud_failing"]
+    assert receiver.got[0]["key"] == "cloud-mini" and receiver.got[0]["data"]["failures"] == 3
+    assert "cloud model cloud-mini failed 3 calls in a row" in receiver.got[0]["text"]
+
+
+def ask_auto(router: Router, text: str) -> None:
+    """A hard request in auto: the cloud first, the local model when it fails."""
+    from tests.conftest import HARD_PROMPT
+
+    router.complete([{"role": "user", "content": f"{HARD_PROMPT} {text}"}], user="ana", cache=False)
+
+
+def test_a_full_ledger_disk_alerts_once(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+    with small_disk(tmp_path / "disk") as disk:
+        config = write_config(tmp_path, "http://127.0.0.1:9/v1", alerts_section(receiver.url))
+        text = config.read_text().replace('path = "ledger.sqlite3"', f'path = "{disk}/l.sqlite3"')
+        config.write_text(text)
+        backends = {
+            "smollm2": FunctionBackend("smollm2", lambda r, p: "local"),
+            "cloud-mini": FunctionBackend("cloud-mini", lambda r, p: "cloud"),
+        }
+        with Router(config, backends=backends) as router:
+            ask(router, "Before the disk filled")
+            filler = fill_up(disk)
+            for i in range(3):  # auto: answered locally, since no paid call can be recorded
+                done = router.complete([{"role": "user", "content": f"Hello {i}"}], user="ana")
+                assert done.routing.tier == "local"
+            with pytest.raises(LedgerUnavailableError):
+                ask(router, "A paid call that could not be recorded")
+            assert router.alerts is not None and router.alerts.flush()
+            filler.unlink()
+    assert receiver.events() == ["ledger_unwritable"]
+    assert "the ledger cannot be written" in receiver.got[0]["text"]
+
+
+def test_slack_format_and_router_alerts_test(tmp_path: Path, receiver: Receiver) -> None:
+    config = write_config(tmp_path, None, alerts_section(receiver.url, 'format = "slack"\n'))
+    run = [sys.executable, "-m", "router", "alerts", "test", "--config", str(config)]
+    sent = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    host = receiver.url.split("/hook")[0]
+    assert f"sent to {host}/… (slack)" in sent.stderr and "/hook" not in sent.stderr
+    assert list(receiver.got[0]) == ["text"] and "router alerts test" in receiver.got[0]["text"]
+    dead = write_config(tmp_path, None, alerts_section("http://127.0.0.1:9/hook"))
+    failed = subprocess.run([*run[:-1], str(dead)], capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 3 and "did not take the alert after 1 tries" in failed.stderr
+    none = write_config(tmp_path, None)
+    missing = subprocess.run([*run[:-1], str(none)], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no [alerts] section" in missing.stderr
+
+
+def test_a_dead_receiver_delays_no_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A webhook that takes the connection and never answers: every request alerts (a burn
+    rate over a tiny limit, a fresh window each time), none waits for it."""
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+    sink = socket.socket()
+    sink.bind(("127.0.0.1", 0))
+    sink.listen(64)  # never accepted: each POST hangs until its timeout
+    url = f"http://127.0.0.1:{sink.getsockname()[1]}/hook"
+
+    serial = itertools.count()
+
+    def timed(router: Router, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            i = next(serial)
+            started = time.perf_counter()
+            ask(router, f"Hello {i}", user=f"u{i % 5}", cache=False)  # each a paid call
+            out.append(time.perf_counter() - started)
+        return out
+
+    slow = alerts_section(url, "usd_per_hour = 0.000001\nwindow_seconds = 1\ntimeout_seconds = 5\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    try:
+        with (
+            make(tmp_path / "a", "", lambda r, p: "Hello.") as plain,
+            make(tmp_path / "b", slow, lambda r, p: "Hello.") as alerting,
+        ):
+            timed(plain, 10), timed(alerting, 10)  # warm both
+            runs = {"plain": [], "alerting": []}  # type: dict[str, list[float]]
+            for _ in range(3):  # taking turns: the machine's noise falls on both
+                runs["plain"] += timed(plain, 30)
+                runs["alerting"] += timed(alerting, 30)
+            assert alerting.alerts is not None and alerting.alerts.counts["logged"] >= 1
+            assert not alerting.alerts.flush(0.1)  # the dead receiver still holds its thread
+        p50 = {k: statistics.median(v) for k, v in runs.items()}
+        assert p50["alerting"] <= p50["plain"] * 1.05 + 0.0002, p50
+    finally:
+        sink.close()

@@ -204,7 +204,48 @@ class _Touches:
         return True
 
 
-class KeyStore(Store):
+class _Scoped:
+    """`rotate` and `change`, the same on either store; each writes a scope its own way."""
+
+    def list(self) -> list[KeyInfo]:
+        raise NotImplementedError
+
+    def create(
+        self,
+        user: str,
+        role: str = "user",
+        *,
+        expires: float | None = None,
+        models: Sequence[str] = (),
+        rpm: int | None = None,
+    ) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def _write_scope(self, key_id: str, info: KeyInfo) -> bool:
+        raise NotImplementedError
+
+    def rotate(self, key_id: str, grace_seconds: float) -> tuple[str, str] | None:
+        """A new key with the old one's owner and scope; the old one works `grace_seconds`
+        more (never longer than it would have). None: no such key."""
+        old = next((k for k in self.list() if k.key_id == key_id), None)
+        if old is None:
+            return None
+        made = self.create(old.user, old.role, expires=old.expires, models=old.models, rpm=old.rpm)
+        ends = time.time() + grace_seconds
+        self._write_scope(key_id, dataclasses.replace(old, expires=min(ends, old.expires or ends)))
+        return made
+
+    def change(self, key_id: str, **scope: Any) -> KeyInfo | None:
+        """Set a key's expiry, models or rpm (ValueError naming what to fix; None: no such
+        key)."""
+        old = next((k for k in self.list() if k.key_id == key_id), None)
+        if old is None:
+            return None
+        new = changed(old, scope)
+        return new if self._write_scope(key_id, new) else None
+
+
+class KeyStore(_Scoped, Store):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
@@ -262,33 +303,13 @@ class KeyStore(Store):
             cur = self._db.execute("DELETE FROM api_keys WHERE key_id = ?", (key_id,))
         return cur.rowcount > 0
 
-    def rotate(self, key_id: str, grace_seconds: float) -> tuple[str, str] | None:
-        """A new key with the old one's owner and scope; the old one works `grace_seconds`
-        more (never longer than it would have). None: no such key."""
-        old = next((k for k in self.list() if k.key_id == key_id), None)
-        if old is None:
-            return None
-        made = self.create(old.user, old.role, expires=old.expires, models=old.models, rpm=old.rpm)
-        ends = time.time() + grace_seconds
-        with self._lock, self._db:
-            self._db.execute(
-                "UPDATE api_keys SET expires = ? WHERE key_id = ?",
-                (min(ends, old.expires or ends), key_id),
-            )
-        return made
-
-    def change(self, key_id: str, **scope: Any) -> KeyInfo | None:
-        """Set a key's expiry, models or rpm (None: no such key)."""
-        old = next((k for k in self.list() if k.key_id == key_id), None)
-        if old is None:
-            return None
-        new = changed(old, scope)
+    def _write_scope(self, key_id: str, info: KeyInfo) -> bool:
         with self._lock, self._db:
             cur = self._db.execute(
                 "UPDATE api_keys SET expires = ?, models = ?, rpm = ? WHERE key_id = ?",
-                (new.expires, json.dumps(list(new.models)), new.rpm, key_id),
+                (info.expires, json.dumps(list(info.models)), info.rpm, key_id),
             )
-        return new if cur.rowcount else None
+        return cur.rowcount > 0
 
     def touch(self, owner: KeyOwner) -> None:
         """Record the key's use now (at most once a minute per key and process)."""
@@ -300,7 +321,7 @@ class KeyStore(Store):
                 )
 
 
-class RedisKeyStore:
+class RedisKeyStore(_Scoped):
     """KeyStore's methods on Redis: the same scheme (only SHA-256 hashes are kept, the key is
     shown once) in two hashes, hash -> record (KeyInfo's) and id -> hash. A revoked key stops
     working on every replica at once; while Redis is down keys cannot be checked (503)."""
@@ -364,22 +385,9 @@ class RedisKeyStore:
             raise self._down(exc) from None
         return True
 
-    def rotate(self, key_id: str, grace_seconds: float) -> tuple[str, str] | None:
-        old = next((k for k in self.list() if k.key_id == key_id), None)
-        if old is None:
-            return None
-        made = self.create(old.user, old.role, expires=old.expires, models=old.models, rpm=old.rpm)
-        ends = time.time() + grace_seconds
-        self._update(key_id, expires=min(ends, old.expires or ends))
-        return made
-
-    def change(self, key_id: str, **scope: Any) -> KeyInfo | None:
-        old = next((k for k in self.list() if k.key_id == key_id), None)
-        if old is None:
-            return None
-        new = changed(old, scope)
-        self._update(key_id, expires=new.expires, models=list(new.models), rpm=new.rpm)
-        return new
+    def _write_scope(self, key_id: str, info: KeyInfo) -> bool:
+        self._update(key_id, expires=info.expires, models=list(info.models), rpm=info.rpm)
+        return True
 
     def touch(self, owner: KeyOwner) -> None:
         if owner.key_id and self._touches.due(owner.key_id, time.time()):

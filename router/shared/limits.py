@@ -95,12 +95,16 @@ class RedisLimits:
     def _keys(self, w: Window) -> tuple[str, str]:
         return self._link.key("limits", w.key, "hits"), self._link.key("limits", w.key, "tokens")
 
+    def _asked(self, counted: list[Window]) -> tuple[list[str], list[Any]]:
+        """The script's KEYS and ARGV for `counted`."""
+        keys = [k for w in counted for k in self._keys(w)]
+        args: list[Any] = [WINDOW_SECONDS, uuid.uuid4().hex]
+        return keys, args + [v for w in counted for v in (w.rpm or 0, w.tpm or 0)]
+
     def admit(self, counted: list[Window]) -> None:
         if not counted:
             return
-        keys = [k for w in counted for k in self._keys(w)]
-        args: list[Any] = [WINDOW_SECONDS, uuid.uuid4().hex]
-        args += [v for w in counted for v in (w.rpm or 0, w.tpm or 0)]
+        keys, args = self._asked(counted)
         try:
             out = self._script(keys=keys, args=args)
         except errors() as exc:
@@ -115,9 +119,7 @@ class RedisLimits:
         a URL it does not speak): one round trip, no thread."""
         if not counted:
             return
-        keys = [k for w in counted for k in self._keys(w)]
-        args: list[Any] = [WINDOW_SECONDS, uuid.uuid4().hex]
-        args += [v for w in counted for v in (w.rpm or 0, w.tpm or 0)]
+        keys, args = self._asked(counted)
         try:
             lean = self._link.lean_client()
             if lean is not None:  # Redis keeps the compiled script: EVAL costs its bytes only

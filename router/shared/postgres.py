@@ -132,6 +132,9 @@ class PostgresLedger:
         self._queue_lock = threading.Lock()
         self._queue_writes = GroupCommit(self._queue, self._queue_lock)
         self._db_lock = threading.Lock()
+        # One drain at a time: two that read the same batch could both delete it, and the
+        # second would delete a row queued since under a reused id, unsent.
+        self._drain_lock = threading.Lock()
         self._conn: Any = None
         self.reach = Reachability("the ledger database", url)
         self.queue_reach = Reachability("the ledger's queue", str(queue_path))
@@ -258,6 +261,10 @@ class PostgresLedger:
     def drain(self) -> int:
         """Move every queued row into PostgreSQL now; the number moved. UnavailableError when
         PostgreSQL is away (the rows stay queued)."""
+        with self._drain_lock:
+            return self._drain()
+
+    def _drain(self) -> int:
         moved = 0
         while True:
             with self._queue_lock:

@@ -7,10 +7,12 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,7 @@ from router import Router
 from router.backends import FunctionBackend
 from router.errors import LedgerUnavailableError
 from router.ledger import _MIGRATIONS as sqlite_migrations
+from router.ledger import Entry
 from router.server.app import create_app
 from router.shared.postgres import PostgresLedger
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, HARD_PROMPT, write_config
@@ -216,3 +219,46 @@ def test_a_full_disk_under_the_queue_refuses_paid_calls(
             assert len(fake_cloud.requests) == paid + 1
             finished = [e.pending for e in a.ledger.entries()]
     assert finished == [False, False]  # Before and After (the local answer's row was lost)
+
+
+def row(response_id: str) -> Entry:
+    return Entry(ts=1.0, user="w", tier="local", model="m", prompt_tokens=1,
+        completion_tokens=1, cost_usd=0, baseline_usd=0, tokens_saved=0, usd_saved=0,
+        cache_hit=False, latency_ms=1, score=0.1, reason="r", response_id=response_id)  # fmt: skip
+
+
+def test_a_row_queued_while_two_drains_overlap_is_not_lost(
+    tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every read drains this replica's queue first, beside the drain thread (a request's own
+    read included). One drain moves a batch and deletes it; a row queued next may take a
+    deleted row's id; a second drain that read the same batch before must not delete it
+    unsent (a paid call's pending row went so under kill -9 in test_replicas)."""
+    ledger = PostgresLedger(database, tmp_path / "queue.sqlite3")
+    ledger._stop = True  # no drain thread: this test's two drains only
+    ledger._wake.set()
+    ledger._thread.join(5)
+    transaction = ledger._transaction
+    slow, slowed = threading.Event(), threading.Event()
+
+    def held(work: Any) -> Any:
+        if threading.current_thread().name == "second" and not slowed.is_set():
+            slowed.set()
+            slow.wait(2)  # read its batch; paused before moving it
+        return transaction(work)
+
+    monkeypatch.setattr(ledger, "_transaction", held)
+    try:
+        ledger.record(row("first"))
+        second = threading.Thread(target=ledger.drain, name="second")
+        second.start()
+        assert slowed.wait(5)
+        ledger.drain()  # moves "first" (or waits for the second drain to)
+        ledger.record(row("next"))  # the queue is empty again: SQLite may reuse the id
+        slow.set()
+        second.join(10)
+        ledger.drain()
+        assert ledger.queued() == 0
+        assert sorted(r for r, u in rows(database) if u == "w") == ["first", "next"]
+    finally:
+        ledger.close()

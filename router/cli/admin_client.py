@@ -7,6 +7,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import typer
@@ -35,6 +36,19 @@ TIMEOUT = 30
 def call(url: str, key: str | None, method: str, path: str, body: Any = None) -> Any:
     """`method` on the admin API at `url` + /v1/router/admin + `path`; the JSON answer, or the
     server's error as a RequestError (4xx) or UnavailableError (no answer, 5xx)."""
+    body = fetch(url, key, method, path, body)[1]
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise UnavailableError(
+            f"{url[:80]} answered {body[:60]!r}, not JSON: is it a router server?"
+        ) from None
+
+
+def fetch(
+    url: str, key: str | None, method: str, path: str, body: Any = None
+) -> tuple[Mapping[str, str], bytes]:
+    """`call`'s answer as it came: its headers and its body."""
     base = url.rstrip("/").removesuffix("/v1")
     parsed = urllib.parse.urlsplit(base)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -46,13 +60,13 @@ def call(url: str, key: str | None, method: str, path: str, body: Any = None) ->
     )
     try:
         with urllib.request.urlopen(asked, timeout=TIMEOUT) as response:
-            return json.load(response)
+            return dict(response.headers.items()), response.read()
     except urllib.error.HTTPError as exc:
         message = _message(exc)
         if exc.code >= 500:
             raise UnavailableError(f"the router at {base} answered {exc.code}: {message}") from None
         raise RequestError(f"the router at {base} refused: {message}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError) as exc:
         why = getattr(exc, "reason", exc)
         raise UnavailableError(
             f"no router server answers at {base} ({why}): start one with 'router serve', or "
@@ -70,5 +84,7 @@ def _message(exc: urllib.error.HTTPError) -> str:
     return str(error or f"HTTP {exc.code}")
 
 
-def query(**params: str | None) -> str:
-    return "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+def query(**params: str | list[str] | None) -> str:
+    """A query string of the `params` given (a list: the parameter once per value)."""
+    given = {k: v for k, v in params.items() if v is not None}
+    return "?" + urllib.parse.urlencode(given, doseq=True)

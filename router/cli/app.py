@@ -31,6 +31,7 @@ from router.cli.common import (
     write_stream,
 )
 from router.cli.estimator import calibrate, evaluate, score
+from router.cli.export import export
 from router.cli.governance import audit, budget_app
 from router.cli.init import init
 from router.cli.keys import keys_app
@@ -297,6 +298,7 @@ app.command(short_help="Show the latest requests from the ledger.")(logs)
 app.command(short_help="Requests, tokens, cost and savings, summed.")(stats)
 app.command(short_help="Write the savings dashboard as one HTML file.")(report)
 app.command(short_help="How often local answers were rated good enough.")(quality)
+app.command(short_help="Write stored conversations as a clean fine-tuning set.")(export)
 app.add_typer(keys_app, name="keys")
 app.add_typer(limits_app, name="limits")
 app.add_typer(alerts_app, name="alerts")

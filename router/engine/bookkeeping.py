@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,6 +25,7 @@ from router.engine.cache import sampled
 from router.errors import LedgerUnavailableError, RouterError
 from router.governance.alerts import Alerts
 from router.governance.budgets import expected_completion
+from router.governance.export import stored_answer
 from router.governance.waste import RepeatDetector
 from router.ledger import Entry, Ledger
 from router.types import ChatRequest, Decision, Routing
@@ -98,11 +99,19 @@ class Books:
             log.error("request %s failed; its pending row stays (the ledger is down)", response_id)
 
     def record(
-        self, request: ChatRequest, key: str, routing: Routing, started: float, *, stream: bool
+        self,
+        request: ChatRequest,
+        key: str,
+        routing: Routing,
+        started: float,
+        *,
+        stream: bool,
+        answer: Mapping[str, Any] | None = None,
     ) -> None:
         """Write the row of an answered request (in place of its pending row, if it had one)
-        and count it for repeat detection."""
-        entry = self._answered(request, key, routing, started, stream)
+        and count it for repeat detection. `answer`: its assistant message (kept with the
+        prompt when prompts are stored)."""
+        entry = self._answered(request, key, routing, started, stream, answer)
         try:
             if routing.cache_hit:  # never written ahead
                 self._ledger.record(entry)
@@ -119,9 +128,10 @@ class Books:
         started: float,
         *,
         stream: bool = False,
+        answer: Mapping[str, Any] | None = None,
     ) -> None:
         """`record` of a cache hit, from the server's event loop (Ledger.arecord)."""
-        entry = self._answered(request, key, routing, started, stream)
+        entry = self._answered(request, key, routing, started, stream, answer)
         try:
             await self._ledger.arecord(entry)
         except LedgerUnavailableError:
@@ -190,12 +200,18 @@ class Books:
             log.error("the ledger did not take the row of a refusal (%s)", exc.refusal)
 
     def _answered(
-        self, request: ChatRequest, key: str, routing: Routing, started: float, stream: bool
+        self,
+        request: ChatRequest,
+        key: str,
+        routing: Routing,
+        started: float,
+        stream: bool,
+        answer: Mapping[str, Any] | None,
     ) -> Entry:
         routing.latency_ms = (time.perf_counter() - started) * 1000
         if not sampled(request.params):
             self._repeats.answered(request.user, key)
-        return self._entry(request, routing, stream)
+        return self._entry(request, routing, stream, answer=answer)
 
     def _not_taken(self, routing: Routing) -> None:
         if self.alerts is not None:
@@ -212,11 +228,19 @@ class Books:
         )
 
     def _entry(
-        self, request: ChatRequest, routing: Routing, stream: bool, *, pending: bool = False
+        self,
+        request: ChatRequest,
+        routing: Routing,
+        stream: bool,
+        *,
+        pending: bool = False,
+        answer: Mapping[str, Any] | None = None,
     ) -> Entry:
-        prompt = None
+        prompt = said = None
         if self._config.router.store_prompts:
             prompt = json.dumps(request.messages, ensure_ascii=False)
+            if answer is not None:
+                said = stored_answer(answer)
         return Entry.from_routing(
             routing,
             user=request.user,
@@ -224,6 +248,7 @@ class Books:
             stream=stream,
             estimator=self._estimator,
             prompt=prompt,
+            answer=said,
             pending=pending,
             api=request.api,
         )

@@ -261,14 +261,16 @@ class Router:
             return self._hit(request, looked, stream=stream)
         done = self._replay(request, looked)
         await self._books.arecord_hit(
-            request, looked.key, done.routing, looked.started, stream=stream
+            request, looked.key, done.routing, looked.started, stream=stream, answer=done.message
         )
         return done
 
     def _hit(self, request: ChatRequest, looked: Lookup, *, stream: bool) -> Completion:
         """A cache hit answered, its row written at once."""
         done = self._replay(request, looked)
-        self._books.record(request, looked.key, done.routing, looked.started, stream=stream)
+        self._books.record(
+            request, looked.key, done.routing, looked.started, stream=stream, answer=done.message
+        )
         return done
 
     def _replay(self, request: ChatRequest, looked: Lookup) -> Completion:
@@ -352,8 +354,8 @@ class Router:
             usage = usage or {"prompt_tokens": policy.estimate_prompt_tokens(request)}
         self._account(routing, usage or {})
         self._attempts.settle(reservation, routing)
-        self._books.record(request, key, routing, started, stream=False)  # the row first: paid
         done = Completion(response, routing)
+        self._books.record(request, key, routing, started, stream=False, answer=done.message)
         if (hangup is None or not hangup.fired) and routing.saved_by != "looped":
             # Calls are never unrecorded; a cut answer is no answer to give again.
             self._cache.set(request, key, response, routing)

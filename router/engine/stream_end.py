@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from router.backends.hangup import Hangup
-from router.chunks import assemble
+from router.chunks import assemble, collect
 from router.engine import policy
 from router.engine.attempts import Attempts
 from router.engine.bookkeeping import Books
@@ -49,7 +49,7 @@ class StreamEnd:
         text: list[str] = []
         finish_reason: str | None = None
         usage: dict[str, Any] | None = None
-        tool_calls = False
+        calls: list[dict[str, Any]] = []  # the chunks that carry tool calls
         complete = False
         try:
             pending = [first] if first is not None else []
@@ -58,7 +58,8 @@ class StreamEnd:
                 for choice in chunk.get("choices", []):
                     delta = choice.get("delta", {})
                     text.append(delta.get("content") or "")
-                    tool_calls = tool_calls or bool(delta.get("tool_calls"))
+                    if delta.get("tool_calls"):
+                        calls.append(chunk)
                     finish_reason = choice.get("finish_reason") or finish_reason
                 usage = chunk.get("usage") or usage
                 if "stopped" in chunk:  # the local model's loop guard cut the answer
@@ -90,8 +91,10 @@ class StreamEnd:
                     routing.reason += " (stream stopped before the end; tokens estimated)"
             self._account(routing, usage)
             self._attempts.settle(reservation, routing)
-            self._books.record(request, key, routing, started, stream=True)
-            if complete and not tool_calls and routing.saved_by != "looped":
+            answer = collect(calls, routing.model)["choices"][0]["message"]
+            answer["content"] = "".join(text) or answer["content"]
+            self._books.record(request, key, routing, started, stream=True, answer=answer)
+            if complete and not calls and routing.saved_by != "looped":
                 response = assemble(first, routing.model, "".join(text), finish_reason, usage)
                 self._cache.set(request, key, response, routing)
                 self.shadow.offer(request, routing, "".join(text))

@@ -99,6 +99,9 @@ class Entry:
     # row of zero tokens whose reason is the refusal; "" for every answered request.
     refusal: str = ""
     prompt_cached_tokens: int = 0  # of a local model's prompt: reused from its KV cache
+    # The answer's assistant message as JSON (its text, or its tool calls), beside `prompt`:
+    # only when router.store_prompts = true (`router export` makes training records of both).
+    answer: str | None = None
 
     @classmethod
     def from_routing(cls, routing: Routing, **rest: Any) -> Entry:
@@ -246,6 +249,9 @@ _MIGRATIONS = [
     """,
     """
     ALTER TABLE requests ADD COLUMN prompt_cached_tokens INTEGER NOT NULL DEFAULT 0;
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN answer TEXT;
     """,
 ]
 

@@ -15,6 +15,11 @@ shell, with the same checks).
     PUT    /v1/router/admin/limits                {"user" | "team" | neither (each user),
                                                   "model"?, "rpm"?, "tpm"?}: set (replace)
     DELETE /v1/router/admin/limits?user=NAME[&model=M]  (or ?team=, ?each_user=true)
+    GET    /v1/router/admin/export?since=30d&user=&team=&category=&min_rating=good
+           &judged_acceptable=true&include_flagged=true&include_cache_hits=true&metadata=true
+                                                  JSON lines of training records (`router
+                                                  export`), what each filter removed in the
+                                                  X-Router-Export header
 
 An admin key is required where the server requires keys; a user key is refused (403) on
 every route, on loopback too. Errors are OpenAI's shape, with `param` naming the field.
@@ -22,7 +27,8 @@ every route, on loopback too. Errors are OpenAI's shape, with `param` naming the
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio.to_thread
@@ -32,6 +38,7 @@ from starlette.routing import Route
 
 from router.config import RateLimit
 from router.errors import RequestError, RouterError
+from router.governance import export as exporting
 from router.governance.budgets import budget_rows, parse_budget
 from router.governance.limits import parse_limit, rule_key
 from router.ledger import duration
@@ -42,6 +49,17 @@ from router.wire.chat import ChatApi
 from router.wire.http import HTTPError
 
 PREFIX = "/v1/router/admin"
+EXPORT_FLAGS = ("judged_acceptable", "include_flagged", "include_cache_hits", "metadata")
+EXPORT_PARAMS = {"since", "user", "team", "category", "min_rating", *EXPORT_FLAGS}
+MAX_VALUES = 1000  # users, teams or categories one export names
+
+
+def switch(query: Mapping[str, str], name: str) -> bool:
+    """A true/false query parameter (absent: false)."""
+    value = query.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise HTTPError(400, f"{name}: true or false, not {value[:20]!r}", param=name)
+    return value in ("true", "1")
 
 
 def routes(service: Service) -> list[Route]:
@@ -124,7 +142,8 @@ def routes(service: Service) -> list[Route]:
         data = await read(request)
         unknown = sorted(set(data) - {"grace"})
         if unknown:
-            raise HTTPError(400, f"unknown field {unknown[0][:40]!r}: only 'grace'", unknown[0])
+            field = unknown[0][:40]
+            raise HTTPError(400, f"unknown field {field!r}: only 'grace'", param=field)
         grace = data.get("grace", "1h")
         if not isinstance(grace, str):
             raise HTTPError(400, 'grace: a duration such as "1h" or "0m"', param="grace")
@@ -198,7 +217,40 @@ def routes(service: Service) -> list[Route]:
             )
         raise HTTPError(404, f"no rate limit set for {wanted[:120]}", code="not_found")
 
+    async def export_rows(request: Request) -> Response:
+        query = request.query_params
+        unknown = sorted(set(query) - EXPORT_PARAMS)
+        if unknown:
+            known = ", ".join(sorted(EXPORT_PARAMS))
+            raise HTTPError(
+                400, f"unknown parameter {unknown[0][:40]!r}: {known}", param=unknown[0][:40]
+            )
+        many = {name: query.getlist(name) for name in ("user", "team", "category")}
+        for name, values in many.items():
+            if len(values) > MAX_VALUES or any(len(v) > 200 for v in values):
+                raise HTTPError(400, f"{name}: at most {MAX_VALUES} values of 200 characters", name)
+        flags = {name: switch(query, name) for name in EXPORT_FLAGS}
+        chosen = exporting.filters(
+            router.config,
+            users=many["user"],
+            teams=many["team"],
+            categories=many["category"],
+            min_rating=query.get("min_rating", "unrated"),
+            **{k: v for k, v in flags.items() if k != "metadata"},
+        )
+        since = query.get("since", "30d")
+        done = await anyio.to_thread.run_sync(
+            lambda: exporting.read(router.ledger, since, chosen, metadata=flags["metadata"])
+        )
+        summary = json.dumps(done.summary(), separators=(",", ":"))
+        return Response(
+            "".join(done.lines()),
+            media_type="application/x-ndjson",
+            headers={"X-Router-Export": summary},
+        )
+
     return [
+        Route(f"{PREFIX}/export", guarded(export_rows), methods=["GET"]),
         Route(f"{PREFIX}/limits", guarded(list_limits), methods=["GET"]),
         Route(f"{PREFIX}/limits", guarded(set_limit), methods=["PUT"]),
         Route(f"{PREFIX}/limits", guarded(remove_limit), methods=["DELETE"]),

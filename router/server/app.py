@@ -171,5 +171,7 @@ def create_app(
             ),
         ],
     )
+    # A path with a slash too many is a 404 that says so, not a 307 a POST client may not follow.
+    app.router.redirect_slashes = False
     app.state.server_settings = router.config.server  # what `router serve` runs it with
     return app

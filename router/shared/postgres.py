@@ -46,6 +46,7 @@ BATCH = 500
 _NEW = {
     "pending": False, "api": "chat", "saved_by": "", "cache_read_tokens": 0,
     "cache_write_tokens": 0, "session": "", "refusal": "", "prompt_cached_tokens": 0,
+    "answer": None,
 }  # fmt: skip
 
 # The SQLite ledger's migrations, one for one, in PostgreSQL's dialect ("user" is reserved).
@@ -111,6 +112,9 @@ _MIGRATIONS = [
     """,
     """
     ALTER TABLE requests ADD COLUMN prompt_cached_tokens BIGINT NOT NULL DEFAULT 0;
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN answer TEXT;
     """,
 ]
 _QUEUE = [

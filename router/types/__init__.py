@@ -291,8 +291,13 @@ class Completion:
     routing: Routing
 
     @property
+    def message(self) -> dict[str, Any]:
+        """The answer's assistant message (its text, or its tool calls)."""
+        return self.response["choices"][0]["message"]  # type: ignore[no-any-return]
+
+    @property
     def text(self) -> str:
-        content = self.response["choices"][0]["message"].get("content")
+        content = self.message.get("content")
         return content if isinstance(content, str) else ""
 
 

@@ -32,7 +32,7 @@ ROUTES = [
     ("GET", "/keys"), ("POST", "/keys"), ("PATCH", "/keys/rk-abc"), ("DELETE", "/keys/rk-abc"),
     ("POST", "/keys/rk-abc/rotate"), ("GET", "/budgets"), ("PUT", "/budgets"),
     ("DELETE", "/budgets?user=ana"), ("GET", "/limits"), ("PUT", "/limits"),
-    ("DELETE", "/limits?user=ana"),
+    ("DELETE", "/limits?user=ana"), ("GET", "/export"),
 ]  # fmt: skip
 
 
@@ -56,6 +56,7 @@ class Admin:
 def admin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Admin]:
     monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
     config = write_config(tmp_path, "http://127.0.0.1:9/v1", '\n[teams.ops]\nusers = ["zoe"]\n')
+    config.write_text(config.read_text().replace("[router]\n", "[router]\nstore_prompts = true\n"))
     backends = {
         "smollm2": FunctionBackend("smollm2", lambda r, p: "Hello from the router."),
         "cloud-mini": FunctionBackend("cloud-mini", lambda r, p: "Hello from the cloud."),
@@ -300,3 +301,62 @@ def test_rate_limits_are_set_at_run_time_over_http_and_from_the_cli(
         assert out.returncode == 2 and said in out.stderr, (args, out.stderr)
     assert run("rm", "--team", "ops", "--model", "local").returncode == 0
     assert run("show", "--json").stdout.strip() == "[]"
+
+
+def test_export_over_http_with_an_admin_key_and_with_router_export_url(
+    admin: Admin, tmp_path: Path
+) -> None:
+    """GET /export: the training records as JSON lines, what each filter removed in a header;
+    `router export --url` writes the same; bad parameters are a 400 naming the parameter."""
+    ana, _ = admin.keys.create("ana")
+    for text in ("Write a haiku about the sea.", "Summarise this:"):
+        asked = admin.chat(ana, messages=[{"role": "user", "content": text}])
+        assert asked.status_code == 200, asked.text
+    headers = {"authorization": f"Bearer {admin.key}"}
+    r = admin.http.get(f"{ADMIN}/export?metadata=true&user=ana", headers=headers)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
+    records = [json.loads(line) for line in r.text.splitlines()]
+    assert [m["content"] for m in records[0]["messages"]] == [
+        "Write a haiku about the sea.", "Hello from the router.",
+    ] and len(records) == 1  # fmt: skip
+    assert records[0]["metadata"]["user"] == "ana"
+    summary = json.loads(r.headers["x-router-export"])
+    assert summary["read"] == 2 and summary["exported"] == 1
+    assert summary["removed"]["flagged"] == 1  # "Summarise this:" with nothing to summarise
+
+    out = tmp_path / "set.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "router", "export", "--url", admin.url, "--user", "ana",
+         "-o", str(out), "--config", str(write_config(tmp_path / "cli", None))],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "ROUTER_API_KEY": admin.key},
+    ) if (tmp_path / "cli").mkdir() is None else None  # fmt: skip
+    assert done is not None and done.returncode == 0, done.stderr if done else ""
+    assert [json.loads(line)["messages"] for line in out.read_text().splitlines()] == [
+        records[0]["messages"]
+    ]
+    assert f"router export: 1 records to {out} from 2 rows" in done.stderr
+    assert "1  removed: flagged" in done.stderr
+
+    for query, param in [
+        ("since=forever", "since"), ("min_rating=great", "min_rating"), ("team=ghosts", "team"),
+        ("metadata=maybe", "metadata"), ("nope=1", "nope"), ("category=poems", "category"),
+    ]:  # fmt: skip
+        r = admin.http.get(f"{ADMIN}/export?{query}", headers=headers)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (query, r.text)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["since", "user", "team", "category", "min_rating", "metadata",
+                                 "judged_acceptable", "include_flagged", "x"]),
+                st.text(max_size=12) | st.sampled_from(["7d", "good", "true", "ops", "code"]),
+            ),
+            max_size=6,
+        )
+    )  # fmt: skip
+    def one(params: list[tuple[str, str]]) -> None:
+        r = admin.http.get(f"{ADMIN}/export", params=params, headers=headers)
+        assert r.status_code in (200, 400), (params, r.text)
+
+    one()

@@ -1,5 +1,5 @@
 """The command line: `router chat`, `serve`, `explain`, `stats`, `models`, `budget`, `audit`,
-`score`, `eval`, `calibrate`, `keys`, `limits`.
+`score`, `eval`, `calibrate`, `keys`, `limits`, `export`.
 
 - `app`        the Typer app, the commands that need nothing else, exit codes and `main`
 - `common`     options and output pieces every command shares
@@ -8,6 +8,7 @@
 - `keys`       `router keys` (with `admin_client`: --url, a running server's admin API)
 - `limits`     `router limits`
 - `governance` `router budget` and `router audit`
+- `export`     `router export` (with `admin_client`: --url)
 - `estimator`  `router score`, `eval` and `calibrate`
 """
 

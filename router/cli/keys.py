@@ -14,11 +14,12 @@ import typer
 
 from router.cli import admin_client
 from router.cli.admin_client import KeyOption, UrlOption
-from router.cli.common import ConfigOption
+from router.cli.common import ConfigOption, money
 from router.config import Config
 from router.errors import RequestError, RouterError
 from router.ledger import duration
-from router.server.keys import ROLES, KeyInfo, KeyStore, RedisKeyStore, key_store, scoped_models
+from router.server.key_scope import ROLES, KeyInfo, scoped_models
+from router.server.keys import KeyStore, RedisKeyStore, key_store
 
 keys_app = typer.Typer(help="API keys for 'router serve' (required off loopback).")
 
@@ -53,6 +54,14 @@ def keys_create(
     rpm: Annotated[
         int | None, typer.Option(help="Its own requests a minute (a 429 past them).")
     ] = None,
+    daily_usd: Annotated[
+        float | None,
+        typer.Option(
+            "--daily-usd",
+            help="Its own cloud dollars a UTC day, on top of its user's budgets (a 429 past "
+            "them; 0: no paid call).",
+        ),
+    ] = None,
     url: UrlOption = None,
     key: KeyOption = None,
     config: ConfigOption = None,
@@ -61,7 +70,9 @@ def keys_create(
     if role not in ROLES:
         raise RequestError(f"--role {role!r}: choose {' or '.join(ROLES)}")
     if url is not None:
-        body: dict[str, Any] = {"user": user, "role": role, "expires": expires, "rpm": rpm}
+        body: dict[str, Any] = {
+            "user": user, "role": role, "expires": expires, "rpm": rpm, "daily_usd": daily_usd,
+        }  # fmt: skip
         if models is not None:
             body["models"] = [m.strip() for m in models.split(",") if m.strip()]
         made = admin_client.call(url, key, "POST", "/keys", body)
@@ -74,7 +85,9 @@ def keys_create(
     until = time.time() + duration(expires, "--expires") if expires is not None else None
     with key_store(loaded) as store:
         try:
-            new, key_id = store.create(user, role, expires=until, models=scope, rpm=rpm)
+            new, key_id = store.create(
+                user, role, expires=until, models=scope, rpm=rpm, daily_usd=daily_usd
+            )
         except ValueError as exc:
             raise RequestError(str(exc)) from None
     typer.echo(new)
@@ -120,12 +133,13 @@ def keys_list(
     if not rows:
         typer.echo("no keys yet: create one with 'router keys create --user NAME'", err=True)
         return
-    typer.echo("ID\tUSER\tROLE\tCREATED\tEXPIRES\tMODELS\tRPM\tLAST USED")
+    typer.echo("ID\tUSER\tROLE\tCREATED\tEXPIRES\tMODELS\tRPM\tDAILY USD\tLAST USED")
     for r in rows:
         expires = _when(r.expires, "never") + (" (expired)" * r.owner().expired())
         typer.echo(
             f"{r.key_id}\t{r.user}\t{r.role}\t{_when(r.created)}\t{expires}\t"
-            f"{','.join(r.models) or 'any'}\t{r.rpm or '-'}\t{_when(r.last_used, 'never')}"
+            f"{','.join(r.models) or 'any'}\t{r.rpm or '-'}\t"
+            f"{'-' if r.daily_usd is None else money(r.daily_usd)}\t{_when(r.last_used, 'never')}"
         )
 
 

@@ -33,7 +33,7 @@ from router.errors import (
     UnavailableError,
 )
 from router.governance.alerts import Alerts
-from router.governance.budgets import BudgetStore, Reservation, shortened
+from router.governance.budgets import BudgetStore, Reservation, key_budgets, shortened
 from router.types import ChatRequest, Decision, Routing
 from router.units import Tokens
 
@@ -222,6 +222,7 @@ class Attempts:
                     shorten="max_tokens" not in request.params,
                     expected=lambda: self._expected(request.user, name),
                     session=request.session,
+                    extra=key_budgets(request.user, request.key_budget),
                 )
             except BudgetExceededError as exc:
                 left = until - time.monotonic()

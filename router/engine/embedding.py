@@ -143,6 +143,7 @@ class Embedding:
         hangup: Hangup | None = None,
         dimensions: int | None = None,
         truncate: bool = False,
+        key_budget: tuple[str, float] | None = None,
     ) -> Embeddings:
         started = time.perf_counter()
         names = candidates(self._config, views, model)
@@ -155,6 +156,7 @@ class Embedding:
             cache=False,
             client_retries=client_retries,
             api="embeddings",
+            key_budget=key_budget,
         )
         decision = Decision(0.0, names, f"embeddings; {names[0]}")
 

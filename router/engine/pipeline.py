@@ -400,21 +400,17 @@ class Router:
         hangup: Hangup | None = None,
         dimensions: int | None = None,
         truncate: bool = False,
+        key_budget: tuple[str, float] | None = None,
     ) -> Embeddings:
         """One vector a text from an embedding model (router.engine.embedding): `auto` picks the
         first usable one, local first. `dimensions`: the size wanted (a cloud model's provider
         shortens its vectors; a local model gives only its own size). `truncate`: a text
         longer than a local model reads is cut to what it reads, not refused."""
         return self._embedding.embed(
-            check_texts(texts),
-            model,
-            self.model_views(),
-            user=user,
-            client_retries=client_retries,
-            hangup=hangup,
-            dimensions=check_dimensions(dimensions),
-            truncate=truncate,
-        )
+            check_texts(texts), model, self.model_views(), user=user,
+            client_retries=client_retries, hangup=hangup, dimensions=check_dimensions(dimensions),
+            truncate=truncate, key_budget=key_budget,
+        )  # fmt: skip
 
     def feedback(
         self, response_id: str, rating: str, comment: str = "", *, user: str | None = None

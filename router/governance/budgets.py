@@ -26,7 +26,7 @@ import datetime as dt
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,14 +193,16 @@ class BudgetStore(Store):
         flexible_tokens: int = 0,
         usd_per_token: float = 0.0,
         session: str | None = None,
+        extra: Sequence[Budget] = (),
     ) -> Reservation | None:
         """Reserve `tokens` and `usd` on every budget of `user`, or raise BudgetExceededError
         naming the first budget that cannot take it (nothing is reserved then).
 
         `flexible_tokens` of the tokens (each worth `usd_per_token`) may be left out when the
         budgets cannot take them all: the reservation then says how many were cut, and the
-        caller must lower the call's max_tokens by as much, so the budget still holds."""
-        budgets = self.applicable(user)
+        caller must lower the call's max_tokens by as much, so the budget still holds.
+        `extra`: budgets beyond the user's and their teams' (an API key's, KeyBudget)."""
+        budgets = [*self.applicable(user), *extra]
         if not budgets:
             return None
         now = time.time() if now is None else now
@@ -318,8 +320,9 @@ class BudgetStore(Store):
         shorten: bool,
         expected: Callable[[], int] | None = None,
         session: str | None = None,
+        extra: Sequence[Budget] = (),
     ) -> Reservation | None:
-        """Reserve a call of `prompt` + up to `completion` tokens at `price`.
+        """Reserve a call of `prompt` + up to `completion` tokens at `price` (on `extra` too).
 
         With `expected` (what an answer of this user on this model is expected to take) and
         no `strict` budget, the reservation is `prompt` + that, not the ceiling: an agent
@@ -330,7 +333,7 @@ class BudgetStore(Store):
         Strict (or without `expected`), the whole ceiling is reserved. Either way, with
         `shorten` (the caller left max_tokens to the default) a budget nearly spent cuts the
         completion, down to MIN_COMPLETION_TOKENS or half of it, instead of refusing the call."""
-        budgets = self.applicable(user)
+        budgets = [*self.applicable(user), *extra]
         if not budgets:
             return None
         strict = expected is None or any(b.strict for b in budgets)
@@ -343,6 +346,7 @@ class BudgetStore(Store):
             flexible_tokens=want - floor if shorten else 0,
             usd_per_token=price.output_per_mtok / 1e6,
             session=session,
+            extra=extra,
         )
 
     def settle(self, reservation: Reservation | None, tokens: int, usd: float) -> None:
@@ -375,6 +379,25 @@ class BudgetStore(Store):
                 out[f"{'daily' if kind == 'day' else 'monthly'}_tokens"] = tokens
                 out[f"{'daily' if kind == 'day' else 'monthly'}_usd"] = usd
         return out
+
+
+class KeyBudget(Budget):
+    """An API key's own budget (`router keys create --daily-usd 5`): its scope is the key's,
+    `key:<id>`, held on top of whatever the user's budgets allow. A rotated key's budget
+    starts the day anew (rotating is an admin's act)."""
+
+    key_id: str
+
+    @property
+    def scope(self) -> str:
+        return f"key:{self.key_id}"
+
+
+def key_budgets(user: str | None, key_budget: tuple[str, float] | None) -> list[Budget]:
+    """The budgets a request's API key carries (ChatRequest.key_budget): none, or its own."""
+    if user is None or key_budget is None:
+        return []
+    return [KeyBudget(user=user, key_id=key_budget[0], daily_usd=key_budget[1])]
 
 
 def scopes_of(config: Config, user: str) -> list[str]:

@@ -42,7 +42,8 @@ from router.governance import export as exporting
 from router.governance.budgets import budget_rows, parse_budget
 from router.governance.limits import parse_limit, rule_key
 from router.ledger import duration
-from router.server.keys import KeyInfo, Keys, scope_of
+from router.server.key_scope import KeyInfo, scope_of
+from router.server.keys import Keys
 from router.server.service import Service
 from router.types import body as bodies
 from router.wire.chat import ChatApi

@@ -3,11 +3,12 @@
 Keys are 256-bit random tokens, so a plain hash (no salt, no slow KDF) is enough: there is
 nothing to brute-force. The store is SQLite beside the ledger, or Redis with [shared].
 
-A key may be scoped: an expiry (past it, 401 `key_expired`), the modes and models it may ask
-for (403 `model_not_allowed` for others, after [aliases]), and its own `rpm` (a rate-limit
-window of its own, router.governance.limits). `rotate` gives a new key of the same scope and
-lets the old one work for a grace period. Each key's last use is kept, written at most once a
-minute per key and process (a write per request would cost the hot path).
+A key may be scoped (router.server.key_scope): an expiry (past it, 401 `key_expired`), the
+modes and models it may ask for (403 `model_not_allowed` for others, after [aliases]), its own
+`rpm` (a rate-limit window of its own, router.governance.limits) and its own `daily_usd` (a
+budget of its own, router.governance.budgets.KeyBudget). `rotate` gives a new key of the same
+scope and lets the old one work for a grace period. Each key's last use is kept, written at
+most once a minute per key and process (a write per request would cost the hot path).
 """
 
 from __future__ import annotations
@@ -21,101 +22,20 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from router.config import Config
-from router.errors import RequestError, UnavailableError
-from router.ledger import duration
+from router.errors import UnavailableError
 from router.ledger.sqlite import Store, migrate, open_db
+from router.server.key_scope import ROLES as ROLES
+from router.server.key_scope import KeyInfo as KeyInfo
+from router.server.key_scope import KeyOwner as KeyOwner
+from router.server.key_scope import changed, check_scope, number
 from router.shared import Link, errors
-from router.types import ROUTING_MODES
 
 PREFIX = "rk-"
-ROLES = ("user", "admin")
-
-
-@dataclass(frozen=True)
-class KeyOwner:
-    """Whom a key belongs to, and what it may see: a `user` key only that user's own figures
-    and answers; an `admin` key everyone's, /metrics and /health's details. And its scope:
-    `models` it may ask for (empty: any), its own `rpm`, when it `expires` (Unix time)."""
-
-    name: str
-    role: str = "user"
-    key_id: str = field(default="", compare=False)
-    models: tuple[str, ...] = field(default=(), compare=False)
-    rpm: int | None = field(default=None, compare=False)
-    expires: float | None = field(default=None, compare=False)
-
-    @property
-    def admin(self) -> bool:
-        return self.role == "admin"
-
-    def expired(self, now: float | None = None) -> bool:
-        return self.expires is not None and self.expires <= (time.time() if now is None else now)
-
-    def expiry(self) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.expires or 0))
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    """A key as `router keys list` shows it (never the key itself)."""
-
-    key_id: str
-    user: str
-    role: str
-    created: float
-    expires: float | None = None
-    models: tuple[str, ...] = ()
-    rpm: int | None = None
-    last_used: float | None = None
-
-    def owner(self) -> KeyOwner:
-        return KeyOwner(self.user, self.role, self.key_id, self.models, self.rpm, self.expires)
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "id": self.key_id, "user": self.user, "role": self.role, "created": self.created,
-            "expires": self.expires, "models": list(self.models), "rpm": self.rpm,
-            "last_used": self.last_used,
-        }  # fmt: skip
-
-    @classmethod
-    def of(cls, data: dict[str, Any]) -> KeyInfo:
-        return cls(
-            str(data["id"]), str(data["user"]), str(data.get("role", "user")),
-            float(data["created"]), _number(data.get("expires")),
-            tuple(data.get("models") or ()), data.get("rpm"), _number(data.get("last_used")),
-        )  # fmt: skip
-
-
-def _number(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-MAX_MODELS = 64
-MAX_RPM = 10_000_000
 TOUCH_SECONDS = 60.0  # a key's last use is written at most this often per process
-
-
-def check_scope(user: str, role: str, models: Sequence[str], rpm: int | None) -> None:
-    """ValueError naming what to fix in a key's owner, role or scope."""
-    if not user.strip() or len(user) > 200:
-        raise ValueError("a key needs a user name (at most 200 characters)")
-    check_role(role)
-    if len(models) > MAX_MODELS or any(not m or len(m) > 200 for m in models):
-        raise ValueError(f"models: at most {MAX_MODELS} names of 1 to 200 characters")
-    if rpm is not None and not 1 <= rpm <= MAX_RPM:
-        raise ValueError(f"rpm: 1 to {MAX_RPM:,}")
-
-
-def check_role(role: str) -> str:
-    if role not in ROLES:
-        raise ValueError(f"role {role!r}: choose {' or '.join(ROLES)}")
-    return role
 
 
 def digest(key: str) -> str:
@@ -140,8 +60,11 @@ _MIGRATIONS = [
     ALTER TABLE api_keys ADD COLUMN rpm INTEGER;
     ALTER TABLE api_keys ADD COLUMN last_used REAL;
     """,
+    """
+    ALTER TABLE api_keys ADD COLUMN daily_usd REAL;
+    """,
 ]
-COLUMNS = "key_id, user, role, created, expires, models, rpm, last_used"
+COLUMNS = "key_id, user, role, created, expires, models, rpm, last_used, daily_usd"
 
 
 class Keys(Protocol):
@@ -155,6 +78,7 @@ class Keys(Protocol):
         expires: float | None = None,
         models: Sequence[str] = (),
         rpm: int | None = None,
+        daily_usd: float | None = None,
     ) -> tuple[str, str]: ...
 
     def owner(self, key: str) -> KeyOwner | None: ...
@@ -168,20 +92,6 @@ class Keys(Protocol):
     def change(self, key_id: str, **scope: Any) -> KeyInfo | None: ...
 
     def touch(self, owner: KeyOwner) -> None: ...
-
-
-SCOPE = ("expires", "models", "rpm")  # what `change` may set
-
-
-def changed(old: KeyInfo, scope: dict[str, Any]) -> KeyInfo:
-    """`old` with `scope`'s fields (SCOPE) set, checked (ValueError naming what to fix)."""
-    unknown = sorted(set(scope) - set(SCOPE))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: a key's scope is {', '.join(SCOPE)}")
-    fields: dict[str, Any] = {k: tuple(v) if k == "models" else v for k, v in scope.items()}
-    new = dataclasses.replace(old, **fields)
-    check_scope(new.user, new.role, new.models, new.rpm)
-    return new
 
 
 def new_key() -> tuple[str, str]:
@@ -218,6 +128,7 @@ class _Scoped:
         expires: float | None = None,
         models: Sequence[str] = (),
         rpm: int | None = None,
+        daily_usd: float | None = None,
     ) -> tuple[str, str]:
         raise NotImplementedError
 
@@ -230,7 +141,10 @@ class _Scoped:
         old = next((k for k in self.list() if k.key_id == key_id), None)
         if old is None:
             return None
-        made = self.create(old.user, old.role, expires=old.expires, models=old.models, rpm=old.rpm)
+        made = self.create(
+            old.user, old.role, expires=old.expires, models=old.models, rpm=old.rpm,
+            daily_usd=old.daily_usd,
+        )  # fmt: skip
         ends = time.time() + grace_seconds
         self._write_scope(key_id, dataclasses.replace(old, expires=min(ends, old.expires or ends)))
         return made
@@ -261,17 +175,18 @@ class KeyStore(_Scoped, Store):
         expires: float | None = None,
         models: Sequence[str] = (),
         rpm: int | None = None,
+        daily_usd: float | None = None,
     ) -> tuple[str, str]:
         """A new key for `user` (`role` user or admin), scoped: (key, key_id). The key is not
         kept; show it once."""
-        check_scope(user, role, models, rpm)
+        check_scope(user, role, models, rpm, daily_usd)
         key, key_id = new_key()
         with self._lock, self._db:
             self._db.execute(
                 "INSERT INTO api_keys (key_hash, key_id, user, created, role, expires, models, "
-                "rpm) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "rpm, daily_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (digest(key), key_id, user, time.time(), role, expires, json.dumps(list(models)),
-                 rpm),
+                 rpm, daily_usd),
             )  # fmt: skip
         return key, key_id
 
@@ -292,10 +207,10 @@ class KeyStore(_Scoped, Store):
 
     @staticmethod
     def _info(row: Sequence[Any]) -> KeyInfo:
-        key_id, user, role, created, expires, models, rpm, last_used = row
+        key_id, user, role, created, expires, models, rpm, last_used, daily_usd = row
         return KeyInfo(
-            str(key_id), str(user), str(role), float(created), _number(expires),
-            tuple(json.loads(models or "[]")), rpm, _number(last_used),
+            str(key_id), str(user), str(role), float(created), number(expires),
+            tuple(json.loads(models or "[]")), rpm, number(last_used), number(daily_usd),
         )  # fmt: skip
 
     def revoke(self, key_id: str) -> bool:
@@ -306,8 +221,9 @@ class KeyStore(_Scoped, Store):
     def _write_scope(self, key_id: str, info: KeyInfo) -> bool:
         with self._lock, self._db:
             cur = self._db.execute(
-                "UPDATE api_keys SET expires = ?, models = ?, rpm = ? WHERE key_id = ?",
-                (info.expires, json.dumps(list(info.models)), info.rpm, key_id),
+                "UPDATE api_keys SET expires = ?, models = ?, rpm = ?, daily_usd = ? "
+                "WHERE key_id = ?",
+                (info.expires, json.dumps(list(info.models)), info.rpm, info.daily_usd, key_id),
             )
         return cur.rowcount > 0
 
@@ -340,10 +256,13 @@ class RedisKeyStore(_Scoped):
         expires: float | None = None,
         models: Sequence[str] = (),
         rpm: int | None = None,
+        daily_usd: float | None = None,
     ) -> tuple[str, str]:
-        check_scope(user, role, models, rpm)
+        check_scope(user, role, models, rpm, daily_usd)
         key, key_id = new_key()
-        info = KeyInfo(key_id, user, role, time.time(), expires, tuple(models), rpm)
+        info = KeyInfo(
+            key_id, user, role, time.time(), expires, tuple(models), rpm, daily_usd=daily_usd
+        )
         try:
             pipe = self._link.client.pipeline()
             pipe.hset(self._by_hash, digest(key), json.dumps(info.record()))
@@ -386,7 +305,10 @@ class RedisKeyStore(_Scoped):
         return True
 
     def _write_scope(self, key_id: str, info: KeyInfo) -> bool:
-        self._update(key_id, expires=info.expires, models=list(info.models), rpm=info.rpm)
+        self._update(
+            key_id, expires=info.expires, models=list(info.models), rpm=info.rpm,
+            daily_usd=info.daily_usd,
+        )  # fmt: skip
         return True
 
     def touch(self, owner: KeyOwner) -> None:
@@ -424,65 +346,6 @@ class RedisKeyStore(_Scoped):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def scope_of(data: dict[str, Any], config: Config, *, create: bool) -> dict[str, Any]:
-    """A key's scope from the admin API's body or `router keys`' options, checked (RequestError
-    naming the field): `expires` a duration from now ("30d"; null: never), `models` modes and
-    models of the file ([] or null: any), `rpm` 1 to 10,000,000 (null: none). With `create`,
-    `user` and `role` too."""
-    allowed = (*(("user", "role") if create else ()), *SCOPE)
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise RequestError(
-            f"unknown field {unknown[0][:40]!r}: give {', '.join(allowed)}", param=unknown[0][:40]
-        )
-    out: dict[str, Any] = {}
-    for name in ("user", "role"):
-        if name in data and not isinstance(data[name], str):
-            raise RequestError(f"{name}: a string", param=name)
-        if name in data:
-            out[name] = data[name]
-    if create and "user" not in out:
-        raise RequestError("user: who the key belongs to", param="user")
-    if "expires" in data:
-        value = data["expires"]
-        if value is not None and not isinstance(value, str):
-            raise RequestError(
-                'expires: a duration such as "30d" or "12h", or null', param="expires"
-            )
-        out["expires"] = None if value is None else time.time() + duration(value, "expires")
-    if "models" in data:
-        out["models"] = scoped_models(data["models"] or [], config)
-    if "rpm" in data:
-        rpm = data["rpm"]
-        if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int)):
-            raise RequestError("rpm: a whole number of requests a minute, or null", param="rpm")
-        out["rpm"] = rpm
-    try:
-        check_scope(out.get("user", "x"), out.get("role", "user"), out.get("models", ()),
-                    out.get("rpm"))  # fmt: skip
-    except ValueError as exc:
-        raise RequestError(str(exc)) from None
-    return out
-
-
-def scoped_models(names: Any, config: Config, name: str = "models") -> tuple[str, ...]:
-    """The modes and models a key may ask for, each a mode or a model of the file."""
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise RequestError(
-            f'{name}: a list of modes and models, such as ["auto", "local"]', param=name
-        )
-    known = [*ROUTING_MODES, *config.models]
-    unknown = [n for n in names if n not in known]
-    if unknown or len(names) > MAX_MODELS:
-        shown = unknown[0][:80] if unknown else f"{len(names)} names"
-        raise RequestError(
-            f"{name} {shown!r}: give at most {MAX_MODELS} modes or models of this file (known: "
-            f"{', '.join(known)})",
-            param=name,
-        )
-    return tuple(dict.fromkeys(names))
 
 
 def key_store(config: Config) -> KeyStore | RedisKeyStore:

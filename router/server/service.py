@@ -295,6 +295,9 @@ class Service:
             routing=ROUTING_HEADER in request.headers,
             forward=_forwardable(request) if forward else (),
             models=viewer.models if viewer is not None else (),
+            key_budget=(viewer.key_id, viewer.daily_usd)
+            if viewer is not None and viewer.daily_usd is not None
+            else None,
         )
 
     # ---------------------------------------------------------------- the body

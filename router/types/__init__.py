@@ -130,6 +130,9 @@ class ChatRequest:
     # The conversation or agent session the request belongs to (router.wire.identity):
     # recorded in the ledger, budgeted per session, and the unit of sticky routing.
     session: str | None = None
+    # An API key's own budget, (key id, daily usd): reserved on beside its user's and teams'
+    # (router.governance.budgets.KeyBudget); None for a key without one, or no key.
+    key_budget: tuple[str, float] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "messages", validate_messages(self.messages))

@@ -37,6 +37,8 @@ class Asked:
     # The modes and models the API key may ask for (empty: any); the server checks a chat
     # request's, an embedding job its own (router.wire.embeddings).
     models: tuple[str, ...] = ()
+    # The API key's own daily dollars, (key id, usd), a budget on top of its user's.
+    key_budget: tuple[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ def parse(raw: bytes, asked: Asked) -> Call:
             params=checked.params(),
             user=asked.user or checked.user,
             session=asked.session,
+            key_budget=asked.key_budget,
             cache=asked.cache,
             category=asked.category or metadata.get("category"),
             client_retries=asked.client_retries,

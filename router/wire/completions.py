@@ -55,6 +55,7 @@ def parse(raw: bytes, asked: Asked) -> Call:
             {k: data[k] for k in PARAMS if data.get(k) is not None},
             user=asked.user or (user if isinstance(user, str) else None),
             session=asked.session,
+            key_budget=asked.key_budget,
             cache=asked.cache,
             category=asked.category,
             client_retries=asked.client_retries,

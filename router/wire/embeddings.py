@@ -97,6 +97,7 @@ def _run(
         hangup=hangup,
         dimensions=wanted,
         truncate=truncate,
+        key_budget=asked.key_budget,
     )
 
 

@@ -112,6 +112,7 @@ def parse(raw: bytes, asked: Asked) -> Call:
             params,
             user=asked.user or person or (named[:256] if named else None),
             session=asked.session or session,
+            key_budget=asked.key_budget,
             cache=asked.cache,
             category=asked.category,
             client_retries=asked.client_retries,

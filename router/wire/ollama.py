@@ -106,6 +106,7 @@ def _call(
             params,
             user=asked.user,
             session=asked.session,
+            key_budget=asked.key_budget,
             cache=asked.cache,
             category=asked.category,
             client_retries=asked.client_retries,

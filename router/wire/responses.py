@@ -74,6 +74,7 @@ def parse(raw: bytes, asked: Asked) -> Call:
             params,
             user=asked.user or (user if isinstance(user, str) else None) or asked.device,
             session=asked.session or session_id(data.get("prompt_cache_key")),
+            key_budget=asked.key_budget,
             cache=asked.cache,
             category=asked.category,
             client_retries=asked.client_retries,

@@ -74,11 +74,12 @@ def admin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Admin]:
 
 def test_a_key_is_created_used_changed_rotated_and_revoked_over_http(admin: Admin) -> None:
     made = admin.call("POST", "/keys", {"user": "ana", "expires": "30d", "models": ["local"],
-                                        "rpm": 60})  # fmt: skip
+                                        "rpm": 60, "daily_usd": 2.5})  # fmt: skip
     assert made.status_code == 201, made.text
     body = made.json()
     key, key_id = body["key"], body["id"]
     assert body["user"] == "ana" and body["models"] == ["local"] and body["rpm"] == 60
+    assert body["daily_usd"] == 2.5
     assert 29.9 * 86400 < body["expires"] - time.time() <= 30 * 86400
     assert admin.chat(key).status_code == 200
     listed = {k["id"]: k for k in admin.call("GET", "/keys").json()["keys"]}
@@ -182,7 +183,7 @@ JSONS = st.recursive(
 )  # fmt: skip
 FIELDS = st.dictionaries(
     st.sampled_from(["user", "team", "role", "expires", "models", "rpm", "grace", "tpm",
-                     "model", "daily_tokens", "monthly_usd", "strict", "on_exceed"]),
+                     "daily_usd", "model", "daily_tokens", "monthly_usd", "strict", "on_exceed"]),
     JSONS | st.sampled_from(["ana", "ops", "30d", "0m", "local", ["auto"], "admin"]),
     max_size=5,
 )  # fmt: skip

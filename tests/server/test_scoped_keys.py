@@ -150,20 +150,21 @@ def test_router_keys_creates_lists_and_rotates_scoped_keys(tmp_path: Path) -> No
         return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
     made = run("create", "--user", "ana", "--expires", "30d", "--models", "auto,local",
-               "--rpm", "60")  # fmt: skip
+               "--rpm", "60", "--daily-usd", "5")  # fmt: skip
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
     key_id = key[:9]
     shown = json.loads(run("list", "--json").stdout)
     assert len(shown) == 1 and shown[0]["id"] == key_id
     assert shown[0]["models"] == ["auto", "local"] and shown[0]["rpm"] == 60
+    assert shown[0]["daily_usd"] == 5.0
     assert 29.9 * 86400 < shown[0]["expires"] - time.time() <= 30 * 86400
     assert shown[0]["last_used"] is None and shown[0]["expired"] is False
     header, row = run("list").stdout.splitlines()
     assert header.split("\t") == [
-        "ID", "USER", "ROLE", "CREATED", "EXPIRES", "MODELS", "RPM", "LAST USED",
+        "ID", "USER", "ROLE", "CREATED", "EXPIRES", "MODELS", "RPM", "DAILY USD", "LAST USED",
     ]  # fmt: skip
-    assert row.split("\t")[5:] == ["auto,local", "60", "never"]
+    assert row.split("\t")[5:] == ["auto,local", "60", "$5.00", "never"]
 
     rotated = run("rotate", key_id, "--grace", "2h")
     assert rotated.returncode == 0, rotated.stderr
@@ -172,6 +173,7 @@ def test_router_keys_creates_lists_and_rotates_scoped_keys(tmp_path: Path) -> No
     old = next(k for k in both if k["id"] == key_id)
     assert 7100 < old["expires"] - time.time() <= 7200
     assert next(k for k in both if k["id"] != key_id)["models"] == ["auto", "local"]
+    assert next(k for k in both if k["id"] != key_id)["daily_usd"] == 5.0
 
     for args, said in {
         ("create", "--user", "x", "--expires", "soon"): "--expires 'soon': expected a number",
@@ -184,8 +186,39 @@ def test_router_keys_creates_lists_and_rotates_scoped_keys(tmp_path: Path) -> No
             "gpt-9",
         ): "--models 'gpt-9': give at most 64 modes or models",
         ("create", "--user", "x", "--rpm", "0"): "rpm: 1 to 10,000,000",
+        ("create", "--user", "x", "--daily-usd", "-1"): "daily_usd: 0 to 1,000,000 dollars",
         ("rotate", "rk-nothing"): "no key with id 'rk-nothing'",
         ("rotate", key_id, "--grace", "-1h"): "--grace '-1h'",
     }.items():
         out = run(*args)
         assert out.returncode != 0 and said in out.stderr, (args, out.stderr)
+
+
+def test_a_keys_own_daily_dollars_hold_on_every_api_beside_its_users(served: Served) -> None:
+    """`--daily-usd`: a budget of the key's own. Spent, its paid calls are refused on every
+    API (local answers go on); the same user's other key is not bound by it; rotation keeps
+    it; the admin API changes it."""
+    none, none_id = served.keys.create("eve", daily_usd=0.0)  # no paid call at all
+    for path, r in served.every_api(none, "cloud-mini").items():
+        assert r.status_code in (400, 402), (path, r.text)  # 402: Anthropic's
+        assert f"budget key:{none_id} daily_usd = $0 is spent" in message(r), (path, r.text)
+    assert all(r.status_code == 200 for r in served.every_api(none, "local").values())
+    other, _ = served.keys.create("eve")  # eve's other key: no budget of its own
+    assert served.post("/v1/chat/completions", other, {"model": "cloud-mini", "messages": HI})
+
+    some, some_id = served.keys.create("eve", daily_usd=1.0)
+    fresh = [{"role": "user", "content": "Hello again"}]  # not a cache hit: a paid call
+    answered = served.post("/v1/chat/completions", some, {"model": "cloud-mini", "messages": fresh})
+    assert answered.status_code == 200, answered.text
+    spent = served.router.budgets.usage(f"key:{some_id}")
+    assert spent["daily_usd"] > 0 and spent["daily_tokens"] > 0  # held on the key's own scope
+    made = served.keys.rotate(some_id, 0)
+    assert made is not None and (owner := served.keys.owner(made[0])) is not None
+    assert owner.daily_usd == 1.0
+    changed = served.keys.change(made[1], daily_usd=0)
+    assert changed is not None and changed.daily_usd == 0
+    other_question = [{"role": "user", "content": "And again?"}]
+    refused = served.post(
+        "/v1/chat/completions", made[0], {"model": "cloud-mini", "messages": other_question}
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "insufficient_quota"

@@ -44,7 +44,7 @@ def test_every_store_is_a_context_manager_and_migrates_once(tmp_path: Path) -> N
         budgets.set(Budget(user="ana", daily_tokens=10))
     with SQLiteLedger(tmp_path / "ledger.sqlite3") as ledger:
         assert ledger.entries() == []
-    assert version(tmp_path / "keys.sqlite3") == 3 and version(tmp_path / "gov.sqlite3") == 1
+    assert version(tmp_path / "keys.sqlite3") == 4 and version(tmp_path / "gov.sqlite3") == 1
     assert version(tmp_path / "ledger.sqlite3") == len(ledger_migrations)
     with pytest.raises(sqlite3.ProgrammingError):  # closed at the end of the block
         keys.list()
@@ -248,5 +248,6 @@ def test_keys_made_before_scopes_keep_working_unscoped(tmp_path: Path) -> None:
         owner = keys.owner("rk-old")
         assert owner is not None and owner.admin and owner.key_id == "rk-old"
         assert (owner.models, owner.rpm, owner.expires, owner.expired()) == ((), None, None, False)
+        assert owner.daily_usd is None  # no budget of its own (migration 4)
         assert keys.list()[0].last_used is None
-    assert version(path) == 3
+    assert version(path) == 4

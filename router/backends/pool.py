@@ -62,6 +62,8 @@ class Pool:
         self._clock = clock
         self._lock = threading.Lock()
         self._turn = 0
+        # Told of each ejection: (url, why, seconds out); the router's alerts (endpoint_ejected).
+        self.on_eject: Callable[[str, str, float], None] | None = None
 
     def acquire(self, tried: set[str], affinity: str | None = None) -> Endpoint | None:
         """The endpoint for the next attempt (its request counted), or None when every
@@ -142,6 +144,8 @@ class Pool:
             endpoint.ejections += 1
             wait = min(self._eject_seconds * 2 ** (endpoint.ejections - 1), MAX_EJECTION_SECONDS)
             endpoint.ejected_until = self._clock() + wait
+        if self.on_eject is not None:  # (out of the lock: an alert never holds the pool)
+            self.on_eject(endpoint.url, error, wait)
 
     def seconds_until_usable(self) -> float | None:
         """0 when an endpoint can take a request now, else when the first one is probed."""

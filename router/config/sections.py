@@ -321,6 +321,9 @@ class AlertSettings(_Strict):
     window_seconds: Annotated[int, Field(ge=1, le=7 * 86400)] = 3600  # one alert a window
     timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
     retries: Annotated[int, Field(ge=0, le=10)] = 3
+    # The audit's usage and spike rules, run again when a paid row lands at most this often
+    # (0: never; `router audit` still flags).
+    audit_seconds: Annotated[int, Field(ge=0, le=86400)] = 60
 
     @field_validator("webhook")
     @classmethod

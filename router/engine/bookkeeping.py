@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from router.config import Config, Price
@@ -24,6 +25,7 @@ from router.engine import policy
 from router.engine.cache import sampled
 from router.errors import LedgerUnavailableError, RouterError
 from router.governance.alerts import Alerts
+from router.governance.audit import Account, audit
 from router.governance.budgets import expected_completion
 from router.governance.export import stored_answer
 from router.governance.waste import RepeatDetector
@@ -33,6 +35,7 @@ from router.types import ChatRequest, Decision, Routing
 log = logging.getLogger("router.ledger")
 EXPECTED_ROWS = 200  # the user's last rows an expected completion is read from
 EXPECTED_SECONDS = 60.0
+AUDIT_DAYS = 30  # the window the alerts' audit reads, `router audit`'s default
 
 UNFINISHED = (
     "paid call not seen to finish: the router stopped before its answer came; the tokens and "
@@ -119,6 +122,20 @@ class Books:
                 self._ledger.finish(entry)
         except LedgerUnavailableError:
             self._not_taken(routing)
+            return
+        if self.alerts is not None and routing.tier == "cloud" and not routing.cache_hit:
+            self.alerts.paid_row(self.audit)
+
+    def audit(self) -> list[Account]:
+        """`router audit`'s accounts over its default window: each user (`user:NAME`) and
+        each team (`team:NAME`), with their flags (the alerts' audit_flag)."""
+        since = time.time() - AUDIT_DAYS * 86400
+        users = audit(self._ledger, self._config, since=since)
+        found = [replace(a, name=f"user:{a.name}") for a in users]
+        if self._config.teams:
+            teams = audit(self._ledger, self._config, "team", since=since)
+            found += [replace(a, name=f"team:{a.name}") for a in teams]
+        return found
 
     async def arecord_hit(
         self,

@@ -7,6 +7,7 @@ them together and keeps no state of its own beyond the lazily created backends.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
@@ -488,6 +489,8 @@ class Router:
             backend = self._backends.get(name)
             if backend is None:
                 backend = create_backend(self.config, name, self._loading, self._sleep)
+                if (pool := getattr(backend, "pool", None)) is not None and self.alerts:
+                    pool.on_eject = functools.partial(self.alerts.endpoint_ejected, name)
                 self._backends[name] = backend
                 self._owned.append(name)
             return backend

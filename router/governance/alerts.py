@@ -6,6 +6,10 @@ happen, not when someone next runs `router audit`.
 - `burn_rate`: the dollars paid in the last hour above `usd_per_hour` (this process's calls);
 - `cloud_failing`: a cloud model failing `cloud_failures` calls in a row;
 - `ledger_unwritable`: a row the ledger did not take (paid calls stop while it lasts);
+- `audit_flag`: an account (a user or a team) crossing `router audit`'s `usage` rule (4× its
+  peers' paid use) or its `spike` rule (a day at 4× its own daily average), the audit run
+  again as paid rows land (at most once every `audit_seconds`, on the alerts' thread);
+- `endpoint_ejected`: an endpoint of a local model's server pool taken out of rotation;
 - `test`: `router alerts test`.
 
 Each event (by its kind and key: the budget, period and limit; the model) is sent once a
@@ -31,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from router.config.sections import AlertSettings
+from router.governance.audit import Account
 from router.governance.budgets import LIMITS, BudgetStore, period
 from router.units import money
 
@@ -38,6 +43,7 @@ log = logging.getLogger("router.alerts")
 MAX_QUEUED = 1000
 BACKOFF_SECONDS = (0.5, 1.0, 2.0, 4.0)
 Claim = Callable[[str, float], bool]  # (event key, window seconds) -> whether to send it
+AUDIT_RULES = ("usage", "spike")  # the audit's flags that alert (router.governance.audit)
 
 
 class Alerts:
@@ -57,6 +63,7 @@ class Alerts:
         self._failing: dict[str, int] = {}
         self._spend: collections.deque[tuple[float, float]] = collections.deque()
         self._spent = 0.0
+        self._audited = -float("inf")  # when the audit last ran (time.monotonic)
         self.counts = {"sent": 0, "failed": 0, "dropped": 0, "repeated": 0, "logged": 0}
 
     # ------------------------------------------------------------ what happened
@@ -92,6 +99,27 @@ class Alerts:
         if self._failing.get(model):
             with self._lock:
                 self._failing.pop(model, None)
+
+    def paid_row(self, audit: Callable[[], list[Account]]) -> None:
+        """A paid answer's row landed: `audit` (the accounts and their flags, by user and by
+        team) runs on the alerts' thread, at most once every `audit_seconds`."""
+        if not self.settings.audit_seconds:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now - self._audited < self.settings.audit_seconds:
+                return
+            self._audited = now
+        self._submit(lambda: self._check_audit(audit))
+
+    def endpoint_ejected(self, model: str, url: str, error: str, seconds: float) -> None:
+        """An endpoint of `model`'s pool was ejected for `seconds` (router.backends.pool)."""
+        self.emit(
+            "endpoint_ejected",
+            f"{model} {url}",
+            f"{model}: endpoint {url} ejected for {seconds:.0f} s: {error[:300]}",
+            {"model": model, "url": url, "seconds": seconds, "error": error[:300]},
+        )
 
     def ledger_failed(self, error: str) -> None:
         self.emit(
@@ -148,6 +176,18 @@ class Alerts:
                     {"scope": scope, "limit": name, "used": used[name], "of": limit,
                      "share": round(share, 4), "period": key},
                 )  # fmt: skip
+
+    def _check_audit(self, audit: Callable[[], list[Account]]) -> None:
+        for account in audit():
+            for flag in account.flags:
+                rule, _, reason = flag.partition(": ")
+                if rule in AUDIT_RULES:
+                    self.deliver(
+                        "audit_flag",
+                        f"{account.name} {rule}",
+                        f"account {account.name} flagged {flag}",
+                        {"account": account.name, "rule": rule, "reason": reason},
+                    )
 
     # ------------------------------------------------------------ sending
 

@@ -245,3 +245,54 @@ def test_a_dead_receiver_delays_no_request(tmp_path: Path, monkeypatch: pytest.M
         assert p50["alerting"] <= p50["plain"] * 1.05 + 0.0002, p50
     finally:
         sink.close()
+
+
+def test_an_account_far_above_its_peers_alerts_as_its_rows_land(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit's usage rule, run again as paid rows land (at most once every audit_seconds),
+    not only when someone runs `router audit`: the user and the team, each once a window."""
+    monkeypatch.setenv(CLOUD_KEY_ENV, CLOUD_KEY)
+    extra = alerts_section(receiver.url, "audit_seconds = 1\n")
+    extra += '\n[teams.ops]\nusers = ["ana"]\n\n[teams.dev]\nusers = ["bob", "cy"]\n'
+    with make(tmp_path, extra, lambda r, p: "Hello from the cloud.") as router:
+        assert router.alerts is not None
+        ask(router, "Hi from bob", user="bob")  # the first audit: one account, no peer
+        ask(router, "Hi from cy", user="cy")
+        assert router.alerts.flush()
+        for i in range(12):
+            ask(router, f"Hi {i}")  # ana: 12 paid calls against her peers' one each
+        for _ in range(2):  # past audit_seconds, twice: the flags are found again, sent once
+            time.sleep(1.1)
+            ask(router, "One more", cache=False)
+            assert router.alerts.flush()
+        accounts = {a.name: a.flags for a in router._books.audit()}
+    assert sorted(g["key"] for g in receiver.got) == ["team:ops usage", "user:ana usage"]
+    user = next(g for g in receiver.got if g["key"] == "user:ana usage")
+    assert user["event"] == "audit_flag" and user["data"]["rule"] == "usage"
+    assert user["text"].startswith("account user:ana flagged usage: ")
+    assert "the peer average of" in user["text"]
+    assert any(f.startswith("usage:") for f in accounts["user:ana"]) and not accounts["user:bob"]
+
+
+def test_an_ejected_pool_endpoint_alerts_once(
+    tmp_path: Path, receiver: Receiver, fake_cloud: Any
+) -> None:
+    """A local model served by a pool: an endpoint that cannot be reached is ejected, and the
+    alert says which, once; the request is answered by the other endpoint."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    extra = alerts_section(receiver.url) + (
+        f'\n[models.team]\ntier = "local"\napi_base = ["{dead}", "{fake_cloud.base_url}"]\n'
+        'remote_model = "smollm2"\nmax_score = 0.5\neject_seconds = 30\n'
+    )
+    config = write_config(tmp_path, None, extra)
+    with Router(config, backends={}) as router:
+        for i in range(8):  # new conversations: one of them is tried on the dead endpoint first
+            done = router.complete([{"role": "user", "content": f"Count to {i}."}], "team")
+            assert done.routing.model == "team"
+        assert router.alerts is not None and router.alerts.flush()
+    assert receiver.events() == ["endpoint_ejected"]
+    assert receiver.got[0]["key"] == f"team {dead}"
+    assert receiver.got[0]["text"].startswith(f"team: endpoint {dead} ejected for 30 s: ")

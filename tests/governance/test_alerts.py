@@ -18,15 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from router import Router
 from router.backends import FunctionBackend
-from router.config import AlertSettings, Budget
-from router.errors import CloudError, LedgerUnavailableError
+from router.config import AlertSettings, Budget, parse_toml
+from router.errors import CloudError, ConfigError, LedgerUnavailableError
 from router.governance.alerts import Alerts
 from router.governance.budgets import BudgetStore
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, write_config
 from tests.disks import fill_up, small_disk
+from tests.governance.test_limits import MODELS, VALUES, _toml
 
 
 class Receiver:
@@ -296,3 +299,26 @@ def test_an_ejected_pool_endpoint_alerts_once(
     assert receiver.events() == ["endpoint_ejected"]
     assert receiver.got[0]["key"] == f"team {dead}"
     assert receiver.got[0]["text"].startswith(f"team: endpoint {dead} ejected for 30 s: ")
+
+
+ALERT_KEYS = st.sampled_from([
+    "webhook", "format", "alert_at", "usd_per_hour", "cloud_failures", "window_seconds",
+    "audit_seconds", "timeout_seconds", "retries", "nope",
+])  # fmt: skip
+ALERT_VALUES = VALUES | st.sampled_from(["https://hooks.example/x", "slack", "json", 0.5, 60])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(ALERT_KEYS, ALERT_VALUES, max_size=6))
+def test_any_alerts_table_is_a_config_or_a_config_error(table: dict[str, object]) -> None:
+    """Fuzz: whatever [alerts] holds, the file loads or says what is wrong in [alerts]
+    (ConfigError), never another exception."""
+    text = "\n[alerts]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items())
+    try:
+        cfg = parse_toml(text + MODELS)
+    except ConfigError as exc:
+        assert "alerts" in str(exc), str(exc)
+        return
+    assert cfg.alerts is not None and "nope" not in table
+    assert 0 < cfg.alerts.alert_at < 1 and cfg.alerts.audit_seconds >= 0
+    Alerts(cfg.alerts).close()

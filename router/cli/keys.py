@@ -54,6 +54,10 @@ def keys_create(
     rpm: Annotated[
         int | None, typer.Option(help="Its own requests a minute (a 429 past them).")
     ] = None,
+    tpm: Annotated[
+        int | None,
+        typer.Option(help="Its own tokens a minute, counted as answers end (a 429 past them)."),
+    ] = None,
     daily_usd: Annotated[
         float | None,
         typer.Option(
@@ -71,7 +75,8 @@ def keys_create(
         raise RequestError(f"--role {role!r}: choose {' or '.join(ROLES)}")
     if url is not None:
         body: dict[str, Any] = {
-            "user": user, "role": role, "expires": expires, "rpm": rpm, "daily_usd": daily_usd,
+            "user": user, "role": role, "expires": expires, "rpm": rpm, "tpm": tpm,
+            "daily_usd": daily_usd,
         }  # fmt: skip
         if models is not None:
             body["models"] = [m.strip() for m in models.split(",") if m.strip()]
@@ -86,7 +91,7 @@ def keys_create(
     with key_store(loaded) as store:
         try:
             new, key_id = store.create(
-                user, role, expires=until, models=scope, rpm=rpm, daily_usd=daily_usd
+                user, role, expires=until, models=scope, rpm=rpm, tpm=tpm, daily_usd=daily_usd
             )
         except ValueError as exc:
             raise RequestError(str(exc)) from None
@@ -133,12 +138,12 @@ def keys_list(
     if not rows:
         typer.echo("no keys yet: create one with 'router keys create --user NAME'", err=True)
         return
-    typer.echo("ID\tUSER\tROLE\tCREATED\tEXPIRES\tMODELS\tRPM\tDAILY USD\tLAST USED")
+    typer.echo("ID\tUSER\tROLE\tCREATED\tEXPIRES\tMODELS\tRPM\tTPM\tDAILY USD\tLAST USED")
     for r in rows:
         expires = _when(r.expires, "never") + (" (expired)" * r.owner().expired())
         typer.echo(
             f"{r.key_id}\t{r.user}\t{r.role}\t{_when(r.created)}\t{expires}\t"
-            f"{','.join(r.models) or 'any'}\t{r.rpm or '-'}\t"
+            f"{','.join(r.models) or 'any'}\t{r.rpm or '-'}\t{r.tpm or '-'}\t"
             f"{'-' if r.daily_usd is None else money(r.daily_usd)}\t{_when(r.last_used, 'never')}"
         )
 

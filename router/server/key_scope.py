@@ -23,8 +23,8 @@ ROLES = ("user", "admin")
 class KeyOwner:
     """Whom a key belongs to, and what it may see: a `user` key only that user's own figures
     and answers; an `admin` key everyone's, /metrics and /health's details. And its scope:
-    `models` it may ask for (empty: any), its own `rpm` and `daily_usd` (a budget of its own
-    on top of its user's), when it `expires` (Unix time)."""
+    `models` it may ask for (empty: any), its own `rpm`, `tpm` and `daily_usd` (limits and a
+    budget of its own on top of its user's), when it `expires` (Unix time)."""
 
     name: str
     role: str = "user"
@@ -33,6 +33,7 @@ class KeyOwner:
     rpm: int | None = field(default=None, compare=False)
     expires: float | None = field(default=None, compare=False)
     daily_usd: float | None = field(default=None, compare=False)
+    tpm: int | None = field(default=None, compare=False)
 
     @property
     def admin(self) -> bool:
@@ -58,17 +59,19 @@ class KeyInfo:
     rpm: int | None = None
     last_used: float | None = None
     daily_usd: float | None = None
+    tpm: int | None = None
 
     def owner(self) -> KeyOwner:
         return KeyOwner(
-            self.user, self.role, self.key_id, self.models, self.rpm, self.expires, self.daily_usd
-        )
+            self.user, self.role, self.key_id, self.models, self.rpm, self.expires,
+            self.daily_usd, self.tpm,
+        )  # fmt: skip
 
     def record(self) -> dict[str, Any]:
         return {
             "id": self.key_id, "user": self.user, "role": self.role, "created": self.created,
             "expires": self.expires, "models": list(self.models), "rpm": self.rpm,
-            "daily_usd": self.daily_usd, "last_used": self.last_used,
+            "tpm": self.tpm, "daily_usd": self.daily_usd, "last_used": self.last_used,
         }  # fmt: skip
 
     @classmethod
@@ -77,7 +80,7 @@ class KeyInfo:
             str(data["id"]), str(data["user"]), str(data.get("role", "user")),
             float(data["created"]), number(data.get("expires")),
             tuple(data.get("models") or ()), data.get("rpm"), number(data.get("last_used")),
-            number(data.get("daily_usd")),
+            number(data.get("daily_usd")), data.get("tpm"),
         )  # fmt: skip
 
 
@@ -87,11 +90,17 @@ def number(value: Any) -> float | None:
 
 MAX_MODELS = 64
 MAX_RPM = 10_000_000
+MAX_TPM = 10_000_000_000
 MAX_DAILY_USD = 1_000_000
 
 
 def check_scope(
-    user: str, role: str, models: Sequence[str], rpm: int | None, daily_usd: float | None = None
+    user: str,
+    role: str,
+    models: Sequence[str],
+    rpm: int | None,
+    daily_usd: float | None = None,
+    tpm: int | None = None,
 ) -> None:
     """ValueError naming what to fix in a key's owner, role or scope."""
     if not user.strip() or len(user) > 200:
@@ -101,6 +110,8 @@ def check_scope(
         raise ValueError(f"models: at most {MAX_MODELS} names of 1 to 200 characters")
     if rpm is not None and not 1 <= rpm <= MAX_RPM:
         raise ValueError(f"rpm: 1 to {MAX_RPM:,}")
+    if tpm is not None and not 1 <= tpm <= MAX_TPM:
+        raise ValueError(f"tpm: 1 to {MAX_TPM:,}")
     if daily_usd is not None and not 0 <= daily_usd <= MAX_DAILY_USD:
         raise ValueError(f"daily_usd: 0 to {MAX_DAILY_USD:,} dollars")
 
@@ -111,7 +122,7 @@ def check_role(role: str) -> str:
     return role
 
 
-SCOPE = ("expires", "models", "rpm", "daily_usd")  # what `change` may set
+SCOPE = ("expires", "models", "rpm", "tpm", "daily_usd")  # what `change` may set
 
 
 def changed(old: KeyInfo, scope: dict[str, Any]) -> KeyInfo:
@@ -121,15 +132,15 @@ def changed(old: KeyInfo, scope: dict[str, Any]) -> KeyInfo:
         raise ValueError(f"{unknown[0]}: a key's scope is {', '.join(SCOPE)}")
     fields: dict[str, Any] = {k: tuple(v) if k == "models" else v for k, v in scope.items()}
     new = dataclasses.replace(old, **fields)
-    check_scope(new.user, new.role, new.models, new.rpm, new.daily_usd)
+    check_scope(new.user, new.role, new.models, new.rpm, new.daily_usd, new.tpm)
     return new
 
 
 def scope_of(data: dict[str, Any], config: Config, *, create: bool) -> dict[str, Any]:
     """A key's scope from the admin API's body or `router keys`' options, checked (RequestError
     naming the field): `expires` a duration from now ("30d"; null: never), `models` modes and
-    models of the file ([] or null: any), `rpm` 1 to 10,000,000 (null: none), `daily_usd` 0 to
-    1,000,000 (null: none). With `create`, `user` and `role` too."""
+    models of the file ([] or null: any), `rpm` 1 to 10,000,000 and `tpm` 1 to 10,000,000,000
+    (null: none), `daily_usd` 0 to 1,000,000 (null: none). With `create`, `user` and `role` too."""
     allowed = (*(("user", "role") if create else ()), *SCOPE)
     unknown = sorted(set(data) - set(allowed))
     if unknown:
@@ -153,11 +164,14 @@ def scope_of(data: dict[str, Any], config: Config, *, create: bool) -> dict[str,
         out["expires"] = None if value is None else time.time() + duration(value, "expires")
     if "models" in data:
         out["models"] = scoped_models(data["models"] or [], config)
-    if "rpm" in data:
-        rpm = data["rpm"]
-        if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int)):
-            raise RequestError("rpm: a whole number of requests a minute, or null", param="rpm")
-        out["rpm"] = rpm
+    for name, unit in (("rpm", "requests"), ("tpm", "tokens")):
+        if name in data:
+            value = data[name]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise RequestError(
+                    f"{name}: a whole number of {unit} a minute, or null", param=name
+                )
+            out[name] = value
     if "daily_usd" in data:
         usd = data["daily_usd"]
         if usd is not None and (
@@ -167,7 +181,7 @@ def scope_of(data: dict[str, Any], config: Config, *, create: bool) -> dict[str,
         out["daily_usd"] = None if usd is None else float(usd)
     try:
         check_scope(out.get("user", "x"), out.get("role", "user"), out.get("models", ()),
-                    out.get("rpm"), out.get("daily_usd"))  # fmt: skip
+                    out.get("rpm"), out.get("daily_usd"), out.get("tpm"))  # fmt: skip
     except ValueError as exc:
         raise RequestError(str(exc)) from None
     return out

@@ -5,10 +5,11 @@ nothing to brute-force. The store is SQLite beside the ledger, or Redis with [sh
 
 A key may be scoped (router.server.key_scope): an expiry (past it, 401 `key_expired`), the
 modes and models it may ask for (403 `model_not_allowed` for others, after [aliases]), its own
-`rpm` (a rate-limit window of its own, router.governance.limits) and its own `daily_usd` (a
-budget of its own, router.governance.budgets.KeyBudget). `rotate` gives a new key of the same
-scope and lets the old one work for a grace period. Each key's last use is kept, written at
-most once a minute per key and process (a write per request would cost the hot path).
+`rpm` and `tpm` (a rate-limit window of its own, router.governance.limits) and its own
+`daily_usd` (a budget of its own, router.governance.budgets.KeyBudget). `rotate` gives a new
+key of the same scope and lets the old one work for a grace period. Each key's last use is
+kept, written at most once a minute per key and process (a write per request would cost the
+hot path).
 """
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ _MIGRATIONS = [
     """,
     """
     ALTER TABLE api_keys ADD COLUMN daily_usd REAL;
+    ALTER TABLE api_keys ADD COLUMN tpm INTEGER;
     """,
 ]
-COLUMNS = "key_id, user, role, created, expires, models, rpm, last_used, daily_usd"
+COLUMNS = "key_id, user, role, created, expires, models, rpm, last_used, daily_usd, tpm"
 
 
 class Keys(Protocol):
@@ -79,6 +81,7 @@ class Keys(Protocol):
         models: Sequence[str] = (),
         rpm: int | None = None,
         daily_usd: float | None = None,
+        tpm: int | None = None,
     ) -> tuple[str, str]: ...
 
     def owner(self, key: str) -> KeyOwner | None: ...
@@ -129,6 +132,7 @@ class _Scoped:
         models: Sequence[str] = (),
         rpm: int | None = None,
         daily_usd: float | None = None,
+        tpm: int | None = None,
     ) -> tuple[str, str]:
         raise NotImplementedError
 
@@ -143,7 +147,7 @@ class _Scoped:
             return None
         made = self.create(
             old.user, old.role, expires=old.expires, models=old.models, rpm=old.rpm,
-            daily_usd=old.daily_usd,
+            daily_usd=old.daily_usd, tpm=old.tpm,
         )  # fmt: skip
         ends = time.time() + grace_seconds
         self._write_scope(key_id, dataclasses.replace(old, expires=min(ends, old.expires or ends)))
@@ -176,17 +180,18 @@ class KeyStore(_Scoped, Store):
         models: Sequence[str] = (),
         rpm: int | None = None,
         daily_usd: float | None = None,
+        tpm: int | None = None,
     ) -> tuple[str, str]:
         """A new key for `user` (`role` user or admin), scoped: (key, key_id). The key is not
         kept; show it once."""
-        check_scope(user, role, models, rpm, daily_usd)
+        check_scope(user, role, models, rpm, daily_usd, tpm)
         key, key_id = new_key()
         with self._lock, self._db:
             self._db.execute(
                 "INSERT INTO api_keys (key_hash, key_id, user, created, role, expires, models, "
-                "rpm, daily_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "rpm, daily_usd, tpm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (digest(key), key_id, user, time.time(), role, expires, json.dumps(list(models)),
-                 rpm, daily_usd),
+                 rpm, daily_usd, tpm),
             )  # fmt: skip
         return key, key_id
 
@@ -207,10 +212,10 @@ class KeyStore(_Scoped, Store):
 
     @staticmethod
     def _info(row: Sequence[Any]) -> KeyInfo:
-        key_id, user, role, created, expires, models, rpm, last_used, daily_usd = row
+        key_id, user, role, created, expires, models, rpm, last_used, daily_usd, tpm = row
         return KeyInfo(
             str(key_id), str(user), str(role), float(created), number(expires),
-            tuple(json.loads(models or "[]")), rpm, number(last_used), number(daily_usd),
+            tuple(json.loads(models or "[]")), rpm, number(last_used), number(daily_usd), tpm,
         )  # fmt: skip
 
     def revoke(self, key_id: str) -> bool:
@@ -221,9 +226,16 @@ class KeyStore(_Scoped, Store):
     def _write_scope(self, key_id: str, info: KeyInfo) -> bool:
         with self._lock, self._db:
             cur = self._db.execute(
-                "UPDATE api_keys SET expires = ?, models = ?, rpm = ?, daily_usd = ? "
+                "UPDATE api_keys SET expires = ?, models = ?, rpm = ?, daily_usd = ?, tpm = ? "
                 "WHERE key_id = ?",
-                (info.expires, json.dumps(list(info.models)), info.rpm, info.daily_usd, key_id),
+                (
+                    info.expires,
+                    json.dumps(list(info.models)),
+                    info.rpm,
+                    info.daily_usd,
+                    info.tpm,
+                    key_id,
+                ),
             )
         return cur.rowcount > 0
 
@@ -257,12 +269,14 @@ class RedisKeyStore(_Scoped):
         models: Sequence[str] = (),
         rpm: int | None = None,
         daily_usd: float | None = None,
+        tpm: int | None = None,
     ) -> tuple[str, str]:
-        check_scope(user, role, models, rpm, daily_usd)
+        check_scope(user, role, models, rpm, daily_usd, tpm)
         key, key_id = new_key()
         info = KeyInfo(
-            key_id, user, role, time.time(), expires, tuple(models), rpm, daily_usd=daily_usd
-        )
+            key_id, user, role, time.time(), expires, tuple(models), rpm, daily_usd=daily_usd,
+            tpm=tpm,
+        )  # fmt: skip
         try:
             pipe = self._link.client.pipeline()
             pipe.hset(self._by_hash, digest(key), json.dumps(info.record()))
@@ -307,7 +321,7 @@ class RedisKeyStore(_Scoped):
     def _write_scope(self, key_id: str, info: KeyInfo) -> bool:
         self._update(
             key_id, expires=info.expires, models=list(info.models), rpm=info.rpm,
-            daily_usd=info.daily_usd,
+            daily_usd=info.daily_usd, tpm=info.tpm,
         )  # fmt: skip
         return True
 

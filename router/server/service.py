@@ -244,7 +244,7 @@ class Service:
 
     def in_scope(self, viewer: KeyOwner | None, model: str) -> list[Window]:
         """Whether `viewer`'s key may ask for `model` (a 403 naming what it may ask for), and
-        the rate-limit window of its own rpm, if it has one."""
+        the rate-limit window of its own rpm and tpm, if it has one."""
         if viewer is None:
             return []
         if viewer.models and self.router.config.resolve(model) not in viewer.models:
@@ -256,10 +256,10 @@ class Service:
                 param="model",
                 code="model_not_allowed",
             )
-        if viewer.rpm is None:
+        if viewer.rpm is None and viewer.tpm is None:
             return []
         scope = f"key:{viewer.key_id}"
-        return [Window(scope, scope, viewer.rpm, None)]
+        return [Window(scope, scope, viewer.rpm, viewer.tpm)]
 
     @staticmethod
     def own_only(viewer: KeyOwner | None) -> str | None:

@@ -116,6 +116,13 @@ def test_a_keys_rpm_rotation_last_use_and_an_admins_budget(served: Served) -> No
     limited = served.post("/v1/chat/completions", key, body)
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
     assert message(limited).startswith(f"rate limit key:{key_id} rpm = 2 reached")
+    # A key's own tpm: the tokens its answers took, counted as they end.
+    few, few_id = served.keys.create("cy", tpm=5)
+    first = {**body, "messages": [{"role": "user", "content": "Count to three."}]}
+    assert served.post("/v1/chat/completions", few, first).status_code == 200  # ~12 tokens
+    over = served.post("/v1/chat/completions", few, {**body, "messages": [HI[0], HI[0]]})
+    assert over.status_code == 429, over.text
+    assert message(over).startswith(f"rate limit key:{few_id} tpm = 5 reached")
     listed = {k.key_id: k for k in served.keys.list()}
     assert listed[key_id].last_used is not None and listed[key_id].rpm == 2
 
@@ -150,21 +157,22 @@ def test_router_keys_creates_lists_and_rotates_scoped_keys(tmp_path: Path) -> No
         return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
     made = run("create", "--user", "ana", "--expires", "30d", "--models", "auto,local",
-               "--rpm", "60", "--daily-usd", "5")  # fmt: skip
+               "--rpm", "60", "--tpm", "5000", "--daily-usd", "5")  # fmt: skip
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
     key_id = key[:9]
     shown = json.loads(run("list", "--json").stdout)
     assert len(shown) == 1 and shown[0]["id"] == key_id
     assert shown[0]["models"] == ["auto", "local"] and shown[0]["rpm"] == 60
-    assert shown[0]["daily_usd"] == 5.0
+    assert shown[0]["daily_usd"] == 5.0 and shown[0]["tpm"] == 5000
     assert 29.9 * 86400 < shown[0]["expires"] - time.time() <= 30 * 86400
     assert shown[0]["last_used"] is None and shown[0]["expired"] is False
     header, row = run("list").stdout.splitlines()
     assert header.split("\t") == [
-        "ID", "USER", "ROLE", "CREATED", "EXPIRES", "MODELS", "RPM", "DAILY USD", "LAST USED",
+        "ID", "USER", "ROLE", "CREATED", "EXPIRES", "MODELS", "RPM", "TPM", "DAILY USD",
+        "LAST USED",
     ]  # fmt: skip
-    assert row.split("\t")[5:] == ["auto,local", "60", "$5.00", "never"]
+    assert row.split("\t")[5:] == ["auto,local", "60", "5000", "$5.00", "never"]
 
     rotated = run("rotate", key_id, "--grace", "2h")
     assert rotated.returncode == 0, rotated.stderr
@@ -187,6 +195,7 @@ def test_router_keys_creates_lists_and_rotates_scoped_keys(tmp_path: Path) -> No
         ): "--models 'gpt-9': give at most 64 modes or models",
         ("create", "--user", "x", "--rpm", "0"): "rpm: 1 to 10,000,000",
         ("create", "--user", "x", "--daily-usd", "-1"): "daily_usd: 0 to 1,000,000 dollars",
+        ("create", "--user", "x", "--tpm", "0"): "tpm: 1 to 10,000,000,000",
         ("rotate", "rk-nothing"): "no key with id 'rk-nothing'",
         ("rotate", key_id, "--grace", "-1h"): "--grace '-1h'",
     }.items():

@@ -507,18 +507,18 @@ def test_scoped_keys_on_redis_rotate_and_a_revocation_reaches_the_other_replica_
     ):
         store, other = key_store(a.config), key_store(b.config)
         key, key_id = store.create(
-            "ana", expires=time.time() + 600, models=("local",), rpm=5, daily_usd=3.0
+            "ana", expires=time.time() + 600, models=("local",), rpm=5, daily_usd=3.0, tpm=70
         )
         seen = other.owner(key)
         assert seen is not None and (seen.key_id, seen.models, seen.rpm) == (key_id, ("local",), 5)
-        assert seen.daily_usd == 3.0
+        assert seen.daily_usd == 3.0 and seen.tpm == 70
         other.touch(seen)
         assert next(k for k in store.list() if k.key_id == key_id).last_used is not None
         made = store.rotate(key_id, 60)
         assert made is not None
         new_owner = other.owner(made[0])
         assert new_owner is not None and new_owner.models == ("local",) and new_owner.rpm == 5
-        assert new_owner.daily_usd == 3.0
+        assert new_owner.daily_usd == 3.0 and new_owner.tpm == 70
         changed = store.change(made[1], daily_usd=None)
         assert changed is not None and (other.owner(made[0]) or new_owner).daily_usd is None
         old = other.owner(key)

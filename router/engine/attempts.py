@@ -111,7 +111,8 @@ class Attempts:
             self._budgets.settle(reservation, counted, routing.cost_usd)
         if self._alerts is not None and (reservation is not None or routing.cost_usd > 0):
             scopes = reservation.budgets if reservation is not None else ()
-            self._alerts.settled(self._budgets, scopes, routing.cost_usd)
+            extra = reservation.extra if reservation is not None else ()
+            self._alerts.settled(self._budgets, scopes, routing.cost_usd, extra)
         self._wake_waiters(reservation)
 
     def _release(self, reservation: Reservation | None) -> None:

@@ -34,7 +34,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from router.config.sections import AlertSettings
+from router.config.sections import AlertSettings, Budget
 from router.governance.audit import Account
 from router.governance.budgets import LIMITS, BudgetStore, period
 from router.units import money
@@ -76,11 +76,18 @@ class Alerts:
 
         self._submit(job)
 
-    def settled(self, store: BudgetStore, scopes: tuple[str, ...], usd: float) -> None:
-        """A paid call settled on `scopes`: their budgets' shares are checked on the alerts'
-        thread, and its dollars count toward the burn rate."""
+    def settled(
+        self,
+        store: BudgetStore,
+        scopes: tuple[str, ...],
+        usd: float,
+        extra: tuple[Budget, ...] = (),
+    ) -> None:
+        """A paid call settled on `scopes`: their budgets' shares (`extra`: those not stored,
+        an API key's) are checked on the alerts' thread; its dollars count toward the burn
+        rate."""
         if scopes:
-            self._submit(lambda: self._check_budgets(store, scopes))
+            self._submit(lambda: self._check_budgets(store, scopes, extra))
         if usd > 0 and self.settings.usd_per_hour is not None:
             self._burn(usd)
 
@@ -149,8 +156,10 @@ class Alerts:
                 {"usd_last_hour": round(spent, 6), "usd_per_hour": limit},
             )
 
-    def _check_budgets(self, store: BudgetStore, scopes: tuple[str, ...]) -> None:
-        known = store.budgets()
+    def _check_budgets(
+        self, store: BudgetStore, scopes: tuple[str, ...], extra: tuple[Budget, ...] = ()
+    ) -> None:
+        known = {**store.budgets(), **{b.scope: b for b in extra}}
         now = time.time()
         for scope in scopes:
             budget = known.get(scope)

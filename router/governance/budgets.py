@@ -84,6 +84,7 @@ class Reservation:
     budgets: tuple[str, ...]
     cut: int = 0  # tokens left out of the request (see BudgetStore.reserve)
     rows: tuple[tuple[str, str], ...] = ()  # (scope, period) reserved on (the Redis store)
+    extra: tuple[Budget, ...] = ()  # the budgets it held beyond the stored ones (a key's)
 
 
 def shortened(params: dict[str, Any], reservation: Reservation | None) -> dict[str, Any]:
@@ -230,7 +231,7 @@ class BudgetStore(Store):
 
         rid = uuid.uuid4().hex
         cut = self._hold(budgets, rows, rid, now, decide, session)
-        return Reservation(rid, tuple(b.scope for b in budgets), cut, rows)
+        return Reservation(rid, tuple(b.scope for b in budgets), cut, rows, tuple(extra))
 
     def _hold(
         self,

@@ -26,7 +26,7 @@ from router.backends import FunctionBackend
 from router.config import AlertSettings, Budget, parse_toml
 from router.errors import CloudError, ConfigError, LedgerUnavailableError
 from router.governance.alerts import Alerts
-from router.governance.budgets import BudgetStore
+from router.governance.budgets import BudgetStore, KeyBudget
 from tests.conftest import CLOUD_KEY, CLOUD_KEY_ENV, write_config
 from tests.disks import fill_up, small_disk
 from tests.governance.test_limits import MODELS, VALUES, _toml
@@ -322,3 +322,17 @@ def test_any_alerts_table_is_a_config_or_a_config_error(table: dict[str, object]
     assert cfg.alerts is not None and "nope" not in table
     assert 0 < cfg.alerts.alert_at < 1 and cfg.alerts.audit_seconds >= 0
     Alerts(cfg.alerts).close()
+
+
+def test_a_keys_own_budget_alerts_like_a_stored_one(tmp_path: Path, receiver: Receiver) -> None:
+    store = BudgetStore(tmp_path / "gov.sqlite3", write_config_for(tmp_path))
+    alerts = Alerts(AlertSettings(webhook=receiver.url, retries=0))
+    own = KeyBudget(user="ana", key_id="rk-abc123", daily_usd=1.0)
+    held = store.reserve("ana", 10, 0.9, extra=[own])
+    assert held is not None and held.budgets == ("key:rk-abc123",)
+    store.settle(held, 10, 0.9)
+    alerts.settled(store, held.budgets, 0.9, held.extra)
+    assert alerts.flush()
+    assert receiver.events() == ["budget_alert"]
+    assert receiver.got[0]["text"].startswith("budget key:rk-abc123 daily_usd is 90% used")
+    store.close()

@@ -394,7 +394,7 @@ class SQLiteLedger(Store):
         ceilings: Sequence[float] = (),
     ) -> list[dict[str, Any]]:
         """Sums per group of `keys` over the rows since `since` (router.ledger.rollups.select)."""
-        with self._lock:
+        with self.reading() as db:
             sql, args = rollups.select(
                 rollups.SQLITE,
                 since,
@@ -402,9 +402,9 @@ class SQLiteLedger(Store):
                 sums=sums,
                 user=user,
                 ceilings=ceilings,
-                scan=self._scan(since),
+                scan=self._scan(db, since),
             )
-            found = self._db.execute(sql, args).fetchall()
+            found = db.execute(sql, args).fetchall()
         return rollups.rows(keys, sums, ceilings, found)
 
     def days(
@@ -417,17 +417,24 @@ class SQLiteLedger(Store):
         teams: Mapping[str, Sequence[str]] | None = None,
     ) -> dict[str, dict[str, int]]:
         """Each account's tokens per day before `end` (router.ledger.rollups.select_days)."""
-        with self._lock:
+        with self.reading() as db:
             sql, args = rollups.select_days(
-                rollups.SQLITE, since, end, account, user=user, teams=teams, scan=self._scan(since)
+                rollups.SQLITE,
+                since,
+                end,
+                account,
+                user=user,
+                teams=teams,
+                scan=self._scan(db, since),
             )
-            found = self._db.execute(sql, args).fetchall()
+            found = db.execute(sql, args).fetchall()
         return rollups.day_rows(found)
 
-    def _scan(self, since: float) -> bool:
+    @staticmethod
+    def _scan(db: sqlite3.Connection, since: float) -> bool:
         """Whether a window starting at `since` covers a quarter or more of the ledger's
         span, where reading the table through beats looking every row up by the ts index."""
-        oldest = self._db.execute("SELECT MIN(ts) FROM requests").fetchone()[0]
+        oldest = db.execute("SELECT MIN(ts) FROM requests").fetchone()[0]
         now = time.time()
         return oldest is not None and now - since >= 0.25 * (now - oldest)
 

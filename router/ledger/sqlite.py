@@ -10,9 +10,10 @@ Stores are context managers (`with SQLiteLedger(path) as ledger:`); `close()` is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,10 +70,32 @@ class Store:
 
     _db: sqlite3.Connection
     _lock: threading.Lock
+    path: Path
+    _reader: sqlite3.Connection | None = None
+    _reader_lock: threading.Lock
+    _opening = threading.Lock()  # (class-wide: opens each store's reader once)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection of its own for long reads (sums over the whole file: the audit, the
+        dashboard): in WAL mode it neither waits for the writers nor holds them up, as reads
+        on the writers' connection under their lock would (scripts/bench_alert_audit.py)."""
+        with Store._opening:
+            if self._reader is None:
+                self._reader_lock = threading.Lock()
+                reader = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+                reader.execute("PRAGMA query_only = 1")
+                self._reader = reader
+        with self._reader_lock:
+            yield self._reader
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with Store._opening:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     def __enter__(self) -> Any:
         return self

@@ -262,3 +262,23 @@ def test_a_row_queued_while_two_drains_overlap_is_not_lost(
         assert sorted(r for r, u in rows(database) if u == "w") == ["first", "next"]
     finally:
         ledger.close()
+
+
+def test_the_audit_and_quality_rollups_equal_the_hand_counts_on_postgresql(
+    tmp_path: Path, database: str
+) -> None:
+    """The same SQL in PostgreSQL's dialect: every user's and team's figures and spike flags,
+    and the quality report, equal the counts made row by row (tests/ledger/test_rollups.py)."""
+    from router.config import load_config
+    from tests.ledger.test_rollups import TEAMS, check_against_hand_counts, random_entries
+
+    config = load_config(write_config(tmp_path, None, TEAMS))
+    entries = random_entries(600, time.time(), days=12)
+    ledger = PostgresLedger(database, tmp_path / "queue.sqlite3")
+    try:
+        for entry in entries:
+            ledger.record(entry)
+        ledger.drain()
+        check_against_hand_counts(ledger, config, entries)
+    finally:
+        ledger.close()

@@ -134,6 +134,18 @@ class _Scoped:
         daily_usd: float | None = None,
         tpm: int | None = None,
     ) -> tuple[str, str]:
+        """A new key for `user` (`role` user or admin), scoped (ValueError naming what to
+        fix): (key, key_id). Only its hash is kept; show the key once."""
+        check_scope(user, role, models, rpm, daily_usd, tpm)
+        key, key_id = new_key()
+        info = KeyInfo(
+            key_id, user, role, time.time(), expires, tuple(models), rpm, daily_usd=daily_usd,
+            tpm=tpm,
+        )  # fmt: skip
+        self._insert(digest(key), info)
+        return key, key_id
+
+    def _insert(self, hashed: str, info: KeyInfo) -> None:
         raise NotImplementedError
 
     def _write_scope(self, key_id: str, info: KeyInfo) -> bool:
@@ -154,8 +166,8 @@ class _Scoped:
         return made
 
     def change(self, key_id: str, **scope: Any) -> KeyInfo | None:
-        """Set a key's expiry, models or rpm (ValueError naming what to fix; None: no such
-        key)."""
+        """Set a key's scope (SCOPE: expiry, models, rpm, tpm, daily_usd; ValueError naming
+        what to fix; None: no such key)."""
         old = next((k for k in self.list() if k.key_id == key_id), None)
         if old is None:
             return None
@@ -171,29 +183,14 @@ class KeyStore(_Scoped, Store):
         migrate(self._db, _MIGRATIONS, path)
         self._touches = _Touches()
 
-    def create(
-        self,
-        user: str,
-        role: str = "user",
-        *,
-        expires: float | None = None,
-        models: Sequence[str] = (),
-        rpm: int | None = None,
-        daily_usd: float | None = None,
-        tpm: int | None = None,
-    ) -> tuple[str, str]:
-        """A new key for `user` (`role` user or admin), scoped: (key, key_id). The key is not
-        kept; show it once."""
-        check_scope(user, role, models, rpm, daily_usd, tpm)
-        key, key_id = new_key()
+    def _insert(self, hashed: str, info: KeyInfo) -> None:
         with self._lock, self._db:
             self._db.execute(
                 "INSERT INTO api_keys (key_hash, key_id, user, created, role, expires, models, "
                 "rpm, daily_usd, tpm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (digest(key), key_id, user, time.time(), role, expires, json.dumps(list(models)),
-                 rpm, daily_usd, tpm),
+                (hashed, info.key_id, info.user, info.created, info.role, info.expires,
+                 json.dumps(list(info.models)), info.rpm, info.daily_usd, info.tpm),
             )  # fmt: skip
-        return key, key_id
 
     def owner(self, key: str) -> KeyOwner | None:
         """Whom a key belongs to and its scope (an expired key too: the server says so), or
@@ -260,31 +257,14 @@ class RedisKeyStore(_Scoped):
         self._by_id = link.key("keys", "by_id")
         self._touches = _Touches()
 
-    def create(
-        self,
-        user: str,
-        role: str = "user",
-        *,
-        expires: float | None = None,
-        models: Sequence[str] = (),
-        rpm: int | None = None,
-        daily_usd: float | None = None,
-        tpm: int | None = None,
-    ) -> tuple[str, str]:
-        check_scope(user, role, models, rpm, daily_usd, tpm)
-        key, key_id = new_key()
-        info = KeyInfo(
-            key_id, user, role, time.time(), expires, tuple(models), rpm, daily_usd=daily_usd,
-            tpm=tpm,
-        )  # fmt: skip
+    def _insert(self, hashed: str, info: KeyInfo) -> None:
         try:
             pipe = self._link.client.pipeline()
-            pipe.hset(self._by_hash, digest(key), json.dumps(info.record()))
-            pipe.hset(self._by_id, key_id, digest(key))
+            pipe.hset(self._by_hash, hashed, json.dumps(info.record()))
+            pipe.hset(self._by_id, info.key_id, hashed)
             pipe.execute()
         except errors() as exc:
             raise self._down(exc) from None
-        return key, key_id
 
     def owner(self, key: str) -> KeyOwner | None:
         try:
